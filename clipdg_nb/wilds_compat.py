@@ -1,0 +1,98 @@
+"""WILDS 2.0.0 on today's libraries, without touching global state.
+
+Two things in `wilds==2.0.0` break on a current stack:
+
+1. FMoW's `rgb_metadata.csv` mixes ISO-8601 forms (`2013-10-05T02:27:17Z` and, for ~0.5 % of rows,
+   `2011-02-07T02:48:56.643Z`). pandas >= 2 infers one format from the first row and raises on the
+   others (p-lambda/wilds#146). We normalise the column the moment the loader assigns
+   `self.metadata`, through a property on a subclass, so neither pandas nor the wilds module is
+   patched.
+2. Group metrics import `torch_scatter`, which has no wheels for current torch. Only
+   `ElementwiseMetric._compute_group_wise` needs it (a scatter-mean); `ScatterFreeAccuracy` does the
+   same mean with `index_add_`, and `CompatFMoW.eval` is FMoW's own `eval` using that metric.
+   iWildCam's `eval` never groups, so it runs unmodified.
+
+Metric names and numbers stay exactly WILDS's (tests compare against the unmodified classes).
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from wilds.common.metrics.all_metrics import Accuracy
+from wilds.datasets.fmow_dataset import FMoWDataset
+from wilds.datasets.iwildcam_dataset import IWildCamDataset
+
+
+def scatter_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int):
+    """Per-group mean and count; empty groups get mean 0 like `torch_scatter.scatter(reduce='mean')`."""
+    values = values.float()
+    counts = torch.zeros(n_groups, device=values.device).index_add_(0, groups, torch.ones_like(values))
+    sums = torch.zeros(n_groups, device=values.device).index_add_(0, groups, values)
+    return sums / counts.clamp(min=1), counts
+
+
+class ScatterFreeAccuracy(Accuracy):
+    """WILDS's `Accuracy` (name 'acc'), with group-wise averaging that needs no torch_scatter."""
+
+    def _compute_group_wise(self, y_pred, y_true, g, n_groups):
+        element_wise = self._compute_element_wise(y_pred, y_true)
+        group_metrics, group_counts = scatter_mean(element_wise, g, n_groups)
+        worst = self.worst(group_metrics[group_counts > 0])
+        return group_metrics, group_counts, worst
+
+
+def parse_fmow_timestamps(column: pd.Series) -> pd.Series:
+    """Parse FMoW's mixed ISO-8601 timestamps to tz-aware UTC datetimes (pandas 1 and 2)."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    try:
+        return pd.to_datetime(column, format="ISO8601", utc=True)
+    except (TypeError, ValueError):  # pandas < 2 has no format="ISO8601" but parses mixed forms
+        return pd.to_datetime(column, utc=True)
+
+
+class CompatFMoW(FMoWDataset):
+    """`FMoWDataset` whose metadata timestamps parse on pandas >= 2 and whose eval needs no torch_scatter."""
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        return self._clipdg_metadata
+
+    @metadata.setter
+    def metadata(self, frame: pd.DataFrame) -> None:
+        # FMoWDataset.__init__ assigns the raw CSV here, then calls pd.to_datetime on 'timestamp'
+        # several times; parsing once, up front, makes those calls no-ops.
+        if "timestamp" in frame.columns:
+            frame = frame.assign(timestamp=parse_fmow_timestamps(frame["timestamp"]))
+        self._clipdg_metadata = frame
+
+    def eval(self, y_pred, y_true, metadata, prediction_fn=None):
+        """FMoWDataset.eval from wilds 2.0.0, verbatim but for the scatter-free metric."""
+        metric = ScatterFreeAccuracy(prediction_fn=prediction_fn)
+        all_results, all_results_str = self.standard_group_eval(
+            metric, self._eval_groupers["year"], y_pred, y_true, metadata)
+        region_grouper = self._eval_groupers["region"]
+        region_results = metric.compute_group_wise(
+            y_pred, y_true, region_grouper.metadata_to_group(metadata), region_grouper.n_groups)
+        all_results[f"{metric.name}_worst_year"] = all_results.pop(metric.worst_group_metric_field)
+        region_metric_list = []
+        for group_idx in range(region_grouper.n_groups):
+            group_str = region_grouper.group_field_str(group_idx)
+            group_metric = region_results[metric.group_metric_field(group_idx)]
+            group_counts = region_results[metric.group_count_field(group_idx)]
+            all_results[f"{metric.name}_{group_str}"] = group_metric
+            all_results[f"count_{group_str}"] = group_counts
+            # WILDS ignores the 'Other' region and empty regions for the worst-region metric.
+            if group_counts == 0 or "Other" in group_str:
+                continue
+            all_results_str += (
+                f"  {region_grouper.group_str(group_idx)}  [n = {group_counts:6.0f}]:\t"
+                f"{metric.name} = {group_metric:5.3f}\n")
+            region_metric_list.append(group_metric)
+        all_results[f"{metric.name}_worst_region"] = metric.worst(region_metric_list)
+        all_results_str += f"Worst-group {metric.name}: {all_results[f'{metric.name}_worst_region']:.3f}\n"
+        return all_results, all_results_str
+
+
+class CompatIWildCam(IWildCamDataset):
+    """iWildCam needs no fix; the subclass exists so both datasets load the same way."""

@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic WILDS folders, written once per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from clipdg_nb.synthetic import SynthConfig, write_synthetic  # noqa: E402
+
+SMALL = SynthConfig(
+    seed=0, image_size=32,
+    fmow_sizes={"train": 248, "id_val": 62, "id_test": 62, "val": 62, "test": 62},
+    iwildcam_sizes={"train": 364, "id_val": 60, "id_test": 60, "val": 60, "test": 60},
+    iwildcam_locations={"id": 6, "val": 3, "test": 3},
+)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wilds")
+    write_synthetic(root, cfg=SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fmow(synth_root):
+    from clipdg_nb.data import load_dataset
+    return load_dataset("fmow", synth_root)
+
+
+@pytest.fixture(scope="session")
+def iwildcam(synth_root):
+    from clipdg_nb.data import load_dataset
+    return load_dataset("iwildcam", synth_root)

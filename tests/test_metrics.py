@@ -1,0 +1,90 @@
+"""Our metric path gives exactly WILDS's own numbers and names (checked against the unmodified classes)."""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import sklearn.metrics
+import torch
+
+from clipdg_nb.data import split_indices
+from clipdg_nb.metrics import group_table, wilds_metrics
+
+
+@pytest.fixture
+def reference_torch_scatter(monkeypatch):
+    """A slow, obviously-correct stand-in for torch_scatter.scatter(reduce='mean'), test-only."""
+    def scatter(src, index, dim_size, reduce):
+        assert reduce == "mean"
+        out = torch.zeros(dim_size)
+        for g in range(dim_size):
+            members = [float(v) for v, i in zip(src.tolist(), index.tolist()) if i == g]
+            out[g] = sum(members) / len(members) if members else 0.0
+        return out
+    monkeypatch.setitem(sys.modules, "torch_scatter", types.SimpleNamespace(scatter=scatter))
+
+
+@pytest.mark.parametrize("split", ["id_test", "val", "test"])
+def test_fmow_metrics_equal_unmodified_wilds_eval(fmow, reference_torch_scatter, split):
+    from wilds.datasets.fmow_dataset import FMoWDataset
+    idx = split_indices(fmow, split)
+    y = np.asarray(fmow.y_array)[idx]
+    rng = np.random.default_rng(0)
+    y_pred = np.where(rng.random(len(idx)) < 0.5, y, rng.integers(0, 62, len(idx)))
+    ours = wilds_metrics(fmow, idx, y_pred)
+    ref, _ = FMoWDataset.eval(fmow, torch.as_tensor(y_pred), torch.as_tensor(y), fmow.metadata_array[idx])
+    assert set(ours) == set(ref)
+    for k in ref:
+        assert ours[k] == pytest.approx(float(ref[k]), abs=1e-7), k
+    assert {"acc_avg", "acc_worst_region", "acc_worst_year"} <= set(ours)
+
+
+def test_fmow_worst_region_by_hand(fmow):
+    idx = split_indices(fmow, "test")
+    y = np.asarray(fmow.y_array)[idx]
+    rng = np.random.default_rng(1)
+    y_pred = np.where(rng.random(len(idx)) < 0.6, y, -1)
+    region = np.asarray(fmow.metadata_array[idx, 0])
+    names = fmow.metadata_map["region"]
+    accs = [np.mean(y_pred[region == r] == y[region == r]) for r in np.unique(region) if names[r] != "Other"]
+    ours = wilds_metrics(fmow, idx, y_pred)
+    assert ours["acc_worst_region"] == pytest.approx(min(accs))
+    assert ours["acc_avg"] == pytest.approx(np.mean(y_pred == y))
+
+
+def test_fmow_eval_does_not_need_torch_scatter(fmow, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_scatter", None)  # import torch_scatter now raises
+    idx = split_indices(fmow, "test")
+    wilds_metrics(fmow, idx, np.zeros(len(idx), dtype=int))
+
+
+def test_iwildcam_metrics_equal_wilds_and_sklearn(iwildcam):
+    idx = split_indices(iwildcam, "test")
+    y = np.asarray(iwildcam.y_array)[idx]
+    rng = np.random.default_rng(2)
+    y_pred = np.where(rng.random(len(idx)) < 0.5, y, rng.integers(0, 182, len(idx)))
+    ours = wilds_metrics(iwildcam, idx, y_pred)
+    ref, _ = iwildcam.eval(torch.as_tensor(y_pred), torch.as_tensor(y), iwildcam.metadata_array[idx])
+    assert ours == pytest.approx({k: float(v) for k, v in ref.items()})
+    # WILDS macro-averages over the labels present in y_true only
+    labels = np.unique(y)
+    assert ours["F1-macro_all"] == pytest.approx(sklearn.metrics.f1_score(y, y_pred, average="macro", labels=labels))
+    assert ours["recall-macro_all"] == pytest.approx(sklearn.metrics.recall_score(y, y_pred, average="macro", labels=labels))
+    assert ours["acc_avg"] == pytest.approx(np.mean(y == y_pred))
+
+
+def test_group_table_counts_and_accuracy(fmow):
+    idx = split_indices(fmow, "id_test")
+    y = np.asarray(fmow.y_array)[idx]
+    table = group_table(fmow, idx, y)  # perfect predictions
+    assert set(table["field"]) == {"region", "year"}
+    for field, part in table.groupby("field"):
+        assert part["n"].sum() == len(idx)
+    assert (table["acc"] == 1.0).all()
+
+
+def test_prediction_length_mismatch(fmow):
+    with pytest.raises(ValueError, match="indices"):
+        wilds_metrics(fmow, split_indices(fmow, "test"), [0, 1])
