@@ -10,12 +10,12 @@ from .data import dataset_spec, group_labels, metadata_column
 
 
 def _as_long(values) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=torch.long)
+    return torch.as_tensor(np.array(values, dtype=np.int64))
 
 
 def wilds_metrics(dataset, indices, y_pred) -> dict[str, float]:
     """`dataset.eval` on predicted labels for the given full-dataset indices, as plain floats."""
-    indices = np.asarray(indices, dtype=np.int64)
+    indices = np.array(indices, dtype=np.int64)  # a writable copy (parquet columns are read-only)
     if len(indices) != len(y_pred):
         raise ValueError(f"{len(indices)} indices but {len(y_pred)} predictions")
     results, _ = dataset.eval(_as_long(y_pred), _as_long(np.asarray(dataset.y_array)[indices]),

@@ -35,3 +35,23 @@ def fmow(synth_root):
 def iwildcam(synth_root):
     from clipdg_nb.data import load_dataset
     return load_dataset("iwildcam", synth_root)
+
+
+EASY = SynthConfig(seed=1, image_size=32, shift=0.3,
+                   fmow_sizes={"train": 620, "id_val": 186, "id_test": 310, "val": 124, "test": 124})
+
+
+@pytest.fixture(scope="session")
+def easy_root(tmp_path_factory):
+    """FMoW with 10 images a class and a mild shift: enough for a tiny model to learn in seconds."""
+    root = tmp_path_factory.mktemp("wilds_easy")
+    write_synthetic(root, datasets=["fmow"], cfg=EASY)
+    return root
+
+
+@pytest.fixture
+def run_kwargs(tmp_path):
+    """Config fields that keep a run small, offline and inside the test's folder."""
+    return dict(output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                model="clipdg-tiny-vit", pretrained=None, vision_arch="tiny", vision_weights=None,
+                batch_size=64, eval_batch_size=256)
