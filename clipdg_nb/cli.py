@@ -36,6 +36,34 @@ def _cmd_demo(args) -> int:
                                          shift=1.0, mixed_timestamps=False, overwrite=False))
 
 
+def _cmd_run(args) -> int:
+    """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
+    from .sweep import load_experiment, run_experiment, write_slurm
+
+    experiment = load_experiment(args.experiment, root=args.root)
+    only = [name for item in args.only or [] for name in item.split(",") if name] or None
+    if args.slurm:
+        for path in write_slurm(experiment, only=only, force=args.force, jobs=args.jobs if args.jobs > 1 else None):
+            print(path)
+        return 0
+    summary = run_experiment(experiment, jobs=args.jobs, only=only, force=args.force, dry_run=args.dry_run,
+                             progress=not args.no_progress)
+    print(summary.format())
+    return 1 if summary.failed else 0
+
+
+def _cmd_report(args) -> int:
+    """Render executed notebooks to self-contained HTML under outputs/reports/."""
+    from .report import render_reports
+
+    written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
+                             no_code=args.no_code)
+    for path in written:
+        print(path)
+    print(f"{len(written)} report(s) in {args.out}")
+    return 0 if written else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipdg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the offline default end to end (synthetic data, tiny model)")
     demo.add_argument("--root", default="outputs/data")
     demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="execute the stages of an experiment file (parameters/*.yaml) with papermill")
+    run.add_argument("experiment", help="experiment YAML, e.g. parameters/demo.yaml")
+    run.add_argument("--jobs", "-j", type=int, default=1, help="points run at once (one per GPU when GPUs are visible)")
+    run.add_argument("--only", action="append", metavar="STAGE",
+                     help="run only this stage (repeat, or comma-separate, for several)")
+    run.add_argument("--dry-run", action="store_true", help="print the points that would run; execute nothing")
+    run.add_argument("--force", action="store_true", help="rerun points (and runs) that are already done")
+    run.add_argument("--slurm", action="store_true", help="write Slurm job-array scripts to outputs/slurm/ instead")
+    run.add_argument("--root", default=".", help="repository root: notebooks, outputs and the kernels' working folder")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="render executed notebooks to self-contained HTML (outputs/reports/)")
+    report.add_argument("--experiment", help="only this experiment's notebooks")
+    report.add_argument("--stage", help="only this stage's notebooks")
+    report.add_argument("--no-code", action="store_true", help="hide code cells (narrative, tables and figures only)")
+    report.add_argument("--notebooks", default="outputs/notebooks", help="folder of executed notebooks")
+    report.add_argument("--out", default="outputs/reports", help="folder for the HTML files")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

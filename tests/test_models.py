@@ -39,9 +39,9 @@ def test_tiny_configs_register_idempotently_and_forward():
     for name, size in [("clipdg-tiny-vit", 32), ("clipdg-tiny-vit-64", 64)]:
         b = M.load_clip(name)
         assert b.image_size == size and b.embed_dim == 64 and not b.model.training
-        assert b.tokenizer.context_length == 32 == open_clip.get_tokenizer(name).context_length
+        assert b.tokenizer.context_length == 20 == open_clip.get_tokenizer(name).context_length
         tokens = b.tokenizer(["a photo of a cat"])
-        assert tokens.shape == (1, 32)
+        assert tokens.shape == (1, 20)
         assert b.model.encode_image(_images(2, size)).shape == (2, 64)
         assert b.model.encode_text(tokens).shape == (1, 64)
 
@@ -128,8 +128,11 @@ def test_local_file_and_local_dir_round_trip(tiny, tmp_path):
         ref = tiny.model.encode_image(x)
     path = tmp_path / "tiny.safetensors"
     M.save_weights(tiny.model, path)
-    with pytest.warns(UserWarning, match="quick_gelu=True"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our tiny configs are never OpenAI weights: no QuickGELU warning
         b = M.load_clip("clipdg-tiny-vit", pretrained=path)
+    with pytest.warns(UserWarning, match="quick_gelu=True"):  # a real model from a bare file does warn
+        assert M._quick_gelu_flag("ViT-B-32", "file", None, {}, None) is False
     with torch.no_grad():
         torch.testing.assert_close(b.model.encode_image(x), ref)
     # A pickle-free torch file works too (loaded with weights_only=True).
@@ -143,7 +146,7 @@ def test_local_file_and_local_dir_round_trip(tiny, tmp_path):
     qg = M.load_clip("clipdg-tiny-vit", quick_gelu=True)
     spec = M.save_local_dir(qg, tmp_path / "dir")
     b = M.load_clip(spec)
-    assert _act(b.model) is QuickGELU and b.tokenizer.context_length == 32
+    assert _act(b.model) is QuickGELU and b.tokenizer.context_length == 20
     with torch.no_grad():
         torch.testing.assert_close(b.model.encode_image(x), qg.model.encode_image(x))
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):

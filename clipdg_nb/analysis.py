@@ -1,0 +1,255 @@
+"""Analysis of a whole experiment: pure functions over the tidy frame of `results.load_runs`.
+
+Tidy rows: run_id, experiment, dataset, method, fraction, seed, lr, variant, headline, split,
+metric, value. Every choice (the learning rate of each method) is made on a validation split;
+asking to choose on a test split is an error. Intervals are over seeds (`results.mean_ci`),
+comparisons are paired by seed (`results.paired_comparison`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import results
+
+VALIDATION_SPLITS = ("id_val", "val")
+TEST_SPLITS = ("id_test", "test")
+ID_SPLITS = ("train", "id_val", "id_test")
+# The headline metrics of DESIGN.md (kept here as data so this module does not import torch/wilds).
+HEADLINE = {"fmow": ("acc_avg", "acc_worst_region"), "iwildcam": ("F1-macro_all", "F1-macro_all")}
+GROUP_FIELDS = {"fmow": ("region", "year"), "iwildcam": ("location",)}
+RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
+_NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would drop NaN keys
+
+
+def headline_metric(dataset: str, split: str) -> str:
+    """The benchmark's number for a split: ID metric on train/id_val/id_test, OOD metric on val/test."""
+    if dataset not in HEADLINE:
+        raise ValueError(f"dataset={dataset!r} has no headline metric; known: {sorted(HEADLINE)}")
+    id_metric, ood_metric = HEADLINE[dataset]
+    return id_metric if split in ID_SPLITS else ood_metric
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: the frame lacks column(s) {missing}; pass the tidy frame of results.load_runs")
+
+
+def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
+    """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if given)."""
+    folder = Path(output_dir) / experiment
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
+                                f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
+    df = results.load_runs(folder)
+    return df[df["dataset"] == dataset].reset_index(drop=True) if dataset is not None else df
+
+
+def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant: str | None = None) -> pd.DataFrame:
+    """Rows of one split and metric (default: each dataset's headline metric for that split) for
+    the headline variant of each run, or for `variant` ('swa', 'last', ...) where runs have it."""
+    _require(df, results.TIDY_COLUMNS, "metric_rows")
+    rows = df[df["split"] == split]
+    rows = rows[rows["headline"]] if variant is None else rows[rows["variant"] == variant]
+    if metric is None:
+        wanted = rows["dataset"].map(lambda d: headline_metric(d, split))
+        rows = rows[rows["metric"] == wanted]
+    else:
+        rows = rows[rows["metric"] == metric]
+    return rows.reset_index(drop=True)
+
+
+def _lr_key(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(_lr=df["lr"].astype(float).fillna(_NO_LR))
+
+
+def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None = None,
+              by: Sequence[str] = ("dataset", "method", "fraction")) -> pd.DataFrame:
+    """The learning rate of each (dataset, method, fraction) with the best mean over seeds on a
+    validation split (ties go to the smaller lr). A test split is refused: choosing on it would
+    report an optimistic number, the reference study's flaw.
+
+    Returns `by` + lr, select_split, select_metric, select_mean, n_seeds, n_lrs.
+    """
+    if select_split in TEST_SPLITS:
+        raise ValueError(f"select_split={select_split!r} is a test split; choose on a validation split "
+                         f"({list(VALIDATION_SPLITS)}), never on test")
+    if select_split not in VALIDATION_SPLITS:
+        raise ValueError(f"select_split={select_split!r} must be one of {list(VALIDATION_SPLITS)}")
+    by = list(by)
+    rows = _lr_key(metric_rows(df, select_split, metric))
+    cols = [*by, "lr", "select_split", "select_metric", "select_mean", "n_seeds", "n_lrs"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    means = (rows.groupby([*by, "_lr", "metric"], dropna=False)["value"]
+             .agg(select_mean="mean", n_seeds="count").reset_index())
+    means["n_lrs"] = means.groupby(by, dropna=False)["_lr"].transform("nunique")
+    best = (means.sort_values([*by, "select_mean", "_lr"], ascending=[True] * len(by) + [False, True])
+            .groupby(by, dropna=False, sort=True).head(1))
+    best = best.assign(lr=best["_lr"].where(best["_lr"] != _NO_LR), select_split=select_split,
+                       select_metric=best["metric"])
+    return best[cols].reset_index(drop=True)
+
+
+def apply_selection(df: pd.DataFrame, selected: pd.DataFrame,
+                    by: Sequence[str] = ("dataset", "method", "fraction")) -> pd.DataFrame:
+    """The rows of `df` (every split, metric and variant) of the selected learning rates only."""
+    by = list(by)
+    keys = _lr_key(selected)[[*by, "_lr"]].drop_duplicates()
+    out = _lr_key(df).merge(keys, on=[*by, "_lr"], how="inner")
+    return out.drop(columns="_lr")[list(df.columns)].reset_index(drop=True)
+
+
+def fraction_curves(df: pd.DataFrame, split: str, metric: str | None = None, variant: str | None = None,
+                    level: float = 0.95, include_zero_shot: bool = False) -> pd.DataFrame:
+    """Mean and `level` interval over seeds per (dataset, method, fraction) on one split.
+
+    Pass the frame after `apply_selection`, so each point is one learning rate. Zero-shot runs
+    (fraction 0) are left out unless asked for; see `zero_shot_reference`.
+    """
+    rows = metric_rows(df, split, metric, variant)
+    if not include_zero_shot:
+        rows = rows[rows["method"] != "zeroshot"]
+    if rows.empty:
+        return pd.DataFrame(columns=["dataset", "method", "fraction", "metric", "mean", "low", "high", "n", "std"])
+    return results.summarise(rows, by=["dataset", "method", "fraction", "metric"], level=level)
+
+
+def zero_shot_reference(df: pd.DataFrame, split: str, metric: str | None = None) -> dict[str, float]:
+    """{dataset: zero-shot value} on one split (mean over zero-shot runs, e.g. template sets averaged)."""
+    rows = metric_rows(df, split, metric)
+    rows = rows[rows["method"] == "zeroshot"]
+    return {d: float(g["value"].mean()) for d, g in rows.groupby("dataset")}
+
+
+def _by_seed(rows: pd.DataFrame) -> pd.Series:
+    return rows.groupby("seed")["value"].mean()
+
+
+def paired_table(a: pd.DataFrame, b: pd.DataFrame, label: str, level: float = 0.95,
+                 by: Sequence[str] = ("dataset", "fraction")) -> pd.DataFrame:
+    """Per `by` group, the paired comparison (a - b over common seeds) of two sets of metric rows."""
+    by = list(by)
+    out = []
+    keys = sorted(set(map(tuple, a[by].drop_duplicates().to_numpy())) & set(map(tuple, b[by].drop_duplicates().to_numpy())))
+    for key in keys:
+        mask_a = np.logical_and.reduce([a[c] == v for c, v in zip(by, key)])
+        mask_b = np.logical_and.reduce([b[c] == v for c, v in zip(by, key)])
+        sa, sb = _by_seed(a[mask_a]), _by_seed(b[mask_b])
+        common = sorted(set(sa.index) & set(sb.index))
+        if not common:
+            continue
+        comp = results.paired_comparison(sa.loc[common], sb.loc[common], level=level)
+        out.append({**dict(zip(by, key)), "comparison": label, **{k: v for k, v in comp.items() if k != "seeds"}})
+    cols = [*by, "comparison", "n", "mean_diff", "low", "high", "std_diff", "t", "p_value",
+            "n_a_better", "n_b_better", "n_tied"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def compare_methods(df: pd.DataFrame, a: str, b: str, split: str, metric: str | None = None,
+                    level: float = 0.95) -> pd.DataFrame:
+    """`a` minus `b` (e.g. finetune vs vision_only) per (dataset, fraction), paired by seed."""
+    rows = metric_rows(df, split, metric)
+    return paired_table(rows[rows["method"] == a], rows[rows["method"] == b], f"{a} - {b}", level)
+
+
+def swa_gain(df: pd.DataFrame, split: str, metric: str | None = None, baseline: str = "last",
+             method: str = "finetune", level: float = 0.95) -> pd.DataFrame:
+    """The 'swa' weights minus `baseline` ('last' epoch, or 'best' = plain fine-tuning with
+    selection on validation) of the same runs of `method`, per (dataset, fraction), paired by seed."""
+    rows = df[df["method"] == method]
+    swa = metric_rows(rows, split, metric, variant="swa")
+    base = metric_rows(rows, split, metric, variant=baseline)
+    if swa.empty:
+        raise ValueError(f"no 'swa' variant for method={method!r} on split={split!r}; run with swa=True")
+    return paired_table(swa, base, f"swa - {baseline}", level)
+
+
+def logit(p):
+    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, dtype=float)))
+
+
+def id_ood_points(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test",
+                  id_metric: str | None = None, ood_metric: str | None = None) -> pd.DataFrame:
+    """One row per run (headline variant): dataset, method, fraction, seed, lr, id, ood."""
+    keys = ["run_id", *RUN_KEYS]
+    a = metric_rows(df, id_split, id_metric)[keys + ["value"]].rename(columns={"value": "id"})
+    b = metric_rows(df, ood_split, ood_metric)[["run_id", "value"]].rename(columns={"value": "ood"})
+    return a.merge(b, on="run_id").reset_index(drop=True)
+
+
+def fit_trend(points: pd.DataFrame, methods: Sequence[str] | None = None) -> dict | None:
+    """Least-squares line of logit(OOD) on logit(ID) over the runs of `methods` (default: all):
+    the 'baseline' trend effective robustness is measured against. None with under two runs."""
+    sub = points if methods is None else points[points["method"].isin(list(methods))]
+    sub = sub.dropna(subset=["id", "ood"])
+    if len(sub) < 2 or sub["id"].nunique() < 2:
+        return None
+    slope, intercept = np.polyfit(logit(sub["id"]), logit(sub["ood"]), 1)
+    label = "trend of " + (", ".join(methods) if methods else "all runs")
+    return {"slope": float(slope), "intercept": float(intercept), "label": label, "n": int(len(sub))}
+
+
+def effective_robustness(points: pd.DataFrame, fit: dict) -> pd.Series:
+    """OOD minus the OOD the trend predicts at the run's ID value (> 0: more robust than the trend)."""
+    return points["ood"] - sigmoid(fit["slope"] * logit(points["id"]) + fit["intercept"])
+
+
+def group_values(df: pd.DataFrame, split: str, field: str, prefix: str = "acc") -> pd.DataFrame:
+    """Per-group metrics WILDS reports (e.g. `acc_region:Asia`) as rows with a `group` column,
+    averaged over seeds per (dataset, method, fraction, group). Empty if the dataset has none."""
+    rows = df[(df["split"] == split) & df["headline"] & df["metric"].str.startswith(f"{prefix}_{field}:")]
+    rows = rows.assign(group=rows["metric"].str.split(":", n=1).str[1])
+    return (rows.groupby(["dataset", "method", "fraction", "group"])["value"].agg(value="mean", n="count")
+            .reset_index().sort_values(["dataset", "method", "fraction", "value"]).reset_index(drop=True))
+
+
+def worst_groups(df: pd.DataFrame, split: str, field: str, k: int = 3, prefix: str = "acc") -> pd.DataFrame:
+    """The `k` lowest groups of `field` per (dataset, method, fraction)."""
+    table = group_values(df, split, field, prefix)
+    return table.groupby(["dataset", "method", "fraction"], sort=True).head(k).reset_index(drop=True)
+
+
+def group_accuracy(predictions: pd.DataFrame, field: str) -> pd.DataFrame:
+    """Accuracy and count per value of a group column of a predictions frame (worst first)."""
+    if field not in predictions.columns:
+        raise ValueError(f"predictions have no group column {field!r}; they have {list(predictions.columns)}")
+    correct = predictions["y_true"] == predictions["y_pred"]
+    table = correct.groupby(predictions[field]).agg(value="mean", n="count").reset_index()
+    return table.rename(columns={field: "group"}).sort_values(["value", "group"]).reset_index(drop=True)
+
+
+def variant_table(record: dict, splits: Sequence[str] | None = None, metric: str | None = None) -> pd.DataFrame:
+    """A run record's weight variants (best, last, swa, ema, wise_ft_*) as rows variant, split,
+    metric, value (each split's headline metric unless `metric` is given)."""
+    variants = record.get("variants") or {(record.get("selection") or {}).get("variant", "selected"): record["metrics"]}
+    rows = []
+    for variant, table in variants.items():
+        for split, metrics in table.items():
+            if splits is not None and split not in splits:
+                continue
+            name = metric or headline_metric(record["dataset"], split)
+            value = metrics.get(name)
+            rows.append({"variant": variant, "split": split, "metric": name,
+                         "value": math.nan if value is None else float(value)})
+    return pd.DataFrame(rows, columns=["variant", "split", "metric", "value"])
+
+
+def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "test") -> pd.DataFrame:
+    """The selected settings, with the test number they lead to beside the validation number."""
+    test = fraction_curves(apply_selection(df, selected), test_split, include_zero_shot=True)
+    test = test.rename(columns={"mean": f"{test_split}_mean", "low": f"{test_split}_low",
+                                "high": f"{test_split}_high", "metric": f"{test_split}_metric"})
+    keep = ["dataset", "method", "fraction", f"{test_split}_metric", f"{test_split}_mean",
+            f"{test_split}_low", f"{test_split}_high"]
+    return selected.merge(test[keep], on=["dataset", "method", "fraction"], how="left")

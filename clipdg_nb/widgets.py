@@ -1,0 +1,302 @@
+"""The OOD failure browser: an ipywidgets UI over a predictions DataFrame.
+
+The state and callbacks live in `FailureBrowser` itself (`set_filter`, `show`, `next`, and the
+attributes `image`, `true_label`, `pred_label`, `topk`, ...), so they can be driven and tested
+without a browser; `widget()` puts an ipywidgets layout on top that only calls those methods.
+
+Predictions frame columns (see `eval.prediction_frame`): idx, y_true, y_pred, p_top1, optional
+topk_labels / topk_probs (list columns), split, and group columns (region, year, location).
+Two runs on the same images are compared with `compare_runs(a, b)`: each example becomes
+`fixed` (a wrong, b right), `broken` (a right, b wrong), `both_wrong` or `both_right`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .plots import thumbnail_png
+
+CATEGORIES = ("fixed", "broken", "both_wrong", "both_right")
+GROUP_FIELDS = ("region", "year", "location")
+_B = "_b"  # suffix of run B's columns in a comparison frame
+_FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
+ALL = "(all)"
+
+
+def _check_predictions(df: pd.DataFrame, name: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} must be a predictions DataFrame, got {type(df).__name__}")
+    missing = [c for c in ("idx", "y_true", "y_pred", "p_top1") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} lacks column(s) {missing}; a predictions frame has idx, y_true, y_pred, p_top1")
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Join two runs' predictions on the same examples (idx, and split when both have it).
+
+    Run A's columns keep their names, run B's prediction columns get the suffix `_b`, and
+    `category` says what changed from A to B: fixed, broken, both_wrong, both_right.
+    """
+    _check_predictions(a, "a")
+    _check_predictions(b, "b")
+    keys = ["idx"] + (["split"] if "split" in a.columns and "split" in b.columns else [])
+    own = [c for c in ("y_pred", "p_top1", "p_true", "topk_labels", "topk_probs") if c in b.columns]
+    merged = a.merge(b[keys + own + ["y_true"]].rename(columns={c: c + _B for c in own + ["y_true"]}),
+                     on=keys, how="inner")
+    if merged.empty:
+        raise ValueError("the two runs share no examples (idx); compare predictions of the same split")
+    if (merged["y_true"] != merged["y_true" + _B]).any():
+        raise ValueError("the two runs disagree on y_true for the same idx; are they of the same dataset?")
+    merged = merged.drop(columns="y_true" + _B)
+    ok_a = merged["y_pred"] == merged["y_true"]
+    ok_b = merged["y_pred" + _B] == merged["y_true"]
+    merged["category"] = np.select([~ok_a & ok_b, ok_a & ~ok_b, ~ok_a & ~ok_b], list(CATEGORIES[:3]), CATEGORIES[3])
+    return merged
+
+
+def category_counts(comparison: pd.DataFrame) -> pd.Series:
+    """How many examples fall in each comparison category (all four, zeros included)."""
+    return comparison["category"].value_counts().reindex(list(CATEGORIES), fill_value=0)
+
+
+class FailureBrowser:
+    """Browse predictions (or a comparison of two runs): filter, then step through examples.
+
+    predictions: a predictions frame, or the output of `compare_runs` (then `category` filters
+    and run B's label is shown too). class_names: label names in WILDS order.
+    dataset / get_image: where images come from (`dataset.get_input(idx)` by default).
+    Rows are ordered most confident first, so with `errors_only` the worst failures lead.
+    """
+
+    def __init__(self, predictions: pd.DataFrame, class_names: Sequence[str], dataset=None,
+                 get_image: Callable[[int], Any] | None = None, run_names: Sequence[str] = ("A", "B"),
+                 group_fields: Sequence[str] | None = None, errors_only: bool = True, topk: int = 5,
+                 thumb_size: int = 224):
+        _check_predictions(predictions, "predictions")
+        self.frame = predictions.reset_index(drop=True)
+        self.class_names = list(class_names)
+        if get_image is None and dataset is not None:
+            get_image = dataset.get_input
+        self.get_image = get_image
+        self.run_names = tuple(run_names)
+        self.comparing = "category" in self.frame.columns
+        self.group_fields = [f for f in (group_fields or GROUP_FIELDS) if f in self.frame.columns]
+        self.k, self.thumb_size = int(topk), int(thumb_size)
+        self.filters: dict = {"split": None, "groups": {}, "true_class": None, "pred_class": None,
+                              "errors_only": errors_only and not self.comparing, "category": None}
+        self._widgets: dict = {}
+        self._syncing = False
+        self._apply()
+
+    # -- labels -------------------------------------------------------------------------------
+    def label(self, y) -> str:
+        y = int(y)
+        return self.class_names[y] if 0 <= y < len(self.class_names) else f"class {y}"
+
+    def _class_index(self, value, name: str) -> int | None:
+        if value is None or value == ALL:
+            return None
+        if isinstance(value, str) and not value.isdigit():
+            if value not in self.class_names:
+                raise ValueError(f"{name}={value!r} is not a class name; see browser.class_names")
+            return self.class_names.index(value)
+        return int(value)
+
+    # -- state ----------------------------------------------------------------------------------
+    def set_filter(self, **changes) -> int:
+        """Change some filters (None = no filter) and go to the first match; returns the match count.
+
+        split: 'test', ...; groups: {field: value}; true_class / pred_class: index or name;
+        errors_only: bool; category: fixed | broken | both_wrong | both_right (comparisons).
+        """
+        unknown = sorted(set(changes) - set(_FILTERS))
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; use {list(_FILTERS)}")
+        if changes.get("category") not in (None, ALL) and not self.comparing:
+            raise ValueError("category filters need a comparison of two runs (compare_runs(a, b))")
+        if changes.get("category") not in (None, ALL, *CATEGORIES):
+            raise ValueError(f"category={changes['category']!r}; choose one of {list(CATEGORIES)}")
+        for field in (changes.get("groups") or {}):
+            if field not in self.group_fields:
+                raise ValueError(f"groups: {field!r} is not a group column; have {self.group_fields}")
+        for key in ("true_class", "pred_class"):
+            if key in changes:
+                changes[key] = self._class_index(changes[key], key)
+        if "groups" in changes:
+            changes["groups"] = {k: v for k, v in (changes["groups"] or {}).items() if v not in (None, ALL)}
+        self.filters.update({k: (None if v == ALL else v) for k, v in changes.items()})
+        self._apply()
+        return len(self.filtered)
+
+    def _apply(self) -> None:
+        df, f = self.frame, self.filters
+        mask = np.ones(len(df), dtype=bool)
+        if f["split"] is not None and "split" in df.columns:
+            mask &= (df["split"] == f["split"]).to_numpy()
+        for field, value in f["groups"].items():
+            mask &= (df[field].astype(str) == str(value)).to_numpy()
+        if f["true_class"] is not None:
+            mask &= (df["y_true"] == f["true_class"]).to_numpy()
+        if f["pred_class"] is not None:
+            mask &= (df["y_pred"] == f["pred_class"]).to_numpy()
+        if f["errors_only"]:
+            mask &= (df["y_pred"] != df["y_true"]).to_numpy()
+        if f["category"] is not None:
+            mask &= (df["category"] == f["category"]).to_numpy()
+        self.filtered = df[mask].sort_values(["p_top1", "idx"], ascending=[False, True]).reset_index(drop=True)
+        self.show(0) if len(self.filtered) else self._clear()
+
+    def _clear(self) -> None:
+        self.position, self.current, self.image = None, None, None
+        self.true_label = self.pred_label = self.pred_label_b = None
+        self.confidence = self.confidence_b = self.category = None
+        self.topk, self.topk_b = [], []
+        self._refresh()
+
+    def _topk(self, row, suffix: str = "") -> list[tuple[str, float]]:
+        labels, probs = row.get("topk_labels" + suffix), row.get("topk_probs" + suffix)
+        if labels is None or probs is None:
+            return [(self.label(row["y_pred" + suffix]), float(row["p_top1" + suffix]))]
+        return [(self.label(y), float(p)) for y, p in list(zip(labels, probs))[: self.k]]
+
+    def show(self, position: int) -> dict:
+        """Go to row `position` of the filtered examples; fills image, labels, top-k; returns them."""
+        n = len(self.filtered)
+        if not n:
+            raise IndexError("no examples match the filters; loosen them with set_filter(...)")
+        if not isinstance(position, (int, np.integer)) or not -n <= position < n:
+            raise IndexError(f"position {position!r} out of range: {n} example(s) match the filters")
+        self.position = int(position) % n
+        row = self.filtered.iloc[self.position]
+        self.current = row
+        self.image = self.get_image(int(row["idx"])) if self.get_image is not None else None
+        self.true_label, self.pred_label = self.label(row["y_true"]), self.label(row["y_pred"])
+        self.confidence = float(row["p_top1"])
+        self.topk = self._topk(row)
+        if self.comparing:
+            self.pred_label_b, self.confidence_b = self.label(row["y_pred" + _B]), float(row["p_top1" + _B])
+            self.topk_b, self.category = self._topk(row, _B), row["category"]
+        else:
+            self.pred_label_b = self.confidence_b = self.category = None
+            self.topk_b = []
+        self._refresh()
+        return self.state()
+
+    def next(self) -> dict:
+        return self.show((self.position + 1) % len(self.filtered)) if len(self.filtered) else self.state()
+
+    def previous(self) -> dict:
+        return self.show((self.position - 1) % len(self.filtered)) if len(self.filtered) else self.state()
+
+    def state(self) -> dict:
+        """What is on screen, as plain values."""
+        row = self.current
+        return {"position": self.position, "count": len(self.filtered),
+                "idx": None if row is None else int(row["idx"]),
+                "true_label": self.true_label, "pred_label": self.pred_label, "confidence": self.confidence,
+                "topk": list(self.topk), "pred_label_b": self.pred_label_b, "confidence_b": self.confidence_b,
+                "topk_b": list(self.topk_b), "category": self.category,
+                "groups": {} if row is None else {f: row[f] for f in self.group_fields}}
+
+    def describe(self) -> str:
+        """One-line text of the current example (for logs and text-only reports)."""
+        s = self.state()
+        if s["idx"] is None:
+            return "no examples match the filters"
+        groups = ", ".join(f"{k} {v}" for k, v in s["groups"].items())
+        text = (f"[{s['position'] + 1}/{s['count']}] #{s['idx']} ({groups}) true: {s['true_label']}; "
+                f"{self.run_names[0]}: {s['pred_label']} ({s['confidence']:.0%})")
+        if self.comparing:
+            text += f"; {self.run_names[1]}: {s['pred_label_b']} ({s['confidence_b']:.0%}) [{s['category']}]"
+        return text
+
+    # -- options for the controls ---------------------------------------------------------------
+    def options(self) -> dict:
+        df = self.frame
+        return {
+            "split": sorted(df["split"].unique()) if "split" in df.columns else [],
+            "groups": {f: sorted(map(str, df[f].unique())) for f in self.group_fields},
+            "true_class": [self.label(y) for y in sorted(df["y_true"].unique())],
+            "pred_class": [self.label(y) for y in sorted(df["y_pred"].unique())],
+            "category": list(CATEGORIES) if self.comparing else [],
+        }
+
+    # -- ipywidgets layout ----------------------------------------------------------------------
+    def widget(self):
+        """The ipywidgets UI (built once): filter controls, prev/next, image, labels, top-k bars."""
+        if self._widgets:
+            return self._widgets["root"]
+        import ipywidgets as W
+
+        opts, w = self.options(), self._widgets
+        w["split"] = W.Dropdown(options=[ALL, *opts["split"]], value=self.filters["split"] or ALL, description="split")
+        for field, values in opts["groups"].items():
+            w[f"group:{field}"] = W.Dropdown(options=[ALL, *values], value=ALL, description=field)
+        w["true_class"] = W.Dropdown(options=[ALL, *opts["true_class"]], value=ALL, description="true")
+        w["pred_class"] = W.Dropdown(options=[ALL, *opts["pred_class"]], value=ALL,
+                                     description=f"pred {self.run_names[0]}")
+        w["errors_only"] = W.Checkbox(value=bool(self.filters["errors_only"]), description=f"{self.run_names[0]} wrong only")
+        controls = [w["split"], *[w[k] for k in w if k.startswith("group:")], w["true_class"], w["pred_class"],
+                    w["errors_only"]]
+        if self.comparing:
+            w["category"] = W.ToggleButtons(options=[ALL, *CATEGORIES], value=ALL, description="A -> B")
+            controls.append(w["category"])
+        w["prev"], w["next"] = W.Button(description="< previous"), W.Button(description="next >")
+        w["counter"] = W.Label()
+        w["image"] = W.Image(format="png", width=self.thumb_size, height=self.thumb_size)
+        w["info"] = W.HTML()
+        for key in controls:
+            key.observe(self._on_control, names="value")
+        w["prev"].on_click(lambda _: self.previous())
+        w["next"].on_click(lambda _: self.next())
+        w["root"] = W.VBox([W.HBox(controls[:3]), W.HBox(controls[3:]),
+                            W.HBox([w["prev"], w["next"], w["counter"]]), W.HBox([w["image"], w["info"]])])
+        self._refresh()
+        return w["root"]
+
+    def _on_control(self, change) -> None:
+        if self._syncing:
+            return
+        w = self._widgets
+        groups = {k.split(":", 1)[1]: c.value for k, c in w.items() if k.startswith("group:")}
+        self.set_filter(split=w["split"].value, groups=groups, true_class=w["true_class"].value,
+                        pred_class=w["pred_class"].value, errors_only=w["errors_only"].value,
+                        **({"category": w["category"].value} if self.comparing else {}))
+
+    def _bars(self, topk) -> str:
+        rows = "".join(
+            f'<tr><td style="padding-right:6px">{label}</td><td><div style="background:#4c78a8;height:10px;'
+            f'width:{max(1, round(120 * p))}px"></div></td><td>&nbsp;{p:.1%}</td></tr>' for label, p in topk)
+        return f"<table>{rows}</table>"
+
+    def _refresh(self) -> None:
+        w = self._widgets
+        if not w:
+            return
+        if self.current is None:
+            w["counter"].value, w["info"].value, w["image"].value = "0 matches", "<i>no examples match</i>", b""
+            return
+        w["counter"].value = f"{self.position + 1} / {len(self.filtered)}"
+        w["image"].value = thumbnail_png(self.image, self.thumb_size) if self.image is not None else b""
+        s = self.state()
+        groups = ", ".join(f"{k}: {v}" for k, v in s["groups"].items())
+        info = (f"<b>#{s['idx']}</b> <span style='color:#666'>{groups}</span><br>"
+                f"<b>true</b>: {s['true_label']}<br>"
+                f"<b>{self.run_names[0]}</b>: {s['pred_label']} ({s['confidence']:.1%}){self._bars(self.topk)}")
+        if self.comparing:
+            info += (f"<b>{self.run_names[1]}</b>: {s['pred_label_b']} ({s['confidence_b']:.1%}) "
+                     f"<i>[{s['category']}]</i>{self._bars(self.topk_b)}")
+        w["info"].value = info
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget())
+
+
+def browse(predictions: pd.DataFrame, class_names: Sequence[str], dataset=None, compare_with: pd.DataFrame | None = None,
+           run_names: Sequence[str] = ("A", "B"), **kwargs) -> FailureBrowser:
+    """A browser over one run's predictions, or (with `compare_with`) over run A vs run B."""
+    frame = compare_runs(predictions, compare_with) if compare_with is not None else predictions
+    return FailureBrowser(frame, class_names, dataset=dataset, run_names=run_names, **kwargs)

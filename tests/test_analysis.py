@@ -1,0 +1,120 @@
+"""analysis.py on fake run records: selection on validation only, intervals, paired gains, trends."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipdg_nb import analysis, results
+
+# identical fake differences across seeds make scipy warn about precision; the numbers are exact
+pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+
+
+def _metrics(id_val, test, id_test=None, val=None):
+    id_test = id_val if id_test is None else id_test
+    val = test if val is None else val
+    return {"id_val": {"acc_avg": id_val, "acc_worst_region": id_val - 0.1, "acc_region:Asia": id_val - 0.05,
+                       "acc_region:Africa": id_val - 0.1},
+            "id_test": {"acc_avg": id_test, "acc_worst_region": id_test - 0.1},
+            "val": {"acc_avg": val + 0.1, "acc_worst_region": val},
+            "test": {"acc_avg": test + 0.1, "acc_worst_region": test, "acc_region:Asia": test + 0.02,
+                     "acc_region:Africa": test}}
+
+
+def _record(method, fraction, seed, lr, variants, headline="best"):
+    return results.make_run_record(
+        run_id=f"fmow-{method}-f{fraction:g}-lr{lr}-s{seed}", experiment="fake", dataset="fmow", root_dir="x",
+        method=method, fraction=fraction, seed=seed, params={"lr": lr, "experiment": "fake"},
+        metrics=variants[headline], selection={"split": "id_val", "variant": headline},
+        variants=variants if len(variants) > 1 else None, versions={}, git_commit=None)
+
+
+@pytest.fixture(scope="module")
+def tidy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    records = [_record("zeroshot", 0.0, 0, None, {"zeroshot": _metrics(0.30, 0.20)}, "zeroshot")]
+    for seed in range(3):
+        noise = 0.01 * seed
+        for fraction in (0.1, 1.0):
+            base = 0.5 + 0.2 * fraction + noise
+            # lr 1e-4 is best on validation; lr 1e-3 would look best on test (it must not be chosen)
+            for lr, dv, dt in ((1e-4, 0.05, 0.0), (1e-3, 0.0, 0.08)):
+                best = _metrics(base + dv, base - 0.2 + dt)
+                last = _metrics(base + dv - 0.02, base - 0.22 + dt)
+                swa = _metrics(base + dv + 0.01, base - 0.2 + dt + 0.03 + 0.001 * seed)
+                records.append(_record("finetune", fraction, seed, lr, {"best": best, "last": last, "swa": swa}))
+                records.append(_record("vision_only", fraction, seed, lr,
+                                       {"best": _metrics(base + dv - 0.1, base - 0.35 + dt)}))
+    for rec in records:
+        results.write_run_record(root / rec["run_id"], rec)
+    return results.load_runs(root)
+
+
+def test_lr_is_chosen_on_validation_never_test(tidy):
+    sel = analysis.select_lr(tidy, "id_val")
+    ft = sel[sel["method"] == "finetune"]
+    assert list(ft["lr"]) == [1e-4, 1e-4] and set(ft["select_metric"]) == {"acc_avg"}
+    assert (ft["n_seeds"] == 3).all() and (ft["n_lrs"] == 2).all()
+    zs = sel[sel["method"] == "zeroshot"]
+    assert len(zs) == 1 and math.isnan(zs["lr"].iloc[0])
+    # on OOD val the FMoW OOD metric is used
+    assert set(analysis.select_lr(tidy, "val")["select_metric"]) == {"acc_worst_region"}
+    for split in ("test", "id_test"):
+        with pytest.raises(ValueError, match="never on test"):
+            analysis.select_lr(tidy, split)
+
+
+def test_curves_have_intervals_over_seeds(tidy):
+    chosen = analysis.apply_selection(tidy, analysis.select_lr(tidy, "id_val"))
+    assert set(chosen["lr"].dropna()) == {1e-4}
+    curves = analysis.fraction_curves(chosen, "test")
+    row = curves[(curves["method"] == "finetune") & (curves["fraction"] == 0.1)].iloc[0]
+    expected = results.mean_ci([0.5 + 0.02 - 0.2 + 0.01 * s for s in range(3)])
+    assert row["metric"] == "acc_worst_region" and row["n"] == 3
+    assert row["mean"] == pytest.approx(expected["mean"]) and row["low"] == pytest.approx(expected["low"])
+    assert "zeroshot" not in set(curves["method"])
+    assert analysis.zero_shot_reference(tidy, "test") == {"fmow": pytest.approx(0.20)}
+
+
+def test_swa_gain_and_method_comparison_are_paired(tidy):
+    chosen = analysis.apply_selection(tidy, analysis.select_lr(tidy, "id_val"))
+    gain = analysis.swa_gain(chosen, "test", baseline="last")
+    assert list(gain["fraction"]) == [0.1, 1.0] and (gain["n"] == 3).all()
+    assert gain["mean_diff"].to_numpy() == pytest.approx([0.051, 0.051])
+    assert (gain["low"] > 0).all() and set(gain["comparison"]) == {"swa - last"}
+    vs_best = analysis.swa_gain(chosen, "test", baseline="best")
+    assert vs_best["mean_diff"].to_numpy() == pytest.approx([0.031, 0.031])
+    comp = analysis.compare_methods(chosen, "finetune", "vision_only", "test")
+    assert comp["mean_diff"].to_numpy() == pytest.approx([0.15, 0.15]) and (comp["n_a_better"] == 3).all()
+    with pytest.raises(ValueError, match="swa"):
+        analysis.swa_gain(chosen, "test", method="vision_only")
+
+
+def test_id_ood_points_trend_and_groups(tidy):
+    chosen = analysis.apply_selection(tidy, analysis.select_lr(tidy, "id_val"))
+    pts = analysis.id_ood_points(chosen)
+    assert len(pts) == 1 + 2 * 2 * 3 and {"id", "ood"} <= set(pts.columns)
+    fit = analysis.fit_trend(pts, methods=["vision_only"])
+    assert fit is not None and fit["n"] == 6
+    er = analysis.effective_robustness(pts, fit)
+    assert abs(er[pts["method"] == "vision_only"].mean()) < 0.02
+    assert er[pts["method"] == "finetune"].mean() > 0.02  # fine-tuned CLIP sits above the vision-only trend
+    worst = analysis.worst_groups(chosen, "test", "region", k=1)
+    assert set(worst["group"]) == {"Africa"}
+    preds = pd.DataFrame({"y_true": [0, 1, 1, 2], "y_pred": [0, 0, 1, 2], "region": ["A", "A", "B", "B"]})
+    acc = analysis.group_accuracy(preds, "region")
+    assert list(acc["group"]) == ["A", "B"] and list(acc["value"]) == [0.5, 1.0]
+
+
+def test_variant_and_settings_tables(tidy):
+    rec = _record("finetune", 0.1, 0, 1e-4, {"best": _metrics(0.6, 0.4), "swa": _metrics(0.62, 0.45)})
+    table = analysis.variant_table(rec, splits=["id_test", "test"])
+    assert set(table["variant"]) == {"best", "swa"}
+    assert table.loc[(table["variant"] == "swa") & (table["split"] == "test"), "value"].item() == pytest.approx(0.45)
+    sel = analysis.select_lr(tidy, "id_val")
+    settings = analysis.settings_table(sel, tidy)
+    assert {"lr", "select_mean", "test_mean"} <= set(settings.columns) and len(settings) == len(sel)
+    assert np.isfinite(settings["test_mean"]).all()

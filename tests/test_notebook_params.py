@@ -1,0 +1,112 @@
+"""The notebooks' `parameters` cells stay in step with the config dataclasses (no kernel needed)."""
+from __future__ import annotations
+
+import ast
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
+from clipdg_nb.data import VALIDATION_SPLITS
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]
+NOTEBOOK_ONLY = {"force": False}  # extra parameters a notebook may add beside its dataclass's
+
+
+def parameters(name: str) -> dict:
+    """name -> default value, parsed from the single `parameters` cell (with ast, as literals)."""
+    nb = nbformat.read(str(NOTEBOOKS / f"{name}.ipynb"), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
+    values = {}
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{name}: one plain assignment per line"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def defaults(cls) -> dict:
+    out = {}
+    for f in fields(cls):
+        value = f.default if f.default is not MISSING else f.default_factory()
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_committed_clean_with_python3_kernel_and_documented_parameters(name):
+    nb = nbformat.read(str(NOTEBOOKS / f"{name}.ipynb"), as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: commit without outputs"
+    # papermill reads every parameter with its help (what `papermill --help-notebook` prints)
+    inspected = papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    assert set(inspected) == set(parameters(name))
+    missing_help = [p for p, info in inspected.items() if not info["help"]]
+    assert not missing_help, f"{name}: give these parameters a `# comment`: {missing_help}"
+
+
+def _check_mirror(name, cls, skip=(), extra=()):
+    params, expected = parameters(name), defaults(cls)
+    for key in skip:
+        expected.pop(key)
+    extras = {k: params[k] for k in set(params) - set(expected)}
+    lacking = [k for k in expected if k not in params]
+    assert not lacking, (f"{name}.ipynb lacks {lacking} of {cls.__name__}; add to its parameters cell: "
+                         + "; ".join(f"`{k} = {expected[k]!r}  # <help>`" for k in lacking))
+    assert set(extras) <= set(extra) | set(NOTEBOOK_ONLY), f"{name}: unexpected parameters {sorted(extras)}"
+    mismatched = {k: (params[k], v) for k, v in expected.items() if params[k] != v}
+    assert not mismatched, f"{name}: defaults differ from {cls.__name__} (notebook, dataclass): {mismatched}"
+    for k, v in NOTEBOOK_ONLY.items():
+        assert params.get(k, v) == v
+    return params
+
+
+def test_zero_shot_mirrors_zero_shot_config():
+    params = _check_mirror("01_zero_shot", ZeroShotConfig, skip=("method",), extra=("gallery_size",))
+    from_params(ZeroShotConfig, {k: v for k, v in params.items() if k in defaults(ZeroShotConfig)})
+
+
+def test_sweep_mirrors_finetune_config_with_method_and_lr_lists():
+    params = _check_mirror("02_few_shot_sweep", FinetuneConfig, skip=("method", "lr"), extra=("methods", "lrs"))
+    assert params["methods"] == [FinetuneConfig.method] and params["lrs"] == [FinetuneConfig.lr]
+
+
+def test_ablation_mirrors_finetune_config():
+    params = _check_mirror("03_swa_ablation", FinetuneConfig, extra=("gallery_size",))
+    from_params(FinetuneConfig, {k: v for k, v in params.items() if k in defaults(FinetuneConfig)})
+
+
+def test_analysis_chooses_on_validation_by_default():
+    params = parameters("04_analysis")
+    assert params["select_split"] in VALIDATION_SPLITS
+    assert params["experiment"] == ZeroShotConfig.experiment and params["output_dir"] == ZeroShotConfig.output_dir
+    assert 0 < params["level"] < 1
+
+
+def test_probe_methods_agree_with_config():
+    from clipdg_nb import config, notebook
+    assert notebook.PROBE_METHODS == config.PROBE_METHODS
+
+
+def test_finetune_configs_expand_methods_and_lrs():
+    from clipdg_nb.notebook import finetune_configs
+
+    namespace = {"epochs": 2, "swa_last_k": 1, "fraction": 0.1, "seed": 1, "methods": "ignored", "force": True}
+    cfgs = finetune_configs(namespace, ["linear_probe", "finetune"], [1e-3, 1e-4])
+    assert [(c.method, c.lr) for c in cfgs] == [("linear_probe", 1e-3), ("finetune", 1e-3), ("finetune", 1e-4)]
+    assert all(c.epochs == 2 and c.fraction == 0.1 and c.seed == 1 for c in cfgs)
+    with pytest.raises(ValueError, match="01_zero_shot"):
+        finetune_configs(namespace, ["zeroshot"], [1e-4])
+    with pytest.raises(ValueError, match="non-empty list"):
+        finetune_configs(namespace, "finetune", [1e-4])
+    with pytest.raises(ValueError, match="lrs"):
+        finetune_configs(namespace, ["finetune"], 1e-4)
+    with pytest.raises(ValueError, match="epochs"):
+        finetune_configs({**namespace, "epochs": 0}, ["finetune"], [1e-4])

@@ -1,0 +1,99 @@
+"""The four notebooks, executed by the sweep runner through papermill on tiny synthetic data.
+
+One small experiment (one point per stage) runs once per session: zero-shot, a sweep point
+(linear probe, fine-tune, tiny vision-only; one epoch), the ablation (which reuses the sweep's
+fine-tune run: same parameters, so the api reads its record back), and the analysis.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from clipdg_nb import results, sweep
+
+pytestmark = pytest.mark.slow
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+TRAIN = {"epochs": 1, "swa_last_k": 1, "fraction": 0.25, "batch_size": 64, "eval_batch_size": 256,
+         "vision_arch": "tiny", "vision_weights": None}
+
+
+@pytest.fixture(scope="module")
+def executed(synth_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    doc = {
+        "experiment": "nbtest",
+        "defaults": {"dataset": "fmow", "root_dir": str(synth_root), "model": "clipdg-tiny-vit", "pretrained": None,
+                     "output_dir": "outputs/runs", "cache_dir": "outputs/cache",
+                     "eval_splits": ["id_val", "id_test", "test"]},  # all that 04 reads; OOD val skipped for time
+        "stages": [
+            {"name": "zero_shot", "notebook": str(NOTEBOOKS / "01_zero_shot.ipynb"), "params": {"gallery_size": 4}},
+            {"name": "sweep", "notebook": str(NOTEBOOKS / "02_few_shot_sweep.ipynb"),
+             "params": {**TRAIN, "methods": ["linear_probe", "finetune", "vision_only"], "lrs": [1.0e-3]}},
+            {"name": "ablation", "notebook": str(NOTEBOOKS / "03_swa_ablation.ipynb"),
+             "params": {**TRAIN, "lr": 1.0e-3, "gallery_size": 2}},
+            {"name": "analysis", "notebook": str(NOTEBOOKS / "04_analysis.ipynb")},
+        ],
+    }
+    path = root / "nbtest.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    summary = sweep.run_experiment(path, root=root, progress=False)
+    return root, summary
+
+
+def _outputs(nb_path: Path):
+    nb = nbformat.read(str(nb_path), as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def test_every_notebook_runs_without_error(executed):
+    root, summary = executed
+    failed = {r.name: r.error for r in summary.failed}
+    assert not failed and len(summary.done) == 4, failed
+    for stage in ("zero_shot", "sweep", "ablation", "analysis"):
+        outs = _outputs(root / f"outputs/notebooks/nbtest/{stage}/default.ipynb")
+        assert not [o for o in outs if o.output_type == "error"]
+
+
+def test_run_records_and_predictions_written(executed):
+    root, _ = executed
+    runs = root / "outputs/runs/nbtest"
+    ids = sorted(p.parent.name for p in runs.glob("*/result.json"))
+    assert ids == ["fmow-finetune-f0.25-lr0.001-s0", "fmow-linear_probe-f0.25-lr0.001-s0",
+                   "fmow-vision_only-f0.25-lr0.001-s0", "fmow-zeroshot-paper-s0"]
+    ft = results.read_run_record(runs / "fmow-finetune-f0.25-lr0.001-s0")
+    assert {"best", "last", "swa"} <= set(ft["variants"]) and ft["history"]
+    assert (runs / "fmow-finetune-f0.25-lr0.001-s0/variants/swa/predictions/test.parquet").is_file()
+    # the sweep's done markers list the runs each notebook reported
+    marker = json.loads((root / "outputs/notebooks/nbtest/sweep/default.done.json").read_text())
+    assert sorted(Path(d).name for d in marker["run_dirs"]) == ids[:3]
+    ablation = json.loads((root / "outputs/notebooks/nbtest/ablation/default.done.json").read_text())
+    assert [Path(d).name for d in ablation["run_dirs"]] == ["fmow-finetune-f0.25-lr0.001-s0"]
+
+
+def test_figures_and_gallery_survive_as_html(executed):
+    root, _ = executed
+    html = ["".join(o.get("data", {}).get("text/html", "")) for o in
+            _outputs(root / "outputs/notebooks/nbtest/zero_shot/default.ipynb")]
+    assert sum("plotly.js v" in h for h in html) == 1  # plotly.js inline exactly once
+    assert any("Plotly.newPlot" in h for h in html)
+    assert any("data:image/png;base64," in h and "clipdg-gallery" in h for h in html)
+    analysis = ["".join(o.get("data", {}).get("text/html", "")) for o in
+                _outputs(root / "outputs/notebooks/nbtest/analysis/default.ipynb")]
+    assert sum("Plotly.newPlot" in h for h in analysis) >= 4  # curves, CLIP vs vision, SWA, ID-OOD, groups
+
+
+def test_plain_papermill_cli_with_only_fraction_and_seed(synth_root, tmp_path):
+    """`papermill notebooks/02_few_shot_sweep.ipynb out.ipynb -p fraction 0.1 -p seed 1` works from the
+    notebook's own defaults (here the data location is given and only the cheap probe is trained)."""
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "02_few_shot_sweep.ipynb"), str(tmp_path / "out.ipynb"),
+           "-p", "fraction", "0.1", "-p", "seed", "1", "-p", "root_dir", str(synth_root),
+           "-y", "methods: [linear_probe]", "--cwd", str(tmp_path), "--no-progress-bar"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "outputs/runs/scratch/fmow-linear_probe-f0.1-lr0.0001-s1/result.json").is_file()

@@ -1,0 +1,159 @@
+"""The sweep runner over a tiny throwaway notebook: grids, resume, failures, dry runs, YAML errors."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from clipdg_nb import sweep
+from clipdg_nb.cli import main
+
+PARAMS = '''x = 0  # the grid value
+tag = "a"  # a fixed value
+fail_on = -1  # the x that raises
+'''
+BODY = '''import json, os, pathlib
+from clipdg_nb.sweep import note_runs
+pathlib.Path(f"gpu-{x}.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+run = pathlib.Path("runs") / f"x{x}"
+run.mkdir(parents=True, exist_ok=True)
+with open("log.txt", "a") as fh:
+    fh.write(f"{x}\\n")
+if x == fail_on:
+    raise ValueError(f"boom at x={x}")
+(run / "result.json").write_text(json.dumps({"x": x}))
+note_runs(run)
+'''
+
+
+def write_notebook(path, params=PARAMS, body=BODY):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# throwaway"), cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def write_experiment(tmp_path, stages, name="t", defaults=None):
+    doc = {"experiment": name, "stages": stages}
+    if defaults is not None:
+        doc["defaults"] = defaults
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path):
+    write_notebook(tmp_path / "nb.ipynb")
+    return tmp_path
+
+
+def executed(root):
+    log = root / "log.txt"
+    return [int(v) for v in log.read_text().split()] if log.exists() else []
+
+
+def test_grid_expansion_and_point_names(project):
+    assert sweep.expand_grid({"a": [1, 2], "b": ["x", "y"]}) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert sweep.expand_grid({}) == [{}]
+    assert sweep.point_name({"dataset": "fmow", "fraction": 0.1, "seed": 0}) == "dataset-fmow_fraction-0.1_seed-0"
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [1, 2, 3]},
+                                       "params": {"tag": "b"}}], defaults={"fail_on": 9})
+    exp = sweep.load_experiment(path, root=project)
+    points = exp.stage("s").points
+    assert [p.parameters for p in points] == [{"fail_on": 9, "tag": "b", "x": x} for x in (1, 2, 3)]
+    assert points[0].output == project / "outputs/notebooks/t/s/x-1.ipynb"
+
+
+@pytest.mark.parametrize("stage, key", [
+    ({"name": "s", "notebook": "nb.ipynb", "grdi": {"x": [1]}}, "stages[0].grdi"),
+    ({"name": "s", "notebook": "missing.ipynb"}, "stages[0] (s).notebook"),
+    ({"name": "s", "notebook": "nb.ipynb", "grid": {"y": [1]}}, "stages[0] (s).grid.y"),
+    ({"name": "s", "notebook": "nb.ipynb", "params": {"lr": 1}}, "stages[0] (s).params.lr"),
+    ({"name": "s", "notebook": "nb.ipynb", "grid": {"x": 3}}, "stages[0] (s).grid.x"),
+])
+def test_yaml_errors_name_the_file_and_key(project, stage, key):
+    path = write_experiment(project, [stage])
+    with pytest.raises(sweep.ExperimentError) as err:
+        sweep.load_experiment(path, root=project)
+    assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_misspelt_default_and_top_level_key_are_named(project):
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb"}], defaults={"tga": "b"})
+    with pytest.raises(sweep.ExperimentError, match=r"defaults\.tga"):
+        sweep.load_experiment(path, root=project)
+    path.write_text("experiment: t\nstage: []\n")
+    with pytest.raises(sweep.ExperimentError, match="stage"):
+        sweep.load_experiment(path, root=project)
+
+
+def test_dry_run_executes_nothing(project, capsys):
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [1, 2]}}])
+    assert main(["run", str(path), "--root", str(project), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would run: x-1" in out and "would run: x-2" in out
+    assert executed(project) == [] and not (project / "outputs").exists()
+
+
+def test_interrupted_sweep_reruns_only_missing_points(project):
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1, 2]}}])
+
+    def interrupt(result):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the first point
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_experiment(path, root=project, progress=False, on_result=interrupt)
+    assert executed(project) == [0]
+    marker = json.loads((project / "outputs/notebooks/t/s/x-0.done.json").read_text())
+    assert marker["parameters"] == {"x": 0} and marker["run_dirs"] == ["runs/x0"]
+
+    summary = sweep.run_experiment(path, root=project, progress=False)
+    assert executed(project) == [0, 1, 2]
+    assert [r.name for r in summary.skipped] == ["x-0"] and len(summary.done) == 2
+
+    # everything done: nothing runs; a run record that vanished makes its point run again
+    (project / "runs/x1/result.json").unlink()
+    summary = sweep.run_experiment(path, root=project, progress=False)
+    assert executed(project) == [0, 1, 2, 1] and len(summary.skipped) == 2
+
+
+def test_failing_point_is_recorded_and_the_others_finish(project, capsys, monkeypatch):
+    # two worker processes, so this also covers the parallel path and one GPU per worker
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1]},
+                                       "params": {"fail_on": 0}}])
+    assert main(["run", str(path), "--root", str(project), "--jobs", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "1 done, 0 skipped (already done), 1 failed" in out
+    failed = json.loads((project / "outputs/notebooks/t/s/x-0.failed.json").read_text())
+    assert failed["ename"] == "ValueError" and "boom at x=0" in failed["evalue"]
+    assert "raise ValueError" in failed["source_excerpt"] and failed["cell_index"] >= 1
+    assert (project / "outputs/notebooks/t/s/x-1.done.json").exists()
+    assert not (project / "outputs/notebooks/t/s/x-0.done.json").exists()
+    assert (project / "outputs/notebooks/t/s/x-0.ipynb").exists()  # the partial notebook, for reading
+    # each worker owns one of the visible GPUs (which worker ran which point is up to the pool)
+    assert {(project / f"gpu-{x}.txt").read_text() for x in (0, 1)} <= {"3", "5"}
+
+
+def test_slurm_writes_array_script_and_points(project):
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1, 2]}}])
+    assert main(["run", str(path), "--root", str(project), "--slurm", "--jobs", "2"]) == 0
+    script = (project / "outputs/slurm/t-s.sh").read_text()
+    assert "#SBATCH --array=0-2%2" in script and "-m clipdg_nb.sweep" in script
+    points = json.loads((project / "outputs/slurm/t-s.points.json").read_text())
+    assert [p["parameters"] for p in points] == [{"x": 0}, {"x": 1}, {"x": 2}]
+    assert "sbatch" in (project / "outputs/slurm/t-submit.sh").read_text()
+    assert executed(project) == []
+
+
+def test_yaml_exponent_without_dot_is_caught(project):
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "params": {"tag": "1e-3"}}])
+    with pytest.raises(sweep.ExperimentError, match=r"stages\[0\] \(s\)\.params\.tag: '1e-3' is text.*0\.001"):
+        sweep.load_experiment(path, root=project)

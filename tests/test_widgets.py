@@ -1,0 +1,115 @@
+"""The failure browser driven headless: filters, the shown image and labels, two-run comparisons."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from clipdg_nb.widgets import FailureBrowser, browse, category_counts, compare_runs
+
+CLASSES = ["airport", "barn", "crater", "dam"]
+
+
+class FakeDataset:
+    """get_input(idx) gives a 4x4 image whose red channel is the idx: the shown image is checkable."""
+
+    def __init__(self):
+        self.calls = []
+
+    def get_input(self, idx):
+        self.calls.append(idx)
+        return Image.fromarray(np.full((4, 4, 3), (idx, 0, 0), dtype=np.uint8))
+
+
+def predictions(y_pred, p_top1, seed=0):
+    n = len(y_pred)
+    rng = np.random.default_rng(seed)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    second = (y_pred + 1) % 4
+    return pd.DataFrame({
+        "idx": np.arange(10, 10 + n, dtype=np.int64),
+        "y_true": np.array([0, 1, 2, 3, 0, 1, 2, 3][:n], dtype=np.int64),
+        "y_pred": y_pred, "p_top1": np.asarray(p_top1, dtype=float),
+        "topk_labels": [np.array([a, b]) for a, b in zip(y_pred, second)],
+        "topk_probs": [np.array([p, (1 - p) * rng.uniform(0.5, 1)]) for p in p_top1],
+        "split": ["val"] * 4 + ["test"] * 4,
+        "region": ["Asia", "Europe", "Asia", "Africa", "Asia", "Europe", "Africa", "Africa"][:n],
+    })
+
+
+A = predictions([0, 2, 2, 0, 1, 1, 3, 0], [0.9, 0.8, 0.7, 0.6, 0.95, 0.5, 0.85, 0.4])  # wrong: 11, 13, 14, 16, 17
+B = predictions([0, 1, 0, 0, 1, 1, 2, 3], [0.6, 0.7, 0.8, 0.9, 0.5, 0.6, 0.7, 0.8], seed=1)  # wrong: 12, 13, 14
+
+
+def red(image):
+    return int(np.asarray(image)[0, 0, 0])
+
+
+def test_filters_show_the_right_image_and_labels():
+    ds = FakeDataset()
+    b = FailureBrowser(A, CLASSES, dataset=ds)
+    assert list(b.filtered["idx"]) == [14, 16, 11, 13, 17]  # errors only, most confident first
+    assert b.set_filter(split="test") == 3
+    assert b.state()["idx"] == 14 and red(b.image) == 14
+    assert (b.true_label, b.pred_label, b.confidence) == ("airport", "barn", 0.95)
+    assert b.topk[0] == ("barn", 0.95) and b.topk[1][0] == "crater"
+    b.next()
+    assert b.state()["idx"] == 16 and red(b.image) == 16 and b.pred_label == "dam" and b.true_label == "crater"
+    b.previous()
+    assert b.state()["idx"] == 14
+    assert b.set_filter(groups={"region": "Africa"}, true_class="dam") == 1
+    assert b.state()["idx"] == 17 and b.state()["groups"] == {"region": "Africa"}
+    assert b.set_filter(split=None, groups={}, true_class=None, pred_class="crater") == 1
+    assert b.state()["idx"] == 11 and "true: barn" in b.describe()
+    assert b.set_filter(pred_class=None, errors_only=False) == 8
+    assert b.set_filter(true_class="crater", pred_class="airport") == 0
+    assert b.image is None and b.state()["idx"] is None
+    with pytest.raises(IndexError):
+        b.show(0)
+    with pytest.raises(ValueError, match="unknown filter"):
+        b.set_filter(colour="red")
+    with pytest.raises(ValueError, match="comparison"):
+        b.set_filter(category="fixed")
+    with pytest.raises(ValueError, match="not a class name"):
+        b.set_filter(true_class="castle")
+
+
+def test_two_run_comparison_categories():
+    comp = compare_runs(A, B)
+    cats = dict(zip(comp["idx"], comp["category"]))
+    assert [i for i, c in cats.items() if c == "fixed"] == [11, 16, 17]  # A wrong, B right
+    assert [i for i, c in cats.items() if c == "broken"] == [12]
+    assert [i for i, c in cats.items() if c == "both_wrong"] == [13, 14]
+    assert category_counts(comp).to_dict() == {"fixed": 3, "broken": 1, "both_wrong": 2, "both_right": 2}
+
+    b = browse(A, CLASSES, dataset=FakeDataset(), compare_with=B, run_names=("last", "swa"))
+    assert b.set_filter(category="fixed", split="test") == 2
+    s = b.state()
+    assert s["idx"] == 16 and red(b.image) == 16 and s["category"] == "fixed"
+    assert (s["true_label"], s["pred_label"], s["pred_label_b"]) == ("crater", "dam", "crater")
+    assert "swa: crater" in b.describe() and b.topk_b[0] == ("crater", 0.7)
+    with pytest.raises(ValueError, match="share no examples"):
+        compare_runs(A, B.assign(idx=B["idx"] + 100))
+
+
+def test_widget_callbacks_headless():
+    ds = FakeDataset()
+    b = FailureBrowser(A, CLASSES, dataset=ds, thumb_size=32)
+    root = b.widget()
+    w = b._widgets
+    assert root is b.widget()  # built once
+    w["split"].value = "val"  # an ipywidgets change fires the observer as a click would
+    assert b.state()["count"] == 2 and b.state()["idx"] == 11
+    w["next"].click()
+    assert b.state()["idx"] == 13 and w["counter"].value == "2 / 2"
+    shown = Image.open(io.BytesIO(w["image"].value))
+    assert shown.size == (32, 32) and shown.getpixel((0, 0))[0] == 13
+    assert "dam" in w["info"].value and "airport" in w["info"].value
+    w["true_class"].value = "barn"
+    assert b.state()["idx"] == 11 and "crater" in w["info"].value
+    w["errors_only"].value = False
+    w["true_class"].value = "(all)"
+    assert b.state()["count"] == 4
