@@ -253,3 +253,86 @@ def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "
     keep = ["dataset", "method", "fraction", f"{test_split}_metric", f"{test_split}_mean",
             f"{test_split}_low", f"{test_split}_high"]
     return selected.merge(test[keep], on=["dataset", "method", "fraction"], how="left")
+
+
+N_CLASSES = {"fmow": 62, "iwildcam": 182}
+
+
+def _fmt_ci(mean: float, low: float, high: float) -> str:
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_split: str = "test",
+             clip_method: str = "finetune", vision_method: str = "vision_only", level: float = 0.95) -> pd.DataFrame:
+    """The study's headline questions, each answered by a measured number (never asserted).
+
+    `df`: runs after learning-rate selection (`apply_selection`). Rows: question, measured, holds
+    (True / False / None when the runs needed are missing). Accuracy (`acc_avg`) is used where ID
+    and OOD are compared on one scale; paired differences are over seeds with a `level` interval.
+    """
+    rows = []
+
+    def add(question, measured, holds):
+        rows.append({"question": question, "measured": measured, "holds": holds})
+
+    top = df["fraction"][df["method"] != "zeroshot"].max() if (df["method"] != "zeroshot").any() else None
+    zs = zero_shot_reference(df[df["dataset"] == dataset], id_split, "acc_avg").get(dataset)
+    chance = 1 / N_CLASSES[dataset]
+    if zs is None:
+        add("zero-shot ID accuracy >= 3x chance", "no zero-shot run", None)
+    else:
+        add("zero-shot ID accuracy >= 3x chance", f"{zs:.3f} = {zs / chance:.1f}x chance ({chance:.4f})", zs >= 3 * chance)
+    ft = metric_rows(df, id_split, "acc_avg")
+    ft = ft[(ft["method"] == clip_method) & (ft["fraction"] == top)] if top is not None else ft.iloc[:0]
+    if zs is None or ft.empty:
+        add(f"{clip_method} ID above zero-shot ID at fraction {top}", "runs missing", None)
+    else:
+        m = _by_seed(ft).mean()
+        add(f"{clip_method} ID above zero-shot ID at fraction {top:g}", f"{m:.3f} vs {zs:.3f} ({m - zs:+.3f})", m > zs)
+    for method in sorted(set(df["method"]) - {"zeroshot"}):
+        ids, oods = metric_rows(df, id_split, "acc_avg"), metric_rows(df, ood_split, "acc_avg")
+        a, b = ids[ids["method"] == method], oods[oods["method"] == method]
+        if a.empty or b.empty:
+            continue
+        gap = a["value"].mean() - b["value"].mean()
+        add(f"{method}: OOD accuracy below ID (all fractions)", f"ID {a['value'].mean():.3f}, OOD {b['value'].mean():.3f} "
+            f"(gap {gap:+.3f})", gap > 0)
+    for split in (id_split, ood_split):
+        table = compare_methods(df, clip_method, vision_method, split, level=level)
+        table = table[table["dataset"] == dataset]
+        if table.empty:
+            add(f"{clip_method} vs {vision_method} on {split}", "runs missing", None)
+            continue
+        for _, r in table.sort_values("fraction").iterrows():
+            add(f"{clip_method} - {vision_method} on {split}, fraction {r['fraction']:g}",
+                _fmt_ci(r["mean_diff"], r["low"], r["high"]), bool(r["mean_diff"] > 0))
+    for baseline in ("best", "last"):
+        try:
+            gain = swa_gain(df, ood_split, baseline=baseline, method=clip_method, level=level)
+        except ValueError:
+            add(f"SWA gain over {baseline} on {ood_split}", "no swa variant", None)
+            continue
+        gain = gain[gain["dataset"] == dataset]
+        for _, r in gain.sort_values("fraction").iterrows():
+            add(f"SWA - {baseline} on {ood_split}, fraction {r['fraction']:g} (paired, {level:.0%})",
+                _fmt_ci(r["mean_diff"], r["low"], r["high"]), bool(r["low"] > 0) if np.isfinite(r["low"]) else None)
+    return pd.DataFrame(rows, columns=["question", "measured", "holds"])
+
+
+def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test") -> pd.DataFrame:
+    """Mean over seeds of the ID and OOD headline metrics per (dataset, method, variant, fraction, lr):
+    the quick look `clipdg table` prints."""
+    rows = []
+    for dataset, part in df.groupby("dataset"):
+        for split in (id_split, ood_split):
+            metric = headline_metric(dataset, split)
+            sel = part[(part["split"] == split) & (part["metric"] == metric)]
+            rows.append(sel.assign(column=f"{split}:{metric}"))
+    if not rows:
+        return pd.DataFrame()
+    long = pd.concat(rows)
+    long = long.assign(lr=long["lr"].fillna(_NO_LR))
+    table = long.pivot_table(index=["dataset", "method", "variant", "fraction", "lr"], columns="column",
+                             values="value", aggfunc="mean")
+    seeds = long.groupby(["dataset", "method", "variant", "fraction", "lr"])["seed"].nunique().rename("seeds")
+    return table.join(seeds).reset_index().replace({"lr": {_NO_LR: np.nan}})

@@ -22,7 +22,7 @@ from . import results
 from .config import FinetuneConfig, ZeroShotConfig
 from .data import (class_names, dataset_spec, fraction_indices, load_dataset, metadata_column, prompt_templates,
                    render_prompt, split_indices)
-from .eval import evaluate_logits, predict_logits
+from .eval import evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split, reference_augmentation
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .swa import wise_ft
@@ -99,9 +99,9 @@ def cached_features(ctx: Context, encoder, bundle, indices, name: str) -> torch.
     if path.exists():
         return torch.load(path, weights_only=True)
     images = ctx.images(indices, _image_size(bundle))
-    loader = torch.utils.data.DataLoader(images, batch_size=cfg.eval_batch_size)
     norm = Normalize(bundle.mean, bundle.std)
-    feats = encode_images(encoder, ((norm(x), y) for x, y, _ in loader), device=ctx.device, normalize=False)
+    batches = image_batches(images, cfg.eval_batch_size, cfg.num_workers, ctx.device)
+    feats = encode_images(encoder, (norm(x) for x, _, _ in batches), device=ctx.device, normalize=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(feats, partial)

@@ -31,9 +31,18 @@ def _cmd_summary(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """The offline default: synthetic data in the WILDS formats, then a summary of every split."""
-    return _cmd_synth(argparse.Namespace(root=args.root, datasets=["fmow", "iwildcam"], seed=0, image_size=32,
-                                         shift=1.0, mixed_timestamps=False, overwrite=False))
+    """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
+    from .demo import run_demo
+
+    return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
+
+
+def _cmd_pretrain_tiny(args) -> int:
+    from .pretrain import PretrainConfig, pretrain_tiny
+
+    out = pretrain_tiny(args.cache_dir, PretrainConfig(seed=args.seed, data_seed=args.data_seed), force=args.force)
+    print(f"clip weights: {out.clip}\nvision-only weights: {out.vision}\n({out.meta['seconds']} s to pretrain)")
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -64,6 +73,28 @@ def _cmd_report(args) -> int:
     return 0 if written else 1
 
 
+def _cmd_train(args) -> int:
+    """One run from a YAML of flat parameters; under torchrun, one run across processes (DDP)."""
+    from .distributed import main as distributed_main
+
+    return distributed_main(["--config", args.config] + (["--force"] if args.force else []))
+
+
+def _cmd_table(args) -> int:
+    """Mean ID / OOD headline metrics of every run of an experiment, one row per method and variant."""
+    import pandas as pd
+
+    from .analysis import headline_table, load_experiment_runs
+
+    runs = load_experiment_runs(args.output_dir, args.experiment, args.dataset)
+    if runs.empty:
+        print(f"clipdg table: no runs under {args.output_dir}/{args.experiment}", file=sys.stderr)
+        return 1
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(headline_table(runs).round(3).to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipdg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,8 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--datasets", nargs="+", default=["fmow", "iwildcam"], choices=["fmow", "iwildcam"])
     summary.set_defaults(func=_cmd_summary)
     demo = sub.add_parser("demo", help="run the offline default end to end (synthetic data, tiny model)")
-    demo.add_argument("--root", default="outputs/data")
+    demo.add_argument("--root", default="outputs/data", help="where the synthetic datasets are written")
+    demo.add_argument("--jobs", "-j", type=int, default=2, help="sweep points run at once")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    pre = sub.add_parser("pretrain-tiny", help="pretrain the tiny CLIP (and its vision-only twin) on synthetic captions")
+    pre.add_argument("--cache-dir", default="outputs/cache")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic datasets (their class objects)")
+    pre.add_argument("--force", action="store_true", help="retrain even when the cache matches")
+    pre.set_defaults(func=_cmd_pretrain_tiny)
 
     run = sub.add_parser("run", help="execute the stages of an experiment file (parameters/*.yaml) with papermill")
     run.add_argument("experiment", help="experiment YAML, e.g. parameters/demo.yaml")
@@ -106,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--notebooks", default="outputs/notebooks", help="folder of executed notebooks")
     report.add_argument("--out", default="outputs/reports", help="folder for the HTML files")
     report.set_defaults(func=_cmd_report)
+    train = sub.add_parser("train", help="one run from a YAML of parameters; under torchrun, across processes (DDP)")
+    train.add_argument("--config", required=True, help="YAML of FinetuneConfig / ZeroShotConfig fields")
+    train.add_argument("--force", action="store_true", help="rerun even if the run record exists")
+    train.set_defaults(func=_cmd_train)
+
+    table = sub.add_parser("table", help="print mean ID / OOD headline metrics of an experiment's runs")
+    table.add_argument("--experiment", default="demo")
+    table.add_argument("--dataset", choices=["fmow", "iwildcam"])
+    table.add_argument("--output-dir", default="outputs/runs")
+    table.set_defaults(func=_cmd_table)
     return parser
 
 

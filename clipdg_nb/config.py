@@ -125,6 +125,7 @@ class FinetuneConfig(RunConfig):
     vision_arch: str = "vit_b_32"  # vision-only baseline: vit_b_32 | tiny | clip-visual
     vision_weights: str | None = "imagenet"  # imagenet | a file | None (random)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    compile: bool = False  # torch.compile the model for the training steps (first epoch pays the compile)
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
@@ -159,6 +160,8 @@ class FinetuneConfig(RunConfig):
             _check_number("probe_cs", c, 0, low_open=True)
         _check_choice("vision_arch", self.vision_arch, ("vit_b_32", "tiny", "clip-visual"))
         _check_int("checkpoint_every", self.checkpoint_every, low=1)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile={self.compile!r} must be True or False")
         return self
 
 

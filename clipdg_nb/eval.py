@@ -23,12 +23,22 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
+def image_batches(images: Dataset, batch_size: int, num_workers: int, device: torch.device):
+    """Batches of uint8 images. A decoded cache without augmentation is sliced directly (one memmap
+    read per batch), which is ~1000x faster than assembling items one by one."""
+    from .images import ArrayImages
+    if isinstance(images, ArrayImages) and images.augment is None:
+        return ((torch.from_numpy(np.ascontiguousarray(images.images[i:i + batch_size])), None, None)
+                for i in range(0, len(images), batch_size))
+    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: torch.device,
                    batch_size: int = 512, precision: str = "fp32", num_workers: int = 0) -> torch.Tensor:
     """Logits [N, C] (float32, CPU) of a model over a dataset of (uint8 image, label, idx) items."""
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = image_batches(images, batch_size, num_workers, device)
     was_training = model.training
     model.eval()
     # A trainable-text classifier embeds its prompts once for the whole pass, not once per batch.

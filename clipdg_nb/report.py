@@ -119,16 +119,22 @@ def find_notebooks(notebooks_dir: str | os.PathLike = "outputs/notebooks", exper
 
 
 def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_dir: str | os.PathLike = "outputs/reports",
-                   experiment: str | None = None, stage: str | None = None, no_code: bool = False) -> list[Path]:
+                   experiment: str | None = None, stage: str | None = None, no_code: bool = False,
+                   only_changed: bool = False) -> list[Path]:
     """Render every executed notebook (optionally of one experiment / stage) to
-    `<out_dir>/<experiment>/<stage>/<point>.html`, plus `<out_dir>/index.html` linking them."""
+    `<out_dir>/<experiment>/<stage>/<point>.html`, plus `<out_dir>/index.html` linking them.
+    `only_changed` keeps an HTML file newer than its notebook (a rerun of an unchanged sweep)."""
     root, out = Path(notebooks_dir), Path(out_dir)
     written = []
     for nb in find_notebooks(root, experiment, stage):
         rel = nb.relative_to(root).with_suffix(".html")
         failed = nb.with_suffix(".failed.json").exists()
         title = " / ".join(rel.with_suffix("").parts) + (" (FAILED)" if failed else "")
-        written.append(render_notebook(nb, out / rel, no_code=no_code, title=title))
+        target = out / rel
+        if only_changed and target.exists() and target.stat().st_mtime >= nb.stat().st_mtime:
+            written.append(target)
+            continue
+        written.append(render_notebook(nb, target, no_code=no_code, title=title))
     write_index(out)
     return written
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .config import FinetuneConfig
 from .data import make_sampler
+from .distributed import ShardedBatchSampler, info as dist_info, training_starts
 from .eval import autocast_for
 from .swa import EMA, RunningAverage, swa_epochs, swalr_schedule
 
@@ -159,7 +160,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
     `evaluate(model) -> (score, metrics)` is called after each epoch on the selection split; the
     epoch with the highest score is kept as `best_state`. With `checkpoint_dir`, an interrupted
     call resumes from the last finished epoch.
+
+    Under torchrun (see `clipdg_nb.distributed`) the same call on every rank trains one model with
+    DDP on the same global batches; rank 0 alone writes the checkpoint.
     """
+    ddp = dist_info()  # a world of one unless a process group is up
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
@@ -169,11 +174,19 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
     ema = EMA(cfg.ema_decay) if cfg.ema_decay else None
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     sampler = make_sampler(cfg.sampler, train_groups, cfg.seed)
-    loader = DataLoader(train_images, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, drop_last=False)
+    if ddp.enabled:  # DDP: each rank loads its shard (~batch_size // world) of the one-process global batch
+        shards = ShardedBatchSampler(sampler, cfg.batch_size, ddp.rank, ddp.world_size)
+        loader = DataLoader(train_images, batch_sampler=shards, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    else:
+        loader = DataLoader(train_images, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, drop_last=False)
     history, best_state, best_score, best_epoch, start_epoch, resumed = [], None, -math.inf, -1, 0, None
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = json.dumps(cfg.params(), sort_keys=True)
+    if ddp.enabled:  # DDP: start together; every rank resumes (or not) from rank 0's checkpoint
+        training_starts()
+        ckpt, fingerprint = ddp.broadcast((ckpt, fingerprint))
     if ckpt is not None and ckpt.exists():
         tensors, meta = _load_checkpoint(ckpt)
         if meta.get("params") == fingerprint:
@@ -195,19 +208,35 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
                 if len(cuda_states) == torch.cuda.device_count():
                     torch.cuda.set_rng_state_all(cuda_states)
             start_epoch = resumed = meta["epoch"] + 1
+    # The module the training steps call: DDP-wrapped (world > 1) and/or compiled; `model` itself
+    # (same parameters) is what is evaluated, averaged and saved.
+    step_model = model
+    if ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        if ddp.enabled:  # DDP: distinct augmentation draws per rank, replayable on resume
+            torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + ddp.rank)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
-        for x, y, _ in bar:
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or not ddp.is_main)
+        for step, (x, y, _) in enumerate(bar):
             x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with autocast_for(device, precision):
-                loss = F.cross_entropy(model(x).float(), y)
-            if not torch.isfinite(loss):
+                loss = F.cross_entropy(step_model(x).float(), y)
+            shown = loss
+            if ddp.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
+                loss = loss * shards.weight(step)
+                shown = ddp.mean(loss)  # the global-batch mean loss, the same on every rank
+            if not torch.isfinite(shown):
                 raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
+                    f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
                     f"the last good checkpoint is kept{f' at {ckpt}' if ckpt else ''}. Lower lr, set grad_clip, "
                     "or use precision='fp32'.")
             optimizer.zero_grad(set_to_none=True)
@@ -219,7 +248,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
             scaler.update()
             if ema is not None:
                 ema.update(model.state_dict())
-            losses.append(loss.item())
+            losses.append(shown.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         lr = optimizer.param_groups[0]["lr"]
         if swa is not None and epoch in schedule.swa_set:
@@ -230,11 +259,12 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
                         "lr": lr, "select_score": score, **metrics})
         if score > best_score:  # ties keep the earlier epoch
             best_score, best_epoch, best_state = score, epoch + 1, _cpu_state(model)
-        if ckpt is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+        if ckpt is not None and ddp.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             _save_checkpoint(ckpt, model, optimizer, swa, ema, best_state,
                              {"epoch": epoch, "params": fingerprint, "history": history,
                               "best_score": best_score, "best_epoch": best_epoch})
+        ddp.barrier()  # DDP: no rank starts the next epoch before rank 0's checkpoint is written
     return FitResult(
         best_state=best_state if best_state is not None else _cpu_state(model), last_state=_cpu_state(model),
         swa_state=swa.state_dict() if swa is not None and swa.n_averaged else None,

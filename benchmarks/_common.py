@@ -1,0 +1,34 @@
+"""Shared bits of the benchmarks: the machine line and synthetic WILDS data. Not a test."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_ROOT = Path("outputs") / "bench"
+
+
+def machine() -> str:
+    """One line naming where the numbers came from."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU {platform.processor() or platform.machine()}, {cores} cores, {torch.get_num_threads()} threads " \
+           f"(torch {torch.__version__})"
+
+
+def synthetic_fmow(root: Path, image_size: int, train: int, eval_size: int = 62, seed: int = 0, shift: float = 1.0):
+    """A synthetic FMoW (WILDS on-disk format) under `root`, written once; returns the loaded dataset."""
+    from clipdg_nb.data import load_dataset
+    from clipdg_nb.synthetic import SynthConfig, write_synthetic
+    sizes = {"train": train, "id_val": eval_size, "id_test": eval_size, "val": eval_size, "test": eval_size}
+    cfg = SynthConfig(seed=seed, image_size=image_size, shift=shift, fmow_sizes=sizes)
+    started = time.perf_counter()
+    write_synthetic(root, datasets=["fmow"], cfg=cfg)
+    took = time.perf_counter() - started
+    if took > 1:
+        print(f"wrote synthetic FMoW ({train} train images, {image_size} px) under {root} in {took:.1f} s")
+    return load_dataset("fmow", root)

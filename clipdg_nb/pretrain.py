@@ -1,0 +1,177 @@
+"""A miniature pretraining, so the offline demo's CLIP means something.
+
+A tiny open_clip model is trained contrastively on a synthetic image-caption corpus: images of the
+class concepts of both synthetic datasets (FMoW's 62, iWildCam's 182 — the same class objects
+`synthetic.py` draws), each on a fresh random scene unlike any target domain, with varied captions
+that name the concept but never use the target prompts ("a centered satellite photo of ...",
+"this is a photo of ..."). Zero-shot transfer to the synthetic WILDS splits is then real but
+imperfect. The vision-only counterpart is the same image tower trained with supervised labels
+(one per concept) on the same corpus. Both are cached under `outputs/cache/pretrain/`, keyed by
+their settings, and are deterministic for a seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from .data import class_names
+from .models import TINY_MODELS, load_clip, save_weights
+from .synthetic import class_prototypes, random_scene, render
+
+CAPTION_TEMPLATES = (
+    "a photo of a {c}.", "a picture of the {c}.", "{c}", "an image containing {c}.", "a drawing of a {c}.",
+    "a close-up of the {c}.", "there is a {c} here.", "a snapshot of {c}.", "{c}, seen clearly.",
+    "a small {c}.", "a large {c}.", "the {c} in a scene.", "an example of {c}.", "my favourite {c}.",
+)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: str = "clipdg-tiny-vit"
+    data_seed: int = 0  # the synthetic datasets' seed: the class objects come from it
+    seed: int = 0
+    n_images: int = 8_000
+    image_size: int = 32
+    steps: int = 500
+    batch_size: int = 128
+    lr: float = 2e-3
+    supervised_steps: int = 300
+    scene_spread: float = 0.25
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True) + open_clip.__version__ + "v1"
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def concepts() -> list[tuple[str, int, str]]:
+    """(dataset, label, readable name) for every class of both datasets."""
+    return [(name, y, c) for name in ("fmow", "iwildcam") for y, c in enumerate(class_names(name))]
+
+
+def make_corpus(cfg: PretrainConfig):
+    """uint8 images [N, H, W, 3], concept ids [N], captions [N]; deterministic for the seeds."""
+    items = concepts()
+    protos = {name: class_prototypes(len(class_names(name)), cfg.data_seed, name) for name in ("fmow", "iwildcam")}
+    rng = np.random.default_rng([cfg.seed, 31])
+    concept_ids = rng.integers(0, len(items), cfg.n_images)
+    images = np.empty((cfg.n_images, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    captions = []
+    for i, k in enumerate(concept_ids):
+        dataset, label, name = items[k]
+        img_rng = np.random.default_rng([cfg.seed, 32, i])
+        # every image gets its own scene: no target domain is ever shown as such
+        scene = random_scene(img_rng, cfg.scene_spread, gray_prob=0.1)
+        images[i] = render(protos[dataset], label, scene, img_rng, cfg.image_size)
+        template = CAPTION_TEMPLATES[img_rng.integers(len(CAPTION_TEMPLATES))]
+        captions.append(template.format(c=name.lower() if img_rng.random() < 0.5 else name))
+    return images, concept_ids, captions
+
+
+def _normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    x = images_uint8.permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def pretrain_clip(cfg: PretrainConfig, images, captions, log=print):
+    """Contrastive (CLIP) training of the tiny model on the corpus."""
+    torch.manual_seed(cfg.seed)
+    bundle = load_clip(cfg.model, None)
+    model = bundle.model.train()
+    tokens = bundle.tokenizer(captions)
+    pixels = torch.from_numpy(images)
+    # fused: one kernel for all parameters (the 49k-token embedding makes per-tensor Adam the bottleneck)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.steps):
+        batch = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen)
+        x = _augment(_normalise(pixels[batch], bundle.mean, bundle.std), gen)
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tokens[batch], normalize=True)
+        logits = model.logit_scale.exp() * img @ txt.T
+        target = torch.arange(len(batch))
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"  clip step {step + 1}/{cfg.steps}: contrastive loss {loss.item():.3f}")
+    return bundle
+
+
+def pretrain_supervised(cfg: PretrainConfig, images, concept_ids, log=print):
+    """The same image tower trained with labels (one class per concept): the vision-only baseline."""
+    torch.manual_seed(cfg.seed)
+    bundle = load_clip(cfg.model, None)
+    visual = bundle.model.visual.train()
+    head = torch.nn.Linear(visual.output_dim, len(concepts()))
+    params = list(visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05, fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.supervised_steps, pct_start=0.1)
+    pixels, labels = torch.from_numpy(images), torch.as_tensor(concept_ids)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    for step in range(cfg.supervised_steps):
+        batch = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen)
+        x = _augment(_normalise(pixels[batch], bundle.mean, bundle.std), gen)
+        loss = F.cross_entropy(head(visual(x)), labels[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.supervised_steps - 1:
+            log(f"  supervised step {step + 1}/{cfg.supervised_steps}: loss {loss.item():.3f}")
+    return bundle  # the full CLIP state with a supervised image tower (its text tower is untrained)
+
+
+@dataclass
+class PretrainedTiny:
+    clip: Path  # weights file for `pretrained=` of the CLIP model
+    vision: Path  # weights file of the supervised image tower (vision_arch='clip-visual', vision_weights=)
+    meta: dict
+
+
+def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainConfig | None = None,
+                  force: bool = False, log=print) -> PretrainedTiny:
+    """Pretrain (or reuse from the cache) the tiny CLIP and its supervised vision-only counterpart."""
+    cfg = cfg or PretrainConfig()
+    if cfg.model not in TINY_MODELS:
+        raise ValueError(f"model={cfg.model!r}: the miniature pretraining is for {TINY_MODELS}")
+    folder = Path(cache_dir) / "pretrain"
+    clip_path, vision_path, meta_path = folder / "tiny-clip.safetensors", folder / "tiny-vision.safetensors", folder / "meta.json"
+    if not force and meta_path.exists() and clip_path.exists() and vision_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == cfg.key():
+            return PretrainedTiny(clip_path, vision_path, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log(f"pretraining {cfg.model} on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts)")
+    images, concept_ids, captions = make_corpus(cfg)
+    clip = pretrain_clip(cfg, images, captions, log)
+    supervised = pretrain_supervised(cfg, images, concept_ids, log)
+    meta_path.unlink(missing_ok=True)  # the meta file is the completion marker: written last
+    save_weights(clip.model, clip_path)
+    save_weights(supervised.model, vision_path)
+    meta = {"key": cfg.key(), "config": asdict(cfg), "seconds": round(time.perf_counter() - start, 1),
+            "example_captions": captions[:5]}
+    partial = meta_path.with_suffix(".partial")
+    partial.write_text(json.dumps(meta, indent=1))
+    os.replace(partial, meta_path)
+    log(f"pretrained in {meta['seconds']} s -> {folder}")
+    return PretrainedTiny(clip_path, vision_path, meta)

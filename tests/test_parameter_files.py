@@ -1,0 +1,36 @@
+"""Every shipped experiment file loads, names only parameters its notebooks declare, and the paper
+files hold the reference protocol of DESIGN.md exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clipdg_nb.sweep import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted((ROOT / "parameters").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_experiment_file_loads(path):
+    experiment = load_experiment(path, root=ROOT)
+    assert experiment.stages and all(stage.points for stage in experiment.stages)
+
+
+@pytest.mark.parametrize("name", ["paper_fmow", "paper_iwildcam"])
+def test_paper_protocol(name):
+    experiment = load_experiment(ROOT / "parameters" / f"{name}.yaml", root=ROOT)
+    sweep = [p.parameters for s in experiment.stages for p in s.points if "methods" in p.parameters]
+    assert sweep, "no training stage"
+    fractions = sorted({p["fraction"] for p in sweep})
+    assert fractions == [0.03, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+    assert sorted({p["seed"] for p in sweep}) == [0, 1, 2]
+    for p in sweep:
+        assert sorted(p["lrs"]) == [1e-5, 1e-4, 1e-3, 1e-2]
+        assert (p["model"], p["pretrained"], p["templates"]) == ("ViT-B-32", "openai", "paper")
+        assert (p["optimizer"], p["weight_decay"], p["batch_size"], p["epochs"]) == ("adam", 1e-4, 128, 20)
+        assert (p["scheduler"], p["step_size"], p["gamma"]) == ("step", 15, 0.1)
+        assert (p["swa"], p["swa_last_k"], p["swa_lr"], p["sampler"]) == (True, 10, 1e-4, "group_uniform")
+    zero_shot = [p for s in experiment.stages for p in s.points if "01_zero_shot" in str(s.notebook)]
+    assert zero_shot, "the 0 % point (zero-shot) is part of the protocol"
