@@ -262,18 +262,25 @@ def _fmt_ci(mean: float, low: float, high: float) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def _interval_verdict(low: float, high: float):
+    """True when a paired interval lies above zero, False below, None when it straddles zero."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return True if low > 0 else False if high < 0 else None
+
+
 def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_split: str = "test",
              clip_method: str = "finetune", vision_method: str = "vision_only", level: float = 0.95) -> pd.DataFrame:
     """The study's headline questions, each answered by a measured number (never asserted).
 
     `df`: runs after learning-rate selection (`apply_selection`). Rows: question, measured, holds
-    (True / False / None when the runs needed are missing). Accuracy (`acc_avg`) is used where ID
+    (True / False; None when the runs are missing or a paired interval straddles zero). Accuracy (`acc_avg`) is used where ID
     and OOD are compared on one scale; paired differences are over seeds with a `level` interval.
     """
     rows = []
 
     def add(question, measured, holds):
-        rows.append({"question": question, "measured": measured, "holds": holds})
+        rows.append({"question": question, "measured": measured, "holds": None if holds is None else bool(holds)})
 
     top = df["fraction"][df["method"] != "zeroshot"].max() if (df["method"] != "zeroshot").any() else None
     zs = zero_shot_reference(df[df["dataset"] == dataset], id_split, "acc_avg").get(dataset)
@@ -305,7 +312,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
             continue
         for _, r in table.sort_values("fraction").iterrows():
             add(f"{clip_method} - {vision_method} on {split}, fraction {r['fraction']:g}",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"]), bool(r["mean_diff"] > 0))
+                _fmt_ci(r["mean_diff"], r["low"], r["high"]), _interval_verdict(r["low"], r["high"]))
     for baseline in ("best", "last"):
         try:
             gain = swa_gain(df, ood_split, baseline=baseline, method=clip_method, level=level)
@@ -315,8 +322,9 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
         gain = gain[gain["dataset"] == dataset]
         for _, r in gain.sort_values("fraction").iterrows():
             add(f"SWA - {baseline} on {ood_split}, fraction {r['fraction']:g} (paired, {level:.0%})",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"]), bool(r["low"] > 0) if np.isfinite(r["low"]) else None)
-    return pd.DataFrame(rows, columns=["question", "measured", "holds"])
+                _fmt_ci(r["mean_diff"], r["low"], r["high"]), _interval_verdict(r["low"], r["high"]))
+    # object dtype keeps True / False / None as they are (a bool column would turn None into False)
+    return pd.DataFrame(rows, columns=["question", "measured", "holds"]).astype({"holds": object})
 
 
 def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test") -> pd.DataFrame:

@@ -91,7 +91,9 @@ def _cmd_table(args) -> int:
         print(f"clipdg table: no runs under {args.output_dir}/{args.experiment}", file=sys.stderr)
         return 1
     with pd.option_context("display.width", 200, "display.max_rows", 500):
-        print(headline_table(runs).round(3).to_string(index=False))
+        table = headline_table(runs)
+        metrics = [c for c in table.columns if ":" in c]  # round the metrics, not the learning rates
+        print(table.round({c: 3 for c in metrics}).to_string(index=False))
     return 0
 
 

@@ -118,3 +118,26 @@ def test_variant_and_settings_tables(tidy):
     settings = analysis.settings_table(sel, tidy)
     assert {"lr", "select_mean", "test_mean"} <= set(settings.columns) and len(settings) == len(sel)
     assert np.isfinite(settings["test_mean"]).all()
+
+
+def test_findings_answer_each_question_with_a_measured_number(tidy):
+    chosen = analysis.apply_selection(tidy, analysis.select_lr(tidy, "id_val"))
+    table = analysis.findings(chosen, "fmow").set_index("question")
+    zs = table.loc["zero-shot ID accuracy >= 3x chance"]
+    # zero-shot id_test acc_avg is 0.30 in the fixture: 18.6x chance (1/62)
+    assert zs["measured"].startswith("0.300 = 18.6x") and zs["holds"] is True
+    ft = table.loc["finetune ID above zero-shot ID at fraction 1"]
+    assert ft["holds"] is True and "+0.460" in ft["measured"]  # 0.5 + 0.2 + 0.05 + mean noise 0.01 - 0.30
+    # vision-only trails fine-tuning by exactly 0.1 ID in every seed: an interval above zero
+    clip_vs = table.loc["finetune - vision_only on id_test, fraction 1"]
+    assert clip_vs["holds"] is True and clip_vs["measured"].startswith("+0.100")
+    # SWA beats 'last' on OOD by 0.05 (+0.001 * seed): interval above zero; vs 'best' +0.03 likewise
+    assert table.loc["SWA - last on test, fraction 1 (paired, 95%)"]["holds"] is True
+    assert table.loc["finetune: OOD accuracy below ID (all fractions)"]["holds"] is True
+
+
+def test_interval_verdict_is_three_way():
+    assert analysis._interval_verdict(0.01, 0.2) is True
+    assert analysis._interval_verdict(-0.2, -0.01) is False
+    assert analysis._interval_verdict(-0.1, 0.1) is None
+    assert analysis._interval_verdict(float("nan"), float("nan")) is None
