@@ -135,10 +135,19 @@ def _finish(cfg, ctx: Context, method: str, variant_logits: dict, headline: str,
 
 
 def _existing(cfg, force: bool):
+    """The finished record of this run, if any. A record with *other* parameters in the same folder
+    (run ids name only dataset, method, fraction, lr and seed) is never silently replaced."""
     out = run_dir(cfg)
-    if not force and results.run_is_done(out, cfg.params()):
-        return results.read_run_record(out / results.RESULT_FILE)
-    return None
+    path = out / results.RESULT_FILE
+    if force or not path.exists():
+        return None
+    if results.run_is_done(out, cfg.params()):
+        return results.read_run_record(path)
+    saved, wanted = results.read_run_record(path).get("params", {}), results.to_jsonable(cfg.params())
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    raise FileExistsError(
+        f"{path} holds a finished run whose parameters differ in {differ}; it is not overwritten. "
+        "Give this run another experiment (or output_dir), or pass force=True to replace it.")
 
 
 def run_zero_shot(cfg: ZeroShotConfig, force: bool = False) -> dict:

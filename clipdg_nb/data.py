@@ -243,8 +243,9 @@ def prompt_templates(name: str, kind: str = "paper") -> list[str]:
 
 
 def render_prompt(template: str, classname: str) -> str:
+    """One prompt: `{c}` (or open_clip's positional `{}`) is the class name, `{article}` 'a' / 'an'."""
     article = "an" if classname[:1].lower() in "aeiou" else "a"
-    return template.format(c=classname, article=article)
+    return template.format(classname, c=classname, article=article)
 
 
 def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:

@@ -18,14 +18,11 @@ TEXT_MODES = ("trainable", "frozen", "head")
 
 
 def render_prompt(template: Template, classname: str) -> str:
-    """One prompt: callables are called; strings may use `{}`, `{c}` and `{article}` ('a'/'an').
-
-    Same rendering as `clipdg_nb.data.render_prompt`, plus open_clip's positional `{}` style.
-    """
+    """One prompt: callables are called; strings are rendered by `clipdg_nb.data.render_prompt`."""
     if callable(template):
         return template(classname)
-    article = "an" if classname[:1].lower() in "aeiou" else "a"
-    return template.format(classname, c=classname, article=article)
+    from .data import render_prompt as render_string  # data imports wilds: only when a string comes
+    return render_string(template, classname)
 
 
 def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:

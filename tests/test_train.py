@@ -231,3 +231,14 @@ def test_unknown_model_is_rejected(easy_root, run_kwargs):
     with pytest.raises(ValueError, match="ViT-Q-99"):
         api.run_zero_shot(ZeroShotConfig(root_dir=str(easy_root),
                                          **{k: v for k, v in kwargs.items() if not k.startswith("vision")}))
+
+
+def test_a_finished_run_with_other_parameters_is_never_overwritten(easy_root, run_kwargs):
+    cfg = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", **run_kwargs)
+    first = api.run_finetune(cfg)
+    other = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", probe_cs=(0.5,), **run_kwargs)
+    assert api.run_id(other) == api.run_id(cfg)
+    with pytest.raises(FileExistsError, match=r"differ in \['probe_cs'\].*force=True"):
+        api.run_finetune(other)
+    assert json.loads((api.run_dir(cfg) / "result.json").read_text()) == first
+    assert api.run_finetune(other, force=True)["params"]["probe_cs"] == [0.5]
