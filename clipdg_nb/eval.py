@@ -28,7 +28,7 @@ def image_batches(images: Dataset, batch_size: int, num_workers: int, device: to
     read per batch), which is ~1000x faster than assembling items one by one."""
     from .images import ArrayImages
     if isinstance(images, ArrayImages) and images.augment is None:
-        return ((torch.from_numpy(np.ascontiguousarray(images.images[i:i + batch_size])), None, None)
+        return ((torch.from_numpy(np.array(images.images[i:i + batch_size])), None, None)  # a writable copy
                 for i in range(0, len(images), batch_size))
     return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=device.type == "cuda")
