@@ -72,10 +72,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _cpu_copy(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _detached_copy(t: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     # copy=True matters: .to() on the same device/dtype would return a view that shares
     # storage with the live model, and the average would silently follow training.
-    return t.detach().to(device="cpu", dtype=dtype or t.dtype, copy=True).contiguous()
+    return t.detach().to(device=device, dtype=dtype or t.dtype, copy=True).contiguous()
 
 
 def _check_same_structure(ref: StateDict, other: StateDict, what: str) -> None:
@@ -153,7 +153,7 @@ def average_state_dicts(
     out: dict[str, Any] = {}
     for key, value in ref.items():
         if not _is_float(value):
-            out[key] = _cpu_copy(last[key]) if isinstance(last[key], torch.Tensor) else last[key]
+            out[key] = _detached_copy(last[key]) if isinstance(last[key], torch.Tensor) else last[key]
             continue
         dtype = _acc_dtype(value.dtype)
         acc = sum(wi * sd[key].detach().to("cpu", dtype) for wi, sd in zip(w, state_dicts))
@@ -167,7 +167,9 @@ def average_state_dicts(
 
 
 class _Accumulator:
-    """Shared machinery: a CPU copy of the running weights plus an update counter.
+    """Shared machinery: a copy of the running weights (on `device`, CPU by default) plus an
+    update counter. Keep an accumulator updated every step (EMA) on the model's device: a CPU
+    copy of a large model's weights at every step would dominate a GPU step.
 
     Subclasses define ``_combine(avg, cur)`` (in place on ``avg``) and extra meta.
     Like ``AveragedModel``, the first update copies the weights (``n_averaged == 0``).
@@ -175,7 +177,8 @@ class _Accumulator:
 
     kind = "accumulator"
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self._avg: dict[str, Any] = {}
         self._dtypes: dict[str, str] = {}  # original dtype per float key, to cast back
         self.n_averaged = 0
@@ -190,8 +193,8 @@ class _Accumulator:
                     f"state_dict must be a mapping, got {type(state_dict).__name__}"
                 )
             self._avg = {
-                k: (_cpu_copy(v, _acc_dtype(v.dtype)) if _is_float(v)
-                    else _cpu_copy(v) if isinstance(v, torch.Tensor) else v)
+                k: (_detached_copy(v, _acc_dtype(v.dtype), self.device) if _is_float(v)
+                    else _detached_copy(v, device=self.device) if isinstance(v, torch.Tensor) else v)
                 for k, v in state_dict.items()
             }
             self._dtypes = {
@@ -202,9 +205,9 @@ class _Accumulator:
             for key, avg in self._avg.items():
                 cur = state_dict[key]
                 if _is_float(avg):
-                    self._combine(avg, cur.detach().to("cpu", avg.dtype))
+                    self._combine(avg, cur.detach().to(self.device, avg.dtype))
                 else:  # non-float entries follow the latest model
-                    self._avg[key] = _cpu_copy(cur) if isinstance(cur, torch.Tensor) else cur
+                    self._avg[key] = _detached_copy(cur, device=self.device) if isinstance(cur, torch.Tensor) else cur
         self.n_averaged += 1
 
     def _combine(self, avg: torch.Tensor, cur: torch.Tensor) -> None:  # pragma: no cover
@@ -212,7 +215,7 @@ class _Accumulator:
 
     # -- reading ----------------------------------------------------------
     def state_dict(self, original_dtypes: bool = True) -> dict[str, Any]:
-        """The averaged weights as a new dict of CPU tensors.
+        """The averaged weights as a new dict of CPU tensors (whatever the accumulator's device).
 
         ``original_dtypes=True`` casts float entries back to the dtype they arrived in
         (so e.g. an fp16 model gets fp16 weights); ``False`` returns the float32 accumulator.
@@ -222,9 +225,9 @@ class _Accumulator:
         out = {}
         for k, v in self._avg.items():
             if _is_float(v) and original_dtypes:
-                out[k] = v.to(getattr(torch, self._dtypes[k]), copy=True)
+                out[k] = v.to("cpu", getattr(torch, self._dtypes[k]), copy=True)
             else:
-                out[k] = v.clone() if isinstance(v, torch.Tensor) else v
+                out[k] = v.to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
         return out
 
     # -- checkpointing ----------------------------------------------------
@@ -243,7 +246,7 @@ class _Accumulator:
                     f"entry {k!r} is a {type(v).__name__}, not a tensor; it cannot be "
                     "checkpointed in safetensors"
                 )
-            tensors[k] = v.clone().contiguous()
+            tensors[k] = v.to("cpu", copy=True).contiguous()
         meta = {
             "kind": self.kind,
             "format": _FORMAT_VERSION,
@@ -272,7 +275,7 @@ class _Accumulator:
         unknown = [k for k in dtypes if k not in tensors]
         if unknown:
             raise ValueError(f"meta['dtypes'] names keys missing from tensors: {unknown[:5]!r}")
-        self._avg = {k: _cpu_copy(v) for k, v in tensors.items()}
+        self._avg = {k: _detached_copy(v, device=self.device) for k, v in tensors.items()}
         self._dtypes = dtypes
         self.n_averaged = n
 
@@ -331,7 +334,7 @@ class EMA(_Accumulator):
 
     kind = "ema"
 
-    def __init__(self, decay: float = 0.999, warmup: bool = False) -> None:
+    def __init__(self, decay: float = 0.999, warmup: bool = False, device: torch.device | str = "cpu") -> None:
         decay = _check_real("decay", decay)
         if not 0.0 < decay < 1.0:
             raise ValueError(
@@ -340,7 +343,7 @@ class EMA(_Accumulator):
             )
         if not isinstance(warmup, bool):
             raise TypeError(f"warmup must be a bool, got {warmup!r}")
-        super().__init__()
+        super().__init__(device)
         self.decay = decay
         self.warmup = warmup
 
@@ -408,7 +411,7 @@ def interpolate(
             out[key] = ((1 - alpha) * a + alpha * b).to(dtype)
         else:
             v = near[key]
-            out[key] = _cpu_copy(v) if isinstance(v, torch.Tensor) else v
+            out[key] = _detached_copy(v) if isinstance(v, torch.Tensor) else v
     return out
 
 

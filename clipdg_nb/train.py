@@ -171,7 +171,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg: Finetu
     optimizer = make_optimizer(cfg, model.parameters())
     schedule = EpochSchedule(cfg, optimizer)
     swa = RunningAverage() if cfg.swa else None
-    ema = EMA(cfg.ema_decay) if cfg.ema_decay else None
+    ema = EMA(cfg.ema_decay, device=device) if cfg.ema_decay else None  # updated every step: on the device
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     sampler = make_sampler(cfg.sampler, train_groups, cfg.seed)
     if ddp.enabled:  # DDP: each rank loads its shard (~batch_size // world) of the one-process global batch
