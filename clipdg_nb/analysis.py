@@ -15,23 +15,10 @@ import numpy as np
 import pandas as pd
 
 from . import results
+from .vocab import N_CLASSES, TEST_SPLITS, VALIDATION_SPLITS, headline_metric  # noqa: F401 (re-exported)
 
-VALIDATION_SPLITS = ("id_val", "val")
-TEST_SPLITS = ("id_test", "test")
-ID_SPLITS = ("train", "id_val", "id_test")
-# The headline metrics of DESIGN.md (kept here as data so this module does not import torch/wilds).
-HEADLINE = {"fmow": ("acc_avg", "acc_worst_region"), "iwildcam": ("F1-macro_all", "F1-macro_all")}
-GROUP_FIELDS = {"fmow": ("region", "year"), "iwildcam": ("location",)}
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
 _NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would drop NaN keys
-
-
-def headline_metric(dataset: str, split: str) -> str:
-    """The benchmark's number for a split: ID metric on train/id_val/id_test, OOD metric on val/test."""
-    if dataset not in HEADLINE:
-        raise ValueError(f"dataset={dataset!r} has no headline metric; known: {sorted(HEADLINE)}")
-    id_metric, ood_metric = HEADLINE[dataset]
-    return id_metric if split in ID_SPLITS else ood_metric
 
 
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -253,9 +240,6 @@ def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "
     keep = ["dataset", "method", "fraction", f"{test_split}_metric", f"{test_split}_mean",
             f"{test_split}_low", f"{test_split}_high"]
     return selected.merge(test[keep], on=["dataset", "method", "fraction"], how="left")
-
-
-N_CLASSES = {"fmow": 62, "iwildcam": 182}
 
 
 def _fmt_ci(mean: float, low: float, high: float) -> str:

@@ -27,6 +27,7 @@ from .images import Normalize, image_split, reference_augmentation
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .swa import wise_ft
 from .train import fit, resolve_device, resolve_precision
+from .vocab import headline_metric
 
 
 def run_id(cfg) -> str:
@@ -42,8 +43,7 @@ def run_dir(cfg) -> Path:
 
 def select_metric(cfg: FinetuneConfig) -> str:
     """The metric checkpoints are chosen by: the dataset's ID headline on id_val, OOD headline on val."""
-    spec = dataset_spec(cfg.dataset)
-    return cfg.select_metric or (spec.id_metric if cfg.select_split == "id_val" else spec.ood_metric)
+    return cfg.select_metric or headline_metric(cfg.dataset, cfg.select_split)
 
 
 @dataclass

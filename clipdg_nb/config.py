@@ -12,11 +12,10 @@ import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from .data import DATASETS, TEMPLATE_SETS, VALIDATION_SPLITS, SPLITS, validate_seed
+from .data import DATASETS, TEMPLATE_SETS, validate_seed
+from .vocab import METHODS, PROBE_METHODS, SPLITS, VALIDATION_SPLITS  # noqa: F401 (re-exported)
 
-METHODS = ("zeroshot", "linear_probe", "finetune", "lp_ft", "vision_only", "vision_only_probe")
 FINETUNE_METHODS = ("finetune", "lp_ft", "vision_only")
-PROBE_METHODS = ("linear_probe", "vision_only_probe")
 EVAL_SPLITS = ("id_val", "id_test", "val", "test")
 
 

@@ -19,12 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .vocab import EVAL_GROUPS, HEADLINE_METRICS, SPLITS, TEST_SPLITS, VALIDATION_SPLITS  # noqa: F401 (re-exported)
 from .wilds_compat import CompatFMoW, CompatIWildCam
 
-# One split vocabulary for both datasets (WILDS's own names): ID = same domains as train.
-SPLITS = ("train", "id_val", "id_test", "val", "test")
-VALIDATION_SPLITS = ("id_val", "val")
-TEST_SPLITS = ("id_test", "test")
 SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val": "OOD val", "test": "OOD test"}
 
 
@@ -33,10 +30,12 @@ class DatasetSpec:
     name: str
     loader: type
     version: str
-    group_field: str  # what the uniform-over-groups sampler and the per-group tables use
-    eval_groups: tuple  # metadata fields reported per group
-    id_metric: str  # the headline WILDS metric names (DESIGN.md)
-    ood_metric: str
+    group_field: str  # what the uniform-over-groups sampler uses
+
+    @property
+    def eval_groups(self) -> tuple:
+        """Metadata fields reported per group."""
+        return EVAL_GROUPS[self.name]
 
     @property
     def folder(self) -> str:
@@ -48,8 +47,8 @@ class DatasetSpec:
 
 
 DATASETS = {
-    "fmow": DatasetSpec("fmow", CompatFMoW, "1.1", "region", ("region", "year"), "acc_avg", "acc_worst_region"),
-    "iwildcam": DatasetSpec("iwildcam", CompatIWildCam, "2.0", "location", ("location",), "F1-macro_all", "F1-macro_all"),
+    "fmow": DatasetSpec("fmow", CompatFMoW, "1.1", "region"),
+    "iwildcam": DatasetSpec("iwildcam", CompatIWildCam, "2.0", "location"),
 }
 
 

@@ -23,12 +23,6 @@ def wilds_metrics(dataset, indices, y_pred) -> dict[str, float]:
     return {k: float(v) for k, v in results.items()}
 
 
-def headline(dataset_name: str, metrics: dict[str, float], ood: bool) -> float:
-    """The benchmark's headline number (DESIGN.md): FMoW acc_avg ID / acc_worst_region OOD; iWildCam macro F1."""
-    spec = dataset_spec(dataset_name)
-    return metrics[spec.ood_metric if ood else spec.id_metric]
-
-
 def group_table(dataset, indices, y_pred, fields=None) -> pd.DataFrame:
     """Accuracy (and count) per group value for each metadata field (FMoW region and year,
     iWildCam location), as a long table: field, group, n, acc."""

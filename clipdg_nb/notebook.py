@@ -14,8 +14,9 @@ import pandas as pd
 
 from . import analysis, results
 
+from .vocab import METHODS, PROBE_METHODS
+
 # config imports data, hence torch and wilds: imported where needed, so that 04_analysis stays light
-PROBE_METHODS = ("linear_probe", "vision_only_probe")
 
 
 def config_from_namespace(cls, namespace: Mapping[str, Any], **overrides):
@@ -38,7 +39,7 @@ def finetune_configs(namespace: Mapping[str, Any], methods: Sequence[str], lrs: 
     Probe methods (linear_probe, vision_only_probe) have no learning rate (their L2 strength is
     chosen on the validation split), so they run once, recorded with the first lr.
     """
-    from .config import METHODS, FinetuneConfig
+    from .config import FinetuneConfig
 
     if isinstance(methods, str) or not list(methods):
         raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")

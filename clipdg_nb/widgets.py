@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .plots import thumbnail_png
+from .vocab import EVAL_GROUPS
 
 CATEGORIES = ("fixed", "broken", "both_wrong", "both_right")
-GROUP_FIELDS = ("region", "year", "location")
+GROUP_FIELDS = tuple(dict.fromkeys(f for fields in EVAL_GROUPS.values() for f in fields))  # region, year, location
 _B = "_b"  # suffix of run B's columns in a comparison frame
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"
