@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .vocab import EVAL_GROUPS, HEADLINE_METRICS, SPLITS, TEST_SPLITS, VALIDATION_SPLITS  # noqa: F401 (re-exported)
+from .vocab import EVAL_GROUPS, SPLITS, TEST_SPLITS, VALIDATION_SPLITS  # noqa: F401 (re-exported)
 from .wilds_compat import CompatFMoW, CompatIWildCam
 
 SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val": "OOD val", "test": "OOD test"}

@@ -56,14 +56,15 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
 def prediction_frame(dataset, indices, logits: torch.Tensor, split: str, k: int = TOP_K) -> pd.DataFrame:
     """The predictions contract: idx, y_true, y_pred, p_top1, top-k labels/probs, group fields."""
     indices = np.asarray(indices, dtype=np.int64)
+    y_true = np.asarray(dataset.y_array)[indices].astype(np.int64)
     probs = torch.softmax(logits.float(), dim=1)
     top_p, top_l = probs.topk(min(k, probs.shape[1]), dim=1)
     frame = pd.DataFrame({
         "idx": indices,
-        "y_true": np.asarray(dataset.y_array)[indices].astype(np.int64),
+        "y_true": y_true,
         "y_pred": top_l[:, 0].numpy().astype(np.int64),
         "p_top1": top_p[:, 0].numpy().astype(np.float64),
-        "p_true": probs[torch.arange(len(indices)), torch.as_tensor(np.asarray(dataset.y_array)[indices])].numpy(),
+        "p_true": probs[torch.arange(len(indices)), torch.from_numpy(y_true)].numpy(),
         "topk_labels": list(top_l.numpy().astype(np.int64)),
         "topk_probs": list(top_p.numpy().astype(np.float64)),
         "split": split,
