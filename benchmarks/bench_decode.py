@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
 
-from clipdg_nb.data import make_sampler, metadata_column, split_indices  # noqa: E402
+from clipdg_nb.datasets import SAMPLERS, metadata_column, split_indices  # noqa: E402
 from clipdg_nb.images import image_split  # noqa: E402
 
 
 def epoch_images_per_s(images, groups, batch_size: int, workers: int, seed: int = 0) -> float:
-    sampler = make_sampler("group_uniform", groups, seed)  # the study's sampler: random access
+    sampler = SAMPLERS["group_uniform"](groups, seed)  # the study's sampler: random access
     sampler.set_epoch(0)
     loader = DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=workers)
     started, n = time.perf_counter(), 0

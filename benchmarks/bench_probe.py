@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
 
-from clipdg_nb import api  # noqa: E402
+from clipdg_nb import methods  # noqa: E402
+from clipdg_nb.datasets import load_dataset  # noqa: E402
+from clipdg_nb.precision import resolve_device  # noqa: E402
 from clipdg_nb.config import FinetuneConfig  # noqa: E402
-from clipdg_nb.data import class_names, split_indices  # noqa: E402
-from clipdg_nb.eval import predict_logits  # noqa: E402
+from clipdg_nb.datasets import class_names, split_indices  # noqa: E402
+from clipdg_nb.evaluate import predict_logits  # noqa: E402
 from clipdg_nb.images import Normalize  # noqa: E402
 from clipdg_nb.models import ClipClassifier, fit_linear_probe  # noqa: E402
 
@@ -54,10 +56,11 @@ def main(argv=None) -> int:
     cfg = FinetuneConfig(root_dir=str(args.root), model=args.model, pretrained=args.pretrained, method="linear_probe",
                          probe_cs=tuple(args.cs), cache_dir=str(cache_dir), device=args.device,
                          eval_batch_size=256).validate()
-    bundle = api._load_clip(cfg)
-    size = api._image_size(bundle)
+    bundle = methods._clip(cfg)
+    size = bundle.image_size
     ds = synthetic_fmow(args.root, size, args.images, shift=0.3)
-    ctx = api._context(cfg)
+    ctx = methods.Context(cfg, load_dataset("fmow", args.root), resolve_device(cfg.device))
+    pre = methods._clip_preprocessing(cfg, bundle)
     device = ctx.device
     y = torch.as_tensor(np.asarray(ds.y_array))
     train_idx, val_idx, test_idx = (split_indices(ds, s) for s in ("train", "id_val", "id_test"))
@@ -90,13 +93,13 @@ def main(argv=None) -> int:
 
     # (b) the library's probe: features once (train + the selection split), then L-BFGS per C
     started = time.perf_counter()
-    f_train = api.cached_features(ctx, bundle.model, bundle, train_idx, "bench-train")
-    f_val = api.cached_features(ctx, bundle.model, bundle, val_idx, "bench-id_val")
+    f_train = ctx.features(bundle.model, pre, "train")
+    f_val = ctx.features(bundle.model, pre, "id_val")
     encode_s = time.perf_counter() - started
     probe = fit_linear_probe(f_train, y[train_idx], f_val, y[val_idx], n_classes=n_classes, Cs=cfg.probe_cs)
     probe_s = time.perf_counter() - started
-    f_test = api.cached_features(ctx, bundle.model, bundle, test_idx, "bench-id_test")
-    probe_acc = (probe.predict(f_test).cpu() == y[test_idx]).float().mean()
+    f_test = ctx.features(bundle.model, pre, "id_test")
+    probe_acc = (probe.logits(f_test).argmax(1).cpu() == y[test_idx]).float().mean()
 
     print(f"{args.model} ({'random init' if args.pretrained is None else args.pretrained}), {len(train_idx)} train "
           f"images at {size} px, {n_classes} classes, device {device}")

@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from clipdg_nb import train  # noqa: E402
+from clipdg_nb.precision import resolve_device, resolve_precision  # noqa: E402
 from clipdg_nb.config import FinetuneConfig  # noqa: E402
-from clipdg_nb.data import class_names, prompt_templates, render_prompt  # noqa: E402
-from clipdg_nb.eval import autocast_for  # noqa: E402
+from clipdg_nb.datasets import class_names, prompt_templates, render_prompt  # noqa: E402
+from clipdg_nb.precision import autocast as autocast_for  # noqa: E402
 from clipdg_nb.images import ArrayImages, Normalize  # noqa: E402
 from clipdg_nb.models import ClipClassifier, load_clip  # noqa: E402
 
@@ -57,8 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="FinetuneConfig(compile=True) for ours")
     args = p.parse_args(argv)
 
-    device = train.resolve_device(args.device)
-    precision = train.resolve_precision(args.precision, device)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -1,9 +1,9 @@
-"""Analysis of a whole experiment: pure functions over the tidy frame of `results.load_runs`.
+"""Analysis of a whole experiment: pure functions over the tidy frame of `runs.tidy`.
 
 Tidy rows: run_id, experiment, dataset, method, fraction, seed, lr, variant, headline, split,
 metric, value. Every choice (the learning rate of each method) is made on a validation split;
-asking to choose on a test split is an error. Intervals are over seeds (`results.mean_ci`),
-comparisons are paired by seed (`results.paired_comparison`).
+asking to choose on a test split is an error. Intervals are over seeds (`stats.mean_ci`),
+comparisons are paired by seed (`stats.paired_comparison`).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import results
-from .vocab import N_CLASSES, TEST_SPLITS, VALIDATION_SPLITS, headline_metric  # noqa: F401 (re-exported)
+from . import runs, stats
+from .datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
 _NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would drop NaN keys
@@ -24,7 +24,7 @@ _NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would dr
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: the frame lacks column(s) {missing}; pass the tidy frame of results.load_runs")
+        raise ValueError(f"{what}: the frame lacks column(s) {missing}; pass the tidy frame of runs.tidy")
 
 
 def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
@@ -33,14 +33,14 @@ def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str |
     if not folder.is_dir():
         raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
                                 f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
-    df = results.load_runs(folder)
+    df = runs.tidy(runs.load_records(folder))
     return df[df["dataset"] == dataset].reset_index(drop=True) if dataset is not None else df
 
 
 def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant: str | None = None) -> pd.DataFrame:
     """Rows of one split and metric (default: each dataset's headline metric for that split) for
     the headline variant of each run, or for `variant` ('swa', 'last', ...) where runs have it."""
-    _require(df, results.TIDY_COLUMNS, "metric_rows")
+    _require(df, runs.TIDY_COLUMNS, "metric_rows")
     rows = df[df["split"] == split]
     rows = rows[rows["headline"]] if variant is None else rows[rows["variant"] == variant]
     if metric is None:
@@ -104,7 +104,7 @@ def fraction_curves(df: pd.DataFrame, split: str, metric: str | None = None, var
         rows = rows[rows["method"] != "zeroshot"]
     if rows.empty:
         return pd.DataFrame(columns=["dataset", "method", "fraction", "metric", "mean", "low", "high", "n", "std"])
-    return results.summarise(rows, by=["dataset", "method", "fraction", "metric"], level=level)
+    return stats.summarise(rows, by=["dataset", "method", "fraction", "metric"], level=level)
 
 
 def zero_shot_reference(df: pd.DataFrame, split: str, metric: str | None = None) -> dict[str, float]:
@@ -131,7 +131,7 @@ def paired_table(a: pd.DataFrame, b: pd.DataFrame, label: str, level: float = 0.
         common = sorted(set(sa.index) & set(sb.index))
         if not common:
             continue
-        comp = results.paired_comparison(sa.loc[common], sb.loc[common], level=level)
+        comp = stats.paired_comparison(sa.loc[common], sb.loc[common], level=level)
         out.append({**dict(zip(by, key)), "comparison": label, **{k: v for k, v in comp.items() if k != "seeds"}})
     cols = [*by, "comparison", "n", "mean_diff", "low", "high", "std_diff", "t", "p_value",
             "n_a_better", "n_b_better", "n_tied"]
@@ -192,44 +192,28 @@ def effective_robustness(points: pd.DataFrame, fit: dict) -> pd.Series:
     return points["ood"] - sigmoid(fit["slope"] * logit(points["id"]) + fit["intercept"])
 
 
-def group_values(df: pd.DataFrame, split: str, field: str, prefix: str = "acc") -> pd.DataFrame:
-    """Per-group metrics WILDS reports (e.g. `acc_region:Asia`) as rows with a `group` column,
-    averaged over seeds per (dataset, method, fraction, group). Empty if the dataset has none."""
-    rows = df[(df["split"] == split) & df["headline"] & df["metric"].str.startswith(f"{prefix}_{field}:")]
-    rows = rows.assign(group=rows["metric"].str.split(":", n=1).str[1])
-    return (rows.groupby(["dataset", "method", "fraction", "group"])["value"].agg(value="mean", n="count")
-            .reset_index().sort_values(["dataset", "method", "fraction", "value"]).reset_index(drop=True))
-
-
-def worst_groups(df: pd.DataFrame, split: str, field: str, k: int = 3, prefix: str = "acc") -> pd.DataFrame:
-    """The `k` lowest groups of `field` per (dataset, method, fraction)."""
-    table = group_values(df, split, field, prefix)
-    return table.groupby(["dataset", "method", "fraction"], sort=True).head(k).reset_index(drop=True)
-
-
-def group_accuracy(predictions: pd.DataFrame, field: str) -> pd.DataFrame:
-    """Accuracy and count per value of a group column of a predictions frame (worst first)."""
-    if field not in predictions.columns:
-        raise ValueError(f"predictions have no group column {field!r}; they have {list(predictions.columns)}")
-    correct = predictions["y_true"] == predictions["y_pred"]
-    table = correct.groupby(predictions[field]).agg(value="mean", n="count").reset_index()
-    return table.rename(columns={field: "group"}).sort_values(["value", "group"]).reset_index(drop=True)
-
-
-def variant_table(record: dict, splits: Sequence[str] | None = None, metric: str | None = None) -> pd.DataFrame:
-    """A run record's weight variants (best, last, swa, ema, wise_ft_*) as rows variant, split,
-    metric, value (each split's headline metric unless `metric` is given)."""
-    variants = record.get("variants") or {(record.get("selection") or {}).get("variant", "selected"): record["metrics"]}
-    rows = []
-    for variant, table in variants.items():
-        for split, metrics in table.items():
-            if splits is not None and split not in splits:
-                continue
-            name = metric or headline_metric(record["dataset"], split)
-            value = metrics.get(name)
-            rows.append({"variant": variant, "split": split, "metric": name,
-                         "value": math.nan if value is None else float(value)})
-    return pd.DataFrame(rows, columns=["variant", "split", "metric", "value"])
+def worst_groups(df: pd.DataFrame, split: str, field: str, k: int | None = 3,
+                 output_dir: str | Path | None = None) -> pd.DataFrame:
+    """The `k` lowest groups of `field` per (dataset, method, fraction), averaged over seeds: from
+    the per-group metrics WILDS reports (FMoW `acc_region:Asia`), else from the saved predictions
+    under `output_dir` (iWildCam locations, which WILDS does not report per group)."""
+    rows = df[(df["split"] == split) & df["headline"] & df["metric"].str.startswith(f"acc_{field}:")]
+    parts = [rows.assign(group=rows["metric"].str.split(":", n=1).str[1])]
+    if rows.empty and output_dir is not None:
+        from .evaluate import group_accuracy
+        parts = []
+        for run in df[df["headline"]].drop_duplicates("run_id").itertuples(index=False):
+            folder = Path(output_dir) / run.experiment / run.run_id
+            if (folder / "predictions" / f"{split}.parquet").is_file():
+                table = group_accuracy(runs.Run(folder).predictions(split), [field])
+                parts.append(table.assign(dataset=run.dataset, method=run.method, fraction=run.fraction))
+    columns = ["dataset", "method", "fraction", "group", "value", "n"]
+    if not any(len(p) for p in parts):
+        return pd.DataFrame(columns=columns)
+    table = (pd.concat(parts).groupby(["dataset", "method", "fraction", "group"])["value"]
+             .agg(value="mean", n="count").reset_index()
+             .sort_values(["dataset", "method", "fraction", "value"]).reset_index(drop=True))
+    return table.groupby(["dataset", "method", "fraction"]).head(k).reset_index(drop=True) if k else table
 
 
 def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "test") -> pd.DataFrame:
@@ -268,7 +252,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
 
     top = df["fraction"][df["method"] != "zeroshot"].max() if (df["method"] != "zeroshot").any() else None
     zs = zero_shot_reference(df[df["dataset"] == dataset], id_split, "acc_avg").get(dataset)
-    chance = 1 / N_CLASSES[dataset]
+    chance = 1 / dataset_spec(dataset).n_classes
     if zs is None:
         add("zero-shot ID accuracy >= 3x chance", "no zero-shot run", None)
     else:
@@ -311,20 +295,29 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
     return pd.DataFrame(rows, columns=["question", "measured", "holds"]).astype({"holds": object})
 
 
-def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test") -> pd.DataFrame:
-    """Mean over seeds of the ID and OOD headline metrics per (dataset, method, variant, fraction, lr):
-    the quick look `clipdg table` prints."""
-    rows = []
-    for dataset, part in df.groupby("dataset"):
-        for split in (id_split, ood_split):
-            metric = headline_metric(dataset, split)
-            sel = part[(part["split"] == split) & (part["metric"] == metric)]
-            rows.append(sel.assign(column=f"{split}:{metric}"))
-    if not rows:
-        return pd.DataFrame()
-    long = pd.concat(rows)
-    long = long.assign(lr=long["lr"].fillna(_NO_LR))
-    table = long.pivot_table(index=["dataset", "method", "variant", "fraction", "lr"], columns="column",
-                             values="value", aggfunc="mean")
-    seeds = long.groupby(["dataset", "method", "variant", "fraction", "lr"])["seed"].nunique().rename("seeds")
-    return table.join(seeds).reset_index().replace({"lr": {_NO_LR: np.nan}})
+def clip_vs_vision(df: pd.DataFrame, splits: Sequence[str], clip_method: str = "finetune",
+                   vision_method: str = "vision_only", level: float = 0.95) -> pd.DataFrame:
+    """CLIP minus vision-only per (dataset, fraction, split), paired by seed: the fine-tuned pair and,
+    where both were run, the two linear probes."""
+    pairs = [(clip_method, vision_method), ("linear_probe", "vision_only_probe")]
+    tables = [compare_methods(df, a, b, split, level=level).assign(split=split) for a, b in pairs for split in splits]
+    tables = [t for t in tables if not t.empty]
+    return pd.concat(tables, ignore_index=True) if tables else _empty_pairs(splits)
+
+
+def _empty_pairs(splits) -> pd.DataFrame:
+    return paired_table(pd.DataFrame(columns=["dataset", "fraction", "seed", "value"]),
+                        pd.DataFrame(columns=["dataset", "fraction", "seed", "value"]), "").assign(split=None)
+
+
+def swa_gains(df: pd.DataFrame, splits: Sequence[str], method: str = "finetune", level: float = 0.95) -> pd.DataFrame:
+    """SWA minus the last epoch and minus the epoch chosen on validation, per split, paired by seed
+    (empty when the runs carry no SWA weights)."""
+    tables = []
+    for baseline in ("last", "best"):
+        for split in splits:
+            try:
+                tables.append(swa_gain(df, split, baseline=baseline, method=method, level=level).assign(split=split))
+            except ValueError:  # no swa variant in these runs
+                pass
+    return pd.concat(tables, ignore_index=True) if tables else _empty_pairs(splits)

@@ -7,9 +7,8 @@ import time
 
 
 def _cmd_synth(args) -> int:
-    from .data import load_dataset
-    from .summary import format_summary
-    from .synthetic import SynthConfig, write_synthetic
+    from .datasets import format_summary, load_dataset
+    from .pipeline.synthetic import SynthConfig, write_synthetic
 
     cfg = SynthConfig(seed=args.seed, image_size=args.image_size, shift=args.shift,
                       mixed_timestamps=args.mixed_timestamps)
@@ -22,8 +21,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from .data import load_dataset
-    from .summary import format_summary
+    from .datasets import format_summary, load_dataset
 
     for name in args.datasets:
         print(format_summary(name, load_dataset(name, args.root)), end="\n\n")
@@ -32,13 +30,13 @@ def _cmd_summary(args) -> int:
 
 def _cmd_demo(args) -> int:
     """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
-    from .demo import run_demo
+    from .pipeline.demo import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
 
 
 def _cmd_pretrain_tiny(args) -> int:
-    from .pretrain import PretrainConfig, pretrain_tiny
+    from .pipeline.pretrain import PretrainConfig, pretrain_tiny
 
     out = pretrain_tiny(args.cache_dir, PretrainConfig(seed=args.seed, data_seed=args.data_seed), force=args.force)
     print(f"clip weights: {out.clip}\nvision-only weights: {out.vision}\n({out.meta['seconds']} s to pretrain)")
@@ -47,7 +45,9 @@ def _cmd_pretrain_tiny(args) -> int:
 
 def _cmd_run(args) -> int:
     """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
-    from .sweep import load_experiment, run_experiment, write_slurm
+    from .pipeline.experiment import load_experiment
+    from .pipeline.runner import run_experiment
+    from .pipeline.slurm import write_slurm
 
     experiment = load_experiment(args.experiment, root=args.root)
     only = [name for item in args.only or [] for name in item.split(",") if name] or None
@@ -63,7 +63,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_report(args) -> int:
     """Render executed notebooks to self-contained HTML under outputs/reports/."""
-    from .report import render_reports
+    from .pipeline.report import render_reports
 
     written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
                              no_code=args.no_code)
@@ -74,17 +74,40 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    """One run from a YAML of flat parameters; under torchrun, one run across processes (DDP)."""
-    from .distributed import main as distributed_main
+    """One run from a YAML of flat parameters; under torchrun, one run across processes (DDP):
+    torchrun --nproc-per-node N -m clipdg_nb.cli train --config params.yaml"""
+    import os
 
-    return distributed_main(["--config", args.config] + (["--force"] if args.force else []))
+    import yaml
+
+    from . import ddp
+    from .config import from_params
+    from .methods import config_of, run
+    from .runs import Run
+
+    params = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{args.config}: expected a mapping of parameters, got {type(params).__name__}")
+    cfg = from_params(config_of(params.get("method", "finetune")), params)
+    if str(cfg.device).startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cfg.device = "cuda"  # each rank uses its own GPU (LOCAL_RANK), made current by init_from_env
+    world = ddp.init_from_env()
+    try:
+        record = run(cfg, force=args.force, progress=world.is_main and not args.no_progress)
+    finally:
+        ddp.shutdown()
+    if record is not None:
+        print(f"{Run.of(cfg).path}: " + ", ".join(f"{split}/{k}={v:.4f}" for split, m in record["metrics"].items()
+                                                  for k, v in m.items() if k in ("acc_avg", "F1-macro_all")))
+    return 0
 
 
 def _cmd_table(args) -> int:
     """Mean ID / OOD headline metrics of every run of an experiment, one row per method and variant."""
     import pandas as pd
 
-    from .analysis import headline_table, load_experiment_runs
+    from .analysis import load_experiment_runs
+    from .tables import headline_table
 
     runs = load_experiment_runs(args.output_dir, args.experiment, args.dataset)
     if runs.empty:
@@ -151,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one run from a YAML of parameters; under torchrun, across processes (DDP)")
     train.add_argument("--config", required=True, help="YAML of FinetuneConfig / ZeroShotConfig fields")
     train.add_argument("--force", action="store_true", help="rerun even if the run record exists")
+    train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
     table = sub.add_parser("table", help="print mean ID / OOD headline metrics of an experiment's runs")

@@ -1,30 +1,37 @@
-"""One validated config dataclass per notebook family.
+"""One dataclass per notebook family, with its choices, validated once at the boundary.
 
-Each notebook's `parameters` cell mirrors the defaults of its dataclass (a test keeps them in
-step); papermill injects overrides, and `from_params` turns the notebook's globals into a config,
-rejecting unknown names and out-of-range values with a message that names the parameter.
+Each notebook's `parameters` cell shows the fields of its dataclass that its users change, typed
+(a test keeps the two in step); papermill injects overrides and `from_namespace` turns the
+notebook's globals into a validated config. Inside the package, values are trusted.
+`identity()` is what changes a run's numbers: it names the run folder and decides whether a
+finished run can be reused; where files live or how big an evaluation batch is never enters it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .data import DATASETS, TEMPLATE_SETS, validate_seed
-from .vocab import METHODS, PROBE_METHODS, SPLITS, VALIDATION_SPLITS  # noqa: F401 (re-exported)
+from .datasets import DATASETS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS
 
-FINETUNE_METHODS = ("finetune", "lp_ft", "vision_only")
+METHODS = ("zeroshot", "linear_probe", "finetune", "lp_ft", "vision_only", "vision_only_probe")
+TRAINED_METHODS = METHODS[1:]
+PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
+VISION_METHODS = ("vision_only", "vision_only_probe")
 EVAL_SPLITS = ("id_val", "id_test", "val", "test")
+# Where files live and how work is batched or placed: never part of a run's identity.
+NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
+                "image_cache", "num_workers", "save_predictions", "checkpoint_every", "compile")
 
 
-def _check_choice(name: str, value, choices) -> None:
+def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
 
-def _check_number(name: str, value, low=None, high=None, low_open=False, allow_none=False) -> None:
+def _number(name: str, value, low=None, high=None, low_open=False, allow_none=False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -35,9 +42,19 @@ def _check_number(name: str, value, low=None, high=None, low_open=False, allow_n
         raise ValueError(f"{name}={value!r} must be <= {high}")
 
 
-def _check_int(name: str, value, low=0) -> None:
+def _integer(name: str, value, low=0) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
+
+
+def _text(name: str, value, allow_none=False) -> None:
+    if not (isinstance(value, str) and value) and not (value is None and allow_none):
+        raise ValueError(f"{name}={value!r} must be a non-empty string" + (" or None" if allow_none else ""))
 
 
 @dataclass
@@ -50,30 +67,32 @@ class RunConfig:
     model: str = "clipdg-tiny-vit"  # open_clip model name, e.g. ViT-B-32; or local-dir:/path
     pretrained: str | None = None  # open_clip tag ('openai'), a weights file, or None (random init)
     templates: str = "paper"  # paper (one prompt, as the study) | ensemble (CLIP's published set)
-    seed: int = 0
-    fraction: float = 1.0  # share of the WILDS train split, in (0, 1]
-    stratify: bool = False  # keep every class in small subsets
-    eval_splits: tuple = EVAL_SPLITS
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    seed: int = 0  # seed of the train subset, initialisation and sampler
+    eval_splits: tuple = EVAL_SPLITS  # splits evaluated: id_val, id_test, val (OOD val), test (OOD test)
+    eval_batch_size: int = 512  # batch size for evaluation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    output_dir: str = "outputs/runs"
-    cache_dir: str = "outputs/cache"
+    output_dir: str = "outputs/runs"  # root folder of run records
+    cache_dir: str = "outputs/cache"  # decoded images and frozen features
     image_cache: bool = True  # decode each split once into a uint8 cache (False: PIL every epoch)
-    num_workers: int = 0
-    save_predictions: bool = True
+    num_workers: int = 0  # DataLoader workers
+    save_predictions: bool = True  # write predictions/<split>.parquet (the failure browser needs them)
 
-    def validate(self) -> "RunConfig":
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("templates", self.templates, TEMPLATE_SETS)
-        validate_seed(self.seed)
-        _check_number("fraction", self.fraction, 0, 1, low_open=True)
+    def validate(self):
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("templates", self.templates, TEMPLATE_SETS)
+        for name in ("root_dir", "model", "output_dir", "cache_dir"):
+            _text(name, getattr(self, name))
+        _text("pretrained", self.pretrained, allow_none=True)
+        _integer("seed", self.seed)
+        if isinstance(self.eval_splits, str) or not isinstance(self.eval_splits, (list, tuple)):
+            raise ValueError(f"eval_splits={self.eval_splits!r} must be a list of splits, e.g. ['id_val', 'test']")
         self.eval_splits = tuple(self.eval_splits)
         for split in self.eval_splits:
-            _check_choice("eval_splits", split, SPLITS)
-        for name in ("batch_size", "eval_batch_size"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("num_workers", self.num_workers)
+            _choice("eval_splits", split, SPLITS)
+        _integer("eval_batch_size", self.eval_batch_size, low=1)
+        _integer("num_workers", self.num_workers)
+        for name in ("download", "image_cache", "save_predictions"):
+            _flag(name, getattr(self, name))
         if not (self.device in ("auto", "cpu") or str(self.device).startswith("cuda")):
             raise ValueError(f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not str(self.experiment).replace("-", "").replace("_", "").isalnum():
@@ -84,93 +103,137 @@ class RunConfig:
         """Every parameter as plain JSON-able values (for the run record)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params().items() if k not in NOT_IDENTITY}
+
 
 @dataclass
 class ZeroShotConfig(RunConfig):
     """01_zero_shot: CLIP with a prompt head, no training."""
     method: str = "zeroshot"
 
-    def validate(self) -> "ZeroShotConfig":
+    def validate(self):
         super().validate()
-        _check_choice("method", self.method, ("zeroshot",))
+        _choice("method", self.method, ("zeroshot",))
         return self
+
+
+# Training knobs a probe never reads: left out of a probe's identity.
+TRAINING_FIELDS = ("lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size", "gamma", "warmup_epochs",
+                   "sampler", "augment", "text_mode", "select_metric", "swa", "swa_last_k", "swa_lr", "ema_decay",
+                   "wise_alphas", "precision", "grad_clip", "batch_size")
 
 
 @dataclass
 class FinetuneConfig(RunConfig):
     """02_few_shot_sweep and 03_swa_ablation: one (fraction, seed, method, lr) training run."""
-    method: str = "finetune"  # see METHODS
-    lr: float = 1e-4
-    epochs: int = 20
+    method: str = "finetune"  # linear_probe | finetune | lp_ft | vision_only | vision_only_probe
+    fraction: float = 1.0  # share of the WILDS train split, in (0, 1]
+    stratify: bool = False  # keep every class in small subsets
+    batch_size: int = 128  # training batch size (the study: 128)
+    lr: float = 1e-4  # learning rate (the study swept 1e-2 .. 1e-5)
+    epochs: int = 20  # training epochs (the study: 20)
     optimizer: str = "adam"  # adam (the study: L2 weight decay) | adamw
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # L2 weight decay (the study: 1e-4)
     scheduler: str = "step"  # step (StepLR, the study) | cosine (with warm-up)
-    step_size: int = 15
-    gamma: float = 0.1
-    warmup_epochs: int = 0
+    step_size: int = 15  # StepLR period in epochs (the study: 15)
+    gamma: float = 0.1  # StepLR factor (the study: 0.1)
+    warmup_epochs: int = 0  # linear warm-up epochs (cosine schedule)
     sampler: str = "group_uniform"  # group_uniform (the study) | shuffle
     augment: bool = False  # the study's flip / ColorJitter / rotation
     text_mode: str = "trainable"  # trainable (both towers, the study) | frozen (zero-shot head, WiSE-FT style)
     select_split: str = "id_val"  # checkpoint selection: id_val | val, never a test split
     select_metric: str | None = None  # None: the dataset's headline metric on select_split
-    swa: bool = True
+    swa: bool = True  # average the weights of the last swa_last_k epochs (SWA)
     swa_last_k: int = 10  # average the last K epochs (the study: last 10 of 20)
-    swa_lr: float = 1e-4
+    swa_lr: float = 1e-4  # SWALR target learning rate (the study: 1e-4)
     ema_decay: float | None = None  # e.g. 0.999 (per step); None disables EMA
-    wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. (0.25, 0.5, 0.75)
+    wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.25, 0.5, 0.75]
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | fp32 | bf16 | fp16
-    grad_clip: float | None = None
+    grad_clip: float | None = None  # max gradient norm, None for no clipping
     probe_cs: tuple = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried by the linear probe (on select_split)
     vision_arch: str = "vit_b_32"  # vision-only baseline: vit_b_32 | tiny | clip-visual
     vision_weights: str | None = "imagenet"  # imagenet | a file | None (random)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model for the training steps (first epoch pays the compile)
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self):
         super().validate()
-        _check_choice("method", self.method, [m for m in METHODS if m != "zeroshot"])
-        _check_number("lr", self.lr, 0, low_open=True)
-        _check_int("epochs", self.epochs, low=1)
-        _check_choice("optimizer", self.optimizer, ("adam", "adamw"))
-        _check_number("weight_decay", self.weight_decay, 0)
-        _check_choice("scheduler", self.scheduler, ("step", "cosine"))
-        _check_int("step_size", self.step_size, low=1)
-        _check_number("gamma", self.gamma, 0, 1, low_open=True)
-        _check_int("warmup_epochs", self.warmup_epochs)
-        _check_choice("sampler", self.sampler, ("group_uniform", "shuffle"))
-        _check_choice("text_mode", self.text_mode, ("trainable", "frozen"))
+        _choice("method", self.method, TRAINED_METHODS)
+        _number("fraction", self.fraction, 0, 1, low_open=True)
+        _integer("batch_size", self.batch_size, low=1)
+        _number("lr", self.lr, 0, low_open=True)
+        _integer("epochs", self.epochs, low=1)
+        _choice("optimizer", self.optimizer, ("adam", "adamw"))
+        _number("weight_decay", self.weight_decay, 0)
+        _choice("scheduler", self.scheduler, ("step", "cosine"))
+        _integer("step_size", self.step_size, low=1)
+        _number("gamma", self.gamma, 0, 1, low_open=True)
+        _integer("warmup_epochs", self.warmup_epochs)
+        _choice("sampler", self.sampler, ("group_uniform", "shuffle"))
+        _choice("text_mode", self.text_mode, ("trainable", "frozen"))
         if self.select_split not in VALIDATION_SPLITS:
             raise ValueError(f"select_split={self.select_split!r}: choices are made on a validation split "
                              f"({list(VALIDATION_SPLITS)}), never on a test split")
-        _check_int("swa_last_k", self.swa_last_k, low=1)
+        _text("select_metric", self.select_metric, allow_none=True)
+        _integer("swa_last_k", self.swa_last_k, low=1)
         if self.swa and self.swa_last_k > self.epochs:
             raise ValueError(f"swa_last_k={self.swa_last_k} exceeds epochs={self.epochs}")
-        _check_number("swa_lr", self.swa_lr, 0, low_open=True)
-        _check_number("ema_decay", self.ema_decay, 0, 1, low_open=True, allow_none=True)
+        _number("swa_lr", self.swa_lr, 0, low_open=True)
+        _number("ema_decay", self.ema_decay, 0, 1, low_open=True, allow_none=True)
         if self.ema_decay == 1:
             raise ValueError("ema_decay=1 never moves; use a value in (0, 1)")
-        self.wise_alphas = tuple(float(a) for a in self.wise_alphas)
+        self.wise_alphas = tuple(float(a) if isinstance(a, int) and not isinstance(a, bool) else a
+                                 for a in self._sequence("wise_alphas"))
         for a in self.wise_alphas:
-            _check_number("wise_alphas", a, 0, 1)
-        _check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_number("grad_clip", self.grad_clip, 0, low_open=True, allow_none=True)
-        self.probe_cs = tuple(float(c) for c in self.probe_cs)
+            _number("wise_alphas", a, 0, 1)
+        if len(set(self.wise_alphas)) != len(self.wise_alphas):
+            raise ValueError(f"wise_alphas={list(self.wise_alphas)} has duplicates")
+        _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _number("grad_clip", self.grad_clip, 0, low_open=True, allow_none=True)
+        self.probe_cs = tuple(self._sequence("probe_cs"))
+        if not self.probe_cs:
+            raise ValueError("probe_cs is empty; give inverse L2 strengths, e.g. [0.1, 1.0, 10.0]")
         for c in self.probe_cs:
-            _check_number("probe_cs", c, 0, low_open=True)
-        _check_choice("vision_arch", self.vision_arch, ("vit_b_32", "tiny", "clip-visual"))
-        _check_int("checkpoint_every", self.checkpoint_every, low=1)
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile={self.compile!r} must be True or False")
+            _number("probe_cs", c, 0, low_open=True)
+        self.probe_cs = tuple(float(c) for c in self.probe_cs)
+        _choice("vision_arch", self.vision_arch, ("vit_b_32", "tiny", "clip-visual"))
+        _text("vision_weights", self.vision_weights, allow_none=True)
+        if self.vision_weights == "imagenet" and self.vision_arch != "vit_b_32":
+            raise ValueError("vision_weights='imagenet' exists only for vision_arch='vit_b_32'")
+        _integer("checkpoint_every", self.checkpoint_every, low=1)
+        for name in ("stratify", "augment", "swa", "compile"):
+            _flag(name, getattr(self, name))
         return self
 
+    def _sequence(self, name: str):
+        value = getattr(self, name)
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}={value!r} must be a list")
+        return value
 
-CONFIGS = {"zeroshot": ZeroShotConfig, "finetune": FinetuneConfig}
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        if self.method in PROBE_METHODS:  # a probe reads no training knob
+            ident = {k: v for k, v in ident.items() if k not in TRAINING_FIELDS}
+        elif self.method != "lp_ft":  # only LP-FT's first stage is a probe
+            del ident["probe_cs"]
+        if self.method not in VISION_METHODS:
+            del ident["vision_arch"], ident["vision_weights"]
+        return ident
 
 
 def from_params(cls, params: Mapping[str, Any]):
-    """Build and validate a config from a mapping (e.g. a notebook's parameters), naming unknown keys."""
+    """Build and validate a config from a mapping, naming unknown keys."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
     return cls(**dict(params)).validate()
+
+
+def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
+    """A validated config of `cls` from a notebook's globals (its parameters), plus overrides.
+    Names the dataclass does not know (notebook-only parameters such as `force`) are ignored."""
+    names = {f.name for f in fields(cls)}
+    return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})

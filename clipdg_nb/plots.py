@@ -22,10 +22,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .datasets import GROUP_FIELDS, SPLIT_TITLES, SPLITS
+
 _PLOTLYJS_SENT = False
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-SPLIT_ORDER = ["train", "id_val", "id_test", "val", "test"]
-SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val": "OOD val", "test": "OOD test"}
+SPLIT_ORDER = list(SPLITS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,16 +96,16 @@ def split_title(split: str) -> str:
 def group_bars(table: pd.DataFrame, title: str = "Accuracy per group") -> go.Figure:
     """Per-group accuracy bars, one panel per metadata field, one colour per split.
 
-    `table`: long rows with split, field, group, acc (and n), e.g. `metrics.group_table` per split.
+    `table`: long rows with split, field, group, value (and n): `evaluate.group_accuracy`.
     """
-    _require(table, ["split", "field", "group", "acc"], "group_bars")
+    _require(table, ["split", "field", "group", "value"], "group_bars")
     fields = list(dict.fromkeys(table["field"]))
     fig = make_subplots(rows=len(fields), cols=1, subplot_titles=fields, vertical_spacing=0.12)
     for row, fld in enumerate(fields, start=1):
         part = table[table["field"] == fld]
         for split in [s for s in SPLIT_ORDER if s in set(part["split"])] + sorted(set(part["split"]) - set(SPLIT_ORDER)):
             sub = part[part["split"] == split]
-            fig.add_bar(x=sub["group"].astype(str), y=sub["acc"], name=split_title(split), legendgroup=split,
+            fig.add_bar(x=sub["group"].astype(str), y=sub["value"], name=split_title(split), legendgroup=split,
                         showlegend=row == 1, customdata=sub.get("n"),
                         hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + split_title(split) + "</extra>")
         fig.update_yaxes(title_text="accuracy", range=[0, 1], row=row, col=1)
@@ -159,7 +160,7 @@ def metric_vs_fraction(summary: pd.DataFrame, reference: dict[str, float] | None
                        yaxis_title: str = "metric", color: str = "method") -> go.Figure:
     """Mean and 95 % interval over seeds against the train fraction, one line per `color` value.
 
-    `summary`: columns fraction, mean, low, high and `color` (results.summarise output).
+    `summary`: columns fraction, mean, low, high and `color` (stats.summarise output).
     `reference`: horizontal lines, e.g. {"zero-shot": 0.41}.
     """
     _require(summary, ["fraction", "mean", color], "metric_vs_fraction")
@@ -258,10 +259,10 @@ def _label(class_names: Sequence[str], y) -> str:
 
 def failure_gallery_html(failures: pd.DataFrame, class_names: Sequence[str], get_image: Callable[[int], object],
                          title: str = "Most confident OOD failures", size: int = 128,
-                         group_fields: Sequence[str] = ("region", "year", "location")) -> str:
+                         group_fields: Sequence[str] = GROUP_FIELDS) -> str:
     """A static HTML grid of failures: thumbnail, true and predicted label, confidence, groups.
 
-    `failures`: rows of a predictions frame (idx, y_true, y_pred, p_top1; e.g. `eval.failure_cases`);
+    `failures`: rows of a predictions frame (idx, y_true, y_pred, p_top1; e.g. `evaluate.failure_cases`);
     `get_image(idx)`: the image of a full-dataset index (e.g. `dataset.get_input`).
     """
     _require(failures, ["idx", "y_true", "y_pred", "p_top1"], "failure_gallery_html")

@@ -4,7 +4,7 @@ The state and callbacks live in `FailureBrowser` itself (`set_filter`, `show`, `
 attributes `image`, `true_label`, `pred_label`, `topk`, ...), so they can be driven and tested
 without a browser; `widget()` puts an ipywidgets layout on top that only calls those methods.
 
-Predictions frame columns (see `eval.prediction_frame`): idx, y_true, y_pred, p_top1, optional
+Predictions frame columns (see `evaluate.prediction_frame`): idx, y_true, y_pred, p_top1, optional
 topk_labels / topk_probs (list columns), split, and group columns (region, year, location).
 Two runs on the same images are compared with `compare_runs(a, b)`: each example becomes
 `fixed` (a wrong, b right), `broken` (a right, b wrong), `both_wrong` or `both_right`.
@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .plots import thumbnail_png
-from .vocab import EVAL_GROUPS
+from .datasets import GROUP_FIELDS
 
 CATEGORIES = ("fixed", "broken", "both_wrong", "both_right")
-GROUP_FIELDS = tuple(dict.fromkeys(f for fields in EVAL_GROUPS.values() for f in fields))  # region, year, location
 _B = "_b"  # suffix of run B's columns in a comparison frame
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"
@@ -60,6 +59,27 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 def category_counts(comparison: pd.DataFrame) -> pd.Series:
     """How many examples fall in each comparison category (all four, zeros included)."""
     return comparison["category"].value_counts().reindex(list(CATEGORIES), fill_value=0)
+
+
+def comparison_variants(record: Mapping, preferred: Sequence[tuple] = (("last", "swa"), ("last", "best"))) -> tuple:
+    """The two weight variants to compare example by example: SWA against the last epoch when the
+    run has both, else the last epoch against the best. A run with one set of weights (a probe) has
+    nothing to compare and gets an error saying so."""
+    have = set(record.get("variants") or {})
+    for a, b in preferred:
+        if {a, b} <= have:
+            return a, b
+    raise ValueError(f"run {record['run_id']} ({record['method']}) has weight variants {sorted(have) or 'none'}; "
+                     "03_swa_ablation compares variants of a trained run (finetune, lp_ft, vision_only)")
+
+
+def comparison_examples(comparison: pd.DataFrame, category: str, n: int = 8) -> pd.DataFrame:
+    """Examples of one comparison category as a predictions frame for the static gallery: the
+    wrong prediction is shown (run A's for 'fixed' and 'both_wrong', run B's for 'broken')."""
+    part = comparison[comparison["category"] == category]
+    if category == "broken":
+        part = part.assign(y_pred=part["y_pred_b"], p_top1=part["p_top1_b"])
+    return part.sort_values(["p_top1", "idx"], ascending=[False, True]).head(n).reset_index(drop=True)
 
 
 class FailureBrowser:

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdg_nb import analysis, results
+from clipdg_nb import analysis, runs, stats, tables
+from clipdg_nb.evaluate import group_accuracy
 
 # identical fake differences across seeds make scipy warn about precision; the numbers are exact
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
@@ -25,11 +26,12 @@ def _metrics(id_val, test, id_test=None, val=None):
 
 
 def _record(method, fraction, seed, lr, variants, headline="best"):
-    return results.make_run_record(
-        run_id=f"fmow-{method}-f{fraction:g}-lr{lr}-s{seed}", experiment="fake", dataset="fmow", root_dir="x",
-        method=method, fraction=fraction, seed=seed, params={"lr": lr, "experiment": "fake"},
-        metrics=variants[headline], selection={"split": "id_val", "variant": headline},
-        variants=variants if len(variants) > 1 else None, versions={}, git_commit=None)
+    record = dict(run_id=f"fmow-{method}-f{fraction:g}-lr{lr}-s{seed}", experiment="fake", dataset="fmow",
+                  root_dir="x", method=method, fraction=fraction, seed=seed, lr=lr, params={"lr": lr},
+                  metrics=variants[headline], selection={"split": "id_val", "variant": headline})
+    if len(variants) > 1:
+        record["variants"] = variants
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,8 @@ def tidy(tmp_path_factory):
                 records.append(_record("vision_only", fraction, seed, lr,
                                        {"best": _metrics(base + dv - 0.1, base - 0.35 + dt)}))
     for rec in records:
-        results.write_run_record(root / rec["run_id"], rec)
-    return results.load_runs(root)
+        runs.Run(root / rec["run_id"]).finish(rec)
+    return runs.tidy(runs.load_records(root))
 
 
 def test_lr_is_chosen_on_validation_never_test(tidy):
@@ -72,7 +74,7 @@ def test_curves_have_intervals_over_seeds(tidy):
     assert set(chosen["lr"].dropna()) == {1e-4}
     curves = analysis.fraction_curves(chosen, "test")
     row = curves[(curves["method"] == "finetune") & (curves["fraction"] == 0.1)].iloc[0]
-    expected = results.mean_ci([0.5 + 0.02 - 0.2 + 0.01 * s for s in range(3)])
+    expected = stats.mean_ci([0.5 + 0.02 - 0.2 + 0.01 * s for s in range(3)])
     assert row["metric"] == "acc_worst_region" and row["n"] == 3
     assert row["mean"] == pytest.approx(expected["mean"]) and row["low"] == pytest.approx(expected["low"])
     assert "zeroshot" not in set(curves["method"])
@@ -105,13 +107,13 @@ def test_id_ood_points_trend_and_groups(tidy):
     worst = analysis.worst_groups(chosen, "test", "region", k=1)
     assert set(worst["group"]) == {"Africa"}
     preds = pd.DataFrame({"y_true": [0, 1, 1, 2], "y_pred": [0, 0, 1, 2], "region": ["A", "A", "B", "B"]})
-    acc = analysis.group_accuracy(preds, "region")
+    acc = group_accuracy(preds, ["region"])
     assert list(acc["group"]) == ["A", "B"] and list(acc["value"]) == [0.5, 1.0]
 
 
 def test_variant_and_settings_tables(tidy):
     rec = _record("finetune", 0.1, 0, 1e-4, {"best": _metrics(0.6, 0.4), "swa": _metrics(0.62, 0.45)})
-    table = analysis.variant_table(rec, splits=["id_test", "test"])
+    table = tables.variant_table(rec, splits=["id_test", "test"])
     assert set(table["variant"]) == {"best", "swa"}
     assert table.loc[(table["variant"] == "swa") & (table["split"] == "test"), "value"].item() == pytest.approx(0.45)
     sel = analysis.select_lr(tidy, "id_val")
@@ -141,3 +143,16 @@ def test_interval_verdict_is_three_way():
     assert analysis._interval_verdict(-0.2, -0.01) is False
     assert analysis._interval_verdict(-0.1, 0.1) is None
     assert analysis._interval_verdict(float("nan"), float("nan")) is None
+
+
+def test_worst_groups_fall_back_to_saved_predictions(tmp_path):
+    """iWildCam reports no per-group metric: the worst locations come from the predictions."""
+    rec = _record("finetune", 0.5, 0, 1e-4, {"best": {"test": {"F1-macro_all": 0.5}}})
+    rec["dataset"] = "iwildcam"
+    run = runs.Run(tmp_path / "fake" / rec["run_id"])
+    run.write_predictions("test", pd.DataFrame({"idx": [1, 2, 3, 4], "y_true": [0, 1, 1, 1], "y_pred": [0, 0, 1, 1],
+                                               "p_top1": [0.9] * 4, "location": ["10", "10", "2", "2"]}))
+    run.finish(rec)
+    df = runs.tidy(runs.load_records(tmp_path / "fake"))
+    worst = analysis.worst_groups(df, "test", "location", k=None, output_dir=tmp_path)
+    assert list(worst["group"]) == ["10", "2"] and list(worst["value"]) == [0.5, 1.0]

@@ -19,11 +19,13 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from clipdg_nb import api, train
+from clipdg_nb import methods, train
+from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig
-from clipdg_nb.data import EpochShuffleSampler, GroupUniformSampler, load_dataset, split_indices
-from clipdg_nb.distributed import ShardedBatchSampler, load_config
-from clipdg_nb.eval import predict_logits
+from clipdg_nb.datasets import EpochShuffleSampler, GroupUniformSampler, load_dataset, split_indices
+from clipdg_nb.config import from_params
+from clipdg_nb.ddp import ShardedBatchSampler
+from clipdg_nb.evaluate import predict_logits
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.models import vision_only
 
@@ -136,14 +138,14 @@ def test_torchrun_entry_matches_a_notebook_run(easy_root, run_kwargs, tmp_path):
                   batch_size=32, device="cpu")
     config = tmp_path / "params.yaml"
     config.write_text(yaml.safe_dump(params))
-    cfg = load_config(config)
+    cfg = from_params(FinetuneConfig, params)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "clipdg_nb.distributed", "--config", str(config), "--no-progress"],
+                             "-m", "clipdg_nb.cli", "train", "--config", str(config), "--no-progress"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group, so a hang is killed whole
     # The one-process reference (a notebook's call) runs while torchrun starts up.
-    one = api.run_finetune(FinetuneConfig(**dict(params, output_dir=str(tmp_path / "one"))), progress=False)
+    one = methods.run(FinetuneConfig(**dict(params, output_dir=str(tmp_path / "one"))), progress=False)
     try:
         output, _ = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -152,8 +154,8 @@ def test_torchrun_entry_matches_a_notebook_run(easy_root, run_kwargs, tmp_path):
         pytest.fail(f"torchrun did not finish in 240 s:\n{output[-3000:]}")
     assert proc.returncode == 0, output[-3000:]
     assert "acc_avg=" in output
-    ddp_record = json.loads((api.run_dir(cfg) / "result.json").read_text())
-    assert not (api.run_dir(cfg) / "checkpoint").exists()
+    ddp_record = json.loads((Run.of(cfg).path / "result.json").read_text())
+    assert not Run.of(cfg).partial.exists()  # the checkpoint went with the finished run's build folder
     assert len(list(Path(cfg.output_dir).rglob("result.json"))) == 1  # rank 0 alone wrote
     assert ddp_record["params"] == dict(one["params"], output_dir=cfg.output_dir)
     for split, metrics in one["metrics"].items():

@@ -9,8 +9,8 @@ import pytest
 import sklearn.metrics
 import torch
 
-from clipdg_nb.data import split_indices
-from clipdg_nb.metrics import group_table, wilds_metrics
+from clipdg_nb.datasets import split_indices
+from clipdg_nb.evaluate import group_accuracy, prediction_frame, wilds_metrics
 
 
 @pytest.fixture
@@ -75,16 +75,23 @@ def test_iwildcam_metrics_equal_wilds_and_sklearn(iwildcam):
     assert ours["acc_avg"] == pytest.approx(np.mean(y == y_pred))
 
 
-def test_group_table_counts_and_accuracy(fmow):
+def test_group_accuracy_counts_accuracy_and_natural_order(fmow, iwildcam):
     idx = split_indices(fmow, "id_test")
     y = np.asarray(fmow.y_array)[idx]
-    table = group_table(fmow, idx, y)  # perfect predictions
+    logits = torch.nn.functional.one_hot(torch.as_tensor(y), 62).float()  # perfect predictions
+    table = group_accuracy(prediction_frame(fmow, idx, logits, "id_test"))
     assert set(table["field"]) == {"region", "year"}
     for field, part in table.groupby("field"):
         assert part["n"].sum() == len(idx)
-    assert (table["acc"] == 1.0).all()
-
-
-def test_prediction_length_mismatch(fmow):
-    with pytest.raises(ValueError, match="indices"):
-        wilds_metrics(fmow, split_indices(fmow, "test"), [0, 1])
+    assert (table["value"] == 1.0).all()
+    # iWildCam locations are numbers: 2 sorts before 10, not after it as text would
+    idx = split_indices(iwildcam, "train")
+    wrong = torch.zeros(len(idx), 182)
+    table = group_accuracy(prediction_frame(iwildcam, idx, wrong, "train"))
+    groups = table["group"].astype(int).tolist()
+    assert groups == sorted(groups) and len(groups) > 2
+    frame = prediction_frame(iwildcam, idx, wrong, "train")
+    for row in table.itertuples():  # by hand, group by group
+        members = [k for k in range(len(frame)) if frame["location"][k] == row.group]
+        assert row.n == len(members)
+        assert row.value == pytest.approx(np.mean([frame["y_pred"][k] == frame["y_true"][k] for k in members]))

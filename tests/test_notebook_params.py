@@ -10,7 +10,7 @@ import papermill
 import pytest
 
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
-from clipdg_nb.data import VALIDATION_SPLITS
+from clipdg_nb.datasets import VALIDATION_SPLITS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]
@@ -24,8 +24,9 @@ def parameters(name: str) -> dict:
     assert len(cells) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
     values = {}
     for node in ast.parse(cells[0].source).body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{name}: one plain assignment per line"
-        values[node.targets[0].id] = ast.literal_eval(node.value)
+        # typed, so that `papermill --help-notebook` shows each parameter's type
+        assert isinstance(node, ast.AnnAssign), f"{name}: one typed assignment per line (`name: type = value`)"
+        values[node.target.id] = ast.literal_eval(node.value)
     return values
 
 
@@ -90,18 +91,14 @@ def test_analysis_chooses_on_validation_by_default():
     assert 0 < params["level"] < 1
 
 
-def test_probe_methods_agree_with_config():
-    from clipdg_nb import config, notebook
-    assert notebook.PROBE_METHODS == config.PROBE_METHODS
-
-
 def test_finetune_configs_expand_methods_and_lrs():
-    from clipdg_nb.notebook import finetune_configs
+    from clipdg_nb.methods import sweep_configs as finetune_configs
 
     namespace = {"epochs": 2, "swa_last_k": 1, "fraction": 0.1, "seed": 1, "methods": "ignored", "force": True}
     cfgs = finetune_configs(namespace, ["linear_probe", "finetune"], [1e-3, 1e-4])
     assert [(c.method, c.lr) for c in cfgs] == [("linear_probe", 1e-3), ("finetune", 1e-3), ("finetune", 1e-4)]
     assert all(c.epochs == 2 and c.fraction == 0.1 and c.seed == 1 for c in cfgs)
+    assert cfgs[0].identity().get("lr") is None  # a probe has no learning rate in its identity
     with pytest.raises(ValueError, match="01_zero_shot"):
         finetune_configs(namespace, ["zeroshot"], [1e-4])
     with pytest.raises(ValueError, match="non-empty list"):
@@ -110,3 +107,11 @@ def test_finetune_configs_expand_methods_and_lrs():
         finetune_configs(namespace, ["finetune"], 1e-4)
     with pytest.raises(ValueError, match="epochs"):
         finetune_configs({**namespace, "epochs": 0}, ["finetune"], [1e-4])
+
+
+def test_parameters_show_only_what_the_notebook_reads():
+    """01 (zero-shot) trains nothing: no subset fraction, no training batch size."""
+    assert not {"fraction", "batch_size", "stratify"} & set(parameters("01_zero_shot"))
+    inspected = papermill.inspect_notebook(str(NOTEBOOKS / "03_swa_ablation.ipynb"))
+    unknown = [k for k, info in inspected.items() if info["inferred_type_name"] in ("None", None)]
+    assert not unknown, f"parameters without a type (papermill shows 'Unknown type'): {unknown}"

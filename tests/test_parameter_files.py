@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipdg_nb.sweep import load_experiment
+from clipdg_nb.pipeline.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "parameters").glob("*.yaml"))

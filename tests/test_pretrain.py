@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from clipdg_nb import api
+from clipdg_nb import methods
 from clipdg_nb.config import ZeroShotConfig
-from clipdg_nb.data import class_names, prompt_templates, render_prompt
-from clipdg_nb.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
+from clipdg_nb.datasets import class_names, prompt_templates, render_prompt
+from clipdg_nb.pipeline.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
 
 QUICK = PretrainConfig(n_images=2000, steps=300, batch_size=64, supervised_steps=20, lr=3e-3)
 
@@ -53,8 +53,8 @@ def test_pretraining_is_deterministic(quick_weights, tmp_path):
 
 def test_zero_shot_transfers_after_pretraining(quick_weights, synth_root, tmp_path):
     common = dict(root_dir=str(synth_root), output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
-    random_init = api.run_zero_shot(ZeroShotConfig(**common))
-    pretrained = api.run_zero_shot(ZeroShotConfig(pretrained=str(quick_weights.clip), experiment="pt", **common))
+    random_init = methods.run(ZeroShotConfig(**common))
+    pretrained = methods.run(ZeroShotConfig(pretrained=str(quick_weights.clip), experiment="pt", **common))
     chance = 1 / 62
     assert pretrained["metrics"]["id_test"]["acc_avg"] > 3 * chance
     assert pretrained["metrics"]["id_test"]["acc_avg"] > random_init["metrics"]["id_test"]["acc_avg"]
@@ -63,7 +63,7 @@ def test_zero_shot_transfers_after_pretraining(quick_weights, synth_root, tmp_pa
 def test_every_prompt_and_caption_fits_the_tiny_context():
     # The tiny configs use 20 text tokens (speed); nothing we feed them may be truncated.
     import open_clip
-    from clipdg_nb.pretrain import CAPTION_TEMPLATES
+    from clipdg_nb.pipeline.pretrain import CAPTION_TEMPLATES
     tokenizer = open_clip.get_tokenizer("ViT-B-32")  # same BPE, 77 tokens: measures the untruncated length
     texts = [render_prompt(t, c) for ds in ("fmow", "iwildcam") for kind in ("paper", "ensemble")
              for t in prompt_templates(ds, kind) for c in class_names(ds)]

@@ -10,7 +10,7 @@ import papermill
 import pytest
 from plotly.offline import get_plotlyjs
 
-from clipdg_nb.report import inline_plotly_outputs, render_reports
+from clipdg_nb.pipeline.report import inline_plotly_outputs, render_reports
 
 CODE = '''import numpy as np
 import plotly.graph_objects as go

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from clipdg_nb import sweep
+from clipdg_nb.pipeline import experiment as sweep_experiment, runner as sweep_runner, slurm as sweep_slurm
 from clipdg_nb.cli import main
 
 PARAMS = '''x = 0  # the grid value
@@ -15,7 +15,7 @@ tag = "a"  # a fixed value
 fail_on = -1  # the x that raises
 '''
 BODY = '''import json, os, pathlib
-from clipdg_nb.sweep import note_runs
+from clipdg_nb.runs import note_runs
 pathlib.Path(f"gpu-{x}.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
 run = pathlib.Path("runs") / f"x{x}"
 run.mkdir(parents=True, exist_ok=True)
@@ -59,13 +59,13 @@ def executed(root):
 
 
 def test_grid_expansion_and_point_names(project):
-    assert sweep.expand_grid({"a": [1, 2], "b": ["x", "y"]}) == [
+    assert sweep_experiment.expand_grid({"a": [1, 2], "b": ["x", "y"]}) == [
         {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
-    assert sweep.expand_grid({}) == [{}]
-    assert sweep.point_name({"dataset": "fmow", "fraction": 0.1, "seed": 0}) == "dataset-fmow_fraction-0.1_seed-0"
+    assert sweep_experiment.expand_grid({}) == [{}]
+    assert sweep_experiment.point_name({"dataset": "fmow", "fraction": 0.1, "seed": 0}) == "dataset-fmow_fraction-0.1_seed-0"
     path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [1, 2, 3]},
                                        "params": {"tag": "b"}}], defaults={"fail_on": 9})
-    exp = sweep.load_experiment(path, root=project)
+    exp = sweep_experiment.load_experiment(path, root=project)
     points = exp.stage("s").points
     assert [p.parameters for p in points] == [{"fail_on": 9, "tag": "b", "x": x} for x in (1, 2, 3)]
     assert points[0].output == project / "outputs/notebooks/t/s/x-1.ipynb"
@@ -80,18 +80,18 @@ def test_grid_expansion_and_point_names(project):
 ])
 def test_yaml_errors_name_the_file_and_key(project, stage, key):
     path = write_experiment(project, [stage])
-    with pytest.raises(sweep.ExperimentError) as err:
-        sweep.load_experiment(path, root=project)
+    with pytest.raises(sweep_experiment.ExperimentError) as err:
+        sweep_experiment.load_experiment(path, root=project)
     assert str(path) in str(err.value) and key in str(err.value)
 
 
 def test_misspelt_default_and_top_level_key_are_named(project):
     path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb"}], defaults={"tga": "b"})
-    with pytest.raises(sweep.ExperimentError, match=r"defaults\.tga"):
-        sweep.load_experiment(path, root=project)
+    with pytest.raises(sweep_experiment.ExperimentError, match=r"defaults\.tga"):
+        sweep_experiment.load_experiment(path, root=project)
     path.write_text("experiment: t\nstage: []\n")
-    with pytest.raises(sweep.ExperimentError, match="stage"):
-        sweep.load_experiment(path, root=project)
+    with pytest.raises(sweep_experiment.ExperimentError, match="stage"):
+        sweep_experiment.load_experiment(path, root=project)
 
 
 def test_dry_run_executes_nothing(project, capsys):
@@ -109,18 +109,18 @@ def test_interrupted_sweep_reruns_only_missing_points(project):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the first point
 
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_experiment(path, root=project, progress=False, on_result=interrupt)
+        sweep_runner.run_experiment(path, root=project, progress=False, on_result=interrupt)
     assert executed(project) == [0]
     marker = json.loads((project / "outputs/notebooks/t/s/x-0.done.json").read_text())
     assert marker["parameters"] == {"x": 0} and marker["run_dirs"] == ["runs/x0"]
 
-    summary = sweep.run_experiment(path, root=project, progress=False)
+    summary = sweep_runner.run_experiment(path, root=project, progress=False)
     assert executed(project) == [0, 1, 2]
     assert [r.name for r in summary.skipped] == ["x-0"] and len(summary.done) == 2
 
     # everything done: nothing runs; a run record that vanished makes its point run again
     (project / "runs/x1/result.json").unlink()
-    summary = sweep.run_experiment(path, root=project, progress=False)
+    summary = sweep_runner.run_experiment(path, root=project, progress=False)
     assert executed(project) == [0, 1, 2, 1] and len(summary.skipped) == 2
 
 
@@ -146,7 +146,7 @@ def test_slurm_writes_array_script_and_points(project):
     path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1, 2]}}])
     assert main(["run", str(path), "--root", str(project), "--slurm", "--jobs", "2"]) == 0
     script = (project / "outputs/slurm/t-s.sh").read_text()
-    assert "#SBATCH --array=0-2%2" in script and "-m clipdg_nb.sweep" in script
+    assert "#SBATCH --array=0-2%2" in script and "-m clipdg_nb.pipeline.slurm" in script
     points = json.loads((project / "outputs/slurm/t-s.points.json").read_text())
     assert [p["parameters"] for p in points] == [{"x": 0}, {"x": 1}, {"x": 2}]
     assert "sbatch" in (project / "outputs/slurm/t-submit.sh").read_text()
@@ -155,5 +155,5 @@ def test_slurm_writes_array_script_and_points(project):
 
 def test_yaml_exponent_without_dot_is_caught(project):
     path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "params": {"tag": "1e-3"}}])
-    with pytest.raises(sweep.ExperimentError, match=r"stages\[0\] \(s\)\.params\.tag: '1e-3' is text.*0\.001"):
-        sweep.load_experiment(path, root=project)
+    with pytest.raises(sweep_experiment.ExperimentError, match=r"stages\[0\] \(s\)\.params\.tag: '1e-3' is text.*0\.001"):
+        sweep_experiment.load_experiment(path, root=project)

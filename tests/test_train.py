@@ -2,22 +2,30 @@
 resume reproduces, selection never reads a test split."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 
-from clipdg_nb import api, train
+from clipdg_nb import checkpoint, methods, train
+from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
-from clipdg_nb.data import load_dataset, prompt_templates, class_names, render_prompt, split_indices
+from clipdg_nb.datasets import load_dataset, prompt_templates, class_names, render_prompt, split_indices
 from clipdg_nb.images import Normalize, image_split
-from clipdg_nb.metrics import wilds_metrics
+from clipdg_nb.evaluate import wilds_metrics
 from clipdg_nb.models import vision_only
-from clipdg_nb.results import read_predictions
 
 CHANCE = 1 / 62
+
+
+def zero_shot_kwargs(kwargs):
+    """The subset of a FinetuneConfig's keyword arguments that a ZeroShotConfig takes."""
+    names = {f.name for f in dataclasses.fields(ZeroShotConfig)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 @pytest.mark.parametrize("method,text_mode,lr,epochs", [
@@ -26,7 +34,7 @@ CHANCE = 1 / 62
 def test_each_method_learns_above_chance(easy_root, run_kwargs, method, text_mode, lr, epochs):
     cfg = FinetuneConfig(root_dir=str(easy_root), method=method, text_mode=text_mode, lr=lr, epochs=epochs, swa=False,
                          scheduler="cosine", optimizer="adamw", probe_cs=(1.0, 100.0, 10000.0), **run_kwargs)
-    record = api.run_finetune(cfg, progress=False)
+    record = methods.run(cfg, progress=False)
     assert record["metrics"]["id_test"]["acc_avg"] > 4 * CHANCE, record["metrics"]
     assert record["method"] == method and record["fraction"] == 1.0 and record["seed"] == 0
 
@@ -36,7 +44,7 @@ def test_end_to_end_clip_finetune_fits_its_training_data(easy_root, run_kwargs):
     # must hold is that the loss falls and the model moves above chance.
     cfg = FinetuneConfig(root_dir=str(easy_root), method="finetune", text_mode="trainable", lr=1e-3, epochs=8,
                          swa=False, scheduler="cosine", **run_kwargs)
-    record = api.run_finetune(cfg, progress=False)
+    record = methods.run(cfg, progress=False)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < 0.9 * losses[0]
     assert record["metrics"]["id_test"]["acc_avg"] > 2 * CHANCE
@@ -45,8 +53,8 @@ def test_end_to_end_clip_finetune_fits_its_training_data(easy_root, run_kwargs):
 def test_run_record_and_predictions_contract(easy_root, run_kwargs):
     cfg = FinetuneConfig(root_dir=str(easy_root), method="vision_only", lr=1e-3, epochs=3, swa_last_k=2,
                          ema_decay=0.9, fraction=0.5, **run_kwargs)
-    record = api.run_finetune(cfg, progress=False)
-    out = api.run_dir(cfg)
+    record = methods.run(cfg, progress=False)
+    out = Run.of(cfg).path
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk == record
     for key in ("dataset", "root_dir", "method", "fraction", "seed", "params", "selection", "versions", "timings"):
@@ -56,29 +64,29 @@ def test_run_record_and_predictions_contract(easy_root, run_kwargs):
     assert record["selection"]["split"] == "id_val" and 1 <= record["selection"]["epoch"] <= 3
     ds = load_dataset("fmow", easy_root)
     for split in cfg.eval_splits:
-        preds = read_predictions(out, split)
+        preds = Run(out).predictions(split)
         assert {"idx", "y_true", "y_pred", "p_top1", "topk_labels", "topk_probs", "region", "year"} <= set(preds.columns)
         assert np.array_equal(preds["idx"], split_indices(ds, split))
         # the record's numbers are WILDS's on the saved predictions
         assert record["metrics"][split] == pytest.approx(wilds_metrics(ds, preds["idx"], preds["y_pred"]))
-        assert read_predictions(out / "variants" / "swa", split)["idx"].equals(preds["idx"])
+        assert Run(out).predictions(split, variant="swa")["idx"].equals(preds["idx"])
     assert not (out / "checkpoint").exists()
 
 
 def test_finished_run_is_not_redone(easy_root, run_kwargs):
     cfg = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", **run_kwargs)
-    first = api.run_finetune(cfg)
-    stamp = (api.run_dir(cfg) / "result.json").stat().st_mtime_ns
-    assert api.run_finetune(cfg) == first
-    assert (api.run_dir(cfg) / "result.json").stat().st_mtime_ns == stamp
-    api.run_finetune(cfg, force=True)
-    assert (api.run_dir(cfg) / "result.json").stat().st_mtime_ns != stamp
+    first = methods.run(cfg)
+    stamp = (Run.of(cfg).path / "result.json").stat().st_mtime_ns
+    assert methods.run(cfg) == first
+    assert (Run.of(cfg).path / "result.json").stat().st_mtime_ns == stamp
+    methods.run(cfg, force=True)
+    assert (Run.of(cfg).path / "result.json").stat().st_mtime_ns != stamp
 
 
 def test_zero_shot_equals_open_clip_builder(easy_root, run_kwargs):
     cfg = ZeroShotConfig(root_dir=str(easy_root), templates="ensemble",
-                         **{k: v for k, v in run_kwargs.items() if not k.startswith("vision")})
-    record = api.run_zero_shot(cfg)
+                         **zero_shot_kwargs(run_kwargs))
+    record = methods.run(cfg)
     assert record["fraction"] == 0.0 and record["method"] == "zeroshot"
     # independent reference: open_clip's own builder and a plain forward pass
     torch.manual_seed(cfg.seed)
@@ -91,16 +99,16 @@ def test_zero_shot_equals_open_clip_builder(easy_root, run_kwargs):
     with torch.no_grad():
         images = torch.stack([preprocess(ds.get_input(int(i))) for i in idx])
         ref = (model.encode_image(images, normalize=True) @ weights).argmax(1).numpy()
-    preds = read_predictions(api.run_dir(cfg), "test")
+    preds = Run.of(cfg).predictions("test")
     assert (preds["y_pred"].to_numpy() == ref).mean() > 0.99  # float ties aside
 
 
 def test_wise_ft_endpoints(easy_root, run_kwargs):
     common = dict(root_dir=str(easy_root), **run_kwargs)
-    zs = api.run_zero_shot(ZeroShotConfig(**{k: v for k, v in common.items() if not k.startswith("vision")}))
+    zs = methods.run(ZeroShotConfig(**zero_shot_kwargs(common)))
     cfg = FinetuneConfig(method="finetune", text_mode="frozen", lr=1e-3, epochs=2, swa=False,
                          wise_alphas=(0.0, 0.5, 1.0), **common)
-    record = api.run_finetune(cfg, progress=False)
+    record = methods.run(cfg, progress=False)
     v = record["variants"]
     assert v["wise_ft_1"] == v["last"]
     for split, metrics in zs["metrics"].items():  # alpha 0 is the zero-shot model
@@ -186,13 +194,13 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(easy_root, 
     with pytest.raises(train.NonFiniteLossError, match="lr=.*last good checkpoint"):
         train.fit(model, images, groups, cfg, normalize=Normalize((0.5,) * 3, (0.5,) * 3),
                   device=torch.device("cpu"), evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path, progress=False)
-    _, meta = train._load_checkpoint(tmp_path / train.CHECKPOINT)
+    _, meta = checkpoint.load(tmp_path / train.CHECKPOINT)
     assert meta["epoch"] == 0  # epoch 1 finished and was kept
 
 
 def test_selection_never_reads_a_test_split(easy_root, run_kwargs, monkeypatch):
     read = []
-    real_evaluate, real_fit = api.evaluate_logits, api.fit
+    real_evaluate, real_fit = methods.evaluate_logits, methods.fit
     state = {"training": False}
 
     def spy_evaluate(dataset, indices, logits, split):
@@ -205,11 +213,11 @@ def test_selection_never_reads_a_test_split(easy_root, run_kwargs, monkeypatch):
             return real_fit(*args, **kwargs)
         finally:
             state["training"] = False
-    monkeypatch.setattr(api, "evaluate_logits", spy_evaluate)
-    monkeypatch.setattr(api, "fit", spy_fit)
+    monkeypatch.setattr(methods, "evaluate_logits", spy_evaluate)
+    monkeypatch.setattr(methods, "fit", spy_fit)
     cfg = FinetuneConfig(root_dir=str(easy_root), method="vision_only", lr=1e-3, epochs=2, swa=False,
                          select_split="val", **run_kwargs)
-    api.run_finetune(cfg, progress=False)
+    methods.run(cfg, progress=False)
     during = {split for split, training in read if training}
     assert during == {"val"}
     assert {"id_test", "test"} <= {split for split, _ in read}  # evaluated, after selection
@@ -229,16 +237,24 @@ def test_bad_config_names_the_parameter(params, name):
 def test_unknown_model_is_rejected(easy_root, run_kwargs):
     kwargs = dict(run_kwargs, model="ViT-Q-99")
     with pytest.raises(ValueError, match="ViT-Q-99"):
-        api.run_zero_shot(ZeroShotConfig(root_dir=str(easy_root),
-                                         **{k: v for k, v in kwargs.items() if not k.startswith("vision")}))
+        methods.run(ZeroShotConfig(root_dir=str(easy_root),
+                                         **zero_shot_kwargs(kwargs)))
 
 
-def test_a_finished_run_with_other_parameters_is_never_overwritten(easy_root, run_kwargs):
+def test_run_identity_is_the_science_not_where_files_live(easy_root, run_kwargs, tmp_path):
+    """Other parameters get another run folder (nothing is overwritten); a moved outputs folder,
+    another cache or another evaluation batch size resume the same finished run."""
     cfg = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", **run_kwargs)
-    first = api.run_finetune(cfg)
+    first = methods.run(cfg)
     other = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", probe_cs=(0.5,), **run_kwargs)
-    assert api.run_id(other) == api.run_id(cfg)
-    with pytest.raises(FileExistsError, match=r"differ in \['probe_cs'\].*force=True"):
-        api.run_finetune(other)
-    assert json.loads((api.run_dir(cfg) / "result.json").read_text()) == first
-    assert api.run_finetune(other, force=True)["params"]["probe_cs"] == [0.5]
+    assert Run.of(other).id != Run.of(cfg).id and Run.of(cfg).id.startswith("fmow-linear_probe-f1-s0-")
+    assert methods.run(other)["params"]["probe_cs"] == [0.5]
+    assert json.loads((Run.of(cfg).path / "result.json").read_text()) == first  # untouched
+    moved = tmp_path / "moved_runs"
+    shutil.copytree(run_kwargs["output_dir"], moved)
+    elsewhere = FinetuneConfig(root_dir=str(easy_root), method="linear_probe",
+                               **dict(run_kwargs, output_dir=str(moved), cache_dir=str(tmp_path / "c2"),
+                                      eval_batch_size=7))
+    assert Run.of(elsewhere).id == Run.of(cfg).id
+    assert methods.run(elsewhere)["created_at"] == first["created_at"]  # reused, not recomputed
+    assert not (tmp_path / "c2").exists()

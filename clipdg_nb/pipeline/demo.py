@@ -16,12 +16,12 @@ DEMO_EXPERIMENT = Path("parameters") / "demo.yaml"
 
 def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", experiment: str | Path = DEMO_EXPERIMENT,
              jobs: int = 2, progress: bool = True, log=print) -> int:
-    from .analysis import apply_selection, findings, load_experiment_runs, select_lr
-    from .data import load_dataset
+    from ..analysis import apply_selection, findings, load_experiment_runs, select_lr
+    from ..datasets import format_summary, load_dataset
     from .pretrain import pretrain_tiny
     from .report import render_reports
-    from .summary import format_summary
-    from .sweep import load_experiment, run_experiment
+    from .experiment import load_experiment
+    from .runner import run_experiment
     from .synthetic import SynthConfig, write_synthetic
 
     started, timings = time.perf_counter(), {}

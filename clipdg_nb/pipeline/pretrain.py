@@ -23,8 +23,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .data import class_names
-from .models import TINY_MODELS, load_clip, save_weights
+from ..datasets import class_names
+from ..models import TINY_MODELS, load_clip, save_weights
+from ..runs import write_json
 from .synthetic import class_prototypes, random_scene, render
 
 CAPTION_TEMPLATES = (
@@ -170,8 +171,6 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
     save_weights(supervised.model, vision_path)
     meta = {"key": cfg.key(), "config": asdict(cfg), "seconds": round(time.perf_counter() - start, 1),
             "example_captions": captions[:5]}
-    partial = meta_path.with_suffix(".partial")
-    partial.write_text(json.dumps(meta, indent=1))
-    os.replace(partial, meta_path)
+    write_json(meta_path, meta)
     log(f"pretrained in {meta['seconds']} s -> {folder}")
     return PretrainedTiny(clip_path, vision_path, meta)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data import DATASETS, class_names
+from ..datasets import DATA_FILES, DATASETS, class_names
 
 # Region names exactly as WILDS's country_code_mapping.csv spells them, with a few real countries each.
 FMOW_COUNTRIES = {
@@ -236,7 +236,7 @@ def _iwildcam_labels(n: int, n_classes: int, rng: np.random.Generator, cover_all
 def write_iwildcam(folder: Path, cfg: SynthConfig) -> Path:
     spec = DATASETS["iwildcam"]
     (folder / "train").mkdir(parents=True, exist_ok=True)
-    labels_table = pd.read_csv(Path(__file__).with_name("data_files") / "iwildcam_labels.csv")
+    labels_table = pd.read_csv(DATA_FILES / "iwildcam_labels.csv")
     n_classes = len(labels_table)
     rng = np.random.default_rng([cfg.seed, 21])
     protos = class_prototypes(n_classes, cfg.seed, "iwildcam")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 
-from .results import _atomic_write
+from ..runs import write_bytes
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -99,8 +99,7 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
     if _REMOTE_SCRIPT.search(body):
         warnings.warn(f"{out_html} still loads a remote script (from an output of {notebook}); it will not "
                       "open fully offline", stacklevel=2)
-    _atomic_write(out_html, lambda f: f.write(body.encode("utf-8")))
-    out_html.chmod(0o644)  # a report is meant to be read (and served); temp files start private
+    write_bytes(out_html, body.encode("utf-8"))
     return out_html
 
 
@@ -151,6 +150,5 @@ def write_index(out_dir: str | os.PathLike) -> Path:
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdg reports</title></head>"
             "<body style='font-family:sans-serif'><h1>clipdg reports</h1><ul>" + "".join(items) + "</ul></body></html>")
     target = out / "index.html"
-    _atomic_write(target, lambda f: f.write(page.encode("utf-8")))
-    target.chmod(0o644)
+    write_bytes(target, page.encode("utf-8"))
     return target

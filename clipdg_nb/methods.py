@@ -1,0 +1,320 @@
+"""Every method by name, and `run(cfg)`: data -> model -> train / average -> evaluate -> run folder.
+
+`METHODS` maps a method name to how it builds its weights: zero-shot CLIP, linear probes on frozen
+features (CLIP or vision-only), and the end-to-end methods that go through `train.fit` (CLIP
+fine-tuning as the study, LP-FT, vision-only fine-tuning). Each returns the logits of its weight
+variants per split; `run` does the rest once for all of them: reuse a finished run, claim the run
+with a file lock, evaluate with WILDS's metrics, write predictions and the record atomically.
+Under torchrun every rank calls `run`; rank 0 decides, prepares caches first, evaluates and writes.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import ddp
+from .averaging import wise_ft
+from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, from_namespace
+from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
+                       prompt_functions, split_indices)
+from .evaluate import evaluate_logits, image_batches, predict_logits
+from .images import Normalize, image_split, reference_augmentation
+from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
+from .models.features import cached_split_features, feature_key, subset_rows
+from .precision import resolve_device, resolve_precision
+from .runs import Run
+from .train import fit
+
+
+@dataclass
+class Context:
+    """What every method reads: the config, the WILDS dataset, the device, names and prompts."""
+    cfg: object
+    dataset: object
+    device: torch.device
+
+    @property
+    def spec(self):
+        return dataset_spec(self.cfg.dataset)
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.spec.class_names()
+
+    @property
+    def prompts(self) -> list[Callable[[str], str]]:
+        return prompt_functions(self.spec.templates(self.cfg.templates))
+
+    def indices(self, split: str) -> np.ndarray:
+        return split_indices(self.dataset, split)
+
+    def train_indices(self) -> np.ndarray:
+        return fraction_indices(self.dataset, self.cfg.fraction, self.cfg.seed, self.cfg.stratify)
+
+    def images(self, indices, image_size: int, augment=None):
+        return image_split(self.dataset, indices, image_size, cache=self.cfg.image_cache,
+                           cache_dir=Path(self.cfg.cache_dir) / "decoded", augment=augment)
+
+    def features(self, encoder, preprocessing: dict, split: str, indices=None) -> torch.Tensor:
+        """Frozen features of a split (encoded once per model, weights and preprocessing), or of
+        the given indices of it: a subset is an index into its split's features."""
+        cfg, split_idx = self.cfg, self.indices(split)
+        key = feature_key([preprocessing, cfg.dataset, self.dataset.version, str(Path(cfg.root_dir).resolve()), split])
+        path = Path(cfg.cache_dir) / "features" / f"{cfg.dataset}-{split}-{key}.pt"
+
+        def compute():
+            images = self.images(split_idx, preprocessing["image_size"])
+            norm = Normalize(preprocessing["mean"], preprocessing["std"])
+            batches = image_batches(images, cfg.eval_batch_size, cfg.num_workers, self.device)
+            return encode_images(encoder, (norm(x) for x, _, _ in batches), device=self.device, normalize=False)
+
+        feats = cached_split_features(path, compute)
+        return feats if indices is None else feats[torch.as_tensor(subset_rows(split_idx, np.asarray(indices)))]
+
+
+@dataclass
+class Outcome:
+    """What a method hands back: logits per weight variant and split, and what it chose."""
+    logits: dict  # variant -> split -> logits [N, C]
+    selection: dict
+    extra: dict
+
+
+def _clip(cfg):
+    if cfg.pretrained is None:
+        torch.manual_seed(cfg.seed)  # random init (tiny configs, tests) is seeded, hence reproducible
+    return load_clip(cfg.model, cfg.pretrained, device="cpu")
+
+
+def _clip_preprocessing(cfg, bundle) -> dict:
+    return {"encoder": "clip", "model": cfg.model, "pretrained": cfg.pretrained,
+            "init_seed": cfg.seed if cfg.pretrained is None else None,
+            "image_size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+
+
+def _vision_model(cfg):
+    n = dataset_spec(cfg.dataset).n_classes
+    if cfg.vision_arch == "clip-visual":
+        weights = cfg.vision_weights if cfg.vision_weights not in (None, "imagenet") else cfg.pretrained
+        if weights is None:
+            torch.manual_seed(cfg.seed)
+        return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu"))
+    torch.manual_seed(cfg.seed)
+    size = 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
+    return vision_only(n, arch=cfg.vision_arch, weights=cfg.vision_weights, image_size=size)
+
+
+def _tiny_image_size(model: str) -> int:
+    import open_clip
+
+    from .models import register_tiny_configs
+    register_tiny_configs()
+    size = (open_clip.get_model_config(model) or {}).get("vision_cfg", {}).get("image_size", 32)
+    return int(size if isinstance(size, int) else size[0])
+
+
+def _vision_preprocessing(cfg, model) -> dict:
+    return {"encoder": "vision", "arch": cfg.vision_arch, "weights": cfg.vision_weights, "model": cfg.model,
+            "pretrained": cfg.pretrained, "init_seed": cfg.seed, "image_size": model.image_size,
+            "mean": list(model.mean), "std": list(model.std)}
+
+
+def zero_shot(ctx: Context) -> Outcome:
+    """CLIP with open_clip's zero-shot head (prompts from the templates) on every split."""
+    cfg = ctx.cfg
+    bundle = _clip(cfg)
+    clf = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts, text_mode="frozen")
+    pre = _clip_preprocessing(cfg, bundle)
+    with torch.no_grad():
+        logits = {s: clf.head(torch.nn.functional.normalize(ctx.features(bundle.model, pre, s), dim=-1)).float()
+                  for s in cfg.eval_splits}
+    return Outcome({"zeroshot": logits}, {"split": None, "metric": None, "note": "no choice made"}, {})
+
+
+def _probe(ctx: Context, encoder, pre: dict):
+    """A linear probe on frozen features; its L2 strength chosen on cfg.select_split only."""
+    cfg = ctx.cfg
+    train_idx, val_idx = ctx.train_indices(), ctx.indices(cfg.select_split)
+    y = torch.as_tensor(np.asarray(ctx.dataset.y_array))
+    probe = fit_linear_probe(ctx.features(encoder, pre, "train", train_idx), y[train_idx],
+                             ctx.features(encoder, pre, cfg.select_split), y[val_idx],
+                             n_classes=ctx.spec.n_classes, Cs=cfg.probe_cs, seed=cfg.seed)
+    return probe, train_idx
+
+
+def linear_probe(ctx: Context) -> Outcome:
+    cfg = ctx.cfg
+    if cfg.method == "linear_probe":
+        bundle = _clip(cfg)
+        encoder, pre = bundle.model, _clip_preprocessing(cfg, bundle)
+    else:
+        encoder = _vision_model(cfg)
+        pre = _vision_preprocessing(cfg, encoder)
+    probe, train_idx = _probe(ctx, encoder, pre)
+    logits = {s: probe.logits(ctx.features(encoder, pre, s)).detach() for s in cfg.eval_splits}
+    selection = {"split": cfg.select_split, "metric": "acc (probe)", "C": probe.C,
+                 "val_scores": {str(k): v for k, v in probe.val_scores.items()}}
+    return Outcome({"best": logits}, selection, {"n_train": int(len(train_idx))})
+
+
+def selection_metric(cfg: FinetuneConfig) -> str:
+    """The metric checkpoints are chosen by: the dataset's ID headline on id_val, OOD headline on val."""
+    return cfg.select_metric or headline_metric(cfg.dataset, cfg.select_split)
+
+
+def end_to_end(ctx: Context, progress: bool = True) -> Outcome | None:
+    """Fine-tuning through `train.fit`: CLIP (the study's method), LP-FT or vision-only; the weight
+    variants are the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
+    cfg, world = ctx.cfg, ddp.info()
+    with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
+        if cfg.method == "vision_only":
+            model = _vision_model(cfg)
+            mean, std, size = model.mean, model.std, model.image_size
+        else:
+            bundle = _clip(cfg)
+            mean, std, size = bundle.mean, bundle.std, bundle.image_size
+            if cfg.method == "lp_ft":
+                probe, _ = _probe(ctx, bundle.model, _clip_preprocessing(cfg, bundle))
+                model = ClipClassifier.from_linear_probe(bundle.model, probe.W, probe.b)
+            else:
+                model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
+                                                 text_mode=cfg.text_mode)
+        initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        train_idx = ctx.train_indices()
+        train_images = ctx.images(train_idx, size, augment=reference_augmentation() if cfg.augment else None)
+        split_images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+    norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
+
+    def logits_of(m, split):
+        return predict_logits(m, split_images[split], norm, ctx.device, cfg.eval_batch_size, precision)
+
+    def evaluate(m):  # selection reads only the validation split named in the config
+        metrics, _ = evaluate_logits(ctx.dataset, ctx.indices(cfg.select_split), logits_of(m, cfg.select_split),
+                                     cfg.select_split)
+        return metrics[metric], {f"{cfg.select_split}/{k}": v for k, v in metrics.items() if not k.startswith("count_")}
+
+    trained = fit(model, train_images, metadata_column(ctx.dataset, ctx.spec.sampler_field)[train_idx], cfg,
+                  normalize=norm, device=ctx.device, evaluate=evaluate,
+                  checkpoint_dir=Run.of(cfg).checkpoint_dir, progress=progress)
+    if not world.is_main:
+        return None
+    states = {"best": trained.best_state, "last": trained.last_state}
+    if trained.swa_state is not None:
+        states["swa"] = trained.swa_state
+    if trained.ema_state is not None:
+        states["ema"] = trained.ema_state
+    if cfg.wise_alphas and cfg.method == "vision_only":
+        warnings.warn("wise_alphas ignored for vision_only: it has no zero-shot end point", stacklevel=2)
+    elif cfg.wise_alphas:  # WiSE-FT: from the zero-shot (or LP) start to the final fine-tuned weights
+        for alpha, state in wise_ft(initial_state, trained.last_state, cfg.wise_alphas).items():
+            states[f"wise_ft_{alpha:g}"] = state
+    started, logits = time.perf_counter(), {}
+    for variant, state in states.items():
+        model.load_state_dict(state)
+        logits[variant] = {s: logits_of(model, s) for s in cfg.eval_splits}
+    selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
+    extra = {"history": trained.history, "n_train": int(len(train_idx)),
+             "resumed_from_epoch": trained.resumed_from_epoch,
+             "timings": {"train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
+    return Outcome(logits, selection, extra)
+
+
+METHODS: dict[str, Callable] = {
+    "zeroshot": zero_shot,
+    "linear_probe": linear_probe,
+    "vision_only_probe": linear_probe,
+    "finetune": end_to_end,
+    "lp_ft": end_to_end,
+    "vision_only": end_to_end,
+}
+END_TO_END = tuple(name for name, build in METHODS.items() if build is end_to_end)
+assert set(METHODS) == {"zeroshot", *TRAINED_METHODS}, "config.METHODS and methods.METHODS must agree"
+
+
+class RunConflictError(FileExistsError):
+    """Raised on every rank together when a run can't proceed (e.g. its folder is not writable)."""
+
+
+def run(cfg, force: bool = False, progress: bool = True) -> dict | None:
+    """Run one config; returns its record (None on torchrun ranks other than 0).
+
+    A finished run with the same identity is returned as it is unless `force`. The run is claimed
+    with a file lock, so a second process asking for it waits and then reads the finished record.
+    """
+    from filelock import FileLock
+
+    cfg = cfg.validate()
+    world, target = ddp.info(), Run.of(cfg)
+    # Decided by rank 0 and shared, so all ranks stop or go on together.
+    done = world.broadcast(not force and target.is_done(cfg.identity()))
+    if done:
+        return target.record() if world.is_main else None
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.lock_path)) if world.is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        # Another process may have finished it while we waited for the lock.
+        if world.broadcast(not force and target.is_done(cfg.identity())):
+            return target.record() if world.is_main else None
+        started = time.perf_counter()
+        ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
+        build = METHODS[cfg.method]
+        outcome = build(ctx, progress=progress) if build is end_to_end else build(ctx)
+        if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
+            return None
+        return _finish(target, ctx, outcome, time.perf_counter() - started)
+    finally:
+        if lock is not None:
+            lock.release()
+        world.barrier()
+
+
+def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict:
+    """Metrics per variant and split, predictions, the record: built aside, renamed into place."""
+    cfg = ctx.cfg
+    headline = "zeroshot" if cfg.method == "zeroshot" else "best"
+    variants = {}
+    for variant, per_split in outcome.logits.items():
+        variants[variant] = {}
+        for split, logits in per_split.items():
+            metrics, frame = evaluate_logits(ctx.dataset, ctx.indices(split), logits, split)
+            variants[variant][split] = metrics
+            if cfg.save_predictions:
+                target.write_predictions(split, frame, None if variant == headline else variant)
+    extra = dict(outcome.extra)
+    timings = {**extra.pop("timings", {}), "total_s": seconds}
+    record = {
+        "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
+        "fraction": 0.0 if cfg.method == "zeroshot" else cfg.fraction, "seed": cfg.seed,
+        "lr": None if cfg.method in PROBE_METHODS + ("zeroshot",) else cfg.lr,
+        "root_dir": str(cfg.root_dir), "params": cfg.params(), "identity": cfg.identity(),
+        "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
+        "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
+    return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})
+
+
+def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
+    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
+    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    if isinstance(methods, str) or not list(methods):
+        raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
+    if isinstance(lrs, (str, int, float)) or not list(lrs):
+        raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
+    for m in methods:
+        if m not in TRAINED_METHODS:
+            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
+            raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
+    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
+            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
+
+
+def config_of(method: str):
+    """The config class of a method's notebook family."""
+    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig

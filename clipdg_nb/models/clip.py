@@ -1,0 +1,183 @@
+"""CLIP through open_clip: pretrained tags, local weight files, `local-dir:` folders, and the
+tiny test configs shipped with the package (registered with `open_clip.add_model_config`, never a
+fork of open_clip's model code)."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg
+from torch import nn
+
+from .weights import WEIGHT_SUFFIXES, save_weights
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "data_files" / "model_configs"
+TINY_MODELS = ("clipdg-tiny-vit", "clipdg-tiny-vit-64")
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+def register_tiny_configs() -> list[str]:
+    """Make the shipped tiny test configs known to open_clip (idempotent); returns their names."""
+    from open_clip.factory import _MODEL_CONFIG_PATHS  # add_model_config appends on every call
+    if _CONFIG_DIR not in _MODEL_CONFIG_PATHS or not set(TINY_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(_CONFIG_DIR)
+    return list(TINY_MODELS)
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP model with what is needed to feed it."""
+    model: nn.Module
+    tokenizer: Any
+    image_size: int
+    mean: tuple
+    std: tuple
+    model_name: str
+    pretrained: str | None
+    quick_gelu: bool = False
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+
+def _check_model_name(name: str) -> str:
+    """open_clip's spelling of a built-in name ('ViT-B/32' -> 'ViT-B-32'); ValueError if unknown."""
+    cleaned = name.replace("/", "-")
+    known = open_clip.list_models()
+    if cleaned not in known:
+        close = difflib.get_close_matches(cleaned, known, n=5, cutoff=0.5)
+        raise ValueError(f"model_name={name!r} is not an open_clip model config. Close matches: {close}. "
+                         "See open_clip.list_models(); the tiny test models are " + ", ".join(TINY_MODELS))
+    return cleaned
+
+
+def _weights_cache_hint(tag_cfg: dict, cache_dir) -> str:
+    """Where open_clip looks for a tag's weights (HF hub cache, or ~/.cache/clip for URLs)."""
+    if cache_dir:
+        return str(cache_dir)
+    if tag_cfg.get("hf_hub"):
+        from huggingface_hub import constants
+        return f"{constants.HF_HUB_CACHE} (huggingface_hub default cache)"
+    return os.path.expanduser("~/.cache/clip")
+
+
+def _fetch_tag_weights(name: str, tag: str, tag_cfg: dict, cache_dir) -> None:
+    """Fetch (or find cached) weights first, so a missing download gets a message that says what to do."""
+    try:
+        open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as e:  # hf_hub / urllib raise many types offline; all mean "not available"
+        raise RuntimeError(
+            f"No weights for model_name={name!r}, pretrained={tag!r}: not in the cache "
+            f"({_weights_cache_hint(tag_cfg, cache_dir)}) and the download failed ({type(e).__name__}: {e}). "
+            f"To get them: run load_clip({name!r}, {tag!r}, cache_dir=...) once on a machine with internet "
+            "access and reuse that cache_dir; or pass pretrained='/path/to/weights.safetensors' "
+            "(quick_gelu=True for OpenAI weights); or model_name='local-dir:/path' to a folder holding "
+            "open_clip_config.json and the weights (see save_local_dir)."
+        ) from e
+
+
+def _quick_gelu_flag(name: str, kind: str, tag: str | None, tag_cfg: dict, quick_gelu: bool | None) -> bool:
+    """Whether to force QuickGELU. OpenAI weights need it and a plain name silently uses GELU (#771)."""
+    if quick_gelu is not None:
+        return bool(quick_gelu)
+    if kind == "tag":
+        return bool(tag_cfg.get("quick_gelu", False)) or tag.lower() == "openai"
+    # Our tiny configs are only ever trained here, with GELU: no OpenAI weights to get wrong.
+    if kind == "file" and name not in TINY_MODELS and not (open_clip.get_model_config(name) or {}).get("quick_gelu", False):
+        warnings.warn(f"Loading a weights file into {name!r} with nn.GELU. If these are OpenAI (or other "
+                      "QuickGELU-trained) weights, pass quick_gelu=True or the outputs will be silently "
+                      "wrong; pass quick_gelu=False to silence this warning.", UserWarning, stacklevel=3)
+    return False
+
+
+def _check_local_dir(path: str) -> None:
+    folder = Path(path)
+    if not (folder / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"model_name='local-dir:{path}' needs {folder / 'open_clip_config.json'}; "
+                                "create the folder with save_local_dir(bundle, path)")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        raise FileNotFoundError(f"model_name='local-dir:{path}' has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+
+
+def _resolve_source(model_name: str, pretrained) -> tuple[str, str, dict]:
+    """(open_clip model name, kind of weights: none|tag|file|local-dir|hf-hub, the tag's config)."""
+    for prefix, kind in ((HF_HUB, "hf-hub"), (LOCAL_DIR, "local-dir")):
+        if model_name.startswith(prefix):
+            if pretrained is not None:
+                raise ValueError(f"pretrained must be None with model_name='{prefix}...' (it holds the weights)")
+            if kind == "local-dir":
+                _check_local_dir(model_name[len(prefix):])
+            return model_name, kind, {}
+    name = _check_model_name(model_name)
+    if pretrained is None:
+        if name not in TINY_MODELS:
+            warnings.warn(f"load_clip({name!r}) with pretrained=None: random weights. Pass a tag such as "
+                          f"{open_clip.list_pretrained_tags_by_model(name)[:3]} or a weights file.",
+                          UserWarning, stacklevel=3)
+        return name, "none", {}
+    if open_clip.pretrained.is_pretrained_cfg(name, str(pretrained)):
+        return name, "tag", open_clip.pretrained.get_pretrained_cfg(name, str(pretrained))
+    if os.path.isfile(pretrained):
+        return name, "file", {}
+    raise ValueError(f"pretrained={str(pretrained)!r} is neither a known tag for {name!r} "
+                     f"({open_clip.list_pretrained_tags_by_model(name)}) nor an existing weights file")
+
+
+def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, cache_dir: str | None = None,
+              device: str | torch.device = "cpu", quick_gelu: bool | None = None) -> ClipBundle:
+    """Build an open_clip model + tokenizer + eval transform, in eval mode (call .train() to fine-tune).
+
+    `pretrained`: None (random init; warns for real models), an open_clip tag ("openai",
+    "laion2b_s34b_b79k"; downloaded into / read from `cache_dir`), or a local weights file
+    (.safetensors/.bin/.pt, loaded with weights_only=True). `model_name="local-dir:/path"` loads
+    config and weights from a folder; "hf-hub:org/repo" is passed through to open_clip.
+    QuickGELU is forced for tags trained with it (incl. "openai") and when `quick_gelu=True`.
+    """
+    register_tiny_configs()
+    name, kind, tag_cfg = _resolve_source(model_name, pretrained)
+    pretrained = None if pretrained is None else str(pretrained)
+    force_qg = _quick_gelu_flag(name, kind, pretrained, tag_cfg, quick_gelu)
+    if kind == "tag":
+        _fetch_tag_weights(name, pretrained, tag_cfg, cache_dir)
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device, force_quick_gelu=force_qg,
+                                       cache_dir=cache_dir, weights_only=True)
+    except RuntimeError as e:
+        if kind != "hf-hub":
+            raise
+        raise RuntimeError(f"model_name={name!r}: config/weights not in the cache ({cache_dir or 'HF default'}) "
+                           "and not downloadable. Run it once online, or use a local file / 'local-dir:'. "
+                           f"Cause: {e}") from e
+    model.eval()
+    pp = PreprocessCfg(**model.visual.preprocess_cfg)
+    size = tuple(model.visual.image_size) if isinstance(model.visual.image_size, (tuple, list)) \
+        else (model.visual.image_size,) * 2
+    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer(name, cache_dir=cache_dir),
+                      image_size=int(size[0]), mean=tuple(pp.mean), std=tuple(pp.std),
+                      model_name=name, pretrained=pretrained, quick_gelu=force_qg)
+
+
+def save_local_dir(bundle: ClipBundle, path: str | os.PathLike) -> str:
+    """Write `open_clip_config.json` + `open_clip_model.safetensors`; returns 'local-dir:<path>'."""
+    if bundle.model_name.startswith(LOCAL_DIR):
+        src = Path(bundle.model_name[len(LOCAL_DIR):]) / "open_clip_config.json"
+        model_cfg = json.loads(src.read_text())["model_cfg"]
+    else:
+        model_cfg = open_clip.get_model_config(bundle.model_name)
+    if bundle.quick_gelu:
+        model_cfg["quick_gelu"] = True  # the folder must rebuild the same activation
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": dict(bundle.model.visual.preprocess_cfg)}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    save_weights(bundle.model, folder / "open_clip_model.safetensors")
+    return LOCAL_DIR + str(folder)

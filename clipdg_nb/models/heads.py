@@ -1,0 +1,106 @@
+"""CLIP as an image classifier: the zero-shot prompt head and the module that fine-tunes.
+
+Templates are open_clip-style callables (`datasets.prompt_functions`), so the zero-shot head is
+exactly open_clip's `build_zero_shot_classifier` and the trainable head embeds the same prompts.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip import build_zero_shot_classifier
+from torch import nn
+
+TEXT_MODES = ("trainable", "frozen", "head")
+
+
+def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
+    """Token ids [C*T, L], class-major (all templates of class 0, then class 1, ...) like open_clip."""
+    return tokenizer([template(c) for c in classnames for template in templates])
+
+
+def class_text_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Class embeddings [C, D]: each prompt L2-normalised, averaged over templates, renormalised
+    (open_clip's zero-shot recipe). Differentiable, so the trainable head can back-propagate."""
+    emb = model.encode_text(tokens, normalize=True)
+    emb = emb.reshape(n_classes, tokens.shape[0] // n_classes, -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+class ClipClassifier(nn.Module):
+    """`forward(images) -> logits [N, C]`, in one of three modes:
+
+      "trainable": both towers train; logits = exp(logit_scale) * img @ text.T with the class
+                   prompt embeddings recomputed every forward (the reference study's CE fine-tuning).
+      "frozen":    text tower dropped; a linear head initialised to exp(logit_scale) * the zero-shot
+                   weights on normalised image features (WiSE-FT style).
+      "head":      image tower + a given linear head on normalised features (linear probe, LP-FT).
+    The classifier takes the model's modules (no copy). Within one mode the state-dict keys never
+    change, so zero-shot and fine-tuned weights interpolate key by key (WiSE-FT).
+    """
+
+    def __init__(self, model, *, text_mode: str = "trainable", tokenizer=None, classnames=None, templates=None,
+                 head_weight: torch.Tensor | None = None, head_bias: torch.Tensor | None = None):
+        super().__init__()
+        self.text_mode = text_mode
+        self._text_cache: torch.Tensor | None = None
+        device = model.logit_scale.device
+        if text_mode == "trainable":
+            self.clip = model
+            # Not persistent: the state dict stays all-float (interpolable) and identical across runs.
+            self.register_buffer("prompt_tokens", tokenize_prompts(tokenizer, classnames, templates).to(device),
+                                 persistent=False)
+            self.n_classes = len(classnames)
+            return
+        self.visual = model.visual
+        if text_mode == "frozen":
+            zero_shot = build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device)
+            head_weight = model.logit_scale.exp().detach() * zero_shot.T
+        head_weight = torch.as_tensor(head_weight).detach().float()
+        n_classes, dim = head_weight.shape
+        self.head = nn.Linear(dim, n_classes)
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight)
+            self.head.bias.copy_(torch.zeros(n_classes) if head_bias is None else torch.as_tensor(head_bias))
+        self.head.to(device)
+        self.n_classes = n_classes
+
+    @classmethod
+    def zero_shot(cls, model, tokenizer, classnames, templates, text_mode: str = "trainable") -> "ClipClassifier":
+        """The zero-shot classifier (the fine-tuning start point) in `trainable` or `frozen` mode."""
+        return cls(model, text_mode=text_mode, tokenizer=tokenizer, classnames=classnames, templates=templates)
+
+    @classmethod
+    def from_linear_probe(cls, model, W: torch.Tensor, b: torch.Tensor | None = None) -> "ClipClassifier":
+        """Image tower + a given linear head (W [C, D], b [C]) on normalised image features."""
+        return cls(model, text_mode="head", head_weight=W, head_bias=b)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features [N, D]."""
+        visual = self.clip.visual if self.text_mode == "trainable" else self.visual
+        return F.normalize(visual(images), dim=-1)
+
+    def text_features(self) -> torch.Tensor:
+        """Class embeddings [C, D] of the trainable mode (computed once inside `cached_text_features`)."""
+        if self._text_cache is not None:
+            return self._text_cache
+        return class_text_embeddings(self.clip, self.prompt_tokens, self.n_classes)
+
+    @contextlib.contextmanager
+    def cached_text_features(self):
+        """For evaluation: embed the prompts once for the whole block instead of every batch."""
+        if self.text_mode == "trainable":
+            with torch.no_grad():
+                self._text_cache = class_text_embeddings(self.clip, self.prompt_tokens, self.n_classes)
+        try:
+            yield self
+        finally:
+            self._text_cache = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        img = self.features(images)
+        if self.text_mode == "trainable":
+            return self.clip.logit_scale.exp() * img @ self.text_features().T
+        return self.head(img)

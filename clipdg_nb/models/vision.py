@@ -1,0 +1,90 @@
+"""The vision-only baseline: torchvision's ViT-B/32 (ImageNet weights), a tiny ViT for tests, or
+CLIP's own image tower, each with a fresh linear head."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .weights import read_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VISION_ARCHS = ("vit_b_32", "tiny", "clip-visual")
+
+
+class VisionClassifier(nn.Module):
+    """Backbone + linear head, with the same `features` / `forward` as `ClipClassifier`.
+    `mean`, `std` and `image_size` describe the input the backbone expects."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, *, mean, std, image_size: int):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.mean, self.std, self.image_size = tuple(mean), tuple(std), int(image_size)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def _imagenet_vit_b_32() -> dict[str, torch.Tensor]:
+    """ImageNet vit_b_32 weights from torchvision's cache (downloading if online), weights_only."""
+    from torchvision.models import ViT_B_32_Weights
+    url = ViT_B_32_Weights.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return ViT_B_32_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"No ImageNet weights for vit_b_32: {cached} does not exist and the download failed "
+            f"({type(e).__name__}: {e}). Run once online (or set TORCH_HOME to a folder that holds "
+            f"hub/checkpoints/{os.path.basename(url)}), or pass vision_weights='/path/to/state_dict'.") from e
+
+
+def _fresh_head(dim: int, num_classes: int) -> nn.Linear:
+    """A zero-initialised linear head, as torchvision initialises its ViT head."""
+    head = nn.Linear(dim, num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.PathLike | None = None,
+                image_size: int = 224, *, clip=None) -> VisionClassifier:
+    """The vision-only baseline: a backbone with a fresh linear head.
+
+    arch: "vit_b_32" (torchvision; weights None | "imagenet" | a state-dict file), "tiny" (a 2-layer
+    ViT for tests) or "clip-visual" (the image tower of the ClipBundle `clip`). A state-dict file may
+    be a torchvision ViT (its head ignored) or a saved VisionClassifier.
+    """
+    from torchvision.models import VisionTransformer, vit_b_32
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    if arch == "clip-visual":
+        head = _fresh_head(clip.model.visual.output_dim, num_classes)
+        return VisionClassifier(clip.model.visual, head, mean=clip.mean, std=clip.std, image_size=clip.image_size)
+    # Read the weights before building: an offline failure should come fast, not after the init.
+    sd = None if weights is None else _imagenet_vit_b_32() if weights == "imagenet" else read_state_dict(weights)
+    if arch == "tiny":
+        backbone = VisionTransformer(image_size=image_size, patch_size=8, num_layers=2, num_heads=2,
+                                     hidden_dim=64, mlp_dim=128)
+    else:
+        backbone = vit_b_32(image_size=image_size)
+    backbone.heads = nn.Identity()  # features() = the class token; the head is ours
+    model = VisionClassifier(backbone, _fresh_head(backbone.hidden_dim, num_classes),
+                             mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
+    if sd is not None and any(k.startswith("backbone.") for k in sd):
+        model.load_state_dict(sd, strict=True)  # a saved VisionClassifier
+    elif sd is not None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("heads.")}
+        if sd.get("encoder.pos_embedding") is not None and \
+                sd["encoder.pos_embedding"].shape != backbone.encoder.pos_embedding.shape:
+            sd = interpolate_embeddings(image_size, backbone.patch_size, sd)  # another resolution
+        backbone.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,245 @@
+"""Experiment files (`parameters/*.yaml`): stages of notebooks, each a grid of points.
+
+An experiment names its stages; each stage is a notebook, a grid (lists expanded as a product) and
+fixed parameters, over shared defaults. Every grid point becomes one papermill execution into
+`outputs/notebooks/<experiment>/<stage>/<point>.ipynb`. Errors name the file and the key.
+"""
+from __future__ import annotations
+
+import decimal
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..runs import to_jsonable
+
+TOP_KEYS = ("experiment", "description", "defaults", "stages")
+STAGE_KEYS = ("name", "notebook", "grid", "params", "description")
+FORCE_PARAM = "force"  # a notebook declaring it gets force=True under --force (not part of the marker)
+
+
+class ExperimentError(ValueError):
+    """An experiment file is malformed; the message names the file and the key."""
+
+
+@dataclass
+class Point:
+    """One notebook execution: where it comes from, what it is given, where it goes."""
+    experiment: str
+    stage: str
+    name: str
+    notebook: Path  # absolute
+    parameters: dict
+    output: Path  # executed notebook (absolute)
+    root: Path  # papermill's cwd
+    force_param: bool = False  # the notebook declares `force`
+
+    @property
+    def done_path(self) -> Path:
+        return self.output.with_suffix(".done.json")
+
+    @property
+    def failed_path(self) -> Path:
+        return self.output.with_suffix(".failed.json")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.output.with_suffix(".runs.jsonl")
+
+    def to_json(self) -> dict:
+        return {"experiment": self.experiment, "stage": self.stage, "name": self.name,
+                "notebook": str(self.notebook), "parameters": to_jsonable(self.parameters),
+                "output": str(self.output), "root": str(self.root), "force_param": self.force_param}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Point":
+        return cls(d["experiment"], d["stage"], d["name"], Path(d["notebook"]), dict(d["parameters"]),
+                   Path(d["output"]), Path(d["root"]), bool(d.get("force_param", False)))
+
+
+@dataclass
+class Stage:
+    name: str
+    notebook: Path
+    grid: dict
+    params: dict
+    points: list = field(default_factory=list)
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    root: Path
+    defaults: dict
+    stages: list
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ExperimentError(f"{self.path}: no stage named {name!r}; stages are {[s.name for s in self.stages]}")
+
+
+def expand_grid(grid: Mapping[str, Iterable] | None) -> list[dict]:
+    """The product of the grid's lists, in file order: {a: [1, 2], b: [x]} -> [{a:1,b:x}, {a:2,b:x}]."""
+    grid = dict(grid or {})
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
+
+
+def _token(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_token(v) for v in value)
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9.+]+", "-", str(value)).strip("-") or "none"
+
+
+def point_name(values: Mapping[str, Any]) -> str:
+    """File-safe name of a grid point from its grid values, e.g. ``dataset-fmow_fraction-0.1_seed-0``."""
+    if not values:
+        return "default"
+    return "_".join(f"{_token(k)}-{_token(v)}" for k, v in values.items())
+
+
+_DECLARED_CACHE: dict = {}
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
+    """The parameters a notebook declares (papermill's ``inspect_notebook``): name -> {default, help, ...}."""
+    import papermill
+
+    path = Path(notebook)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _DECLARED_CACHE:
+        _DECLARED_CACHE[key] = dict(papermill.inspect_notebook(str(path)))
+    return _DECLARED_CACHE[key]
+
+
+def _fail(path, key: str, message: str):
+    raise ExperimentError(f"{path}: {key}: {message}")
+
+
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _check_values(path, key, value) -> None:
+    """Catch numbers YAML 1.1 reads as text: `1e-3` is the string '1e-3' (write 1.0e-3)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_values(path, f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_values(path, f"{key}[{i}]", v)
+    elif isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        hint = format(decimal.Decimal(value.strip()), "f")
+        _fail(path, key, f"{value!r} is text, not a number: YAML reads an exponent without a dot and a "
+              f"sign as a string; write {hint} (unquoted)")
+
+
+def _check_mapping(path, key, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail(path, key, f"must be a mapping (name: value), got {type(value).__name__}")
+    return dict(value)
+
+
+def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = None,
+                    output_dir: str | os.PathLike = "outputs/notebooks") -> Experiment:
+    """Read and validate an experiment YAML; expand every stage's grid into points.
+
+    Relative paths (notebooks, outputs) resolve against ``root`` (default: the current folder,
+    i.e. the repository root), which is also each notebook's working folder. Errors name the file
+    and the key: unknown keys, missing notebooks, parameters a notebook does not declare.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {path} does not exist; see parameters/*.yaml for examples")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ExperimentError(f"{path}: must be a mapping with keys {list(TOP_KEYS)}")
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        _fail(path, unknown[0], f"unknown key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+    name = data.get("experiment")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        _fail(path, "experiment", f"must be a name of letters, digits, '-' or '_' (it names folders), got {name!r}")
+    defaults = _check_mapping(path, "defaults", data.get("defaults"))
+    _check_values(path, "defaults", defaults)
+    if "experiment" in defaults:
+        _fail(path, "defaults.experiment", "set the experiment name with the top-level `experiment:` key")
+    stages_raw = data.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        _fail(path, "stages", "must be a non-empty list of stages (name, notebook, grid, params)")
+    root = Path(root if root is not None else Path.cwd()).resolve()
+    out_root = (root / output_dir).resolve()
+
+    stages, seen, used_defaults = [], set(), set()
+    for i, raw in enumerate(stages_raw):
+        where = f"stages[{i}]"
+        if not isinstance(raw, Mapping):
+            _fail(path, where, "must be a mapping with keys name, notebook, grid, params")
+        unknown = sorted(set(raw) - set(STAGE_KEYS))
+        if unknown:
+            _fail(path, f"{where}.{unknown[0]}", f"unknown stage key(s) {unknown}; allowed: {list(STAGE_KEYS)}")
+        sname = raw.get("name")
+        if not isinstance(sname, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", sname):
+            _fail(path, f"{where}.name", f"must be a name of letters, digits, '-' or '_', got {sname!r}")
+        if sname in seen:
+            _fail(path, f"{where}.name", f"stage name {sname!r} is used twice")
+        seen.add(sname)
+        where = f"stages[{i}] ({sname})"
+        nb_rel = raw.get("notebook")
+        if not isinstance(nb_rel, str):
+            _fail(path, f"{where}.notebook", "must be the path of a .ipynb (relative to the repository root)")
+        notebook = (root / nb_rel).resolve()
+        if not notebook.is_file():
+            _fail(path, f"{where}.notebook", f"{nb_rel} does not exist (looked in {root})")
+        declared = notebook_parameters(notebook)
+        grid = _check_mapping(path, f"{where}.grid", raw.get("grid"))
+        params = _check_mapping(path, f"{where}.params", raw.get("params"))
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                _fail(path, f"{where}.grid.{key}", f"must be a non-empty list, got {values!r}; "
+                      "put a single fixed value under params")
+        _check_values(path, f"{where}.grid", grid)
+        _check_values(path, f"{where}.params", params)
+        both = sorted(set(grid) & set(params))
+        if both:
+            _fail(path, f"{where}.params.{both[0]}", "is set both in grid and params; keep one")
+        for section, mapping in (("grid", grid), ("params", params)):
+            for key in mapping:
+                if key == "experiment":
+                    _fail(path, f"{where}.{section}.experiment", "set by the top-level `experiment:` key")
+                if key not in declared:
+                    _fail(path, f"{where}.{section}.{key}", f"{nb_rel} does not declare a parameter {key!r}; "
+                          f"it declares {sorted(declared)}")
+        base = {k: v for k, v in defaults.items() if k in declared}
+        used_defaults.update(base)
+        if "experiment" in declared:
+            base["experiment"] = name
+        stage = Stage(sname, notebook, grid, params)
+        names = set()
+        for values in expand_grid(grid):
+            pname = point_name(values)
+            if pname in names:
+                _fail(path, f"{where}.grid", f"two points share the file name {pname!r}; make the values distinct")
+            names.add(pname)
+            stage.points.append(Point(name, sname, pname, notebook, {**base, **params, **values},
+                                      out_root / name / sname / f"{pname}.ipynb", root,
+                                      force_param=FORCE_PARAM in declared))
+        stages.append(stage)
+    unused = sorted(set(defaults) - used_defaults)
+    if unused:
+        _fail(path, f"defaults.{unused[0]}", f"no stage's notebook declares {unused}; check the spelling")
+    return Experiment(name, path, root, defaults, stages)
