@@ -23,14 +23,15 @@ def test_decoded_and_normalised_equals_open_clip_preprocess(fmow, tmp_path):
 def test_cache_is_reused_and_keyed_by_size(fmow, tmp_path):
     idx = split_indices(fmow, "id_val")[:5]
     a = decode_split(fmow, idx, 16, cache_dir=tmp_path)
-    files = sorted(tmp_path.iterdir())
-    assert len(files) == 1 and not any("partial" in f.name for f in files)
-    mtime = files[0].stat().st_mtime_ns
+    entries = sorted(tmp_path.glob("*.npy"))
+    assert [f.name.endswith(".filled.npy") for f in entries] == [True, False]  # one entry: rows + bitmap
+    assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir())
+    mtimes = [f.stat().st_mtime_ns for f in entries]
     b = decode_split(fmow, idx, 16, cache_dir=tmp_path)
-    assert np.array_equal(a, b) and files[0].stat().st_mtime_ns == mtime
-    decode_split(fmow, idx, 20, cache_dir=tmp_path)
-    decode_split(fmow, idx[:3], 16, cache_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 3
+    assert np.array_equal(a, b) and [f.stat().st_mtime_ns for f in entries] == mtimes
+    decode_split(fmow, idx, 20, cache_dir=tmp_path)  # another size: another entry
+    decode_split(fmow, idx[:3], 16, cache_dir=tmp_path)  # a subset of the same split: the same entry
+    assert len(list(tmp_path.glob("*.npy"))) == 4 and [f.stat().st_mtime_ns for f in entries] == mtimes
 
 
 def test_pil_path_equals_cached_path(iwildcam, tmp_path):

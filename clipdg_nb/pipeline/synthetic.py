@@ -7,6 +7,12 @@ FMoW's region and acquisition year (a sensor drift that grows with the year, so 
 beyond the training range) and iWildCam's camera location (each trap has its own scene; OOD
 locations are drawn from a wider distribution). A model trained on ID data therefore scores lower
 OOD, by an amount `shift` controls. Everything is deterministic for a seed.
+
+Two profiles. `default` writes small images (`image_size` px, both datasets) that train in minutes.
+`real` (`real_profile_config(n)`) writes the files at the sizes of the real releases, FMoW as
+224x224 PNG and iWildCam as 1920x1080 JPEG, for measuring decode and cache costs: the scene is
+rendered at `image_size`, upscaled (bicubic) and overlaid with fine and coarse grain so that the
+files compress (and decode) like photographs, not like flat colour fields.
 """
 from __future__ import annotations
 
@@ -51,10 +57,13 @@ class SynthConfig:
         "train": 2000, "id_val": 300, "id_test": 300, "val": 300, "test": 400})
     iwildcam_locations: dict = field(default_factory=lambda: {"id": 16, "val": 5, "test": 6})
     mixed_timestamps: bool = False  # write FMoW's real mix of ISO-8601 forms (plain pandas>=2 fails on it)
+    profile: str = "default"  # "real": files at the real releases' sizes (see REAL_SIZES)
 
     def validate(self) -> "SynthConfig":
         if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 1024:
             raise ValueError(f"image_size={self.image_size!r} must be an int in [8, 1024] (224 for ViT-B/32)")
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile={self.profile!r} is unknown; choose one of {list(PROFILES)}")
         for name in ("shift", "signal"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -68,6 +77,71 @@ class SynthConfig:
             raise ValueError("iwildcam_sizes['train'] must be >= 182 so that every iWildCam class occurs "
                              "(WILDS's loader requires labels 0..181 to be present)")
         return self
+
+
+PROFILES = ("default", "real")
+# (width, height) of the files in the real releases: FMoW's are 224 px PNGs, iWildCam's camera-trap
+# JPEGs are mostly 1920x1080 (some 2048x1536).
+REAL_SIZES = {"fmow": (224, 224), "iwildcam": (1920, 1080)}
+REAL_JPEG_QUALITY = 90
+
+
+def real_profile_config(n_images: int = 300, n_eval: int | None = None, seed: int = 0,
+                        render_size: int = 64, **fields) -> SynthConfig:
+    """A `profile='real'` config: `n_images` train images per dataset (iWildCam: at least 182, so
+    every class occurs) and `n_eval` (default n_images // 10, at least 5) in each other split."""
+    n_train = int(n_images)
+    n_eval = max(5, n_train // 10) if n_eval is None else int(n_eval)
+    splits = ("id_val", "id_test", "val", "test")
+    return SynthConfig(
+        seed=seed, image_size=render_size, profile="real",
+        fmow_sizes={"train": n_train, **{s: n_eval for s in splits}},
+        iwildcam_sizes={"train": max(182, n_train), **{s: n_eval for s in splits}},
+        iwildcam_locations={"id": 6, "val": 3, "test": 3}, **fields).validate()
+
+
+def _output_size(cfg: SynthConfig, name: str) -> tuple[int, int]:
+    return REAL_SIZES[name] if cfg.profile == "real" else (cfg.image_size, cfg.image_size)
+
+
+class _Grain:
+    """Photographic grain for the real profile: a few precomputed full-size fields (fine noise plus
+    coarse blotches), picked and shifted per image, so writing hundreds of 2 MP images stays fast."""
+
+    def __init__(self, seed: int, namespace: str, size: tuple[int, int], n_fields: int = 3):
+        w, h = size
+        rng = np.random.default_rng([seed, sum(map(ord, namespace)), 12])
+        fields = []
+        for _ in range(n_fields):
+            fine = rng.normal(0, 4, (h, w))
+            cw, ch = max(1, w // 16), max(1, h // 16)
+            coarse = Image.fromarray(rng.normal(0, 18, (ch, cw)).astype(np.float32), mode="F")
+            coarse = np.asarray(coarse.resize((w, h), Image.BILINEAR))
+            fields.append(np.clip(fine + coarse, -60, 60).astype(np.int16))
+        self.fields = fields
+
+    def apply(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        field = self.fields[int(rng.integers(len(self.fields)))]
+        field = np.roll(field, (int(rng.integers(field.shape[0])), int(rng.integers(field.shape[1]))), axis=(0, 1))
+        out = np.asarray(img, dtype=np.int16) + field[..., None]
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _save_image(pixels: np.ndarray, path: Path, cfg: SynthConfig, name: str, index: int, grain) -> None:
+    """The default profile saves the render as is; the real profile upscales it and adds grain."""
+    if cfg.profile != "real":
+        if name == "iwildcam":
+            Image.fromarray(pixels).save(path, quality=95)
+        else:
+            Image.fromarray(pixels).save(path)
+        return
+    img = Image.fromarray(pixels).resize(REAL_SIZES[name], Image.BICUBIC)
+    # its own stream, so the metadata (drawn from the image's rng) is the same in both profiles
+    img = Image.fromarray(grain.apply(img, _image_rng(cfg.seed, name, index + 10_000_000)))
+    if name == "iwildcam":
+        img.save(path, quality=REAL_JPEG_QUALITY)
+    else:
+        img.save(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +262,7 @@ def write_fmow(folder: Path, cfg: SynthConfig) -> Path:
     drift = np.random.default_rng([cfg.seed, 3]).normal(0, 1, 3)
     drift = 0.06 * cfg.shift * drift / np.linalg.norm(drift)
     timestamps, lats, lons = [], [], []
+    grain = _Grain(cfg.seed, "fmow", REAL_SIZES["fmow"]) if cfg.profile == "real" else None
     for i, row in enumerate(rows.itertuples()):
         img_rng = _image_rng(cfg.seed, "fmow", i)
         base = region_scenes[row.region_name]
@@ -195,8 +270,8 @@ def write_fmow(folder: Path, cfg: SynthConfig) -> Path:
         scene = Scene(base.bg_color, base.bg_angle, base.bg_freq,
                       tuple(np.clip(np.asarray(base.gain) + drift * years_on, 0.2, 2.5)),
                       base.contrast * (1 - 0.02 * cfg.shift * max(0, years_on - 10)), base.noise)
-        Image.fromarray(render(protos, row.label, scene, img_rng, cfg.image_size, cfg.signal)).save(
-            folder / "images" / f"rgb_img_{i}.png")
+        _save_image(render(protos, row.label, scene, img_rng, cfg.image_size, cfg.signal),
+                    folder / "images" / f"rgb_img_{i}.png", cfg, "fmow", i, grain)
         # the real CSV has ~0.5 % timestamps with milliseconds; keep at least one when asked
         with_ms = cfg.mixed_timestamps and (i == 1 or img_rng.random() < 0.01)
         timestamps.append(_fmow_timestamp(img_rng, row.year, with_ms))
@@ -209,7 +284,7 @@ def write_fmow(folder: Path, cfg: SynthConfig) -> Path:
                      for i, (s, l) in enumerate(zip(rows["split"], rows["label"]))],
         "spatial_reference": "WGS84", "epsg": 4326,
         "category": [categories[l] for l in rows["label"]],
-        "visible": True, "img_width": cfg.image_size, "img_height": cfg.image_size,
+        "visible": True, "img_width": _output_size(cfg, "fmow")[0], "img_height": _output_size(cfg, "fmow")[1],
         "country_code": rows["country_code"], "cloud_cover": 0,
         "timestamp": timestamps, "lat": lats, "lon": lons,
     })
@@ -262,6 +337,7 @@ def write_iwildcam(folder: Path, cfg: SynthConfig) -> Path:
             records.append({"split": split, "y": int(label), "location_remapped": int(loc)})
     records = [records[i] for i in rng.permutation(len(records))]
     rows = []
+    grain = _Grain(cfg.seed, "iwildcam", REAL_SIZES["iwildcam"]) if cfg.profile == "real" else None
     for i, rec in enumerate(records):
         img_rng = _image_rng(cfg.seed, "iwildcam", i)
         hour = int(img_rng.integers(0, 24))
@@ -273,8 +349,8 @@ def write_iwildcam(folder: Path, cfg: SynthConfig) -> Path:
         uid = "%08x-%04x-11ea-%04x-%012x" % tuple(int(v) for v in (img_rng.integers(0, 2**32), img_rng.integers(0, 2**16),
                                                                    img_rng.integers(0, 2**16), img_rng.integers(0, 2**48)))
         filename = f"{uid}.jpg"
-        Image.fromarray(render(protos, rec["y"], scene, img_rng, cfg.image_size, cfg.signal)).save(
-            folder / "train" / filename, quality=95)
+        _save_image(render(protos, rec["y"], scene, img_rng, cfg.image_size, cfg.signal),
+                    folder / "train" / filename, cfg, "iwildcam", i, grain)
         moment = dt.datetime(2013, 1, 1) + dt.timedelta(days=int(img_rng.integers(0, 5 * 365)), hours=hour,
                                                         minutes=int(img_rng.integers(0, 60)), seconds=int(img_rng.integers(0, 60)))
         rows.append({
@@ -284,17 +360,25 @@ def write_iwildcam(folder: Path, cfg: SynthConfig) -> Path:
             "y": rec["y"], "category_id": int(labels_table.loc[rec["y"], "category_id"]),
             "datetime": moment.strftime("%Y-%m-%d %H:%M:%S.000"),
             "filename": filename, "image_id": uid,
-            "width": cfg.image_size, "height": cfg.image_size,
+            "width": _output_size(cfg, "iwildcam")[0], "height": _output_size(cfg, "iwildcam")[1],
         })
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
     labels_table[["y", "category_id", "name"]].to_csv(folder / "categories.csv", index=False)
     return _finish(folder, spec, cfg)
 
 
+def _marker(cfg: SynthConfig) -> dict:
+    # The default profile's marker is what it was before profiles existed, so copies stay current.
+    fields = asdict(cfg)
+    if fields.get("profile") == "default":
+        fields.pop("profile")
+    return fields
+
+
 def _finish(folder: Path, spec, cfg: SynthConfig) -> Path:
     # The marker WILDS checks before deciding not to download; written last, so a half-written
     # folder is never taken for a complete one.
-    (folder / "SYNTHETIC.json").write_text(json.dumps({"generator": "clipdg_nb.synthetic", **asdict(cfg)}, indent=1))
+    (folder / "SYNTHETIC.json").write_text(json.dumps({"generator": "clipdg_nb.synthetic", **_marker(cfg)}, indent=1))
     (folder / f"RELEASE_v{spec.version}.txt").write_text(f"synthetic {spec.folder} written by clipdg_nb\n")
     return folder
 
@@ -310,7 +394,7 @@ def synthetic_is_current(root: Path, name: str, cfg: SynthConfig) -> bool:
         return False
     saved = json.loads(marker.read_text())
     saved.pop("generator", None)
-    return saved == json.loads(json.dumps(asdict(cfg)))
+    return saved == json.loads(json.dumps(_marker(cfg)))
 
 
 def write_synthetic(root, datasets=("fmow", "iwildcam"), cfg: SynthConfig | None = None,
