@@ -11,7 +11,7 @@ Two runs on the same images are compared with `compare_runs(a, b)`: each example
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd

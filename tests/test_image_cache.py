@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdg_nb import images
-from clipdg_nb.data import fraction_indices, load_dataset, split_indices
+from clipdg_nb.images import cache as image_cache, decode as image_decode
+from clipdg_nb.datasets import fraction_indices, load_dataset, split_indices
 from clipdg_nb.images import (CachedImages, ImageDecodeError, PILImages, SplitCache, decode_split, image_path,
                               image_split, prepare_splits, resize_crop)
 
@@ -35,14 +35,14 @@ def decodes(monkeypatch):
     """Counts the files actually decoded (by path)."""
     seen = collections.Counter()
     lock = threading.Lock()
-    real = images._decode_image
+    real = image_decode._decode_image
 
     def spy(path, image_size, draft=False):
         with lock:
             seen[path] += 1
         return real(path, image_size, draft)
 
-    monkeypatch.setattr(images, "_decode_image", spy)
+    monkeypatch.setattr(image_decode, "_decode_image", spy)
     return seen
 
 
@@ -87,8 +87,8 @@ def test_draft_on_a_large_jpeg_is_close_and_keeps_the_geometry(tmp_path):
     img = Image.fromarray(small).resize((1920, 1080), Image.BICUBIC)
     path = tmp_path / "big.jpg"
     img.save(path, quality=90)
-    full = images._decode_image(str(path), 224, draft=False)
-    drafted = images._decode_image(str(path), 224, draft=True)
+    full = image_decode._decode_image(str(path), 224, draft=False)
+    drafted = image_decode._decode_image(str(path), 224, draft=True)
     assert full.shape == drafted.shape == (224, 224, 3)
     assert np.array_equal(full, np.array(resize_crop(224)(Image.open(path).convert("RGB"))))
     diff = np.abs(full.astype(int) - drafted.astype(int))
@@ -150,22 +150,22 @@ def test_prepare_splits_fills_whole_splits(fmow, tmp_path, decodes):
 CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from clipdg_nb import images
-    from clipdg_nb.data import load_dataset, split_indices
+    from clipdg_nb.images import cache as image_cache, decode as image_decode, views as image_cache_views
+    from clipdg_nb.datasets import load_dataset, split_indices
     root, cache, log, go, out, lo, hi = sys.argv[1:8]
-    images.CHUNK, images.HOLD_S = 8, 0.005  # many short holds of the lock, so the two processes interleave
-    real = images._decode_image
+    image_cache.CHUNK, image_cache.HOLD_S = 8, 0.005  # many short holds of the lock, so the two processes interleave
+    real = image_decode._decode_image
     def logged(path, size, draft=False):
         with open(log, "a") as fh:
             fh.write(f"{os.getpid()} {path}\\n")
         return real(path, size, draft)
-    images._decode_image = logged
+    image_decode._decode_image = logged
     ds = load_dataset("iwildcam", root)
     idx = split_indices(ds, "train")[int(lo):int(hi)]
     open(out + ".ready", "w").close()
     while not os.path.exists(go):
         time.sleep(0.01)
-    arr = images.decode_split(ds, idx, 24, cache_dir=cache, workers=2)
+    arr = image_cache_views.decode_split(ds, idx, 24, cache_dir=cache, workers=2)
     np.save(out, np.asarray(arr))
 """)
 
@@ -274,8 +274,8 @@ def test_disk_space_is_checked_before_creating_an_entry(fmow, tmp_path, monkeypa
 def test_real_profile_writes_real_sizes_and_keeps_the_default_marker(tmp_path):
     import json
 
-    from clipdg_nb import synthetic
-    from clipdg_nb.synthetic import SynthConfig, real_profile_config, synthetic_is_current, write_synthetic
+    from clipdg_nb.pipeline import synthetic
+    from clipdg_nb.pipeline.synthetic import SynthConfig, real_profile_config, synthetic_is_current, write_synthetic
     cfg = real_profile_config(12, n_eval=2)
     assert cfg.profile == "real" and cfg.iwildcam_sizes["train"] == 182 and cfg.fmow_sizes["val"] == 2
     write_synthetic(tmp_path, datasets=["fmow"], cfg=cfg)
