@@ -8,10 +8,13 @@ import time
 
 def _cmd_synth(args) -> int:
     from .datasets import format_summary, load_dataset
-    from .pipeline.synthetic import SynthConfig, write_synthetic
+    from .pipeline.synthetic import SynthConfig, real_profile_config, write_synthetic
 
-    cfg = SynthConfig(seed=args.seed, image_size=args.image_size, shift=args.shift,
-                      mixed_timestamps=args.mixed_timestamps)
+    if args.profile == "real":  # the real benchmarks' image sizes and formats, `--count` train images
+        cfg = real_profile_config(args.count, seed=args.seed, shift=args.shift, mixed_timestamps=args.mixed_timestamps)
+    else:
+        cfg = SynthConfig(seed=args.seed, image_size=args.image_size, shift=args.shift,
+                          mixed_timestamps=args.mixed_timestamps)
     start = time.perf_counter()
     folders = write_synthetic(args.root, datasets=args.datasets, cfg=cfg, overwrite=args.overwrite)
     print(f"synthetic WILDS data under {args.root} ({time.perf_counter() - start:.1f} s)")
@@ -59,6 +62,17 @@ def _cmd_run(args) -> int:
                              progress=not args.no_progress)
     print(summary.format())
     return 1 if summary.failed else 0
+
+
+def _cmd_prepare(args) -> int:
+    """Decode every split an experiment needs, once, with all cores."""
+    from .pipeline.prepare import prepare
+
+    start = time.perf_counter()
+    done = prepare(args.experiment, workers=args.workers, progress=not args.no_progress)
+    decoded = sum(d["decoded"] for d in done)
+    print(f"{len(done)} split cache(s) complete; {decoded} image(s) decoded now ({time.perf_counter() - start:.1f} s)")
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -133,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--mixed-timestamps", action="store_true",
                        help="write FMoW's real mix of ISO-8601 timestamp forms (exercises the pandas>=2 shim)")
     synth.add_argument("--overwrite", action="store_true", help="rewrite even if an identical copy exists")
+    synth.add_argument("--profile", choices=["default", "real"], default="default",
+                       help="real: the benchmarks' image sizes and formats (FMoW 224x224 PNG, iWildCam 1920x1080 JPEG)")
+    synth.add_argument("--count", type=int, default=300, help="with --profile real: train images per dataset")
     synth.set_defaults(func=_cmd_synth)
 
     summary = sub.add_parser("summary", help="print what each split of a WILDS folder holds")
@@ -163,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", default=".", help="repository root: notebooks, outputs and the kernels' working folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    prep = sub.add_parser("prepare", help="decode every split an experiment needs into the cache, with all cores")
+    prep.add_argument("experiment", help="experiment YAML, e.g. parameters/paper_fmow.yaml")
+    prep.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    prep.add_argument("--no-progress", action="store_true")
+    prep.set_defaults(func=_cmd_prepare)
 
     report = sub.add_parser("report", help="render executed notebooks to self-contained HTML (outputs/reports/)")
     report.add_argument("--experiment", help="only this experiment's notebooks")

@@ -111,12 +111,16 @@ def _vision_model(cfg):
 
 
 def _tiny_image_size(model: str) -> int:
-    import open_clip
+    from .models.clip import config_image_size
+    return config_image_size(model) or 32
 
-    from .models import register_tiny_configs
-    register_tiny_configs()
-    size = (open_clip.get_model_config(model) or {}).get("vision_cfg", {}).get("image_size", 32)
-    return int(size if isinstance(size, int) else size[0])
+
+def image_size(cfg) -> int:
+    """The image size a run decodes, read from configs without loading any weights (`clipdg prepare`)."""
+    from .models.clip import config_image_size
+    if cfg.method in ("vision_only", "vision_only_probe") and cfg.vision_arch != "clip-visual":
+        return 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
+    return config_image_size(cfg.model) or 224
 
 
 def _vision_preprocessing(cfg, model) -> dict:

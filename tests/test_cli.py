@@ -30,3 +30,45 @@ def test_synth_refuses_to_overwrite_a_real_dataset(tmp_path, capsys):
     assert main(["synth", "--root", str(tmp_path), "--datasets", "fmow"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (real / "rgb_metadata.csv").read_text() == "precious"
+
+
+def test_prepare_decodes_every_split_an_experiment_needs_once(synth_root, tmp_path, capsys):
+    import yaml
+
+    from clipdg_nb.images import SplitCache
+    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.pipeline.experiment import load_experiment
+    from clipdg_nb.pipeline.prepare import plan
+
+    root = tmp_path / "project"
+    root.mkdir()
+    notebooks = __import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"
+    doc = {"experiment": "prep", "defaults": {"dataset": "fmow", "root_dir": str(synth_root), "pretrained": None,
+                                                 "cache_dir": "outputs/cache"},
+           "stages": [{"name": "zs", "notebook": str(notebooks / "01_zero_shot.ipynb"),
+                       "params": {"eval_splits": ["id_val", "test"]}},
+                      {"name": "sweep", "notebook": str(notebooks / "02_few_shot_sweep.ipynb"),
+                       "grid": {"fraction": [0.1, 0.5]},
+                       "params": {"methods": ["linear_probe", "vision_only"], "vision_arch": "tiny",
+                                  "vision_weights": None, "eval_splits": ["test"]}}]}
+    path = root / "prep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    needs = plan(load_experiment(path, root=root))
+    cache = str(root / "outputs/cache/decoded")
+    # CLIP tiny at 32 px, the tiny vision-only ViT at its config's 32 px: one entry, the union of splits
+    assert needs == {("fmow", str(synth_root), cache, 32): {"train", "id_val", "test"}}
+    import os
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["prepare", str(path), "--no-progress", "--workers", "2"]) == 0
+        first = capsys.readouterr().out
+        assert main(["prepare", str(path), "--no-progress"]) == 0
+        again = capsys.readouterr().out
+    finally:
+        os.chdir(cwd)
+    ds = load_dataset("fmow", synth_root)
+    n = sum(len(SplitCache(ds, s, 32, cache)) for s in ("train", "id_val", "test"))
+    assert f"{n} image(s) decoded now" in first and "0 image(s) decoded now" in again
+    for split in ("train", "id_val", "test"):
+        assert SplitCache(ds, split, 32, cache).filled().all()

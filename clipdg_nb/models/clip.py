@@ -32,6 +32,18 @@ def register_tiny_configs() -> list[str]:
     return list(TINY_MODELS)
 
 
+def config_image_size(model_name: str) -> int | None:
+    """The image size of an open_clip model config (a name or 'local-dir:'), without building it."""
+    register_tiny_configs()
+    if model_name.startswith(LOCAL_DIR):
+        config_file = Path(model_name[len(LOCAL_DIR):]) / "open_clip_config.json"
+        cfg = json.loads(config_file.read_text())["model_cfg"] if config_file.is_file() else {}
+    else:
+        cfg = open_clip.get_model_config(model_name.replace("/", "-")) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size")
+    return None if size is None else int(size if isinstance(size, int) else size[0])
+
+
 @dataclass
 class ClipBundle:
     """A loaded CLIP model with what is needed to feed it."""

@@ -1,0 +1,59 @@
+"""`clipdg prepare <experiment.yaml>`: decode every split an experiment needs, once, with all cores.
+
+Training and evaluation fill the per-split decode cache lazily anyway; preparing first moves the
+one-time decode out of the (GPU) runs, uses every core, and lets parallel points start from a full
+cache instead of waiting on each other's locks. Usable as a first stage of a batch job.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
+from ..datasets import load_dataset
+from ..images import prepare_splits
+from ..methods import image_size, sweep_configs
+from .experiment import Experiment, load_experiment, notebook_parameters
+
+
+def point_configs(point) -> list:
+    """The run configs of one point: its parameters over the notebook's declared defaults."""
+    declared = {k: ast.literal_eval(v["default"]) for k, v in notebook_parameters(point.notebook).items()}
+    params = {**declared, **point.parameters}
+    if "methods" in params and "lrs" in params:  # 02_few_shot_sweep: one config per (method, lr)
+        return sweep_configs(params, params["methods"], params["lrs"])
+    if "method" in params:  # 03_swa_ablation
+        return [from_namespace(FinetuneConfig, params)]
+    if "templates" in params:  # 01_zero_shot
+        return [from_namespace(ZeroShotConfig, params)]
+    return []  # 04_analysis reads runs, decodes nothing
+
+
+def plan(experiment: Experiment) -> dict[tuple, set]:
+    """{(dataset, root_dir, cache_dir, image size): splits} over every point of every stage."""
+    needs: dict[tuple, set] = {}
+    for stage in experiment.stages:
+        for point in stage.points:
+            for cfg in point_configs(point):
+                root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
+                cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
+                splits = set(cfg.eval_splits)
+                if cfg.method != "zeroshot":
+                    splits |= {"train", cfg.select_split}
+                needs.setdefault((cfg.dataset, str(root), str(cache / "decoded"), image_size(cfg)), set()).update(splits)
+    return needs
+
+
+def prepare(experiment: Experiment | str | os.PathLike, workers: int | None = None, progress: bool = True,
+            log=print) -> list[dict]:
+    """Fill the decode cache of every split the experiment's runs read; returns what each did."""
+    if not isinstance(experiment, Experiment):
+        experiment = load_experiment(experiment)
+    done = []
+    for (dataset, root, cache, size), splits in sorted(plan(experiment).items()):
+        order = [s for s in ("train", "id_val", "id_test", "val", "test") if s in splits]
+        log(f"{dataset} at {size} px: {', '.join(order)} -> {cache}")
+        result = prepare_splits(load_dataset(dataset, root), order, size, cache, workers=workers, progress=progress)
+        done += [{"dataset": dataset, "image_size": size, "split": s, **r} for s, r in result.items()]
+    return done
