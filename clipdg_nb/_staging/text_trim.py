@@ -1,0 +1,111 @@
+"""Exact short-context prompt encoding for open_clip `CLIP` models.
+
+open_clip pads every prompt to the full context (77 tokens for ViT-B/32), but class prompts
+such as "this is a photo of White-lipped peccary" end after about 10. The text transformer is
+causal: position i attends only to positions <= i, and every other layer (embeddings, MLPs,
+layer norms, the projection) acts per position. So the features at positions < L do not
+depend on the tokens at positions >= L, and running only the first L positions, with
+`positional_embedding[:L]` and `attn_mask[:L, :L]`, gives the same pooled features as the full
+context, where L = 1 + the largest pooled position in the batch (the EOT token for argmax
+pooling). `encode_text_trimmed` does that; it is differentiable, so it serves training too.
+
+When it trims (otherwise it calls `model.encode_text` unchanged):
+- the model's class uses `open_clip.model.CLIP.encode_text` itself (not overridden), so
+  CustomTextCLIP (HF or custom text towers), CoCa and other subclasses fall back;
+- `model.text_pool_type` is 'argmax', 'eos' (with `text_eos_id` set) or 'first': the pooled
+  position is known from the tokens. 'last' pools position -1, which sees every pad, and
+  'none' returns every position, so both fall back;
+- `model.attn_mask` is causal: every entry above the diagonal masked (-inf, or True for a
+  bool mask). A model without a mask (bidirectional text) falls back;
+- tokens are [B, W] with W <= the number of positional embeddings.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import text_global_pool
+
+_TRIM_POOLS = ("argmax", "eos", "first")
+# model -> (mask identity, is causal): checked once per mask tensor, not once per call,
+# because reading a GPU mask back costs a device sync.
+_causal_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def needed_length(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> int:
+    """Smallest L such that tokens[:, :L] pools the same positions: 1 + the largest pooled index.
+
+    argmax pooling (open_clip's default) pools at the highest token id, the EOT token of the
+    CLIP tokenizer, which comes after the prompt; pads are 0. On a GPU this reads one number
+    back (a sync): trim once on the CPU with `trim_tokens` where the prompts are fixed.
+    """
+    if pool_type == "first":
+        return 1
+    if pool_type == "argmax":
+        last = tokens.argmax(dim=-1)
+    elif pool_type == "eos":
+        if eos_id is None:
+            raise ValueError("eos pooling needs eos_id")
+        last = (tokens == eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
+    else:
+        raise ValueError(f"pool_type {pool_type!r} cannot be trimmed")
+    return int(last.max()) + 1 if tokens.shape[0] else tokens.shape[1]
+
+
+def trim_tokens(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> torch.Tensor:
+    """tokens[:, :L] with L = `needed_length(tokens)`: the pads after the last EOT dropped."""
+    return tokens[:, :needed_length(tokens, pool_type, eos_id)]
+
+
+def _mask_is_causal(model: torch.nn.Module) -> bool:
+    mask = model.attn_mask
+    key = (mask.data_ptr(), mask.device, tuple(mask.shape), mask._version)
+    cached = _causal_cache.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    above = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu_(1)
+    blocked = mask if mask.dtype == torch.bool else torch.isneginf(mask)
+    causal = bool(blocked[above].all())
+    _causal_cache[model] = (key, causal)
+    return causal
+
+
+def can_trim(model: torch.nn.Module) -> bool:
+    """Whether `encode_text_trimmed` runs the short context for this model (module docstring)."""
+    return (getattr(type(model), "encode_text", None) is CLIP.encode_text
+            and getattr(model, "text_pool_type", None) in _TRIM_POOLS
+            and (model.text_pool_type != "eos" or getattr(model, "text_eos_id", None) is not None)
+            and getattr(model, "attn_mask", None) is not None
+            and model.attn_mask.ndim == 2
+            and _mask_is_causal(model))
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Same output (and gradients) as `model.encode_text(tokens, normalize=normalize)`, faster.
+
+    `tokens`: [B, context_length] from the tokenizer, or already cut by `trim_tokens` (then no
+    device sync is needed to find L on a GPU; the cut must keep each prompt's EOT token).
+    """
+    n_pos = getattr(model, "positional_embedding", None)
+    if (not can_trim(model) or tokens.ndim != 2 or n_pos is None or tokens.shape[1] > n_pos.shape[0]):
+        return model.encode_text(tokens, normalize=normalize)
+    pool_type, eos_id = model.text_pool_type, getattr(model, "text_eos_id", None)
+    if tokens.device.type == "cpu" or tokens.shape[1] == n_pos.shape[0]:
+        tokens = trim_tokens(tokens, pool_type, eos_id)
+    length = tokens.shape[1]
+
+    # open_clip 3.3.0 CLIP.encode_text, with the context cut to `length`
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, pool_type, eos_token_id=eos_id)
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x
