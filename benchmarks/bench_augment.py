@@ -14,7 +14,7 @@ import time
 import torch
 import torchvision.transforms as T
 
-from clipdg_nb._staging.augment import BatchAugment
+from clipdg_nb.images.augment import BatchAugment
 
 
 def main(argv=None):

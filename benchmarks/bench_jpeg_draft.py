@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipdg_nb._staging.jpeg import DRAFT_FACTOR, decode_resized
+from clipdg_nb.images.decode import DRAFT_FACTOR, _decode_image
 
 W, H = 1920, 1080
 
@@ -62,12 +62,13 @@ def main(argv=None):
     ways = {"full decode": dict(draft=False),
             f"draft x{DRAFT_FACTOR:g} (default)": dict(draft=True),
             "draft x1": dict(draft=True, draft_factor=1)}
+    decode_resized = _decode_image  # the decode cache's own function
     best = {name: float("inf") for name in ways}
     outputs = {}
     for _ in range(args.repeats):
         for name, kw in ways.items():
             started = time.perf_counter()
-            outputs[name] = [decode_resized(p, args.size, **kw) for p in paths]
+            outputs[name] = [decode_resized(str(p), args.size, **kw) for p in paths]
             best[name] = min(best[name], time.perf_counter() - started)
     mean_kb = np.mean([p.stat().st_size for p in paths]) / 1e3
     print(f"{args.images} synthetic {W}x{H} JPEGs (quality 90, noise {args.noise:g}, mean {mean_kb:.0f} kB) "

@@ -19,7 +19,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clipdg_nb._staging.text_trim import encode_text_trimmed, trim_tokens
+from clipdg_nb.models.text import encode_text_trimmed, trim_tokens
 
 DATA = Path(__file__).resolve().parents[1] / "clipdg_nb" / "data_files"
 

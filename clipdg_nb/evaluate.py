@@ -29,7 +29,7 @@ def image_batches(images: Dataset, batch_size: int, num_workers: int, device: to
     """Batches of (uint8 images, labels, idx). A decoded cache without augmentation is sliced
     directly (one memmap read per batch), ~1000x faster than assembling items one by one."""
     from .images import ArrayImages
-    if isinstance(images, ArrayImages) and images.augment is None:
+    if isinstance(images, ArrayImages):
         return ((torch.from_numpy(np.array(images.images[i:i + batch_size])), None, None)  # a writable copy
                 for i in range(0, len(images), batch_size))
     return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,

@@ -24,7 +24,7 @@ from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig, ZeroShotConf
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
-from .images import Normalize, image_split, reference_augmentation
+from .images import Normalize, image_split
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
 from .precision import resolve_device, resolve_precision
@@ -57,9 +57,9 @@ class Context:
     def train_indices(self) -> np.ndarray:
         return fraction_indices(self.dataset, self.cfg.fraction, self.cfg.seed, self.cfg.stratify)
 
-    def images(self, indices, image_size: int, augment=None):
+    def images(self, indices, image_size: int):
         return image_split(self.dataset, indices, image_size, cache=self.cfg.image_cache,
-                           cache_dir=Path(self.cfg.cache_dir) / "decoded", augment=augment)
+                           cache_dir=Path(self.cfg.cache_dir) / "decoded")
 
     def features(self, encoder, preprocessing: dict, split: str, indices=None) -> torch.Tensor:
         """Frozen features of a split (encoded once per model, weights and preprocessing), or of
@@ -191,7 +191,7 @@ def end_to_end(ctx: Context, progress: bool = True) -> Outcome | None:
                                                  text_mode=cfg.text_mode)
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_idx = ctx.train_indices()
-        train_images = ctx.images(train_idx, size, augment=reference_augmentation() if cfg.augment else None)
+        train_images = ctx.images(train_idx, size)
         split_images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
     norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import checkpoint, ddp
 from .averaging import EMA, RunningAverage, swa_epochs
 from .datasets import SAMPLERS
+from .images.augment import BatchAugment
 from .precision import autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -76,13 +77,25 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
 
+def augmentation_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
+    """The draws of one step's augmentation depend only on (seed, epoch, step, rank): replayed on resume."""
+    return torch.Generator(device=device).manual_seed(((seed * 100_003 + epoch) * 100_019 + step) * 1_009 + rank)
+
+
 def cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _whole_batch(batch):
+    return batch  # ArrayImages.__getitems__ already returns the collated batch
+
+
 def _loader(train_images: Dataset, sampler, cfg, device: torch.device, world: ddp.DistInfo):
+    """Batches of uint8 images: whole-batch memmap reads where the dataset offers them, pinned."""
     common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                   persistent_workers=cfg.num_workers > 0)
+    if hasattr(train_images, "__getitems__"):
+        common["collate_fn"] = _whole_batch
     if world.enabled:  # each rank loads its shard (~batch_size // world) of the one-process global batch
         shards = ddp.ShardedBatchSampler(sampler, cfg.batch_size, world.rank, world.world_size)
         return DataLoader(train_images, batch_sampler=shards, **common), shards
@@ -110,6 +123,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     ema = EMA(cfg.ema_decay, device=device) if cfg.ema_decay else None  # updated every step: on the device
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     sampler = SAMPLERS[cfg.sampler](train_groups, cfg.seed)
+    augment = BatchAugment() if cfg.augment else None  # on the device, after the transfer
     loader, shards = _loader(train_images, sampler, cfg, device, world)
     history, best_state, best_score, best_epoch, start_epoch, resumed = [], None, -math.inf, -1, 0, None
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
@@ -145,13 +159,16 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        if world.enabled:  # distinct augmentation draws per rank, replayable on resume
+        if world.enabled:  # distinct draws of any other randomness per rank, replayable on resume
             torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + world.rank)
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or not world.is_main)
         for step, (x, y, _) in enumerate(bar):
-            x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
+            x = normalize(x)
             with autocast(device, precision):
                 loss = F.cross_entropy(step_model(x).float(), y)
             shown = loss

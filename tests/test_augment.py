@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from clipdg_nb._staging import augment
-from clipdg_nb._staging.augment import AugParams, BatchAugment, apply_params, sample_params
+from clipdg_nb.images import augment
+from clipdg_nb.images.augment import AugParams, BatchAugment, apply_params, sample_params
 
 # Colour ops: same formulas in float32, the contrast mean summed in another order -> measured
 # max difference 3e-7 of the [0, 1] range. Allow 1e-5 (0.0026 of a level).

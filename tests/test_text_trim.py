@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from clipdg_nb._staging.text_trim import can_trim, encode_text_trimmed, needed_length, trim_tokens
+from clipdg_nb.models.text import can_trim, encode_text_trimmed, needed_length, trim_tokens
 
 DATA = Path(__file__).resolve().parents[1] / "clipdg_nb" / "data_files"
 FEATURE_ATOL = 1e-5  # the trimmed pass drops only exactly-masked keys; measured difference is 0.0

@@ -120,8 +120,9 @@ def _tiny_setup(root, **overrides):
     ds = load_dataset("fmow", root)
     idx = split_indices(ds, "train")[:128]
     images = image_split(ds, idx, 32, cache_dir=None)
-    cfg = FinetuneConfig(root_dir=str(root), method="vision_only", vision_arch="tiny", vision_weights=None,
-                         lr=1e-3, epochs=4, swa_last_k=2, ema_decay=0.9, batch_size=32, **overrides).validate()
+    params = dict(root_dir=str(root), method="vision_only", vision_arch="tiny", vision_weights=None,
+                  lr=1e-3, epochs=4, swa_last_k=2, ema_decay=0.9, batch_size=32)
+    cfg = FinetuneConfig(**{**params, **overrides}).validate()
     torch.manual_seed(0)
     model = vision_only(62, arch="tiny", image_size=32)
     groups = np.asarray(ds.metadata_array[idx, 0])
@@ -147,7 +148,6 @@ def test_swa_equals_hand_average_of_epoch_weights(easy_root):
 def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
     norm = Normalize((0.5,) * 3, (0.5,) * 3)
     model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
-    images.augment = __import__("clipdg_nb.images", fromlist=["x"]).reference_augmentation()
     scores = iter([0.1, 0.3, 0.2, 0.25])
     whole = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                       evaluate=lambda m: (next(scores), {}), progress=False)
@@ -163,13 +163,11 @@ def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
             raise Killed
         return scores2[calls["n"] - 1], {}
     model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
-    images.augment = __import__("clipdg_nb.images", fromlist=["x"]).reference_augmentation()
     with pytest.raises(Killed):
         train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                   evaluate=dies_in_epoch_three, checkpoint_dir=tmp_path, progress=False)
     torch.manual_seed(1234)  # the process that resumes starts from a different RNG state
     model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
-    images.augment = __import__("clipdg_nb.images", fromlist=["x"]).reference_augmentation()
     rest = iter(scores2[2:])
     resumed = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                         evaluate=lambda m: (next(rest), {}), checkpoint_dir=tmp_path, progress=False)
@@ -179,6 +177,31 @@ def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert resumed.best_epoch == whole.best_epoch == 2
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+
+
+def test_augmentation_runs_batched_on_the_device_and_changes_training(easy_root, monkeypatch):
+    """cfg.augment applies images.augment.BatchAugment to each uint8 batch after the transfer, with
+    draws seeded per (seed, epoch, step): the same run twice is identical, and differs without it."""
+    from clipdg_nb.images import augment as batch_augment
+    calls = []
+    real = batch_augment.BatchAugment.forward
+
+    def spy(self, images, generator, out=None):
+        calls.append((images.dtype, tuple(images.shape), generator.initial_seed()))
+        return real(self, images, generator, out)
+    monkeypatch.setattr(batch_augment.BatchAugment, "forward", spy)
+    norm = Normalize((0.5,) * 3, (0.5,) * 3)
+    results = []
+    for augment in (True, True, False):
+        model, images, groups, cfg = _tiny_setup(easy_root, augment=augment, epochs=2, swa=False, ema_decay=None)
+        results.append(train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
+                                 evaluate=lambda m: (0.0, {}), progress=False).last_state)
+    steps = 2 * (128 // 32)
+    assert len(calls) == 2 * steps and all(c[0] == torch.uint8 and c[1] == (32, 3, 32, 32) for c in calls)
+    assert len({c[2] for c in calls[:steps]}) == steps  # a fresh seed every step
+    assert [c[2] for c in calls[:steps]] == [c[2] for c in calls[steps:]]  # replayable
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(easy_root, tmp_path):

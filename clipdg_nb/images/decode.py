@@ -70,12 +70,12 @@ def image_path(dataset, idx: int) -> Path:
     return Path(dataset.data_dir) / names[0]
 
 
-def _decode_image(path: str, image_size: int, draft: bool = False) -> np.ndarray:
+def _decode_image(path: str, image_size: int, draft: bool = False, draft_factor: float = DRAFT_FACTOR) -> np.ndarray:
     """One image file -> uint8 [H, W, 3] in open_clip's eval geometry (optionally JPEG-drafted first)."""
     with Image.open(path) as img:
         if draft and img.format == "JPEG":
             # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= the requested size
-            side = DRAFT_FACTOR * image_size
+            side = int(draft_factor * image_size)
             img.draft("RGB", (side, side))
         rgb = img.convert("RGB")
     return np.array(_geometry(image_size)(rgb), dtype=np.uint8)

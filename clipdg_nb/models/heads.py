@@ -2,6 +2,8 @@
 
 Templates are open_clip-style callables (`datasets.prompt_functions`), so the zero-shot head is
 exactly open_clip's `build_zero_shot_classifier` and the trainable head embeds the same prompts.
+Class prompts always go through the text tower on their first L tokens only (`models.text`):
+the same embeddings as the full context, several times cheaper.
 """
 from __future__ import annotations
 
@@ -13,18 +15,31 @@ import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
+from .text import encode_text_trimmed, trim_tokens
+
 TEXT_MODES = ("trainable", "frozen", "head")
 
 
+class _TrimmedText:
+    """A CLIP model seen through its short-context text encoder, for open_clip's zero-shot builder."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode_text(self, tokens, normalize: bool = False):
+        return encode_text_trimmed(self.model, tokens, normalize=normalize)
+
+
 def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
-    """Token ids [C*T, L], class-major (all templates of class 0, then class 1, ...) like open_clip."""
-    return tokenizer([template(c) for c in classnames for template in templates])
+    """Token ids [C*T, L], class-major (all templates of class 0, then class 1, ...) like open_clip,
+    cut after the last end-of-text token (on the CPU, so no device sync is needed later)."""
+    return trim_tokens(tokenizer([template(c) for c in classnames for template in templates]))
 
 
 def class_text_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Class embeddings [C, D]: each prompt L2-normalised, averaged over templates, renormalised
     (open_clip's zero-shot recipe). Differentiable, so the trainable head can back-propagate."""
-    emb = model.encode_text(tokens, normalize=True)
+    emb = encode_text_trimmed(model, tokens, normalize=True)
     emb = emb.reshape(n_classes, tokens.shape[0] // n_classes, -1).mean(dim=1)
     return F.normalize(emb, dim=-1)
 
@@ -56,7 +71,7 @@ class ClipClassifier(nn.Module):
             return
         self.visual = model.visual
         if text_mode == "frozen":
-            zero_shot = build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device)
+            zero_shot = build_zero_shot_classifier(_TrimmedText(model), tokenizer, classnames, templates, device=device)
             head_weight = model.logit_scale.exp().detach() * zero_shot.T
         head_weight = torch.as_tensor(head_weight).detach().float()
         n_classes, dim = head_weight.shape
