@@ -21,9 +21,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# JupyterLab at the repository root (notebooks/, parameters/, outputs/ all in its file browser).
+# The kernel "Python (clipdg-nb)" goes into the venv itself (--sys-prefix): nothing user-wide, and
+# the user's own python3 kernelspec is left alone. Extra options: make lab LAB_ARGS='--port=8890'.
+LAB_ARGS ?=
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (clipdg-nb)"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m ipykernel install --sys-prefix --name clipdg-nb --display-name "Python (clipdg-nb)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-outputs:
 	rm -rf outputs/

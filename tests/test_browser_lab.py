@@ -1,0 +1,190 @@
+"""JupyterLab in a real (headless) Chromium: Run All, no errors, plotly figures and widgets draw.
+
+The harness (tests/browser.py) is proven on a small notebook this module writes; the real
+notebooks get the same few lines once they resolve paths from the project root.
+Screenshots land in outputs/screenshots/ (git-ignored).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from browser import lab_browser, lab_page, lab_root, lab_server  # noqa: F401 (fixtures)
+from browser import (check_page_offline, close_current_tab, errors_on_page, image_fingerprint, needs_browser, plotly_figures,
+                     open_in_file_browser, run_all_cells, screenshot, wait_for_kernel_idle, widgets_rendered)
+
+pytestmark = [pytest.mark.slow, needs_browser, pytest.mark.timeout(900)]
+
+PLOTLY_CELL = """\
+import plotly.graph_objects as go
+from IPython.display import HTML, display
+fig = go.Figure(go.Bar(x=["ID", "OOD val", "OOD test"], y=[0.71, 0.52, 0.48]))
+fig.update_layout(title="harness check: accuracy per split", height=320)
+display(HTML(fig.to_html(include_plotlyjs=True, full_html=False)))
+"""
+
+WIDGET_CELL = """\
+import io
+import ipywidgets as W
+from PIL import Image
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 170, 60)}
+
+def png(name):
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), COLOURS[name]).save(buf, format="png")
+    return buf.getvalue()
+
+dropdown = W.Dropdown(options=list(COLOURS), value="red", description="colour")
+image = W.Image(value=png("red"), format="png", width=96, height=96)
+dropdown.observe(lambda change: setattr(image, "value", png(change["new"])), names="value")
+W.VBox([dropdown, image])
+"""
+
+WHERE_CELL = """\
+import os
+from clipdg_nb.paths import project_root
+print("cwd", os.getcwd())
+print("root", project_root())
+"""
+
+
+def write_notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_all_draws_figures_and_live_widgets(lab_page, lab_root):
+    write_notebook(lab_root / "notebooks" / "harness_check.ipynb", PLOTLY_CELL, WIDGET_CELL, WHERE_CELL)
+    page = lab_page
+    screenshot(page, "lab_01_file_browser")
+    ran = run_all_cells(page, "notebooks/harness_check.ipynb")
+    assert ran["executed"] == ran["code_cells"] == 3, ran
+    assert errors_on_page(page) == []
+
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=30_000)
+    assert plotly_figures(page) == 1
+    assert widgets_rendered(page) >= 1
+    assert page.locator(".widget-vbox").count() >= 1
+
+    # the kernel started in the notebook's folder and found the (temporary) project root
+    text = page.locator(".jp-OutputArea-output").last.inner_text()
+    assert f"cwd {lab_root / 'notebooks'}" in text
+    assert f"root {lab_root}" in text
+
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    screenshot(page, "lab_02_run_all_plotly")
+    img = page.locator(".widget-image").first
+    img.scroll_into_view_if_needed()
+    before = image_fingerprint(img)
+    screenshot(page, "lab_03_widget_red")
+    page.locator(".widget-dropdown select").first.select_option("blue")
+    page.wait_for_function("src => document.querySelector('.widget-image').src !== src", arg=before["src"])
+    page.wait_for_timeout(200)  # let the new blob decode
+    after = image_fingerprint(img)
+    assert after["src"] != before["src"]
+    assert after["pixels"] != before["pixels"]
+    screenshot(page, "lab_04_widget_blue")
+    assert errors_on_page(page) == []
+
+
+def test_errors_on_page_sees_a_failing_cell(lab_page, lab_root):
+    """The error check is not vacuous: a traceback is found and Run All stops at it."""
+    write_notebook(lab_root / "notebooks" / "failing.ipynb", "x = 1", "1 / 0", "print('never runs')")
+    ran = run_all_cells(lab_page, "notebooks/failing.ipynb")
+    assert ran["executed"] == 2 and ran["code_cells"] == 3, ran
+    errors = errors_on_page(lab_page)
+    assert len(errors) == 1 and "ZeroDivisionError" in errors[0]
+    screenshot(lab_page, "lab_05_error_found")
+    again = run_all_cells(lab_page, "notebooks/failing.ipynb")  # stored prompts are cleared first
+    assert again["executed"] == 2, again
+    assert len(errors_on_page(lab_page)) == 1
+
+
+BUNDLE_CELL = """\
+import json
+from IPython.display import display
+fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2]))
+fig.update_layout(title="plotly mimetype + html fallback", height=300)
+display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+         "text/html": fig.to_html(include_plotlyjs=False, full_html=False)}, raw=True)
+"""
+
+
+def _figures_per_cell(page) -> list[int]:
+    return page.evaluate("""() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')]
+        .map(c => new Set([...c.querySelectorAll('.js-plotly-plot .main-svg, .plot-container .main-svg')]
+                          .map(e => e.closest('.js-plotly-plot, .plot-container'))).size)""")
+
+
+def test_executed_notebook_draws_once_trusted(lab_page, lab_root, lab_server):
+    """A papermill output's HTML+script figures stay blank (untrusted) until `jupyter trust` signs it;
+    plotly's own mimetype (application/vnd.plotly.v1+json, drawn by the jupyterlab-plotly
+    extension) draws either way.
+
+    The signature goes to nbsignatures.db in the Jupyter data dir (here the server's
+    JUPYTER_DATA_DIR; by default ~/.local/share/jupyter, even in a venv), so `jupyter trust` must
+    see the same data dir as the server that opens the notebook.
+    """
+    source = write_notebook(lab_root / "notebooks" / "to_execute.ipynb", PLOTLY_CELL, BUNDLE_CELL)
+    executed = lab_root / "outputs" / "executed.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", str(source), str(executed), "--kernel", "python3",
+                    "--cwd", str(source.parent), "--no-progress-bar"], env=lab_server.env, check=True,
+                   capture_output=True, timeout=180)
+
+    open_in_file_browser(lab_page, "outputs/executed.ipynb")
+    wait_for_kernel_idle(lab_page)
+    lab_page.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=30_000)
+    lab_page.wait_for_timeout(1000)
+    assert _figures_per_cell(lab_page) == [0, 1]  # untrusted: scripts do not run, the mimetype draws
+    screenshot(lab_page, "lab_06_executed_untrusted")
+    close_current_tab(lab_page)
+
+    signatures = Path(lab_server.env["JUPYTER_DATA_DIR"]) / "nbsignatures.db"
+    lab_server.jupyter("trust", str(executed))
+    assert signatures.is_file()
+    open_in_file_browser(lab_page, "outputs/executed.ipynb")
+    first_cell = lab_page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell").first
+    first_cell.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=30_000)
+    assert _figures_per_cell(lab_page) == [1, 1]
+    screenshot(lab_page, "lab_07_executed_trusted")
+
+
+@pytest.mark.skip(reason="enabled once notebooks resolve paths from the project root")
+def test_zero_shot_notebook_runs_in_lab(lab_page, lab_root):
+    from clipdg_nb.synthetic import write_synthetic
+    from conftest import SMALL
+
+    write_synthetic(lab_root / "outputs" / "data", cfg=SMALL)
+    ran = run_all_cells(lab_page, "notebooks/01_zero_shot.ipynb", screenshot_name="lab_zero_shot_run_all")
+    assert errors_on_page(lab_page) == [], ran
+    assert ran["executed"] == ran["code_cells"], ran
+    assert plotly_figures(lab_page) >= 1
+    assert widgets_rendered(lab_page) >= 1
+    img = lab_page.locator(".widget-image").first
+    before = image_fingerprint(img)
+    lab_page.locator(".widget-dropdown select").first.select_option("id_test")  # the split filter
+    lab_page.wait_for_function("src => document.querySelector('.widget-image').src !== src", arg=before["src"])
+    assert image_fingerprint(img)["src"] != before["src"]
+
+
+def test_report_page_offline(lab_browser, tmp_path):
+    """check_page_offline: a self-contained page draws with no network; a CDN-dependent one does not."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2]))
+    inline, cdn = tmp_path / "inline.html", tmp_path / "cdn.html"
+    fig.write_html(inline, include_plotlyjs=True)
+    fig.write_html(cdn, include_plotlyjs="cdn")
+    ok = check_page_offline(lab_browser, inline, screenshot_name="report_offline_inline")
+    assert ok["figures"] == ok["plotly_divs"] == 1 and ok["blocked"] == [], ok
+    bad = check_page_offline(lab_browser, cdn)
+    assert bad["plotly_divs"] == 1 and bad["figures"] == 0, bad
+    assert any("cdn.plot.ly" in u for u in bad["blocked"]), bad
