@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import runs, stats
 from .datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
+from .paths import resolve
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
 _NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would drop NaN keys
@@ -29,7 +30,7 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
     """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if given)."""
-    folder = Path(output_dir) / experiment
+    folder = resolve(output_dir) / experiment
     if not folder.is_dir():
         raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
                                 f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
@@ -203,7 +204,7 @@ def worst_groups(df: pd.DataFrame, split: str, field: str, k: int | None = 3,
         from .evaluate import group_accuracy
         parts = []
         for run in df[df["headline"]].drop_duplicates("run_id").itertuples(index=False):
-            folder = Path(output_dir) / run.experiment / run.run_id
+            folder = resolve(output_dir) / run.experiment / run.run_id
             if (folder / "predictions" / f"{split}.parquet").is_file():
                 table = group_accuracy(runs.Run(folder).predictions(split), [field])
                 parts.append(table.assign(dataset=run.dataset, method=run.method, fraction=run.fraction))

@@ -15,12 +15,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .datasets import DATASETS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS
+from .paths import resolve
 
 METHODS = ("zeroshot", "linear_probe", "finetune", "lp_ft", "vision_only", "vision_only_probe")
 TRAINED_METHODS = METHODS[1:]
 PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
 VISION_METHODS = ("vision_only", "vision_only_probe")
 EVAL_SPLITS = ("id_val", "id_test", "val", "test")
+LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
                 "image_cache", "num_workers", "save_predictions", "checkpoint_every", "compile")
@@ -82,6 +84,8 @@ class RunConfig:
         _choice("templates", self.templates, TEMPLATE_SETS)
         for name in ("root_dir", "model", "output_dir", "cache_dir"):
             _text(name, getattr(self, name))
+        for name in LOCATIONS:  # relative to the repository root, wherever the kernel started
+            setattr(self, name, str(resolve(getattr(self, name))))
         _text("pretrained", self.pretrained, allow_none=True)
         _integer("seed", self.seed)
         if isinstance(self.eval_splits, str) or not isinstance(self.eval_splits, (list, tuple)):

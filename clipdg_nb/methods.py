@@ -27,6 +27,7 @@ from .evaluate import evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
+from .paths import resolve
 from .precision import resolve_device, resolve_precision
 from .runs import Run
 from .train import fit
@@ -86,10 +87,18 @@ class Outcome:
     extra: dict
 
 
+def weights_location(value: str | None) -> str | None:
+    """A weights file named relative to the repository root, as a path; tags and None unchanged."""
+    if value is None or value == "imagenet":
+        return value
+    path = resolve(value)
+    return str(path) if path.is_file() else value
+
+
 def _clip(cfg):
     if cfg.pretrained is None:
         torch.manual_seed(cfg.seed)  # random init (tiny configs, tests) is seeded, hence reproducible
-    return load_clip(cfg.model, cfg.pretrained, device="cpu")
+    return load_clip(cfg.model, weights_location(cfg.pretrained), device="cpu")
 
 
 def _clip_preprocessing(cfg, bundle) -> dict:
@@ -101,13 +110,13 @@ def _clip_preprocessing(cfg, bundle) -> dict:
 def _vision_model(cfg):
     n = dataset_spec(cfg.dataset).n_classes
     if cfg.vision_arch == "clip-visual":
-        weights = cfg.vision_weights if cfg.vision_weights not in (None, "imagenet") else cfg.pretrained
+        weights = weights_location(cfg.vision_weights if cfg.vision_weights not in (None, "imagenet") else cfg.pretrained)
         if weights is None:
             torch.manual_seed(cfg.seed)
         return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu"))
     torch.manual_seed(cfg.seed)
     size = 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
-    return vision_only(n, arch=cfg.vision_arch, weights=cfg.vision_weights, image_size=size)
+    return vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights), image_size=size)
 
 
 def _tiny_image_size(model: str) -> int:

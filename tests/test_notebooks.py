@@ -7,6 +7,7 @@ fine-tune run: same parameters, so the api reads its record back), and the analy
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,7 @@ def test_plain_papermill_cli_with_only_fraction_and_seed(synth_root, tmp_path):
     cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "02_few_shot_sweep.ipynb"), str(tmp_path / "out.ipynb"),
            "-p", "fraction", "0.1", "-p", "seed", "1", "-p", "root_dir", str(synth_root),
            "-y", "methods: [linear_probe]", "--cwd", str(tmp_path), "--no-progress-bar"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # relative paths in parameters mean "from the project root", here the test's folder
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, CLIPDG_ROOT=str(tmp_path)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(tmp_path.glob("outputs/runs/scratch/fmow-linear_probe-f0.1-s1-*/result.json"))) == 1

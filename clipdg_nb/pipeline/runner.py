@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..paths import ENV_VAR
 from ..runs import MANIFEST_ENV, Run, read_json, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Experiment, Point, Stage, load_experiment
 
@@ -98,7 +99,8 @@ def run_point(point: Point, force: bool = False, log_output: bool = False) -> Po
         parameters[FORCE_PARAM] = True
     start = time.perf_counter()
     try:
-        with _env(**{MANIFEST_ENV: str(point.manifest_path)}):
+        # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
+        with _env(**{MANIFEST_ENV: str(point.manifest_path), ENV_VAR: str(point.root)}):
             papermill.execute_notebook(str(point.notebook), str(point.output), parameters=parameters,
                                        kernel_name="python3", cwd=str(point.root), progress_bar=False,
                                        log_output=log_output)
