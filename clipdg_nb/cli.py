@@ -49,12 +49,14 @@ def _cmd_pretrain_tiny(args) -> int:
 def _cmd_run(args) -> int:
     """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
     from .pipeline.experiment import load_experiment
-    from .pipeline.runner import run_experiment
+    from .pipeline.runner import run_experiment, select_stages
     from .pipeline.slurm import write_slurm
+    from .pipeline.validate import validate_experiment
 
     experiment = load_experiment(args.experiment, root=args.root)
     only = [name for item in args.only or [] for name in item.split(",") if name] or None
     if args.slurm:
+        validate_experiment(experiment, select_stages(experiment, only))
         for path in write_slurm(experiment, only=only, force=args.force, jobs=args.jobs if args.jobs > 1 else None):
             print(path)
         return 0
@@ -77,10 +79,16 @@ def _cmd_prepare(args) -> int:
 
 def _cmd_report(args) -> int:
     """Render executed notebooks to self-contained HTML under outputs/reports/."""
+    import warnings
+
     from .pipeline.report import render_reports
 
-    written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
-                             no_code=args.no_code)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. an unreadable notebook, skipped
+        warnings.simplefilter("always", UserWarning)
+        written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
+                                 no_code=args.no_code)
+    for w in caught:
+        print(f"clipdg report: warning: {w.message}", file=sys.stderr)
     for path in written:
         print(path)
     print(f"{len(written)} report(s) in {args.out}")

@@ -42,12 +42,13 @@ _VERSION_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open-clip-
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike):
-    """Yield a unique temporary path beside `target`; on success it is renamed onto `target`, on any
-    error removed. Readers never see half a file; two writers never share a temporary name."""
+def atomic_path(target: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a unique temporary path beside `target` (`.<name>.<random><suffix>`); on success it is
+    renamed onto `target`, on any error removed. Readers never see half a file; two writers never
+    share a temporary name. `suffix` is for writers that insist on an extension (papermill: .ipynb)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)

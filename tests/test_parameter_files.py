@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from clipdg_nb.pipeline.experiment import load_experiment
+from clipdg_nb.pipeline.validate import experiment_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "parameters").glob("*.yaml"))
@@ -16,6 +17,8 @@ FILES = sorted((ROOT / "parameters").glob("*.yaml"))
 def test_experiment_file_loads(path):
     experiment = load_experiment(path, root=ROOT)
     assert experiment.stages and all(stage.points for stage in experiment.stages)
+    # every point's values make a valid config (files and folders are checked when it runs)
+    assert experiment_problems(experiment, paths=False) == []
 
 
 @pytest.mark.parametrize("name", ["paper_fmow", "paper_iwildcam"])

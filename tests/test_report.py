@@ -83,6 +83,25 @@ def test_missing_notebooks_folder_is_a_clear_error(tmp_path):
         render_reports(tmp_path / "none", tmp_path / "reports")
 
 
+def test_unreadable_notebook_is_skipped_and_named_the_rest_render(tmp_path):
+    stage = tmp_path / "notebooks/exp/stage"
+    stage.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# good-marker")]
+    nbformat.write(nb, str(stage / "a.ipynb"))
+    nbformat.write(nb, str(stage / "b.failed.ipynb"))  # the last failed execution of point b
+    whole = (stage / "a.ipynb").read_bytes()
+    (stage / "cut.ipynb").write_bytes(whole[: len(whole) // 2])  # cut short
+    (stage / ".a.ipynb.x1y2.ipynb").write_bytes(whole[:10])  # the runner's temporary notebook
+    with pytest.warns(UserWarning, match=r"cut\.ipynb is not a readable notebook"):
+        written = render_reports(tmp_path / "notebooks", tmp_path / "reports")
+    assert [p.relative_to(tmp_path / "reports").as_posix() for p in written] == [
+        "exp/stage/a.html", "exp/stage/b.failed.html"]
+    assert "good-marker" in written[0].read_text()
+    assert "exp / stage / b (FAILED)" in written[1].read_text()
+    assert "a.html" in (tmp_path / "reports/index.html").read_text()
+
+
 CHROMIUM = next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(b)), None)
 
 

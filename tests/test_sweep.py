@@ -137,7 +137,11 @@ def test_failing_point_is_recorded_and_the_others_finish(project, capsys, monkey
     assert "raise ValueError" in failed["source_excerpt"] and failed["cell_index"] >= 1
     assert (project / "outputs/notebooks/t/s/x-1.done.json").exists()
     assert not (project / "outputs/notebooks/t/s/x-0.done.json").exists()
-    assert (project / "outputs/notebooks/t/s/x-0.ipynb").exists()  # the partial notebook, for reading
+    # the executed notebook of the failure is kept for reading, apart from successful outputs
+    assert (project / "outputs/notebooks/t/s/x-0.failed.ipynb").exists()
+    assert not (project / "outputs/notebooks/t/s/x-0.ipynb").exists()
+    assert failed["output"].endswith("x-0.failed.ipynb") and "x-0.failed.ipynb" in out
+    assert not list((project / "outputs/notebooks/t/s").glob(".*"))  # no temporary file left behind
     # each worker owns one of the visible GPUs (which worker ran which point is up to the pool)
     assert {(project / f"gpu-{x}.txt").read_text() for x in (0, 1)} <= {"3", "5"}
 

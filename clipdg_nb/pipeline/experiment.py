@@ -7,6 +7,7 @@ fixed parameters, over shared defaults. Every grid point becomes one papermill e
 from __future__ import annotations
 
 import decimal
+import glob
 import itertools
 import os
 import re
@@ -46,8 +47,22 @@ class Point:
         return self.output.with_suffix(".failed.json")
 
     @property
-    def manifest_path(self) -> Path:
-        return self.output.with_suffix(".runs.jsonl")
+    def failed_notebook_path(self) -> Path:
+        """The executed notebook of the last failed attempt, kept for reading (`<point>.ipynb` holds
+        only a successful execution)."""
+        return self.output.with_suffix(".failed.ipynb")
+
+    @property
+    def lock_path(self) -> Path:
+        """Held by the one process executing the point."""
+        return self.output.with_suffix(".lock")
+
+    def leftovers(self) -> list[Path]:
+        """Temporary files of attempts that were killed (`.<point>.ipynb.*`, `.<point>.done.json.*`,
+        ...): safe to remove by whoever holds the point's lock."""
+        folder, stem = self.output.parent, glob.escape(self.name)
+        return [p for kind in ("ipynb", "done.json", "failed.json", "failed.ipynb", "runs.jsonl")
+                for p in folder.glob(f".{stem}.{kind}.*")]
 
     def to_json(self) -> dict:
         return {"experiment": self.experiment, "stage": self.stage, "name": self.name,

@@ -84,14 +84,23 @@ def _exporter(no_code: bool):
     return exporter
 
 
-def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
-                    title: str | None = None) -> Path:
-    """Render one executed notebook to a self-contained HTML file (written atomically)."""
-    notebook, out_html = Path(notebook), Path(out_html)
+def read_notebook(notebook: str | os.PathLike) -> nbformat.NotebookNode:
+    """An executed notebook; a ValueError naming the file when it is not a readable notebook."""
+    notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
-    nb = nbformat.read(str(notebook), as_version=4)
-    nb = copy.deepcopy(nb)
+    try:
+        return nbformat.read(str(notebook), as_version=4)
+    except (ValueError, KeyError, AttributeError, UnicodeDecodeError) as err:  # not JSON, not a notebook
+        raise ValueError(f"{notebook} is not a readable notebook: {type(err).__name__}: {err}") from err
+
+
+def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
+                    title: str | None = None, nb: nbformat.NotebookNode | None = None) -> Path:
+    """Render one executed notebook (read from `notebook` unless given as `nb`) to a self-contained
+    HTML file (written atomically)."""
+    notebook, out_html = Path(notebook), Path(out_html)
+    nb = copy.deepcopy(nb if nb is not None else read_notebook(notebook))
     inline_plotly_outputs(nb)
     replace_widget_outputs(nb)
     nb.metadata.pop("widgets", None)  # widget state needs the remote widget manager; the gallery stands in
@@ -105,13 +114,16 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
 
 def find_notebooks(notebooks_dir: str | os.PathLike = "outputs/notebooks", experiment: str | None = None,
                    stage: str | None = None) -> list[Path]:
-    """Executed notebooks under `<notebooks_dir>/<experiment>/<stage>/*.ipynb`, sorted."""
+    """Executed notebooks under `<notebooks_dir>/<experiment>/<stage>/*.ipynb`, sorted: each point's
+    `<point>.ipynb` (a successful execution) and `<point>.failed.ipynb` (the last failed one);
+    the runner's hidden temporary notebooks (`.<point>.ipynb.*`) are left out."""
     root = Path(notebooks_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no executed notebooks: {root} does not exist; run an experiment first "
                                 "(clipdg run parameters/demo.yaml)")
     pattern = f"{experiment or '*'}/{stage or '*'}/*.ipynb"
-    found = sorted(p for p in root.glob(pattern) if ".ipynb_checkpoints" not in p.parts)
+    found = sorted(p for p in root.glob(pattern)
+                   if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("."))
     if not found:
         raise FileNotFoundError(f"no executed notebooks match {root / pattern}")
     return found
@@ -122,18 +134,24 @@ def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_d
                    only_changed: bool = False) -> list[Path]:
     """Render every executed notebook (optionally of one experiment / stage) to
     `<out_dir>/<experiment>/<stage>/<point>.html`, plus `<out_dir>/index.html` linking them.
-    `only_changed` keeps an HTML file newer than its notebook (a rerun of an unchanged sweep)."""
+    `only_changed` keeps an HTML file newer than its notebook (a rerun of an unchanged sweep).
+    A notebook that cannot be read (e.g. cut short) is skipped with a warning naming it."""
     root, out = Path(notebooks_dir), Path(out_dir)
     written = []
     for nb in find_notebooks(root, experiment, stage):
         rel = nb.relative_to(root).with_suffix(".html")
-        failed = nb.with_suffix(".failed.json").exists()
-        title = " / ".join(rel.with_suffix("").parts) + (" (FAILED)" if failed else "")
+        failed = nb.name.endswith(".failed.ipynb")
+        title = " / ".join(rel.with_suffix("").parts).removesuffix(".failed") + (" (FAILED)" if failed else "")
         target = out / rel
         if only_changed and target.exists() and target.stat().st_mtime >= nb.stat().st_mtime:
             written.append(target)
             continue
-        written.append(render_notebook(nb, target, no_code=no_code, title=title))
+        try:
+            node = read_notebook(nb)
+        except (ValueError, OSError) as err:
+            warnings.warn(f"report skipped: {err}", stacklevel=2)
+            continue
+        written.append(render_notebook(nb, target, no_code=no_code, title=title, nb=node))
     write_index(out)
     return written
 

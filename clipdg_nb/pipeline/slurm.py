@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..runs import write_bytes, write_json
 from .experiment import Experiment, Point, load_experiment
-from .runner import run_point, select_stages
+from .point import set_env
+from .runner import kernel_thread_env, run_point, select_stages
 
 
 SLURM_TEMPLATE = """#!/bin/bash
@@ -66,7 +67,8 @@ def run_point_from_file(points_json: str | os.PathLike, index: int, force: bool 
     points = json.loads(Path(points_json).read_text(encoding="utf-8"))
     if not 0 <= index < len(points):
         raise IndexError(f"index {index} out of range: {points_json} holds {len(points)} point(s)")
-    result = run_point(Point.from_json(points[index]), force=force)
+    with set_env(**kernel_thread_env()):  # the same thread count as under `clipdg run`
+        result = run_point(Point.from_json(points[index]), force=force)
     print(f"{result.stage}/{result.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
     return 1 if result.status == "failed" else 0
 

@@ -1,0 +1,191 @@
+"""One point of a sweep: claimed with a file lock, executed by papermill into a temporary notebook,
+renamed into place and marked done only on success.
+
+    <point>.ipynb          the last successful execution (never half written)
+    <point>.done.json      its parameters and run folders; a rerun with the same ones skips it
+    <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
+    <point>.lock           held by the one process executing the point
+
+A point's outputs are replaced only by a successful new execution, never deleted up front.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..paths import ENV_VAR
+from ..runs import MANIFEST_ENV, Run, atomic_path, read_json, to_jsonable, write_json
+from .experiment import FORCE_PARAM, Point
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class PointResult:
+    stage: str
+    name: str
+    status: str  # done | skipped | failed | planned (dry run) | busy (another process holds it)
+    seconds: float = 0.0
+    error: str | None = None
+    output: str | None = None
+
+
+def is_done(point: Point) -> bool:
+    """True when the point's marker holds the same parameters, its executed notebook is there and
+    its run records still exist."""
+    if not point.output.is_file():
+        return False
+    marker = read_json(point.done_path)
+    if not isinstance(marker, Mapping) or marker.get("parameters") != to_jsonable(point.parameters):
+        return False
+    return all(Run(point.root / d).is_done() for d in marker.get("run_dirs", []))
+
+
+@contextmanager
+def set_env(**values):
+    """Temporarily set environment variables (the kernel papermill starts inherits them)."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def failure_info(point: Point, err: BaseException) -> dict:
+    info = {"experiment": point.experiment, "stage": point.stage, "point": point.name,
+            "notebook": str(point.notebook), "parameters": point.parameters,
+            "output": str(point.failed_notebook_path), "pid": os.getpid(),
+            "failed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if hasattr(err, "ename") and hasattr(err, "cell_index"):  # papermill.PapermillExecutionError
+        source = str(getattr(err, "source", "") or "")
+        lines = source.splitlines()
+        info.update({
+            "cell_index": err.cell_index, "exec_count": getattr(err, "exec_count", None),
+            "source_excerpt": "\n".join(lines[:20]) + ("\n..." if len(lines) > 20 else ""),
+            "ename": err.ename, "evalue": err.evalue,
+            "traceback": [_ANSI.sub("", line) for line in (getattr(err, "traceback", None) or [])][-8:],
+        })
+    else:  # the kernel died, the notebook was unreadable, ...
+        info.update({"cell_index": None, "exec_count": None, "source_excerpt": None,
+                     "ename": type(err).__name__, "evalue": str(err), "traceback": []})
+    return info
+
+
+def _newer(path: Path, since: float | None) -> bool:
+    """`path` was written at or after `since` (this sweep's start): by another process of this sweep."""
+    try:
+        return since is not None and path.stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def run_point(point: Point, force: bool = False, log_output: bool = False, wait: bool = True,
+              since: float | None = None) -> PointResult:
+    """Execute one point with papermill unless it is done; write its done / failed marker.
+
+    The point is claimed with a file lock first. When another process holds it, ``wait=False``
+    returns status "busy" at once (the caller comes back to it later), ``wait=True`` waits. Once
+    the lock is held, done-ness is read again: the other process may have finished the point (or,
+    when ``since`` is the sweep's start time, finished or failed it during this sweep, even under
+    ``force``), and then it is not executed a second time.
+    """
+    from filelock import FileLock, Timeout
+
+    if not force and is_done(point):
+        return PointResult(point.stage, point.name, "skipped", output=str(point.output))
+    point.output.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(point.lock_path))
+    try:
+        lock.acquire(blocking=wait)
+    except Timeout:
+        return PointResult(point.stage, point.name, "busy", output=str(point.output))
+    try:
+        if (not force or _newer(point.done_path, since)) and is_done(point):
+            return PointResult(point.stage, point.name, "skipped", output=str(point.output))
+        if _newer(point.failed_path, since):  # failed in another process during this sweep
+            info = read_json(point.failed_path) or {}
+            return PointResult(point.stage, point.name, "failed",
+                               error=f"{info.get('ename')}: {info.get('evalue')} (in process {info.get('pid')})",
+                               output=str(point.output))
+        for leftover in point.leftovers():  # of attempts that were killed; we hold the lock
+            leftover.unlink(missing_ok=True)
+        return _execute(point, force, log_output)
+    finally:
+        lock.release()
+
+
+def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
+    """Run papermill into a temporary notebook; rename it onto `<point>.ipynb` and write the marker
+    only on success. On failure the executed notebook becomes `<point>.failed.ipynb` and the
+    point's earlier outputs are left as they are."""
+    import papermill
+
+    parameters = dict(point.parameters)
+    if force and point.force_param:
+        parameters[FORCE_PARAM] = True
+    fd, manifest = tempfile.mkstemp(dir=point.output.parent, prefix=f".{point.name}.runs.jsonl.")
+    os.close(fd)
+    manifest = Path(manifest)
+    start = time.perf_counter()
+    try:
+        try:
+            # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
+            with set_env(**{MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root)}), \
+                    atomic_path(point.output, suffix=".ipynb") as tmp:
+                try:
+                    papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
+                                               kernel_name="python3", cwd=str(point.root), progress_bar=False,
+                                               log_output=log_output)
+                except BaseException:
+                    _keep_failed(tmp, point.failed_notebook_path)
+                    raise
+        except Exception as err:  # any failure of one point is recorded; the sweep goes on
+            info = failure_info(point, err)
+            write_json(point.failed_path, info)
+            return PointResult(point.stage, point.name, "failed", time.perf_counter() - start,
+                               f"{info['ename']}: {info['evalue']}", str(point.output))
+        seconds = time.perf_counter() - start
+        run_dirs = []
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            d = Path(json.loads(line))
+            d = d if d.is_absolute() else point.root / d
+            rel = os.path.relpath(d.resolve(), point.root)
+            if rel not in run_dirs:
+                run_dirs.append(rel)
+    finally:
+        manifest.unlink(missing_ok=True)
+    write_json(point.done_path, {
+        "experiment": point.experiment, "stage": point.stage, "point": point.name,
+        "notebook": str(point.notebook), "parameters": point.parameters, "run_dirs": run_dirs,
+        "output": str(point.output), "seconds": seconds,
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    point.failed_path.unlink(missing_ok=True)
+    point.failed_notebook_path.unlink(missing_ok=True)
+    return PointResult(point.stage, point.name, "done", seconds, output=str(point.output))
+
+
+def _keep_failed(tmp: Path, target: Path) -> None:
+    """The executed notebook of a failed attempt, for reading, under its own name."""
+    try:
+        if tmp.stat().st_size:
+            tmp.chmod(0o644)
+            os.replace(tmp, target)
+    except OSError:
+        pass

@@ -1,0 +1,225 @@
+"""An experiment checked before anything runs: every point's config, the files it reads, the
+folders it writes.
+
+`clipdg run` (and `--dry-run`, and `--slurm`) calls `validate_experiment` before its first point.
+Each point's parameters, over the defaults its notebook declares, go through the same code the
+notebook will run (`config.from_namespace`, `methods.sweep_configs`); every problem of every point
+is collected and raised together, each naming the experiment file, the stage, the point and the
+key, and nothing runs. Which notebook is checked how is the one table `VALIDATORS`.
+"""
+from __future__ import annotations
+
+import ast
+import numbers
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
+from ..datasets import DATASETS, SPLITS, VALIDATION_SPLITS, dataset_spec
+from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_KEY = re.compile(r"\s*([A-Za-z_]\w*)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
+
+
+class ValidationError(ExperimentError):
+    """One or more points of an experiment would fail; `problems` lists them all."""
+
+    def __init__(self, path, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"{len(self.problems)} problem(s) in {path}; nothing was run:\n  " + "\n  ".join(self.problems))
+
+
+def _zero_shot(ns: Mapping) -> list:
+    return [from_namespace(ZeroShotConfig, ns)]
+
+
+def _sweep(ns: Mapping) -> list:
+    from ..methods import sweep_configs
+
+    return sweep_configs(ns, ns.get("methods"), ns.get("lrs"))
+
+
+def _finetune(ns: Mapping) -> list:
+    return [from_namespace(FinetuneConfig, ns)]
+
+
+def _analysis(ns: Mapping) -> list:
+    if ns.get("select_split") not in VALIDATION_SPLITS:
+        raise ValueError(f"select_split={ns.get('select_split')!r}: learning rates are chosen on a validation split "
+                         f"({list(VALIDATION_SPLITS)}), never on a test split")
+    if ns.get("dataset") not in DATASETS:
+        raise ValueError(f"dataset={ns.get('dataset')!r} is not valid; choose one of {list(DATASETS)}")
+    name = ns.get("experiment")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"experiment={name!r} must be letters, digits, '-' or '_' (it names a folder)")
+    for key in ("id_split", "ood_split"):
+        if ns.get(key) not in SPLITS:
+            raise ValueError(f"{key}={ns.get(key)!r} is not a split; choose one of {list(SPLITS)}")
+    level = ns.get("level")
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level={level!r} must be a number in (0, 1), e.g. 0.95")
+    return []
+
+
+@dataclass(frozen=True)
+class Validator:
+    check: Callable[[Mapping], list]  # namespace -> the configs it builds; raises ValueError naming the key
+    aliases: dict = field(default_factory=dict)  # a key named in an error -> the parameter that set it
+
+
+# Notebook file name -> how its parameters are checked. Other notebooks get the path checks only.
+VALIDATORS = {
+    "01_zero_shot.ipynb": Validator(_zero_shot),
+    "02_few_shot_sweep.ipynb": Validator(_sweep, {"method": "methods", "lr": "lrs"}),
+    "03_swa_ablation.ipynb": Validator(_finetune),
+    "04_analysis.ipynb": Validator(_analysis),
+}
+
+
+def declared_defaults(notebook) -> dict:
+    """A notebook's declared parameters with their default values (those written as literals)."""
+    out = {}
+    for name, info in notebook_parameters(notebook).items():
+        try:
+            out[name] = ast.literal_eval(str(info["default"]))
+        except (ValueError, SyntaxError):
+            pass
+    return out
+
+
+def check_values(validator: Validator, namespace: Mapping, defaults: Mapping) -> tuple[list[str], list, set]:
+    """Every problem of one point's values, not only the first: the value an error names is put
+    back to the notebook's default and the check runs again. Returns the errors, the configs built
+    (from the repaired values when there were errors) and the keys that were put back."""
+    ns, errors, reset = dict(namespace), [], set()
+    for _ in range(len(ns) + 1):
+        try:
+            return errors, validator.check(ns), reset
+        except (ValueError, TypeError) as err:
+            errors.append(str(err))
+            m = _KEY.match(str(err))
+            key = validator.aliases.get(m.group(1), m.group(1)) if m else None
+            if key not in ns or key in reset or key not in defaults or ns[key] == defaults[key]:
+                return errors, [], reset  # a value the user did not set, or one we cannot put back
+            ns[key] = defaults[key]
+            reset.add(key)
+    return errors, [], reset
+
+
+def _resolve(root: Path, path: str) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else root / p
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None. Writes and removes a
+    temporary file in the nearest existing folder; creates nothing."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"{folder} has no existing parent folder"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".clipdg-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"cannot write in {probe} ({err.strerror or err})"
+    return None
+
+
+def looks_like_file(value) -> bool:
+    return (isinstance(value, str) and not _SCHEME.match(value)
+            and ("/" in value or os.sep in value or value.lower().endswith(WEIGHT_SUFFIXES)))
+
+
+def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | None]) -> list[str]:
+    """The data a config reads, its weight files, and the folders it writes into. A value that was
+    put back to its default after an error (`reset`) is not the user's and is not checked."""
+    problems = []
+    if not cfg.download and not {"root_dir", "download"} & reset:
+        data = _resolve(root, cfg.root_dir)
+        if "dataset" in reset:  # the dataset name was wrong: at least the folder must be there
+            if not data.is_dir():
+                problems.append(f"root_dir={cfg.root_dir!r}: no such folder ({data})")
+        else:
+            spec = dataset_spec(cfg.dataset)
+            if not (data / spec.folder / f"RELEASE_v{spec.version}.txt").is_file():
+                problems.append(f"root_dir={cfg.root_dir!r}: no WILDS dataset {spec.folder}/ (with RELEASE_v{spec.version}.txt) "
+                                f"in {data}; write a synthetic copy with `clipdg synth --root {cfg.root_dir}`, "
+                                "point root_dir at the folder holding it, or set download: true")
+    for key in ("pretrained", "vision_weights"):
+        value = getattr(cfg, key, None)
+        if key not in reset and looks_like_file(value) and not _resolve(root, value).is_file():
+            problems.append(f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
+                            "(the demo's weights: `clipdg pretrain-tiny`) or fix the path")
+    for key in ("output_dir", "cache_dir"):
+        if key not in reset:
+            why = writable(_resolve(root, getattr(cfg, key)))
+            if why:
+                problems.append(f"{key}={getattr(cfg, key)!r} is not writable: {why}")
+    return problems
+
+
+def point_problems(point: Point, writable: Callable[[Path], str | None] | None = None,
+                   paths: bool = True) -> list[str]:
+    """Every problem of one point (no file names): values, then (``paths``) files and folders."""
+    writable = writable or unwritable
+    problems = []
+    if paths:
+        why = writable(point.output.parent)
+        if why:
+            problems.append(f"the executed notebooks' folder {point.output.parent} is not writable: {why}")
+    validator = VALIDATORS.get(point.notebook.name)
+    if validator is None:
+        return problems
+    defaults = declared_defaults(point.notebook)
+    errors, configs, reset = check_values(validator, {**defaults, **point.parameters}, defaults)
+    problems += errors
+    if paths:
+        for cfg in configs:
+            problems += [p for p in check_paths(cfg, point.root, reset, writable) if p not in problems]
+    return problems
+
+
+def experiment_problems(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True) -> list[str]:
+    """Every problem of every point, one line each: `<file>: stage S, point P: <key>=... <why>`.
+    The same problem at many points is listed once, at its first point, with how many more (and
+    in which other stages) have it."""
+    writable_cache: dict = {}
+
+    def writable(folder: Path):
+        key = str(folder.resolve())
+        if key not in writable_cache:
+            writable_cache[key] = unwritable(folder)
+        return writable_cache[key]
+
+    where: dict[str, list[tuple[str, str]]] = {}
+    for stage in stages if stages is not None else experiment.stages:
+        for point in stage.points:
+            for problem in point_problems(point, writable, paths):
+                where.setdefault(problem, []).append((stage.name, point.name))
+    lines = []
+    for problem, at in where.items():
+        (stage, name), others = at[0], [s for s, _ in at[1:] if s != at[0][0]]
+        more = ""
+        if len(at) > 1:
+            also = f", also in stage(s) {', '.join(dict.fromkeys(others))}" if others else ""
+            more = f" (and {len(at) - 1} more point(s){also})"
+        lines.append(f"{experiment.path}: stage {stage}, point {name}{more}: {problem}")
+    return lines
+
+
+def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True) -> None:
+    """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages."""
+    problems = experiment_problems(experiment, stages, paths)
+    if problems:
+        raise ValidationError(experiment.path, problems)

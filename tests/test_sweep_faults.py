@@ -1,0 +1,274 @@
+"""Faults injected into sweeps: a run killed half-way, two runs at once, a failing rerun, bad values.
+
+A tiny throwaway notebook (no torch) logs each execution, writes a run record and lists it; the
+real 02_few_shot_sweep notebook is only inspected (validation starts no kernel).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from clipdg_nb.cli import main
+from clipdg_nb.pipeline import runner
+from clipdg_nb.pipeline.validate import ValidationError
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = '''x = 0  # the grid value
+pause = 0.0  # seconds a point takes
+fail_on = -1  # the x that raises
+'''
+BODY = '''import json, os, pathlib, time
+pathlib.Path(f"kernel-{x}.pid").write_text(str(os.getpid()))
+with open("log.txt", "a") as fh:
+    fh.write(f"{x}\\n")
+pathlib.Path(f"threads-{x}.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
+time.sleep(pause)
+while pathlib.Path(f"hold-{x}").exists():  # a test holds this point here until it is killed
+    time.sleep(0.05)
+if x == fail_on or pathlib.Path(f"fail-{x}").exists():
+    raise ValueError(f"boom at x={x}")
+run = pathlib.Path("runs") / f"x{x}"
+run.mkdir(parents=True, exist_ok=True)
+(run / "result.json").write_text(json.dumps({"x": x, "square": x * x}))
+# what runs.note_runs does, without importing pandas into every kernel
+with open(os.environ["CLIPDG_SWEEP_MANIFEST"], "a") as fh:
+    fh.write(json.dumps(str(run)) + "\\n")
+'''
+
+
+def make_project(root: Path, xs, pause=0.0, params=None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(PARAMS)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(root / "nb.ipynb"))
+    return write_yaml(root, xs, {"pause": pause, **(params or {})})
+
+
+def write_yaml(root: Path, xs, params) -> Path:
+    doc = {"experiment": "t", "stages": [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": list(xs)},
+                                          "params": params}]}
+    path = root / "t.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def folder(root: Path) -> Path:
+    return root / "outputs/notebooks/t/s"
+
+
+def executions(root: Path) -> list[int]:
+    log = root / "log.txt"
+    return sorted(int(v) for v in log.read_text().split()) if log.exists() else []
+
+
+def cli_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in runner.THREAD_VARS}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep), **extra}
+
+
+def start_cli(path: Path, root: Path, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clipdg_nb.cli", "run", str(path), "--root", str(root),
+                             "--no-progress", *args], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a command started by `start_cli` and every process it started (its kernels)."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+
+
+def records(root: Path) -> dict:
+    """What a sweep leaves that must not depend on how it got there: run records, done markers
+    (less timings and absolute paths) and the parameters in each executed notebook."""
+    out = {}
+    for p in sorted((root / "runs").glob("*/result.json")):
+        out[str(p.relative_to(root))] = p.read_bytes()
+    for p in sorted(folder(root).glob("*.done.json")):
+        m = json.loads(p.read_text())
+        out[p.name] = {k: m[k] for k in ("experiment", "stage", "point", "parameters", "run_dirs")}
+    for p in sorted(folder(root).glob("*.ipynb")):
+        out[p.name] = nbformat.read(str(p), as_version=4).metadata.papermill.parameters  # valid JSON
+    return out
+
+
+def assert_clean(root: Path) -> None:
+    """Every notebook complete, every marker readable, no temporary file left behind."""
+    for p in folder(root).glob("*.ipynb"):
+        nbformat.validate(nbformat.read(str(p), as_version=4))
+    for p in folder(root).glob("*.done.json"):
+        assert isinstance(json.loads(p.read_text()), dict)
+    assert not list(folder(root).glob(".*")), list(folder(root).glob(".*"))
+
+
+@pytest.mark.slow
+def test_sweep_killed_half_way_resumes_to_the_records_of_an_uninterrupted_one(tmp_path):
+    xs = range(4)
+    reference = make_project(tmp_path / "ref", xs)
+    runner.run_experiment(reference, root=tmp_path / "ref", progress=False)
+
+    root = tmp_path / "killed"
+    path = make_project(root, xs)
+    (root / "hold-2").touch()  # the third point waits in its last cell
+    proc = start_cli(path, root)
+    try:
+        deadline = time.monotonic() + 180
+        # SIGKILL (the command and its kernel) once two points are done and the third is executing
+        while not (len(list(folder(root).glob("*.done.json"))) >= 2 and len(executions(root)) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+    finally:
+        kill_group(proc)
+        # the kernel runs in its own session (jupyter_client): killed too, as if the machine died
+        kernel = int((root / "kernel-2.pid").read_text()) if (root / "kernel-2.pid").exists() else None
+        if kernel is not None:
+            try:
+                os.kill(kernel, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    (root / "hold-2").unlink()
+    assert len(list(folder(root).glob("*.done.json"))) == 2
+    assert list(folder(root).glob(".x-2.ipynb.*")), "the killed point was being written"
+    assert not (folder(root) / "x-2.ipynb").exists()  # never half a notebook under its real name
+
+    summary = runner.run_experiment(path, root=root, progress=False)
+    assert [r.name for r in summary.skipped] == ["x-0", "x-1"] and len(summary.done) == 2
+    assert records(root) == records(tmp_path / "ref")
+    assert_clean(root)
+    assert executions(root) == [0, 1, 2, 2, 3]  # only the killed point ran twice
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_split_the_points_and_execute_each_once(tmp_path):
+    xs = range(6)
+    path = make_project(tmp_path, xs, pause=0.5)
+    first = start_cli(path, tmp_path, "--jobs", "2")  # worker processes
+    second = start_cli(path, tmp_path)  # in-process
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    finally:
+        for p in (first, second):
+            kill_group(p)
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    assert executions(tmp_path) == list(xs)  # each point exactly once
+    done = [int(out.split(" done,")[0].split()[-1]) for out in outs]
+    assert sum(done) == len(xs) and min(done) >= 1, outs  # both did part of the work
+    assert_clean(tmp_path)
+    for x in xs:
+        marker = json.loads((folder(tmp_path) / f"x-{x}.done.json").read_text())
+        assert marker["parameters"]["x"] == x and marker["run_dirs"] == [f"runs/x{x}"]
+        # a fixed thread count per kernel, whatever the cores or --jobs
+        assert (tmp_path / f"threads-{x}.txt").read_text() == str(runner.KERNEL_THREADS)
+    assert len(runner.run_experiment(path, root=tmp_path, dry_run=True, progress=False).skipped) == len(xs)
+
+
+def test_failing_rerun_leaves_the_earlier_outputs_byte_for_byte(tmp_path, capsys):
+    path = make_project(tmp_path, [0])
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    kept = {name: (folder(tmp_path) / name).read_bytes() for name in ("x-0.ipynb", "x-0.done.json")}
+    kept["result"] = (tmp_path / "runs/x0/result.json").read_bytes()
+
+    def unchanged():
+        now = {name: (folder(tmp_path) / name).read_bytes() for name in ("x-0.ipynb", "x-0.done.json")}
+        return {**now, "result": (tmp_path / "runs/x0/result.json").read_bytes()} == kept
+
+    # a forced rerun with the same parameters that fails
+    (tmp_path / "fail-0").touch()
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress", "--force"]) == 1
+    assert unchanged()
+    failed_nb = nbformat.read(str(folder(tmp_path) / "x-0.failed.ipynb"), as_version=4)
+    assert "boom at x=0" in json.dumps(failed_nb)
+    assert json.loads((folder(tmp_path) / "x-0.failed.json").read_text())["ename"] == "ValueError"
+    assert main(["run", str(path), "--root", str(tmp_path), "--dry-run"]) == 0
+    assert "done, skip: x-0" in capsys.readouterr().out  # the earlier success still counts
+
+    # a rerun with changed parameters that fails
+    (tmp_path / "fail-0").unlink()
+    write_yaml(tmp_path, [0], {"pause": 0.0, "fail_on": 0})
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 1
+    assert unchanged()
+    assert executions(tmp_path) == [0, 0, 0]
+    assert_clean(tmp_path)
+
+    # a successful rerun replaces the outputs and clears the failure
+    write_yaml(tmp_path, [0], {"pause": 0.0, "fail_on": 5})
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    assert not (folder(tmp_path) / "x-0.failed.ipynb").exists() and not (folder(tmp_path) / "x-0.failed.json").exists()
+    assert json.loads((folder(tmp_path) / "x-0.done.json").read_text())["parameters"]["fail_on"] == 5
+
+
+BAD = {
+    "epochs='four'": "epochs='four' must be an integer >= 1",
+    "fraction 0": "fraction=0 must be > 0",
+    "fraction 1.5": "fraction=1.5 must be <= 1",
+    "dataset": "dataset='fmwo' is not valid",
+    "scalar lrs": "lrs=0.0003 must be a non-empty list",
+    "methods": "methods: 'finetun' is not a trained method",
+    "root_dir": "root_dir='nowhere': no WILDS dataset fmow_v1.1/",
+    "pretrained": "pretrained='weights/missing.safetensors': no such file",
+    "output_dir": "output_dir='a-file/runs' is not writable",
+    "select_split": "select_split='test': learning rates are chosen on a validation split",
+}
+
+
+def test_bad_values_are_all_reported_up_front_and_nothing_runs(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    doc = {"experiment": "bad",
+           "defaults": {"root_dir": "nowhere", "pretrained": "weights/missing.safetensors", "output_dir": "a-file/runs"},
+           "stages": [
+               {"name": "sweep", "notebook": str(REPO / "notebooks/02_few_shot_sweep.ipynb"),
+                "grid": {"dataset": ["fmow", "fmwo"], "fraction": [0, 1.5]},
+                "params": {"epochs": "four", "lrs": 3.0e-4, "methods": ["finetun"]}},
+               {"name": "analysis", "notebook": str(REPO / "notebooks/04_analysis.ipynb"),
+                "params": {"select_split": "test"}}]}
+    path = tmp_path / "parameters/bad.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # outputs of an earlier successful run of one point: a bad rerun must not touch them
+    earlier = tmp_path / "outputs/notebooks/bad/sweep"
+    earlier.mkdir(parents=True)
+    kept = {"dataset-fmow_fraction-0.ipynb": b'{"cells": []}', "dataset-fmow_fraction-0.done.json": b'{"x": 1}'}
+    for name, data in kept.items():
+        (earlier / name).write_bytes(data)
+
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(path), "--root", str(tmp_path), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "nothing was run" in err
+        lines = err.splitlines()
+        for case, text in BAD.items():
+            hits = [line for line in lines if text in line]
+            assert hits, f"{case} not reported:\n{err}"
+            stage = "analysis" if case == "select_split" else "sweep"
+            assert all(line.lstrip().startswith(f"{path}: stage {stage}, point ") for line in hits), hits
+        assert {p.name: p.read_bytes() for p in earlier.iterdir()} == kept  # nothing touched
+        assert sorted(p.name for p in (tmp_path / "outputs").rglob("*")) == sorted(["notebooks", "bad", "sweep", *kept])
+
+    with pytest.raises(ValidationError) as info:
+        runner.run_experiment(path, root=tmp_path, dry_run=True, progress=False)
+    assert len(info.value.problems) >= len(BAD)
+
+
+def test_thread_count_is_fixed_unless_the_user_sets_it(monkeypatch):
+    for var in runner.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert set(runner.kernel_thread_env().values()) == {str(runner.KERNEL_THREADS)}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert set(runner.kernel_thread_env().values()) == {"3"}
