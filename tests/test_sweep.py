@@ -161,3 +161,17 @@ def test_yaml_exponent_without_dot_is_caught(project):
     path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "params": {"tag": "1e-3"}}])
     with pytest.raises(sweep_experiment.ExperimentError, match=r"stages\[0\] \(s\)\.params\.tag: '1e-3' is text.*0\.001"):
         sweep_experiment.load_experiment(path, root=project)
+
+
+def test_kernels_use_ipc_sockets_and_print_no_tcp_warning(project, capfd):
+    """Each point's kernel talks over IPC sockets in a private folder: no TCP port, no per-kernel
+    'running over TCP without encryption' warning in the sweep's output, and nothing left behind."""
+    import glob
+    import os
+    import tempfile
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "clipdg-kernel-*")))
+    path = write_experiment(project, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1]}}])
+    summary = sweep_runner.run_experiment(path, root=project, progress=False)
+    assert len(summary.done) == 2
+    assert "TCP without encryption" not in capfd.readouterr().err
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "clipdg-kernel-*"))) == before

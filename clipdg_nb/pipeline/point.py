@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..paths import ENV_VAR
+from .kernel import IPCKernelManager
 from ..runs import MANIFEST_ENV, Run, atomic_path, read_json, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Point
 
@@ -152,7 +153,7 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
                 try:
                     papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
                                                kernel_name="python3", cwd=str(point.root), progress_bar=False,
-                                               log_output=log_output)
+                                               log_output=log_output, kernel_manager_class=IPCKernelManager)
                 except BaseException:
                     _keep_failed(tmp, point.failed_notebook_path)
                     raise

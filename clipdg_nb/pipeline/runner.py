@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,9 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
         def record(result: PointResult):
             summary.results.append(result)
             bar.update(1)
-            bar.set_postfix(done=len(summary.done), skipped=len(summary.skipped), failed=len(summary.failed))
+            # counts of this stage only (not carried over from the stages before it)
+            counts = Counter(r.status for r in summary.results if r.stage == stage.name)
+            bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
             if result.status == "failed":
                 bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
             if on_result is not None:

@@ -1,0 +1,29 @@
+"""The kernel papermill starts for a point: local IPC sockets in a private temporary folder.
+
+Over TCP without CurveZMQ keys, every ipykernel warns "Kernel is running over TCP without
+encryption" (once per point: 23 copies in the demo, tangled with the progress bars). IPC sockets
+are files only this user can reach, so the warning is moot, and no TCP port is opened at all.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
+
+class IPCKernelManager(AsyncKernelManager):
+    @default("transport")
+    def _default_transport(self):
+        return "ipc"
+
+    @default("ip")
+    def _default_ip(self):
+        return os.path.join(tempfile.mkdtemp(prefix="clipdg-kernel-"), "kernel")
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if not restart:
+            shutil.rmtree(os.path.dirname(self.ip), ignore_errors=True)
