@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ..datasets import DATA_FILES, DATASETS, class_names
+from .render import (REAL_SIZES, _Grain, _image_rng, _output_size, _save_image, class_prototypes,  # noqa: F401
+                     random_scene, render, Scene)
 
 # Region names exactly as WILDS's country_code_mapping.csv spells them, with a few real countries each.
 FMOW_COUNTRIES = {
@@ -82,8 +83,6 @@ class SynthConfig:
 PROFILES = ("default", "real")
 # (width, height) of the files in the real releases: FMoW's are 224 px PNGs, iWildCam's camera-trap
 # JPEGs are mostly 1920x1080 (some 2048x1536).
-REAL_SIZES = {"fmow": (224, 224), "iwildcam": (1920, 1080)}
-REAL_JPEG_QUALITY = 90
 
 
 def real_profile_config(n_images: int = 300, n_eval: int | None = None, seed: int = 0,
@@ -98,117 +97,6 @@ def real_profile_config(n_images: int = 300, n_eval: int | None = None, seed: in
         fmow_sizes={"train": n_train, **{s: n_eval for s in splits}},
         iwildcam_sizes={"train": max(182, n_train), **{s: n_eval for s in splits}},
         iwildcam_locations={"id": 6, "val": 3, "test": 3}, **fields).validate()
-
-
-def _output_size(cfg: SynthConfig, name: str) -> tuple[int, int]:
-    return REAL_SIZES[name] if cfg.profile == "real" else (cfg.image_size, cfg.image_size)
-
-
-class _Grain:
-    """Photographic grain for the real profile: a few precomputed full-size fields (fine noise plus
-    coarse blotches), picked and shifted per image, so writing hundreds of 2 MP images stays fast."""
-
-    def __init__(self, seed: int, namespace: str, size: tuple[int, int], n_fields: int = 3):
-        w, h = size
-        rng = np.random.default_rng([seed, sum(map(ord, namespace)), 12])
-        fields = []
-        for _ in range(n_fields):
-            fine = rng.normal(0, 4, (h, w))
-            cw, ch = max(1, w // 16), max(1, h // 16)
-            coarse = Image.fromarray(rng.normal(0, 18, (ch, cw)).astype(np.float32), mode="F")
-            coarse = np.asarray(coarse.resize((w, h), Image.BILINEAR))
-            fields.append(np.clip(fine + coarse, -60, 60).astype(np.int16))
-        self.fields = fields
-
-    def apply(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        field = self.fields[int(rng.integers(len(self.fields)))]
-        field = np.roll(field, (int(rng.integers(field.shape[0])), int(rng.integers(field.shape[1]))), axis=(0, 1))
-        out = np.asarray(img, dtype=np.int16) + field[..., None]
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _save_image(pixels: np.ndarray, path: Path, cfg: SynthConfig, name: str, index: int, grain) -> None:
-    """The default profile saves the render as is; the real profile upscales it and adds grain."""
-    if cfg.profile != "real":
-        if name == "iwildcam":
-            Image.fromarray(pixels).save(path, quality=95)
-        else:
-            Image.fromarray(pixels).save(path)
-        return
-    img = Image.fromarray(pixels).resize(REAL_SIZES[name], Image.BICUBIC)
-    # its own stream, so the metadata (drawn from the image's rng) is the same in both profiles
-    img = Image.fromarray(grain.apply(img, _image_rng(cfg.seed, name, index + 10_000_000)))
-    if name == "iwildcam":
-        img.save(path, quality=REAL_JPEG_QUALITY)
-    else:
-        img.save(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Scene:
-    """A domain: the background an object sits on and the camera's colour response."""
-    bg_color: tuple
-    bg_angle: float
-    bg_freq: float
-    gain: tuple  # per-channel multiplicative cast
-    contrast: float
-    noise: float
-    gray: bool = False  # e.g. infrared night shots at a camera trap
-
-
-def class_prototypes(n_classes: int, seed: int, namespace: str) -> dict:
-    """Per-class colours, orientation and frequency. `namespace` keeps datasets independent."""
-    rng = np.random.default_rng([seed, sum(map(ord, namespace)), 7])
-    return {
-        "color_a": rng.uniform(0.05, 0.95, (n_classes, 3)),
-        "color_b": rng.uniform(0.05, 0.95, (n_classes, 3)),
-        "angle": rng.uniform(0, np.pi, n_classes),
-        "freq": rng.uniform(1.0, 4.0, n_classes),
-    }
-
-
-def random_scene(rng: np.random.Generator, spread: float, gray_prob: float = 0.0) -> Scene:
-    """A scene whose colour cast and contrast deviate from neutral by about `spread`."""
-    return Scene(
-        bg_color=tuple(rng.uniform(0.1, 0.9, 3)),
-        bg_angle=float(rng.uniform(0, np.pi)),
-        bg_freq=float(rng.uniform(0.5, 3.0)),
-        gain=tuple(np.clip(1 + rng.normal(0, spread, 3), 0.2, 2.5)),
-        contrast=float(np.clip(1 + rng.normal(0, spread / 2), 0.3, 1.5)),
-        noise=float(abs(rng.normal(0.03, 0.02 + spread / 10))),
-        gray=bool(rng.random() < gray_prob),
-    )
-
-
-def render(protos: dict, label: int, scene: Scene, rng: np.random.Generator, size: int,
-           signal: float = 1.0) -> np.ndarray:
-    """One image (uint8 HxWx3): a textured disc of the class on the scene's background."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    bg_wave = 0.5 + 0.5 * np.sin(2 * np.pi * scene.bg_freq * (xx * np.cos(scene.bg_angle) + yy * np.sin(scene.bg_angle))
-                                 + rng.uniform(0, 2 * np.pi))
-    img = np.asarray(scene.bg_color) * (0.7 + 0.3 * bg_wave[..., None])
-    cx, cy = rng.uniform(0.35, 0.65, 2)
-    radius = rng.uniform(0.22, 0.34)
-    mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2)[..., None] * min(1.0, signal)
-    angle = protos["angle"][label] + rng.normal(0, 0.1)
-    wave = 0.5 + 0.5 * np.sin(2 * np.pi * protos["freq"][label] / (2 * radius) * (
-        (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
-    obj = protos["color_a"][label] * wave[..., None] + protos["color_b"][label] * (1 - wave[..., None])
-    img = img * (1 - mask) + obj * mask
-    img = (img - 0.5) * scene.contrast + 0.5
-    img = img * np.asarray(scene.gain)
-    if scene.gray:
-        img = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
-    img = img + rng.normal(0, scene.noise, img.shape)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _image_rng(seed: int, namespace: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, sum(map(ord, namespace)), 11, index])
 
 
 # ---------------------------------------------------------------------------------------------
