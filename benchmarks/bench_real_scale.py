@@ -48,6 +48,10 @@ FRACTIONS = (0.03, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SEEDS, LRS, EPOCHS, VARIANTS = 3, 4, 20, 3  # best / last / SWA evaluated on every eval split
 
 
+def hours(h: float) -> str:
+    return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h"
+
+
 def rate(n: int, seconds: float) -> float:
     return n / max(seconds, 1e-9)
 
@@ -167,9 +171,10 @@ def main(argv=None) -> int:
         load_h = train_images / (load_ips * args.cores) / 3600 if device.type == "cpu" else 0.0
         gpu_h = (train_images / gpu_train + eval_images / gpu_eval) / 3600
         disk_gb = n_images * decode[name][1] / 1e9
-        print(f"  {name:9s} decode once {decode_h:6.1f} h ({n_images:,} images, {disk_gb:.1f} GB cache); "
-              f"{train_images / 1e6:,.0f} M training + {eval_images / 1e6:,.0f} M evaluation images: "
-              f"{gpu_h:,.1f} h on one device{f', CPU augmentation {load_h:,.1f} h' if load_h else ''}")
+        print(f"  {name:9s} decode once: {hours(decode_h)} on {args.cores} cores ({n_images:,} images, "
+              f"{disk_gb:.1f} GB of cache); {train_images / 1e6:,.0f} M training + {eval_images / 1e6:,.0f} M "
+              f"evaluation images: {hours(gpu_h)} on one device, {hours(gpu_h / 8)} on eight (a point per device)"
+              + (f"; CPU augmentation alone {hours(load_h)}" if load_h else ""))
     print(f"RATIO train/decode per core (iWildCam): {train_ips / decode['iwildcam'][0]:.2f}x")
     return 0
 
