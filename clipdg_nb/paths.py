@@ -8,6 +8,7 @@ No imports from the rest of the package: anything may import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,3 +48,18 @@ def resolve(path: str | os.PathLike, start: str | os.PathLike | None = None) -> 
     """`path` as an absolute path: unchanged if absolute (after ~ expansion), else from project_root()."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root(start) / path
+
+
+@contextlib.contextmanager
+def rooted_at(root: str | os.PathLike):
+    """Within the block, relative parameters resolve from `root` (an experiment's root, which is
+    the project root of its runs wherever this process started)."""
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(Path(root).resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old

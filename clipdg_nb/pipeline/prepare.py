@@ -6,28 +6,22 @@ cache instead of waiting on each other's locks. Usable as a first stage of a bat
 """
 from __future__ import annotations
 
-import ast
 import os
 from pathlib import Path
 
-from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
 from ..datasets import load_dataset
 from ..images import prepare_splits
-from ..methods import image_size, sweep_configs
-from .experiment import Experiment, load_experiment, notebook_parameters
+from ..methods import image_size
+from ..paths import rooted_at
+from .experiment import Experiment, load_experiment
+from .validate import VALIDATORS, declared_defaults
 
 
 def point_configs(point) -> list:
-    """The run configs of one point: its parameters over the notebook's declared defaults."""
-    declared = {k: ast.literal_eval(v["default"]) for k, v in notebook_parameters(point.notebook).items()}
-    params = {**declared, **point.parameters}
-    if "methods" in params and "lrs" in params:  # 02_few_shot_sweep: one config per (method, lr)
-        return sweep_configs(params, params["methods"], params["lrs"])
-    if "method" in params:  # 03_swa_ablation
-        return [from_namespace(FinetuneConfig, params)]
-    if "templates" in params:  # 01_zero_shot
-        return [from_namespace(ZeroShotConfig, params)]
-    return []  # 04_analysis reads runs, decodes nothing
+    """The run configs of one point: its parameters over the notebook's declared defaults, built by
+    the same validators `clipdg run` checks them with (04_analysis builds none: it decodes nothing)."""
+    validator = VALIDATORS.get(point.notebook.name)
+    return validator.check({**declared_defaults(point.notebook), **point.parameters}) if validator else []
 
 
 def plan(experiment: Experiment) -> dict[tuple, set]:
@@ -35,7 +29,9 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
     needs: dict[tuple, set] = {}
     for stage in experiment.stages:
         for point in stage.points:
-            for cfg in point_configs(point):
+            with rooted_at(point.root):  # relative paths mean the experiment's root, as in its kernels
+                configs = point_configs(point)
+            for cfg in configs:
                 root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
                 cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
                 splits = set(cfg.eval_splits)

@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
 from ..datasets import DATASETS, SPLITS, VALIDATION_SPLITS, dataset_spec
+from ..paths import rooted_at
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -182,7 +183,8 @@ def point_problems(point: Point, writable: Callable[[Path], str | None] | None =
     if validator is None:
         return problems
     defaults = declared_defaults(point.notebook)
-    errors, configs, reset = check_values(validator, {**defaults, **point.parameters}, defaults)
+    with rooted_at(point.root):  # relative paths mean the experiment's root, as in its kernels
+        errors, configs, reset = check_values(validator, {**defaults, **point.parameters}, defaults)
     problems += errors
     if paths:
         for cfg in configs:
