@@ -49,14 +49,12 @@ def _cmd_pretrain_tiny(args) -> int:
 def _cmd_run(args) -> int:
     """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
     from .pipeline.experiment import load_experiment
-    from .pipeline.runner import run_experiment, select_stages
+    from .pipeline.runner import run_experiment
     from .pipeline.slurm import write_slurm
-    from .pipeline.validate import validate_experiment
 
     experiment = load_experiment(args.experiment, root=args.root)
     only = [name for item in args.only or [] for name in item.split(",") if name] or None
     if args.slurm:
-        validate_experiment(experiment, select_stages(experiment, only))
         for path in write_slurm(experiment, only=only, force=args.force, jobs=args.jobs if args.jobs > 1 else None):
             print(path)
         return 0
@@ -78,20 +76,15 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    """Render executed notebooks to self-contained HTML under outputs/reports/."""
-    import warnings
-
+    """Render executed notebooks to HTML that opens offline, under outputs/reports/ (index.html)."""
     from .pipeline.report import render_reports
 
-    with warnings.catch_warnings(record=True) as caught:  # e.g. an unreadable notebook, skipped
-        warnings.simplefilter("always", UserWarning)
-        written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
-                                 no_code=args.no_code)
-    for w in caught:
-        print(f"clipdg report: warning: {w.message}", file=sys.stderr)
+    written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
+                             no_code=args.no_code, self_contained=args.self_contained, root=args.root,
+                             log=lambda msg: print(f"clipdg report: {msg}", file=sys.stderr))
     for path in written:
         print(path)
-    print(f"{len(written)} report(s) in {args.out}")
+    print(f"{len(written)} report(s) in {args.out}; open {args.out}/index.html")
     return 0 if written else 1
 
 
@@ -125,20 +118,23 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_table(args) -> int:
-    """Mean ID / OOD headline metrics of every run of an experiment, one row per method and variant."""
-    import pandas as pd
+    """Headline ID / OOD numbers of one or more experiments: per dataset, mean and 95 % interval over
+    seeds, learning rate chosen on validation; with several experiments, side by side and paired."""
+    from .analysis import compare_experiments, load_experiment_runs
+    from .tables import format_headline
 
-    from .analysis import load_experiment_runs
-    from .tables import headline_table
-
-    runs = load_experiment_runs(args.output_dir, args.experiment, args.dataset)
-    if runs.empty:
-        print(f"clipdg table: no runs under {args.output_dir}/{args.experiment}", file=sys.stderr)
-        return 1
-    with pd.option_context("display.width", 200, "display.max_rows", 500):
-        table = headline_table(runs)
-        metrics = [c for c in table.columns if ":" in c]  # round the metrics, not the learning rates
-        print(table.round({c: 3 for c in metrics}).to_string(index=False))
+    names = list(dict.fromkeys(args.experiment or ["demo"]))
+    frames = {}
+    for name in names:
+        frames[name] = load_experiment_runs(args.output_dir, name, args.dataset)
+        if frames[name].empty:
+            print(f"clipdg table: no {args.dataset + ' ' if args.dataset else ''}runs under "
+                  f"{args.output_dir}/{name}", file=sys.stderr)
+            return 1
+    select = None if args.all_lrs else args.select_split
+    table = compare_experiments(frames, level=args.level, select_split=select)
+    selection = "every learning rate" if select is None else f"learning rate chosen on {select}"
+    sys.stdout.write(format_headline(table, args.format, level=args.level, selection=selection))
     return 0
 
 
@@ -195,12 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=_cmd_prepare)
 
-    report = sub.add_parser("report", help="render executed notebooks to self-contained HTML (outputs/reports/)")
+    report = sub.add_parser("report", help="render executed notebooks to HTML that opens offline (outputs/reports/)")
     report.add_argument("--experiment", help="only this experiment's notebooks")
     report.add_argument("--stage", help="only this stage's notebooks")
-    report.add_argument("--no-code", action="store_true", help="hide code cells (narrative, tables and figures only)")
+    report.add_argument("--no-code", action="store_true",
+                        help="pages open with code hidden (each page's button shows it again)")
+    report.add_argument("--self-contained", action="store_true",
+                        help="plotly.js inline in each page (one file to send) instead of plotly.min.js once per folder")
     report.add_argument("--notebooks", default="outputs/notebooks", help="folder of executed notebooks")
     report.add_argument("--out", default="outputs/reports", help="folder for the HTML files")
+    report.add_argument("--root", help="folder the run folders in done markers are relative to "
+                        "(default: the one holding outputs/notebooks, then the project root)")
     report.set_defaults(func=_cmd_report)
     train = sub.add_parser("train", help="one run from a YAML of parameters; under torchrun, across processes (DDP)")
     train.add_argument("--config", required=True, help="YAML of FinetuneConfig / ZeroShotConfig fields")
@@ -208,9 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
-    table = sub.add_parser("table", help="print mean ID / OOD headline metrics of an experiment's runs")
-    table.add_argument("--experiment", default="demo")
-    table.add_argument("--dataset", choices=["fmow", "iwildcam"])
+    table = sub.add_parser("table", help="headline ID / OOD numbers of experiments: per dataset, mean and "
+                           "interval over seeds; several experiments side by side, paired")
+    table.add_argument("--experiment", action="append", metavar="NAME",
+                       help="experiment under --output-dir (default demo); repeat to put experiments side by side, "
+                       "with paired differences to the first where they share points")
+    table.add_argument("--dataset", choices=["fmow", "iwildcam"], help="only this dataset (default: a table per dataset)")
+    table.add_argument("--format", choices=["text", "csv", "markdown"], default="text")
+    table.add_argument("--all-lrs", action="store_true",
+                       help="a row per learning rate instead of the one chosen on --select-split")
+    table.add_argument("--select-split", choices=["id_val", "val"], default="id_val",
+                       help="validation split the learning rate is chosen on (never a test split)")
+    table.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     table.add_argument("--output-dir", default="outputs/runs")
     table.set_defaults(func=_cmd_table)
     return parser

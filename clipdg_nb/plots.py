@@ -1,10 +1,13 @@
-"""Plotly figures for the notebooks, and how they are displayed so that reports keep them.
+"""Plotly figures for the notebooks, and how they are displayed so that notebooks and reports keep them.
 
 Why `show(fig)` instead of `fig.show()`: under a papermill kernel plotly >= 6 emits only the
-`application/vnd.plotly.v1+json` mimetype, which nbconvert's HTML export drops, so the figure
-would vanish from the report. `show` displays plain HTML instead: a `<div>` plus the script that
-draws it. plotly.js itself (~4.7 MB) is put inline once per notebook (`setup_notebook()`, or the
-first `show`), never fetched from a CDN, so notebooks and reports work with no network.
+`application/vnd.plotly.v1+json` mimetype, which nbconvert's HTML export drops, while HTML with a
+script stays blank in JupyterLab until the notebook is trusted (an executed notebook reopened is
+not). `show` displays one output holding both: plotly's mimetype, which the jupyterlab-plotly
+extension draws without trust, and HTML (a `<div>` plus the script that draws it), which nbconvert
+and `clipdg report` use. plotly.js itself (~4.8 MB) is put inline once per notebook
+(`setup_notebook()`, or the first `show`) for a plain `jupyter nbconvert`; `clipdg report` strips it
+and loads it once per report folder. Nothing comes from a CDN.
 
 The failure gallery is static HTML (thumbnails as inline base64 PNG) for the same reason:
 widget callbacks do not run in an exported report.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -25,6 +29,7 @@ from plotly.subplots import make_subplots
 from .datasets import GROUP_FIELDS, SPLIT_TITLES, SPLITS
 
 _PLOTLYJS_SENT = False
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 SPLIT_ORDER = list(SPLITS)
 
@@ -58,12 +63,26 @@ def figure_html(fig: go.Figure, include_plotlyjs: bool = False) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=bool(include_plotlyjs), config=PLOTLY_CONFIG)
 
 
-def show(fig: go.Figure) -> None:
-    """Display a figure as HTML that survives nbconvert; plotly.js goes inline with the first one."""
-    global _PLOTLYJS_SENT
-    from IPython.display import HTML, display
+def figure_bundle(fig: go.Figure, include_plotlyjs: bool = False) -> dict:
+    """One display of a figure in two forms: plotly's mimetype (drawn by JupyterLab's plotly
+    extension, trusted or not) and the HTML fragment (for nbconvert and reports)."""
+    import plotly.io as pio
 
-    display(HTML(figure_html(fig, include_plotlyjs=not _PLOTLYJS_SENT)))
+    spec = json.loads(pio.to_json(fig, validate=False, remove_uids=False))
+    spec["config"] = dict(PLOTLY_CONFIG)
+    title = (spec.get("layout") or {}).get("title") or {}
+    text = title.get("text") if isinstance(title, dict) else title
+    return {PLOTLY_MIME: spec, "text/html": figure_html(fig, include_plotlyjs),
+            "text/plain": f"<plotly figure{': ' + str(text) if text else ''}>"}
+
+
+def show(fig: go.Figure) -> None:
+    """Display a figure as plotly's mimetype and HTML in one output; plotly.js goes inline (in the
+    HTML form) with the first figure of a notebook unless `setup_notebook()` already sent it."""
+    global _PLOTLYJS_SENT
+    from IPython.display import display
+
+    display(figure_bundle(fig, include_plotlyjs=not _PLOTLYJS_SENT), raw=True)
     _PLOTLYJS_SENT = True
 
 

@@ -67,20 +67,106 @@ def variant_table(record: dict, splits: Sequence[str] | None = None, metric: str
     return pd.DataFrame(rows, columns=["variant", "split", "metric", "value"])
 
 
-def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test") -> pd.DataFrame:
-    """Mean over seeds of the ID and OOD headline metrics per (dataset, method, variant, fraction, lr):
-    the quick look `clipdg table` prints."""
+HEADLINE_KEYS = ["dataset", "method", "variant", "fraction", "lr"]
+HEADLINE_COLUMNS = [*HEADLINE_KEYS, "column", "split", "metric", "mean", "low", "high", "n"]
+FORMATS = ("text", "csv", "markdown")
+
+
+def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test", level: float = 0.95,
+                   column: str | None = None) -> pd.DataFrame:
+    """Mean and `level` interval over seeds (`stats.mean_ci`) of each dataset's ID and OOD headline
+    metric, per (dataset, method, variant, fraction, lr): long rows with columns HEADLINE_COLUMNS
+    (`column`: a label, e.g. the experiment; default the frame's experiment). Pass the frame after
+    `analysis.apply_selection` for one learning rate per method and fraction."""
+    from .stats import mean_ci
+
     rows = []
-    for dataset, part in df.groupby("dataset"):
-        for split in (id_split, ood_split):
-            metric = headline_metric(dataset, split)
-            sel = part[(part["split"] == split) & (part["metric"] == metric)]
-            rows.append(sel.assign(column=f"{split}:{metric}"))
-    if not rows:
-        return pd.DataFrame()
-    long = pd.concat(rows)
-    long = long.assign(lr=long["lr"].fillna(_NO_LR))
-    table = long.pivot_table(index=["dataset", "method", "variant", "fraction", "lr"], columns="column",
-                             values="value", aggfunc="mean")
-    seeds = long.groupby(["dataset", "method", "variant", "fraction", "lr"])["seed"].nunique().rename("seeds")
-    return table.join(seeds).reset_index().replace({"lr": {_NO_LR: np.nan}})
+    for split in (id_split, ood_split):
+        part = df[df["split"] == split]
+        part = part[part["metric"] == part["dataset"].map(lambda d: headline_metric(d, split))]
+        part = part.assign(lr=part["lr"].astype(float).fillna(_NO_LR))
+        per_seed = part.groupby([*HEADLINE_KEYS, "seed", "metric"], dropna=False)["value"].mean().reset_index()
+        for key, group in per_seed.groupby([*HEADLINE_KEYS, "metric"], dropna=False, sort=True):
+            ci = mean_ci(group["value"], level=level)
+            label = column if column is not None else ", ".join(map(str, dict.fromkeys(df["experiment"])))
+            rows.append({**dict(zip([*HEADLINE_KEYS, "metric"], key)), "column": label, "split": split,
+                         **{k: ci[k] for k in ("mean", "low", "high", "n")}})
+    table = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    return table.replace({"lr": {_NO_LR: np.nan}}).sort_values(HEADLINE_KEYS, kind="stable").reset_index(drop=True)
+
+
+def _ci_text(mean, low, high, digits: int, signed: bool) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f.format(mean)
+    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
+
+
+def _lr_text(lr) -> str:
+    return "" if lr is None or (isinstance(lr, float) and math.isnan(lr)) else f"{lr:g}"
+
+
+def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """One dataset's long headline rows as display strings: a row per (method, variant, fraction[, lr]),
+    per column (experiment or paired difference) the ID and OOD mean [interval] and the seeds."""
+    names = list(dict.fromkeys(part["column"]))
+    experiments = [c for c in names if not part.loc[part["column"] == c, "paired"].any()]
+    by_lr = len(experiments) <= 1
+    keys = ["method", "variant", "fraction"] + (["lr"] if by_lr else [])
+    splits = list(dict.fromkeys(part["split"]))
+    out = {}
+    for row in part.itertuples(index=False):
+        key = tuple(getattr(row, k) if k != "lr" else _lr_text(row.lr) for k in keys)
+        cells = out.setdefault(key, {})
+        prefix = f"{row.column} " if len(names) > 1 else ""
+        if not by_lr and not row.paired:
+            cells[f"{prefix}lr"] = _lr_text(row.lr)
+        cells[f"{prefix}{_split_title(row.split)}"] = _ci_text(row.mean, row.low, row.high, digits, row.paired)
+        cells[f"{prefix}{'pairs' if row.paired else 'seeds'}"] = str(int(row.n))
+    order = [f"{p}{c}" for name in names for p in [f"{name} " if len(names) > 1 else ""]
+             for c in (["lr"] if not by_lr and name in experiments else [])
+             + [_split_title(s) for s in splits] + (["seeds"] if name in experiments else ["pairs"])]
+    frame = pd.DataFrame([{**dict(zip(keys, k)), **v} for k, v in out.items()])
+    frame = frame.reindex(columns=keys + order).fillna("")
+    frame["fraction"] = frame["fraction"].map(lambda f: f"{f:g}" if isinstance(f, float) else f)
+    return frame
+
+
+def _split_title(split: str) -> str:
+    from .datasets import SPLIT_TITLES
+
+    return SPLIT_TITLES.get(split, split)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (pandas' to_markdown needs `tabulate`, not a dependency)."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
+             "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def format_headline(table: pd.DataFrame, fmt: str = "text", digits: int = 3, level: float = 0.95,
+                    selection: str | None = None) -> str:
+    """`headline_table` / `analysis.compare_experiments` rows as text (one table per dataset),
+    markdown (a section per dataset) or CSV (the numbers, long, every dataset)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    table = table if "paired" in table.columns else table.assign(paired=False)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    blocks = []
+    for dataset, part in table.groupby("dataset", sort=True):
+        metrics = "; ".join(f"{_split_title(s)} {m}" for s, m in dict.fromkeys(zip(part["split"], part["metric"])))
+        caption = (f"{metrics}; mean [{level:.0%} interval] over seeds"
+                   + ("; 'A - B' columns: paired by seed over the seeds both share" if part["paired"].any() else "")
+                   + (f"; {selection}" if selection else ""))
+        wide = _wide(part, digits)
+        blocks.append(f"### {dataset}\n\n{caption}\n\n{markdown_table(wide)}" if fmt == "markdown"
+                      else f"{dataset}: {caption}\n{wide.to_string(index=False)}")
+    return "\n\n".join(blocks) + "\n"

@@ -1,110 +1,271 @@
-"""Executed notebooks -> self-contained HTML reports (`clipdg report`).
+"""Executed notebooks -> HTML reports that open offline (`clipdg report`).
 
-A report opens offline: the lab template's remote scripts (require.js, MathJax, mermaid and the
-widget manager, all from CDNs) are left out, figures are HTML with plotly.js inline (see
-`plots.show`), and images are embedded. Figures displayed with plain `fig.show()` (plotly's own
-mimetype, which nbconvert would drop) are converted to inline HTML here too. Widgets do not run
-in a static page; the notebooks add a static failure gallery for that reason.
+One folder of reports: `index.html` (every point: title, grid values, dataset, status, headline
+numbers), one page per executed notebook under `<experiment>/<stage>/`, and `plotly.min.js`
+once, which the pages load with a relative `<script src>`. `self_contained=True` instead puts
+plotly.js inline once in each page, for a single file to send.
+
+Each page has a bar with a link back to the index, its status and a show / hide code button
+(`no_code=True` only makes the code start hidden), a provenance block (from the run records its
+done marker lists: versions, git commit, data root, weights, parameters as given), and one
+parameters cell with the values the run actually used (papermill's injected cell merged into the
+notebook's defaults). The lab template's CDN scripts (require.js, MathJax, mermaid, the widget
+manager) are left out; plotly.js inline in outputs is stripped; plotly-only outputs (plain
+`fig.show()`) get an HTML form; widget outputs become a note (they need a live kernel).
+nbconvert with a hand-written index, not a site generator (Sphinx + myst-nb): it is already a
+dependency, renders one page per notebook in about half a second, and adds no build step to CI.
 """
 from __future__ import annotations
 
-import copy
+import ast
 import html
 import json
 import os
 import re
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
 from ..runs import write_bytes
+from .report_index import (PLOTLYJS_FILE, grid_values, notebook_title, page_meta, point_info, provenance_html,
+                           read_page_meta, report_roots, status_html, write_index)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ("<p><i>An interactive widget was here (e.g. the failure browser); it runs only with a live "
                "kernel: open the notebook in JupyterLab (<code>make lab</code>). The static gallery stands in "
                "for it in this report.</i></p>")
-_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {#- No CDN: these blocks would load require.js, MathJax, mermaid and the widget manager remotely. -#}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js -%}{{ resources.clipdg.head }}{%- endblock html_head_js -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block body_header -%}
+<body class="jp-Notebook{{ resources.clipdg.body_class }}" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
+{{ resources.clipdg.top }}
+<main>
+{%- endblock body_header -%}
 """
+_CSS = """<style>
+.clipdg-nav{position:sticky;top:0;z-index:100;display:flex;gap:16px;align-items:center;padding:6px 20px;
+ background:#f4f6f8;border-bottom:1px solid #d0d7de;font:14px system-ui,sans-serif}
+.clipdg-nav .clipdg-title{flex:1;font-weight:600}
+.clipdg-nav button{font:13px system-ui,sans-serif;padding:2px 10px;cursor:pointer}
+.clipdg-failed{color:#fff;background:#c62828;padding:1px 7px;border-radius:3px;font-weight:600}
+.clipdg-done{color:#1b5e20}
+.clipdg-provenance{margin:10px 20px;font:13px system-ui,sans-serif}
+.clipdg-provenance summary{cursor:pointer}
+.clipdg-provenance table{border-collapse:collapse;margin-top:6px}
+.clipdg-provenance td{border-top:1px solid #eee;padding:2px 10px 2px 0;vertical-align:top}
+.clipdg-provenance td:first-child{color:#555;white-space:nowrap}
+.clipdg-provenance code{white-space:pre-wrap}
+body.clipdg-hide-code .jp-CodeCell:not(.celltag_parameters) .jp-Cell-inputWrapper{display:none}
+body.clipdg-hide-code .jp-CodeCell.jp-mod-noOutputs:not(.celltag_parameters){display:none}
+body.clipdg-hide-code .clipdg-if-shown, body:not(.clipdg-hide-code) .clipdg-if-hidden{display:none}
+.jp-CodeCell.celltag_parameters .jp-Cell-inputWrapper::before{content:"Parameters actually used";display:block;
+ font:600 12px system-ui,sans-serif;color:#555;padding:2px 0 2px 64px}
+</style>"""
 _REMOTE_SCRIPT = re.compile(r"<script[^>]*\ssrc\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
+_SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL)
+_PARAMS_HEADER = ("# The values this notebook ran with: its defaults, with those `clipdg run` / papermill gave\n"
+                  "# put in place and marked `given`.\n")
 
 
-def _has_inline_plotlyjs(text: str) -> bool:
-    # plotly.min.js starts with a banner naming itself; a figure div alone does not contain it.
-    return "plotly.js v" in text and "<script" in text
+# ---------------------------------------------------------------------------------------------
+# Outputs: plotly.js out, HTML in, widgets noted
+# ---------------------------------------------------------------------------------------------
+
+def strip_plotlyjs(text: str) -> tuple[str, int]:
+    """`text` without the `<script>`s that hold plotly.js itself (its banner names it); figure
+    scripts stay. Returns the text and how many were removed."""
+    removed = 0
+
+    def drop(match):
+        nonlocal removed
+        if "plotly.js v" in match.group(1)[:400] and len(match.group(1)) > 100_000:
+            removed += 1
+            return ""
+        return match.group(0)
+
+    return (_SCRIPT.sub(drop, text) if "plotly.js v" in text else text), removed
 
 
-def inline_plotly_outputs(nb: nbformat.NotebookNode) -> int:
-    """Give every plotly-only output (from `fig.show()`) an HTML form with plotly.js inline once.
-    Returns how many outputs were converted. Changes `nb` in place."""
+def prepare_outputs(nb: nbformat.NotebookNode) -> dict[str, int]:
+    """Changes `nb` in place for a report that loads plotly.js once from outside: plotly-only
+    outputs get an HTML form, inline plotly.js is stripped (outputs left empty are dropped), widget
+    outputs become a note. Returns counts: converted, stripped, widgets."""
     import plotly.io as pio
 
-    seen_js, converted = False, 0
+    counts = {"converted": 0, "stripped": 0, "widgets": 0}
     for cell in nb.cells:
+        kept = []
         for out in cell.get("outputs", []):
             data = out.get("data", {})
-            if "text/html" in data and _has_inline_plotlyjs("".join(data["text/html"])):
-                seen_js = True
-            if PLOTLY_MIME in data and "text/html" not in data:
-                fig = pio.from_json(json.dumps(data[PLOTLY_MIME]), skip_invalid=True)
-                data["text/html"] = fig.to_html(full_html=False, include_plotlyjs=not seen_js)
-                seen_js, converted = True, converted + 1
-    return converted
-
-
-def replace_widget_outputs(nb: nbformat.NotebookNode) -> int:
-    """Swap widget outputs (a model id and a `VBox(...)` repr, useless without a kernel) for a short
-    note. Returns how many were replaced. Changes `nb` in place."""
-    replaced = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if WIDGET_MIME in out.get("data", {}):
+            if WIDGET_MIME in data:
                 out["data"] = {"text/html": WIDGET_NOTE}
-                replaced += 1
-    return replaced
+                counts["widgets"] += 1
+            elif PLOTLY_MIME in data and "text/html" not in data:
+                fig = pio.from_json(json.dumps(data[PLOTLY_MIME]), skip_invalid=True)
+                data["text/html"] = fig.to_html(full_html=False, include_plotlyjs=False)
+                counts["converted"] += 1
+            elif "text/html" in data:
+                text, n = strip_plotlyjs("".join(data["text/html"]))
+                counts["stripped"] += n
+                if n and not re.sub(r"<script>window\.PlotlyConfig[^<]*</script>", "", text).strip():
+                    continue  # only plotly.js was there (setup_notebook)
+                data["text/html"] = text
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return counts
 
 
-def _exporter(no_code: bool):
+# ---------------------------------------------------------------------------------------------
+# The parameters actually used
+# ---------------------------------------------------------------------------------------------
+
+def _tags(cell) -> list:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _assigned(node) -> tuple[str, ast.expr] | None:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id, node.value
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        return node.target.id, node.value
+    return None
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return ast.literal_eval(a) == ast.literal_eval(b)
+    except (ValueError, SyntaxError):
+        return a == b
+
+
+def _merge_parameters(defaults: str, injected: str) -> str | None:
+    """The defaults cell with the injected values in place (marked `given`); None if unparsable."""
+    try:
+        given = {a[0]: ast.get_source_segment(injected, a[1]) for n in ast.parse(injected).body if (a := _assigned(n))}
+        tree = ast.parse(defaults)
+    except SyntaxError:
+        return None
+    lines = defaults.splitlines()
+    for node in reversed(tree.body):  # from the bottom, so earlier offsets stay valid
+        found = _assigned(node)
+        if not found or found[0] not in given:
+            continue
+        name, value = found
+        old = " ".join(ast.get_source_segment(defaults, value).split())
+        head = lines[value.lineno - 1].encode()[:value.col_offset].decode()
+        tail = lines[value.end_lineno - 1].encode()[value.end_col_offset:].decode()
+        note = "given" if _same(old, given[name]) else f"given; default {old if len(old) <= 40 else old[:37] + '...'}"
+        comment = tail.strip()[1:].strip() if tail.strip().startswith("#") else ""
+        tail = f"  # {note}" + (f" · {comment}" if comment else "") if comment or not tail.strip() else f"{tail}  # {note}"
+        lines[value.lineno - 1:value.end_lineno] = (head + given.pop(name) + tail).splitlines()
+    extra = [f"{k} = {v}  # given (not a parameter the notebook declares)" for k, v in given.items()]
+    return _PARAMS_HEADER + "\n".join(lines + extra)
+
+
+def merge_parameter_cells(nb: nbformat.NotebookNode) -> bool:
+    """One cell, tagged `parameters`, showing the values actually used, in place of the notebook's
+    defaults cell followed by papermill's injected cell. Changes `nb` in place; False if none."""
+    inj = next((i for i, c in enumerate(nb.cells) if "injected-parameters" in _tags(c)), None)
+    if inj is None:
+        return False
+    par = next((i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)), None)
+    merged = _merge_parameters(nb.cells[par].source, nb.cells[inj].source) if par is not None else None
+    if merged is None:  # no defaults cell (or unparsable): the injected cell alone, labelled
+        nb.cells[inj].source = _PARAMS_HEADER + nb.cells[inj].source
+        nb.cells[inj].metadata["tags"] = ["parameters"]
+        return True
+    nb.cells[par].source = merged
+    nb.cells[par].execution_count = nb.cells[inj].get("execution_count")  # the values as of that cell
+    del nb.cells[inj]
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# One page
+# ---------------------------------------------------------------------------------------------
+
+class UnreadableNotebook(ValueError):
+    """An executed notebook that cannot be read (truncated, not JSON); the message names it."""
+
+
+def _exporter():
     import jinja2
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"clipdg_offline.html.j2": _OFFLINE_TEMPLATE})])
-    exporter.template_file = "clipdg_offline.html.j2"
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"clipdg_report.html.j2": _TEMPLATE})])
+    exporter.template_file = "clipdg_report.html.j2"
     exporter.embed_images = True
-    if no_code:
-        exporter.exclude_input = True
-        exporter.exclude_input_prompt = True
-        exporter.exclude_output_prompt = True
     return exporter
 
 
-def read_notebook(notebook: str | os.PathLike) -> nbformat.NotebookNode:
-    """An executed notebook; a ValueError naming the file when it is not a readable notebook."""
-    notebook = Path(notebook)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
-    try:
-        return nbformat.read(str(notebook), as_version=4)
-    except (ValueError, KeyError, AttributeError, UnicodeDecodeError) as err:  # not JSON, not a notebook
-        raise ValueError(f"{notebook} is not a readable notebook: {type(err).__name__}: {err}") from err
+def _plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
+    """`<out_dir>/plotly.min.js`, the installed plotly.js (rewritten only when its size differs)."""
+    target, js = Path(out_dir) / PLOTLYJS_FILE, _plotlyjs().encode("utf-8")
+    if not (target.is_file() and target.stat().st_size == len(js)):
+        write_bytes(target, js)
+    return target
 
 
 def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
-                    title: str | None = None, nb: nbformat.NotebookNode | None = None) -> Path:
-    """Render one executed notebook (read from `notebook` unless given as `nb`) to a self-contained
-    HTML file (written atomically)."""
+                    title: str | None = None, self_contained: bool = False, index: str | os.PathLike | None = None,
+                    roots: list | None = None) -> Path:
+    """Render one executed notebook to `out_html` (written atomically).
+
+    plotly.js: inline once if `self_contained`, else loaded from `plotly.min.js` in the folder of
+    `index` (default: `out_html`'s folder; see `write_plotlyjs`). `no_code`: code starts hidden.
+    `roots`: folders the run folders of its done marker are relative to (`report_index.report_roots`).
+    """
     notebook, out_html = Path(notebook), Path(out_html)
-    nb = copy.deepcopy(nb if nb is not None else read_notebook(notebook))
-    inline_plotly_outputs(nb)
-    replace_widget_outputs(nb)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # NotJSONError is a ValueError
+        raise UnreadableNotebook(f"{notebook}: not a readable notebook ({type(err).__name__}: "
+                                 f"{str(err)[:200]})") from err
+    info = point_info(notebook, roots or report_roots(notebook.parent))
+    grid = grid_values(notebook.stem, info["parameters"])
+    nb_title = notebook_title(nb) or notebook.stem
+    title = title or (f"{nb_title} · {grid}" if grid else nb_title)
+    merge_parameter_cells(nb)
+    prepare_outputs(nb)
     nb.metadata.pop("widgets", None)  # widget state needs the remote widget manager; the gallery stands in
-    body, _ = _exporter(no_code).from_notebook_node(nb, resources={"metadata": {"name": title or notebook.stem}})
+    nb.metadata["title"] = title
+    index_path = Path(index) if index is not None else out_html.parent / "index.html"
+    rel = Path(os.path.relpath(index_path.parent, out_html.parent)).as_posix()
+    has_figures = any("plotly-graph-div" in "".join(o.get("data", {}).get("text/html", ""))
+                      for c in nb.cells for o in c.get("outputs", []))
+    script = ""
+    if has_figures and self_contained:
+        script = f'<script charset="utf-8">{_plotlyjs()}</script>'
+    elif has_figures:
+        write_plotlyjs(index_path.parent)
+        script = f'<script charset="utf-8" src="{html.escape(rel)}/{PLOTLYJS_FILE}"></script>'
+    meta = {"mode": "self-contained" if self_contained else "linked", "code": "hidden" if no_code else "shown",
+            "notebook_title": nb_title, "grid": grid}
+    top = (f'<nav class="clipdg-nav"><a href="{html.escape(rel)}/index.html">&larr; all reports</a>'
+           f'<span class="clipdg-title">{html.escape(title)}</span>{status_html(info)}'
+           '<button type="button" onclick="document.body.classList.toggle(\'clipdg-hide-code\')">'
+           '<span class="clipdg-if-shown">hide code</span><span class="clipdg-if-hidden">show code</span></button>'
+           f"</nav>{provenance_html(info, nb)}")
+    resources = {"metadata": {"name": title},
+                 "clipdg": {"head": page_meta(meta) + _CSS + script, "top": top,
+                            "body_class": " clipdg-hide-code" if no_code else ""}}
+    body, _ = _exporter().from_notebook_node(nb, resources=resources)
     if _REMOTE_SCRIPT.search(body):
         warnings.warn(f"{out_html} still loads a remote script (from an output of {notebook}); it will not "
                       "open fully offline", stacklevel=2)
@@ -112,61 +273,60 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
     return out_html
 
 
+# ---------------------------------------------------------------------------------------------
+# A folder of reports
+# ---------------------------------------------------------------------------------------------
+
 def find_notebooks(notebooks_dir: str | os.PathLike = "outputs/notebooks", experiment: str | None = None,
                    stage: str | None = None) -> list[Path]:
-    """Executed notebooks under `<notebooks_dir>/<experiment>/<stage>/*.ipynb`, sorted: each point's
-    `<point>.ipynb` (a successful execution) and `<point>.failed.ipynb` (the last failed one);
-    the runner's hidden temporary notebooks (`.<point>.ipynb.*`) are left out."""
+    """Executed notebooks under `<notebooks_dir>/<experiment>/<stage>/*.ipynb`, sorted."""
     root = Path(notebooks_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no executed notebooks: {root} does not exist; run an experiment first "
                                 "(clipdg run parameters/demo.yaml)")
     pattern = f"{experiment or '*'}/{stage or '*'}/*.ipynb"
-    found = sorted(p for p in root.glob(pattern)
-                   if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("."))
+    # hidden names are the runner's notebooks being written (renamed into place when complete)
+    found = sorted(p for p in root.glob(pattern) if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("."))
     if not found:
         raise FileNotFoundError(f"no executed notebooks match {root / pattern}")
     return found
 
 
+def _up_to_date(page: Path, notebook: Path, mode: str, code: str) -> bool:
+    if not page.is_file():
+        return False
+    inputs = [notebook, *(notebook.with_suffix(s) for s in (".done.json", ".failed.json"))]
+    newest = max(p.stat().st_mtime for p in inputs if p.exists())
+    meta = read_page_meta(page)
+    return page.stat().st_mtime >= newest and (meta.get("mode"), meta.get("code")) == (mode, code)
+
+
 def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_dir: str | os.PathLike = "outputs/reports",
                    experiment: str | None = None, stage: str | None = None, no_code: bool = False,
-                   only_changed: bool = False) -> list[Path]:
+                   only_changed: bool = False, self_contained: bool = False, root: str | os.PathLike | None = None,
+                   log: Callable[[str], None] | None = None) -> list[Path]:
     """Render every executed notebook (optionally of one experiment / stage) to
-    `<out_dir>/<experiment>/<stage>/<point>.html`, plus `<out_dir>/index.html` linking them.
-    `only_changed` keeps an HTML file newer than its notebook (a rerun of an unchanged sweep).
-    A notebook that cannot be read (e.g. cut short) is skipped with a warning naming it."""
-    root, out = Path(notebooks_dir), Path(out_dir)
+    `<out_dir>/<experiment>/<stage>/<point>.html`, write `plotly.min.js` (unless `self_contained`)
+    and `<out_dir>/index.html`. `only_changed` keeps a page newer than its notebook and markers
+    (a rerun of an unchanged sweep). An unreadable notebook is skipped with a message naming it
+    (`log`, default: a warning). `root`: where the run folders of done markers are relative to
+    (default: the folder holding outputs/notebooks, then the project root)."""
+    notebooks_dir, out = Path(notebooks_dir), Path(out_dir)
+    say = log or (lambda msg: warnings.warn(msg, stacklevel=3))
+    roots = report_roots(notebooks_dir, root)
     written = []
-    for nb in find_notebooks(root, experiment, stage):
-        rel = nb.relative_to(root).with_suffix(".html")
-        failed = nb.name.endswith(".failed.ipynb")
-        title = " / ".join(rel.with_suffix("").parts).removesuffix(".failed") + (" (FAILED)" if failed else "")
-        target = out / rel
-        if only_changed and target.exists() and target.stat().st_mtime >= nb.stat().st_mtime:
+    for nb in find_notebooks(notebooks_dir, experiment, stage):
+        target = out / nb.relative_to(notebooks_dir).with_suffix(".html")
+        if only_changed and _up_to_date(target, nb, "self-contained" if self_contained else "linked",
+                                        "hidden" if no_code else "shown"):
             written.append(target)
             continue
         try:
-            node = read_notebook(nb)
-        except (ValueError, OSError) as err:
-            warnings.warn(f"report skipped: {err}", stacklevel=2)
-            continue
-        written.append(render_notebook(nb, target, no_code=no_code, title=title, nb=node))
-    write_index(out)
+            written.append(render_notebook(nb, target, no_code=no_code, self_contained=self_contained,
+                                           index=out / "index.html", roots=roots))
+        except UnreadableNotebook as err:
+            say(f"skipping {err}")
+    if written and not self_contained:
+        write_plotlyjs(out)  # pages kept by only_changed load it too
+    write_index(out, notebooks_dir, roots)
     return written
-
-
-def write_index(out_dir: str | os.PathLike) -> Path:
-    """`<out_dir>/index.html`: a list of links to every report below it."""
-    out = Path(out_dir)
-    items = []
-    for page in sorted(out.rglob("*.html")):
-        if page.name == "index.html" and page.parent == out:
-            continue
-        rel = page.relative_to(out).as_posix()
-        items.append(f'<li><a href="{html.escape(rel)}">{html.escape(rel[:-5])}</a></li>')
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>clipdg reports</title></head>"
-            "<body style='font-family:sans-serif'><h1>clipdg reports</h1><ul>" + "".join(items) + "</ul></body></html>")
-    target = out / "index.html"
-    write_bytes(target, page.encode("utf-8"))
-    return target

@@ -1,0 +1,109 @@
+"""`clipdg table` and analysis.compare_experiments on fake run records: per dataset, intervals over
+seeds, lr chosen on validation (or every lr), text / csv / markdown, experiments side by side, paired."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from clipdg_nb import analysis, cli, runs, stats, tables
+
+pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+
+NOISE = (0.0, 0.013, -0.008)  # per seed
+
+
+def _record(experiment, dataset, fraction, seed, lr, id_test, test, id_val):
+    idm, oodm = ("acc_avg", "acc_worst_region") if dataset == "fmow" else ("F1-macro_all", "F1-macro_all")
+    metrics = {"id_val": {idm: id_val}, "id_test": {idm: id_test}, "val": {oodm: test}, "test": {oodm: test}}
+    return dict(run_id=f"{dataset}-finetune-f{fraction:g}-lr{lr:g}-s{seed}", experiment=experiment, dataset=dataset,
+                method="finetune", fraction=fraction, seed=seed, lr=lr, params={}, metrics=metrics,
+                selection={"split": "id_val", "variant": "best"})
+
+
+def _write(root, experiment, shift, seeds_at_1=(0, 1, 2)):
+    for dataset in ("fmow", "iwildcam"):
+        for fraction in (0.1, 1.0):
+            for seed in seeds_at_1 if fraction == 1.0 else (0, 1, 2):
+                for lr, dv in ((1e-4, 0.05), (1e-3, 0.0)):  # 1e-4 wins on validation
+                    base = 0.4 + 0.2 * fraction + NOISE[seed] + (0.01 * seed * shift)
+                    rec = _record(experiment, dataset, fraction, seed, lr, base + dv, base - 0.2 + shift, base + dv)
+                    runs.Run(root / experiment / rec["run_id"]).finish(rec)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    _write(root, "paper", 0.0)
+    _write(root, "beyond", 0.03, seeds_at_1=(0, 1))
+    return root
+
+
+def _cli(capsys, *argv):
+    code = cli.main(["table", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_headline_table_intervals_over_seeds_with_lr_chosen_on_validation(root):
+    df = analysis.load_experiment_runs(root, "paper")
+    chosen = analysis.apply_selection(df, analysis.select_lr(df, "id_val"))
+    table = tables.headline_table(chosen, column="paper")
+    assert set(table["lr"]) == {1e-4} and set(table["column"]) == {"paper"}
+    row = table[(table["dataset"] == "fmow") & (table["fraction"] == 0.1) & (table["split"] == "test")].iloc[0]
+    expected = stats.mean_ci([0.42 + n - 0.2 for n in NOISE])
+    assert row["metric"] == "acc_worst_region" and row["n"] == 3
+    assert (row["mean"], row["low"], row["high"]) == pytest.approx((expected["mean"], expected["low"], expected["high"]))
+    assert set(tables.headline_table(df)["lr"]) == {1e-4, 1e-3}
+
+
+def test_table_text_one_block_per_dataset(root, capsys):
+    code, out, _ = _cli(capsys, "--experiment", "paper", "--output-dir", str(root))
+    assert code == 0
+    fmow, iwildcam = out.split("\n\n")
+    assert fmow.startswith("fmow: ID test acc_avg; OOD test acc_worst_region; mean [95% interval] over seeds")
+    assert iwildcam.startswith("iwildcam: ID test F1-macro_all; OOD test F1-macro_all")
+    assert "learning rate chosen on id_val" in fmow and "0.001" not in fmow
+    assert "0.222 [" in fmow  # OOD mean at fraction 0.1 with its interval
+    code, out, _ = _cli(capsys, "--experiment", "paper", "--output-dir", str(root), "--dataset", "fmow", "--all-lrs")
+    assert "iwildcam" not in out and "0.001" in out and "every learning rate" in out
+
+
+def test_table_csv_and_markdown(root, capsys):
+    _, out, _ = _cli(capsys, "--experiment", "paper", "--output-dir", str(root), "--format", "csv")
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame.columns) == [*tables.HEADLINE_COLUMNS, "paired"]
+    assert set(frame["dataset"]) == {"fmow", "iwildcam"} and frame["low"].notna().all()
+    _, out, _ = _cli(capsys, "--experiment", "paper", "--output-dir", str(root), "--format", "markdown")
+    assert out.startswith("### fmow\n") and "\n### iwildcam\n" in out
+    assert "| method | variant | fraction | lr | ID test | OOD test | seeds |\n|---|---|---|---|---|---|---|" in out
+
+
+def test_experiments_side_by_side_with_paired_intervals(root, capsys):
+    frames = {name: analysis.load_experiment_runs(root, name) for name in ("paper", "beyond")}
+    table = analysis.compare_experiments(frames)
+    assert list(dict.fromkeys(table["column"])) == ["paper", "beyond", "beyond - paper"]
+    paired = table[table["paired"] & (table["dataset"] == "fmow") & (table["split"] == "test")].set_index("fraction")
+    assert paired.loc[0.1, "n"] == 3 and paired.loc[1.0, "n"] == 2  # only the seeds both have
+    diffs = [0.03 + 0.01 * s * 0.03 for s in range(3)]
+    assert paired.loc[0.1, "mean"] == pytest.approx(stats.mean_ci(diffs)["mean"])
+    assert paired.loc[0.1, "low"] > 0
+    every = analysis.compare_experiments(frames, select_split=None)
+    assert set(every.loc[every["paired"], "lr"]) == {1e-4, 1e-3}  # every lr, paired at equal lr
+    ids = table[table["paired"] & (table["split"] == "id_test") & (table["dataset"] == "fmow")]
+    assert ids["mean"].abs().max() < 0.01  # the ID numbers barely move
+    code, out, _ = _cli(capsys, "--experiment", "paper", "--experiment", "beyond", "--output-dir", str(root),
+                        "--dataset", "fmow")
+    assert code == 0
+    header = out.splitlines()[1]
+    for col in ("paper ID test", "beyond OOD test", "beyond - paper OOD test", "beyond - paper pairs"):
+        assert col in header
+    assert "+0.030 [" in out
+
+
+def test_table_errors_name_the_experiment(root, capsys):
+    code, _, err = _cli(capsys, "--experiment", "nope", "--output-dir", str(root))
+    assert code == 2 and "nope" in err
+    with pytest.raises(ValueError, match="format"):
+        tables.format_headline(tables.headline_table(analysis.load_experiment_runs(root, "paper")), "html")
