@@ -17,6 +17,15 @@ from typing import Any, Mapping
 from .datasets import DATASETS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS
 from .paths import resolve
 
+# The offline default (`make demo`, or `clipdg synth && clipdg pretrain-tiny`): synthetic data and a
+# tiny CLIP pretrained on a synthetic caption corpus, plus its supervised image tower as the
+# vision-only baseline. Relative paths resolve from the repository root. `pretrained=None` (given
+# explicitly) is a randomly initialised CLIP, and every output of such a run says so.
+DEMO_DATA = "outputs/data"
+TINY_CLIP_WEIGHTS = "outputs/cache/pretrain/tiny-clip.safetensors"
+TINY_VISION_WEIGHTS = "outputs/cache/pretrain/tiny-vision.safetensors"
+TINY_MODEL = "clipdg-tiny-vit"  # the model those weights belong to
+
 METHODS = ("zeroshot", "linear_probe", "finetune", "lp_ft", "vision_only", "vision_only_probe")
 TRAINED_METHODS = METHODS[1:]
 PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
@@ -64,10 +73,10 @@ class RunConfig:
     """What every run shares: which data, which model, where results go."""
     experiment: str = "scratch"  # runs land in {output_dir}/{experiment}/{run_id}/
     dataset: str = "fmow"  # fmow | iwildcam
-    root_dir: str = "outputs/data"  # folder holding fmow_v1.1/ or iwildcam_v2.0/
+    root_dir: str = DEMO_DATA  # folder holding fmow_v1.1/ or iwildcam_v2.0/ (default: `clipdg synth`)
     download: bool = False  # True fetches the real dataset (54 GB FMoW, 12 GB iWildCam)
-    model: str = "clipdg-tiny-vit"  # open_clip model name, e.g. ViT-B-32; or local-dir:/path
-    pretrained: str | None = None  # open_clip tag ('openai'), a weights file, or None (random init)
+    model: str = TINY_MODEL  # open_clip model name, e.g. ViT-B-32; or local-dir:/path
+    pretrained: str | None = TINY_CLIP_WEIGHTS  # open_clip tag ('openai'), a weights file, or None: random init
     templates: str = "paper"  # paper (one prompt, as the study) | ensemble (CLIP's published set)
     seed: int = 0  # seed of the train subset, initialisation and sampler
     eval_splits: tuple = EVAL_SPLITS  # splits evaluated: id_val, id_test, val (OOD val), test (OOD test)
@@ -87,6 +96,10 @@ class RunConfig:
         for name in LOCATIONS:  # relative to the repository root, wherever the kernel started
             setattr(self, name, str(resolve(getattr(self, name))))
         _text("pretrained", self.pretrained, allow_none=True)
+        if self.pretrained == TINY_CLIP_WEIGHTS and self.model != TINY_MODEL:
+            raise ValueError(f"pretrained={self.pretrained!r} (the default) holds the offline demo's {TINY_MODEL} "
+                             f"weights; with model={self.model!r} pass a tag such as pretrained='openai', a weights "
+                             "file, or pretrained=None (random init; also for 'local-dir:' models, which hold theirs)")
         _integer("seed", self.seed)
         if isinstance(self.eval_splits, str) or not isinstance(self.eval_splits, (list, tuple)):
             raise ValueError(f"eval_splits={self.eval_splits!r} must be a list of splits, e.g. ['id_val', 'test']")
@@ -152,12 +165,12 @@ class FinetuneConfig(RunConfig):
     swa_last_k: int = 10  # average the last K epochs (the study: last 10 of 20)
     swa_lr: float = 1e-4  # SWALR target learning rate (the study: 1e-4)
     ema_decay: float | None = None  # e.g. 0.999 (per step); None disables EMA
-    wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.25, 0.5, 0.75]
+    wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.0, 0.25, 0.5, 0.75] (0.0: the zero-shot end)
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | fp32 | bf16 | fp16
     grad_clip: float | None = None  # max gradient norm, None for no clipping
     probe_cs: tuple = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried by the linear probe (on select_split)
-    vision_arch: str = "vit_b_32"  # vision-only baseline: vit_b_32 | tiny | clip-visual
-    vision_weights: str | None = "imagenet"  # imagenet | a file | None (random)
+    vision_arch: str = "clip-visual"  # vision-only baseline: clip-visual (model's image tower) | vit_b_32 | tiny
+    vision_weights: str | None = TINY_VISION_WEIGHTS  # a file | imagenet (vit_b_32) | None: random (clip-visual: CLIP's)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model for the training steps (first epoch pays the compile)
 
@@ -205,6 +218,11 @@ class FinetuneConfig(RunConfig):
         _text("vision_weights", self.vision_weights, allow_none=True)
         if self.vision_weights == "imagenet" and self.vision_arch != "vit_b_32":
             raise ValueError("vision_weights='imagenet' exists only for vision_arch='vit_b_32'")
+        if (self.method in VISION_METHODS and self.vision_weights == TINY_VISION_WEIGHTS
+                and (self.vision_arch, self.model) != ("clip-visual", TINY_MODEL)):
+            raise ValueError(f"vision_weights={self.vision_weights!r} (the default) is the offline demo's "
+                             f"{TINY_MODEL} image tower: it needs vision_arch='clip-visual' and model={TINY_MODEL!r}. "
+                             "For ViT-B/32 pass vision_arch='vit_b_32', vision_weights='imagenet'")
         _integer("checkpoint_every", self.checkpoint_every, low=1)
         for name in ("stratify", "augment", "swa", "compile"):
             _flag(name, getattr(self, name))

@@ -25,6 +25,7 @@ from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dat
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
+from .inputs import check_inputs, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
 from .paths import resolve
@@ -181,7 +182,7 @@ def selection_metric(cfg: FinetuneConfig) -> str:
     return cfg.select_metric or headline_metric(cfg.dataset, cfg.select_split)
 
 
-def end_to_end(ctx: Context, progress: bool = True) -> Outcome | None:
+def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     """Fine-tuning through `train.fit`: CLIP (the study's method), LP-FT or vision-only; the weight
     variants are the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
     cfg, world = ctx.cfg, ddp.info()
@@ -213,8 +214,8 @@ def end_to_end(ctx: Context, progress: bool = True) -> Outcome | None:
         return metrics[metric], {f"{cfg.select_split}/{k}": v for k, v in metrics.items() if not k.startswith("count_")}
 
     trained = fit(model, train_images, metadata_column(ctx.dataset, ctx.spec.sampler_field)[train_idx], cfg,
-                  normalize=norm, device=ctx.device, evaluate=evaluate,
-                  checkpoint_dir=Run.of(cfg).checkpoint_dir, progress=progress)
+                  normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=Run.of(cfg).checkpoint_dir,
+                  progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}")
     if not world.is_main:
         return None
     states = {"best": trained.best_state, "last": trained.last_state}
@@ -254,8 +255,11 @@ class RunConflictError(FileExistsError):
     """Raised on every rank together when a run can't proceed (e.g. its folder is not writable)."""
 
 
-def run(cfg, force: bool = False, progress: bool = True) -> dict | None:
+def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     """Run one config; returns its record (None on torchrun ranks other than 0).
+
+    `progress`: per-epoch progress of training (True: bars in JupyterLab and terminals, a line per
+    epoch under papermill; 'bars' | 'text' | 'off' to choose; False: none).
 
     A finished run with the same identity is returned as it is unless `force`. The run is claimed
     with a file lock, so a second process asking for it waits and then reads the finished record.
@@ -276,6 +280,7 @@ def run(cfg, force: bool = False, progress: bool = True) -> dict | None:
         # Another process may have finished it while we waited for the lock.
         if world.broadcast(not force and target.is_done(cfg.identity())):
             return target.record() if world.is_main else None
+        check_inputs(cfg)  # missing data or weights: say what to run, before anything is loaded
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
         build = METHODS[cfg.method]
@@ -307,7 +312,8 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
         "fraction": 0.0 if cfg.method == "zeroshot" else cfg.fraction, "seed": cfg.seed,
         "lr": None if cfg.method in PROBE_METHODS + ("zeroshot",) else cfg.lr,
-        "root_dir": str(cfg.root_dir), "params": cfg.params(), "identity": cfg.identity(),
+        "root_dir": str(cfg.root_dir), "weights": weights_of(cfg),  # "random init" when pretrained=None
+        "params": cfg.params(), "identity": cfg.identity(),
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
         "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
     return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})

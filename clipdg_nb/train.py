@@ -26,6 +26,7 @@ from .averaging import EMA, RunningAverage, swa_epochs
 from .datasets import SAMPLERS
 from .images.augment import BatchAugment
 from .precision import autocast, resolve_precision
+from .progress import EpochProgress, progress_mode
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -104,15 +105,16 @@ def _loader(train_images: Dataset, sampler, cfg, device: torch.device, world: dd
 
 def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, normalize: torch.nn.Module,
         device: torch.device, evaluate: Callable[[torch.nn.Module], tuple[float, dict]],
-        checkpoint_dir: str | None = None, progress: bool = True) -> FitResult:
+        checkpoint_dir: str | None = None, progress: bool | str = True, score_name: str = "score",
+        desc: str = "training") -> FitResult:
     """Train `model` on `train_images` (items: uint8 image, label, idx) and return its weight variants.
 
     `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
     with the highest score is `best_state` (ties keep the earlier). With `checkpoint_dir`, an
     interrupted call resumes from the last finished epoch and ends with the same weights.
+    `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
+    and terminals, a line per epoch under papermill), or a mode name, or False.
     """
-    from tqdm.auto import tqdm
-
     world = ddp.info()
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
@@ -157,13 +159,15 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         step_model = torch.compile(step_model)
 
     started = time.perf_counter()
+    shown_progress = EpochProgress(progress_mode(progress) if world.is_main else "off", cfg.epochs, start_epoch, desc)
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_started = time.perf_counter()
         sampler.set_epoch(epoch)
         if world.enabled:  # distinct draws of any other randomness per rank, replayable on resume
             torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + world.rank)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or not world.is_main)
+        bar = shown_progress.steps(loader, epoch)
         for step, (x, y, _) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment is not None:
@@ -190,7 +194,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
             if ema is not None:
                 ema.update(model.state_dict())
             losses.append(shown.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if bar is not loader:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         lr = optimizer.param_groups[0]["lr"]
         if swa is not None and epoch in schedule.swa_set:
             swa.update(model.state_dict())
@@ -200,11 +205,14 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
                         "lr": lr, "select_score": score, **metrics})
         if score > best_score:
             best_score, best_epoch, best_state = score, epoch + 1, cpu_state(model)
+        shown_progress.end_epoch(epoch, history[-1]["train_loss"], score_name, score, best_score, best_epoch,
+                                 time.perf_counter() - epoch_started)
         if ckpt is not None and world.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
             checkpoint.save(ckpt, model, optimizer, {"swa": swa, "ema": ema}, best_state,
                             {"epoch": epoch, "params": fingerprint, "history": history,
                              "best_score": best_score, "best_epoch": best_epoch})
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
+    shown_progress.close()
 
     return FitResult(
         best_state=best_state if best_state is not None else cpu_state(model), last_state=cpu_state(model),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .figures import variant_title
 from .plots import thumbnail_png
 from .datasets import GROUP_FIELDS
 
@@ -73,6 +74,11 @@ def comparison_variants(record: Mapping, preferred: Sequence[tuple] = (("last", 
                      "03_swa_ablation compares variants of a trained run (finetune, lp_ft, vision_only)")
 
 
+def comparison_title(a: str, b: str) -> str:
+    """What a comparison compares, in words: ('last', 'swa') -> 'last epoch → SWA'."""
+    return f"{variant_title(a)} → {variant_title(b)}"
+
+
 def comparison_examples(comparison: pd.DataFrame, category: str, n: int = 8) -> pd.DataFrame:
     """Examples of one comparison category as a predictions frame for the static gallery: the
     wrong prediction is shown (run A's for 'fixed' and 'both_wrong', run B's for 'broken')."""
@@ -92,7 +98,7 @@ class FailureBrowser:
     """
 
     def __init__(self, predictions: pd.DataFrame, class_names: Sequence[str], dataset=None,
-                 get_image: Callable[[int], Any] | None = None, run_names: Sequence[str] = ("A", "B"),
+                 get_image: Callable[[int], Any] | None = None, run_names: Sequence[str] | None = None,
                  group_fields: Sequence[str] | None = None, errors_only: bool = True, topk: int = 5,
                  thumb_size: int = 224):
         _check_predictions(predictions, "predictions")
@@ -101,13 +107,15 @@ class FailureBrowser:
         if get_image is None and dataset is not None:
             get_image = dataset.get_input
         self.get_image = get_image
-        self.run_names = tuple(run_names)
         self.comparing = "category" in self.frame.columns
+        self.run_names = tuple(run_names or (("A", "B") if self.comparing else ("predicted",)))
+        self.run_titles = tuple(variant_title(n) for n in self.run_names)  # 'last' -> 'last epoch'
         self.group_fields = [f for f in (group_fields or GROUP_FIELDS) if f in self.frame.columns]
         self.k, self.thumb_size = int(topk), int(thumb_size)
         self.filters: dict = {"split": None, "groups": {}, "true_class": None, "pred_class": None,
                               "errors_only": errors_only and not self.comparing, "category": None}
         self._widgets: dict = {}
+        self._controls: dict = {}  # id(control) -> filter key
         self._syncing = False
         self._apply()
 
@@ -167,6 +175,7 @@ class FailureBrowser:
         if f["category"] is not None:
             mask &= (df["category"] == f["category"]).to_numpy()
         self.filtered = df[mask].sort_values(["p_top1", "idx"], ascending=[False, True]).reset_index(drop=True)
+        self._sync_controls()
         self.show(0) if len(self.filtered) else self._clear()
 
     def _clear(self) -> None:
@@ -228,9 +237,9 @@ class FailureBrowser:
             return "no examples match the filters"
         groups = ", ".join(f"{k} {v}" for k, v in s["groups"].items())
         text = (f"[{s['position'] + 1}/{s['count']}] #{s['idx']} ({groups}) true: {s['true_label']}; "
-                f"{self.run_names[0]}: {s['pred_label']} ({s['confidence']:.0%})")
+                f"{self.run_titles[0]}: {s['pred_label']} ({s['confidence']:.0%})")
         if self.comparing:
-            text += f"; {self.run_names[1]}: {s['pred_label_b']} ({s['confidence_b']:.0%}) [{s['category']}]"
+            text += f"; {self.run_titles[1]}: {s['pred_label_b']} ({s['confidence_b']:.0%}) [{s['category']}]"
         return text
 
     # -- options for the controls ---------------------------------------------------------------
@@ -245,46 +254,98 @@ class FailureBrowser:
         }
 
     # -- ipywidgets layout ----------------------------------------------------------------------
+    def category_label(self, category: str) -> str:
+        """A comparison category in words, with its count: 'fixed by SWA (3)'."""
+        b = self.run_titles[-1]
+        words = {ALL: "all", "fixed": f"fixed by {b}", "broken": f"broken by {b}", "both_wrong": "both wrong",
+                 "both_right": "both right"}
+        n = len(self.frame) if category == ALL else int((self.frame["category"] == category).sum())
+        return f"{words[category]} ({n})"
+
+    def _control_values(self) -> dict:
+        """What each control shows for the current filters (the controls mirror the state)."""
+        f = self.filters
+        values = {"split": f["split"] or ALL,
+                  "true_class": ALL if f["true_class"] is None else self.label(f["true_class"]),
+                  "pred_class": ALL if f["pred_class"] is None else self.label(f["pred_class"]),
+                  "errors_only": bool(f["errors_only"])}
+        for field in self.group_fields:
+            values[f"group:{field}"] = str(f["groups"].get(field, ALL))
+        if self.comparing:
+            values["category"] = f["category"] or ALL
+        return values
+
     def widget(self):
-        """The ipywidgets UI (built once): filter controls, prev/next, image, labels, top-k bars."""
+        """The ipywidgets UI (built once): filter controls showing the current filters, prev/next,
+        image, labels, top-k bars. A control changes its own filter only; the others are kept."""
         if self._widgets:
             return self._widgets["root"]
         import ipywidgets as W
 
-        opts, w = self.options(), self._widgets
-        w["split"] = W.Dropdown(options=[ALL, *opts["split"]], value=self.filters["split"] or ALL, description="split")
-        for field, values in opts["groups"].items():
-            w[f"group:{field}"] = W.Dropdown(options=[ALL, *values], value=ALL, description=field)
-        w["true_class"] = W.Dropdown(options=[ALL, *opts["true_class"]], value=ALL, description="true")
-        w["pred_class"] = W.Dropdown(options=[ALL, *opts["pred_class"]], value=ALL,
-                                     description=f"pred {self.run_names[0]}")
-        w["errors_only"] = W.Checkbox(value=bool(self.filters["errors_only"]), description=f"{self.run_names[0]} wrong only")
-        controls = [w["split"], *[w[k] for k in w if k.startswith("group:")], w["true_class"], w["pred_class"],
-                    w["errors_only"]]
+        opts, w, values = self.options(), self._widgets, self._control_values()
+        a, b = self.run_titles[0], self.run_titles[-1]
+        wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="auto", margin="2px 12px 2px 0")}
+
+        def dropdown(key, description, choices):
+            choices = [ALL, *choices]
+            if values[key] not in choices:  # a filter set in code on a value the frame lacks
+                choices.append(values[key])
+            w[key] = W.Dropdown(options=choices, value=values[key], description=description, **wide)
+
+        dropdown("split", "split", opts["split"])
+        for field, choices in opts["groups"].items():
+            dropdown(f"group:{field}", field, choices)
+        dropdown("true_class", "true class", opts["true_class"])
+        dropdown("pred_class", f"predicted by {a}" if self.comparing else "predicted", opts["pred_class"])
+        w["errors_only"] = W.Checkbox(value=values["errors_only"], indent=False,
+                                      description=f"only where {a} is wrong" if self.comparing else "errors only",
+                                      **wide)
+        rows = [W.HBox([w["split"], *[w[k] for k in w if k.startswith("group:")]]),
+                W.HBox([w["true_class"], w["pred_class"], w["errors_only"]])]
         if self.comparing:
-            w["category"] = W.ToggleButtons(options=[ALL, *CATEGORIES], value=ALL, description="A -> B")
-            controls.append(w["category"])
+            w["category"] = W.ToggleButtons(options=[(self.category_label(c), c) for c in (ALL, *CATEGORIES)],
+                                            value=values["category"], style={"button_width": "auto"},
+                                            tooltips=["every example", f"{a} wrong, {b} right", f"{a} right, {b} wrong",
+                                                      f"{a} and {b} wrong", f"{a} and {b} right"])
+            w["compared"] = W.HTML(f"<b>{comparison_title(self.run_names[0], self.run_names[1])}</b>:&nbsp;")
+            rows.append(W.HBox([w["compared"], w["category"]]))
+        self._controls = {id(c): k for k, c in w.items() if k in values}
+        for key in self._controls.values():
+            w[key].observe(self._on_control, names="value")
         w["prev"], w["next"] = W.Button(description="< previous"), W.Button(description="next >")
         w["counter"] = W.Label()
         w["image"] = W.Image(format="png", width=self.thumb_size, height=self.thumb_size)
         w["info"] = W.HTML()
-        for key in controls:
-            key.observe(self._on_control, names="value")
         w["prev"].on_click(lambda _: self.previous())
         w["next"].on_click(lambda _: self.next())
-        w["root"] = W.VBox([W.HBox(controls[:3]), W.HBox(controls[3:]),
-                            W.HBox([w["prev"], w["next"], w["counter"]]), W.HBox([w["image"], w["info"]])])
+        w["root"] = W.VBox([*rows, W.HBox([w["prev"], w["next"], w["counter"]]), W.HBox([w["image"], w["info"]])])
         self._refresh()
         return w["root"]
 
     def _on_control(self, change) -> None:
         if self._syncing:
             return
+        key = self._controls[id(change["owner"])]
+        if key.startswith("group:"):
+            self.set_filter(groups={**self.filters["groups"], key.split(":", 1)[1]: change["new"]})
+        else:
+            self.set_filter(**{key: change["new"]})
+
+    def _sync_controls(self) -> None:
+        """Show the filters in the controls (after set_filter from code), without firing callbacks."""
         w = self._widgets
-        groups = {k.split(":", 1)[1]: c.value for k, c in w.items() if k.startswith("group:")}
-        self.set_filter(split=w["split"].value, groups=groups, true_class=w["true_class"].value,
-                        pred_class=w["pred_class"].value, errors_only=w["errors_only"].value,
-                        **({"category": w["category"].value} if self.comparing else {}))
+        if not w:
+            return
+        self._syncing = True
+        try:
+            for key, value in self._control_values().items():
+                if key in w and w[key].value != value:
+                    if hasattr(w[key], "options") and value not in [o[1] if isinstance(o, tuple) else o
+                                                                   for o in w[key].options]:
+                        w[key].options = [*w[key].options, value]
+                    w[key].value = value
+        finally:
+            self._syncing = False
 
     def _bars(self, topk) -> str:
         rows = "".join(
@@ -305,9 +366,9 @@ class FailureBrowser:
         groups = ", ".join(f"{k}: {v}" for k, v in s["groups"].items())
         info = (f"<b>#{s['idx']}</b> <span style='color:#666'>{groups}</span><br>"
                 f"<b>true</b>: {s['true_label']}<br>"
-                f"<b>{self.run_names[0]}</b>: {s['pred_label']} ({s['confidence']:.1%}){self._bars(self.topk)}")
+                f"<b>{self.run_titles[0]}</b>: {s['pred_label']} ({s['confidence']:.1%}){self._bars(self.topk)}")
         if self.comparing:
-            info += (f"<b>{self.run_names[1]}</b>: {s['pred_label_b']} ({s['confidence_b']:.1%}) "
+            info += (f"<b>{self.run_titles[1]}</b>: {s['pred_label_b']} ({s['confidence_b']:.1%}) "
                      f"<i>[{s['category']}]</i>{self._bars(self.topk_b)}")
         w["info"].value = info
 
@@ -317,7 +378,7 @@ class FailureBrowser:
 
 
 def browse(predictions: pd.DataFrame, class_names: Sequence[str], dataset=None, compare_with: pd.DataFrame | None = None,
-           run_names: Sequence[str] = ("A", "B"), **kwargs) -> FailureBrowser:
+           run_names: Sequence[str] | None = None, **kwargs) -> FailureBrowser:
     """A browser over one run's predictions, or (with `compare_with`) over run A vs run B."""
     frame = compare_runs(predictions, compare_with) if compare_with is not None else predictions
     return FailureBrowser(frame, class_names, dataset=dataset, run_names=run_names, **kwargs)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import re
+import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -15,6 +18,66 @@ from clipdg_nb.datasets import VALIDATION_SPLITS
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]
 NOTEBOOK_ONLY = {"force": False}  # extra parameters a notebook may add beside its dataclass's
+FORCE = "force: bool = False  # rerun even if a finished run with the same identity exists"
+# The generated parameters cells: the dataclass's fields (typed, with the comment of their line in
+# config.py as help), less `skip`, with the notebook's own parameters before / after them.
+# `python tests/test_notebook_params.py --write` regenerates them after a change in config.py.
+GENERATED = {
+    "01_zero_shot": dict(cls=ZeroShotConfig, skip=("method",), after=(
+        "gallery_size: int = 12  # failures shown in the static gallery", FORCE)),
+    "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr"), before=(
+        "methods: list = ['finetune']  # methods trained at this point: linear_probe, finetune, lp_ft, vision_only, "
+        "vision_only_probe",
+        "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)"), after=(FORCE,)),
+    "03_swa_ablation": dict(cls=FinetuneConfig, after=(
+        "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),
+}
+
+
+def field_help(cls) -> dict:
+    """name -> the comment ending the field's line in the class body (and its bases')."""
+    helps = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        for line in inspect.getsource(klass).splitlines():
+            match = re.match(r"^    (\w+): [^=]+ = .+?  # (.+)$", line)
+            if match:
+                helps[match[1]] = match[2]
+    return helps
+
+
+def _annotation(type_text: str) -> str:
+    """Papermill-readable types: 'str | None' -> '"Optional[str]"' (quoted: never evaluated), tuple -> list."""
+    if type_text.endswith(" | None"):
+        return '"Optional[' + type_text[:-len(" | None")] + ']"'
+    return {"tuple": "list"}.get(type_text, type_text)
+
+
+def render_parameters(cls, skip=(), before=(), after=()) -> str:
+    helps, lines = field_help(cls), list(before)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        value = f.default if f.default is not MISSING else f.default_factory()
+        value = list(value) if isinstance(value, tuple) else value
+        lines.append(f"{f.name}: {_annotation(str(f.type))} = {value!r}  # {helps[f.name]}")
+    return "\n".join([*lines, *after])
+
+
+def write_parameters_cells() -> None:
+    for name, spec in GENERATED.items():
+        path = NOTEBOOKS / f"{name}.ipynb"
+        nb = nbformat.read(str(path), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        cell.source = render_parameters(**spec)
+        nbformat.write(nb, str(path))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_parameters_cells_are_generated_from_the_dataclasses(name):
+    nb = nbformat.read(str(NOTEBOOKS / f"{name}.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == render_parameters(**GENERATED[name]), (
+        f"{name}: its parameters cell differs from clipdg_nb/config.py; run `python tests/test_notebook_params.py --write`")
 
 
 def parameters(name: str) -> dict:
@@ -115,3 +178,7 @@ def test_parameters_show_only_what_the_notebook_reads():
     inspected = papermill.inspect_notebook(str(NOTEBOOKS / "03_swa_ablation.ipynb"))
     unknown = [k for k, info in inspected.items() if info["inferred_type_name"] in ("None", None)]
     assert not unknown, f"parameters without a type (papermill shows 'Unknown type'): {unknown}"
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    write_parameters_cells()

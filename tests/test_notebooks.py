@@ -80,6 +80,27 @@ def test_run_records_and_predictions_written(executed):
     assert [Path(d).name for d in ablation["run_dirs"]] == [ids[0]]
 
 
+def _text(nb_path: Path) -> str:
+    return "".join(o.get("text", "") for o in _outputs(nb_path) if o.output_type == "stream")
+
+
+def test_random_init_is_said_and_progress_is_plain_lines(executed):
+    """The experiment asks for pretrained=None: the notebooks warn and the records say so. Training
+    under papermill prints one line per epoch, no widget bars."""
+    root, _ = executed
+    zero_shot = _text(root / "outputs/notebooks/nbtest/zero_shot/default.ipynb")
+    assert "WARNING: zeroshot (clipdg-tiny-vit) starts from RANDOMLY INITIALISED weights" in zero_shot
+    records = [json.loads(p.read_text()) for p in (root / "outputs/runs/nbtest").glob("*/result.json")]
+    assert {r["method"]: r["weights"] for r in records} == {
+        "zeroshot": "random init", "linear_probe": "random init", "finetune": "random init",
+        "vision_only": "tiny: random init"}
+    sweep = root / "outputs/notebooks/nbtest/sweep/default.ipynb"
+    text = _text(sweep)
+    assert "finetune lr=0.001: 1 epochs" in text and text.count("epoch 1/1: train loss") == 2  # finetune, vision_only
+    assert not [o for o in _outputs(sweep) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "widgets" not in nbformat.read(str(sweep), as_version=4).metadata
+
+
 def test_figures_and_gallery_survive_as_html(executed):
     root, _ = executed
     html = ["".join(o.get("data", {}).get("text/html", "")) for o in
@@ -94,11 +115,23 @@ def test_figures_and_gallery_survive_as_html(executed):
 
 def test_plain_papermill_cli_with_only_fraction_and_seed(synth_root, tmp_path):
     """`papermill notebooks/02_few_shot_sweep.ipynb out.ipynb -p fraction 0.1 -p seed 1` works from the
-    notebook's own defaults (here the data location is given and only the cheap probe is trained)."""
+    notebook's own defaults: the offline default's tiny weights, or an error saying how to make them
+    (here the data location is given and only the cheap probe is trained)."""
+    from clipdg_nb.config import TINY_CLIP_WEIGHTS
+    from clipdg_nb.models import load_clip, save_weights
+
     cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "02_few_shot_sweep.ipynb"), str(tmp_path / "out.ipynb"),
            "-p", "fraction", "0.1", "-p", "seed", "1", "-p", "root_dir", str(synth_root),
            "-y", "methods: [linear_probe]", "--cwd", str(tmp_path), "--no-progress-bar"]
     # relative paths in parameters mean "from the project root", here the test's folder
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, CLIPDG_ROOT=str(tmp_path)))
+    env = dict(os.environ, CLIPDG_ROOT=str(tmp_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "MissingInputsError" in proc.stderr
+    assert "make demo" in proc.stderr and "clipdg synth && clipdg pretrain-tiny" in proc.stderr
+    save_weights(load_clip("clipdg-tiny-vit").model, tmp_path / TINY_CLIP_WEIGHTS)  # stands in for pretrain-tiny
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list(tmp_path.glob("outputs/runs/scratch/fmow-linear_probe-f0.1-s1-*/result.json"))) == 1
+    [result] = tmp_path.glob("outputs/runs/scratch/fmow-linear_probe-f0.1-s1-*/result.json")
+    assert json.loads(result.read_text())["weights"] == TINY_CLIP_WEIGHTS
+    assert "weights: linear_probe (clipdg-tiny-vit) starts from outputs/cache/pretrain/tiny-clip.safetensors" in \
+        _text(tmp_path / "out.ipynb")

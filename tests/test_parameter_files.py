@@ -37,3 +37,23 @@ def test_paper_protocol(name):
         assert (p["swa"], p["swa_last_k"], p["swa_lr"], p["sampler"]) == (True, 10, 1e-4, "group_uniform")
     zero_shot = [p for s in experiment.stages for p in s.points if "01_zero_shot" in str(s.notebook)]
     assert zero_shot, "the 0 % point (zero-shot) is part of the protocol"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_every_point_builds_valid_configs_with_weights_for_its_model(path):
+    """Each point's configs (its parameters over the notebook defaults) validate, and a file that
+    names a real model never falls back on the offline demo's tiny weights (the notebooks' default)."""
+    from clipdg_nb.config import TINY_CLIP_WEIGHTS, TINY_MODEL, TINY_VISION_WEIGHTS, VISION_METHODS
+    from clipdg_nb.pipeline.prepare import point_configs
+
+    experiment = load_experiment(path, root=ROOT)
+    configs = [c for stage in experiment.stages for point in stage.points for c in point_configs(point)]
+    assert configs or experiment.name == "never"
+    for cfg in configs:
+        if cfg.model != TINY_MODEL:
+            assert cfg.pretrained not in (None, TINY_CLIP_WEIGHTS), (path.name, cfg.method, cfg.pretrained)
+            if cfg.method in VISION_METHODS:
+                assert cfg.vision_weights != TINY_VISION_WEIGHTS and cfg.vision_arch == "vit_b_32", (
+                    path.name, cfg.method, cfg.vision_arch, cfg.vision_weights)
+        else:  # the offline files: pretrained tiny weights, never a random CLIP by accident
+            assert cfg.pretrained == TINY_CLIP_WEIGHTS, (path.name, cfg.method)

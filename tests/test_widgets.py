@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipdg_nb.widgets import FailureBrowser, browse, category_counts, compare_runs
+from clipdg_nb.widgets import ALL, FailureBrowser, browse, category_counts, compare_runs
 
 CLASSES = ["airport", "barn", "crater", "dam"]
 
@@ -90,7 +90,7 @@ def test_two_run_comparison_categories():
     s = b.state()
     assert s["idx"] == 16 and red(b.image) == 16 and s["category"] == "fixed"
     assert (s["true_label"], s["pred_label"], s["pred_label_b"]) == ("crater", "dam", "crater")
-    assert "swa: crater" in b.describe() and b.topk_b[0] == ("crater", 0.7)
+    assert "SWA: crater" in b.describe() and b.topk_b[0] == ("crater", 0.7)
     with pytest.raises(ValueError, match="share no examples"):
         compare_runs(A, B.assign(idx=B["idx"] + 100))
 
@@ -113,3 +113,58 @@ def test_widget_callbacks_headless():
     w["errors_only"].value = False
     w["true_class"].value = "(all)"
     assert b.state()["count"] == 4
+
+
+def shown_red(b):
+    return Image.open(io.BytesIO(b._widgets["image"].value)).getpixel((0, 0))[0]
+
+
+def test_controls_show_the_filters_set_in_code():
+    b = FailureBrowser(A, CLASSES, dataset=FakeDataset(), thumb_size=16)
+    b.set_filter(split="test", true_class="crater")  # as a notebook does before displaying the browser
+    b.widget()
+    w = b._widgets
+    assert (w["split"].value, w["true_class"].value, w["errors_only"].value) == ("test", "crater", True)
+    assert b.state()["idx"] == 16 and shown_red(b) == 16
+    b.set_filter(split="val", true_class=None)  # from code again, after the widget was built
+    assert (w["split"].value, w["true_class"].value) == ("val", ALL)
+    assert b.state()["count"] == 2 and shown_red(b) == 11
+
+
+def test_comparison_controls_keep_each_other_and_say_what_is_compared():
+    b = browse(A, CLASSES, dataset=FakeDataset(), compare_with=B, run_names=("last", "swa"), thumb_size=16)
+    assert b.set_filter(category="fixed") == 3
+    b.widget()
+    w = b._widgets
+    assert w["category"].value == "fixed" and w["split"].value == ALL  # the toggle shows the filter
+    assert [b.state()["idx"], shown_red(b)] == [16, 16]
+    w["group:region"].value = "Africa"  # changing the region keeps the category
+    assert b.filters["category"] == "fixed" and w["category"].value == "fixed"
+    assert b.state()["count"] == 2 and list(b.filtered["idx"]) == [16, 17]
+    w["split"].value = "val"  # ... and the split keeps both
+    assert b.filters["category"] == "fixed" and b.filters["groups"] == {"region": "Africa"}
+    assert b.state()["count"] == 0 and w["counter"].value == "0 matches"
+    w["split"].value = "test"
+    w["next"].click()
+    assert b.state()["idx"] == 17 and shown_red(b) == 17
+    w["group:region"].value = ALL
+    w["category"].value = "both_wrong"  # a click on a toggle keeps split and region
+    assert b.filters["split"] == "test" and b.state()["idx"] == 14 and shown_red(b) == 14
+    assert "<b>last epoch</b>" in w["info"].value and "<b>SWA</b>" in w["info"].value
+    assert "SWA: " in b.describe() and "[both_wrong]" in b.describe()
+    b.set_filter(category="broken")  # from code: the toggle follows
+    assert w["category"].value == "broken" and b.state()["count"] == 0
+
+    # labels name the variants in words, and no two controls or buttons share a label
+    assert "last epoch → SWA" in w["compared"].value
+    labels = [label for label, _ in w["category"].options]
+    assert labels == ["all (8)", "fixed by SWA (3)", "broken by SWA (1)", "both wrong (2)", "both right (2)"]
+    descriptions = [w[k].description for k in ("split", "group:region", "true_class", "pred_class", "errors_only")]
+    assert len(set(descriptions)) == len(descriptions) and "predicted by last epoch" in descriptions
+
+
+def test_comparison_title_and_variant_names():
+    from clipdg_nb.widgets import comparison_title
+
+    assert comparison_title("last", "swa") == "last epoch → SWA"
+    assert comparison_title("best", "wise_ft_0.5") == "best epoch → WiSE-FT α=0.5"

@@ -1,0 +1,122 @@
+"""What a run starts from, said out loud: its data folder and its weights.
+
+With no parameters the notebooks run the offline default: the synthetic data of `clipdg synth`
+(`outputs/data`) and the tiny weights of `clipdg pretrain-tiny` (`outputs/cache/pretrain/`).
+`check_inputs` stops a run whose data or weights files are missing with the command that makes
+them; `weights_of` names the weights a run starts from (the run record's `weights` field, "random
+init" when `pretrained=None` was asked for); `weights_note` is the line the notebooks print, a
+warning when the weights are random.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
+from .datasets import dataset_spec
+from .paths import project_root, resolve
+
+RANDOM = "random init"
+MAKE_DEFAULT = "`make demo` (everything), or `clipdg synth && clipdg pretrain-tiny` (data and weights only)"
+REMOTE_MODELS = ("local-dir:", "hf-hub:")  # the model name itself holds the weights
+
+
+class MissingInputsError(FileNotFoundError):
+    """The data folder or a weights file a run needs is not there; the message says what to run."""
+
+
+def _vision_method(cfg) -> bool:
+    return getattr(cfg, "method", "zeroshot") in VISION_METHODS
+
+
+def clip_weights(cfg) -> str:
+    """The CLIP weights: the model itself ('local-dir:...'), a tag, a file as given, or 'random init'."""
+    if cfg.model.startswith(REMOTE_MODELS):
+        return cfg.model
+    return RANDOM if cfg.pretrained is None else str(cfg.pretrained)
+
+
+def vision_weights(cfg) -> str:
+    """The vision-only baseline's starting weights, as 'arch: weights'."""
+    if cfg.vision_arch == "clip-visual" and cfg.vision_weights in (None, "imagenet"):
+        return f"clip-visual: {clip_weights(cfg)}"  # the CLIP model's own image tower
+    return f"{cfg.vision_arch}: {RANDOM if cfg.vision_weights is None else cfg.vision_weights}"
+
+
+def weights_of(cfg) -> str:
+    """What the run's model starts from (the run record's `weights`); 'random init' is said as such."""
+    return vision_weights(cfg) if _vision_method(cfg) else clip_weights(cfg)
+
+
+def is_random(cfg) -> bool:
+    return weights_of(cfg).endswith(RANDOM)
+
+
+def weights_note(configs) -> str:
+    """One line per distinct starting point of the given configs; a WARNING line for random weights."""
+    configs = [configs] if not isinstance(configs, (list, tuple)) else list(configs)
+    lines = []
+    for cfg in configs:
+        weights, who = weights_of(cfg), f"{cfg.method} ({cfg.model})"
+        if weights.endswith(RANDOM):
+            line = (f"WARNING: {who} starts from RANDOMLY INITIALISED weights ({weights}), as asked "
+                    "(pretrained=None): its numbers say nothing about CLIP. For pretrained weights set "
+                    "pretrained to a tag ('openai') or a weights file; the offline tiny ones come from "
+                    f"{MAKE_DEFAULT}.")
+        else:
+            line = f"weights: {who} starts from {weights}"
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def title_suffix(configs) -> str:
+    """' (RANDOM-INIT weights)' for figure titles when any of the configs starts from random weights."""
+    configs = [configs] if not isinstance(configs, (list, tuple)) else configs
+    return " (RANDOM-INIT weights)" if any(is_random(c) for c in configs) else ""
+
+
+def _weight_files(cfg) -> Iterable[tuple[str, str]]:
+    """(parameter, value) of every weights file the run will read (tags and None excluded)."""
+    import open_clip
+
+    from .models import register_tiny_configs
+
+    needs_clip = not _vision_method(cfg) or (cfg.vision_arch == "clip-visual"
+                                             and cfg.vision_weights in (None, "imagenet"))
+    if needs_clip and cfg.pretrained is not None and not cfg.model.startswith(REMOTE_MODELS):
+        register_tiny_configs()
+        if not open_clip.pretrained.is_pretrained_cfg(cfg.model, str(cfg.pretrained)):
+            yield "pretrained", str(cfg.pretrained)
+    if _vision_method(cfg) and cfg.vision_weights not in (None, "imagenet"):
+        yield "vision_weights", str(cfg.vision_weights)
+
+
+def missing_inputs(cfg) -> list[str]:
+    """What the run needs and lacks, one readable line each (empty when all is there)."""
+    missing = []
+    spec = dataset_spec(cfg.dataset)
+    data = Path(cfg.root_dir)
+    if not getattr(cfg, "download", False) and not (data / spec.folder / f"RELEASE_v{spec.version}.txt").exists():
+        missing.append(f"data: root_dir={str(cfg.root_dir)!r} holds no {spec.folder}/")
+    for name, value in _weight_files(cfg):
+        if not resolve(value).is_file():
+            missing.append(f"weights: {name}={value!r} is not a file (looked at {resolve(value)}) nor a tag "
+                           f"open_clip knows for {cfg.model!r}")
+    return missing
+
+
+def check_inputs(cfg) -> None:
+    """Raise MissingInputsError naming what is missing and the command that makes it."""
+    missing = missing_inputs(cfg)
+    if not missing:
+        return
+    root = project_root()
+    defaults = (Path(cfg.root_dir) == resolve(DEMO_DATA)
+                or {getattr(cfg, "pretrained", None), getattr(cfg, "vision_weights", None)}
+                & {TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS})
+    how = (f"These are the offline default's inputs: run {MAKE_DEFAULT} in {root}. " if defaults else "")
+    raise MissingInputsError(
+        "the run cannot start:\n  " + "\n  ".join(missing) + "\n" + how
+        + "Or point root_dir at the folder that holds the WILDS data (download=True fetches it), pretrained at an "
+          "open_clip tag ('openai') or a weights file, or pass pretrained=None for a random-init CLIP.")
