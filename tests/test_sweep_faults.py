@@ -220,9 +220,9 @@ BAD = {
     "dataset": "dataset='fmwo' is not valid",
     "scalar lrs": "lrs=0.0003 must be a non-empty list",
     "methods": "methods: 'finetun' is not a trained method",
-    "root_dir": "root_dir='nowhere': no WILDS dataset fmow_v1.1/",
+    "root_dir": "nowhere': no WILDS dataset fmow_v1.1/",  # the value resolved from the project root
     "pretrained": "pretrained='weights/missing.safetensors': no such file",
-    "output_dir": "output_dir='a-file/runs' is not writable",
+    "output_dir": "a-file/runs' is not writable",
     "select_split": "select_split='test': learning rates are chosen on a validation split",
 }
 
