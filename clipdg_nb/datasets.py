@@ -18,6 +18,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import data_checks
+from .data_checks import DatasetFormatError  # noqa: F401  (re-exported: the error load_dataset raises)
+
 # One split vocabulary for both datasets (WILDS's own names): ID = the training domains.
 SPLITS = ("train", "id_val", "id_test", "val", "test")
 SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val": "OOD val", "test": "OOD test"}
@@ -80,7 +83,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool = False):
-    """Load `fmow` or `iwildcam` through the real WILDS loader (`download=False` by default)."""
+    """Load `fmow` or `iwildcam` through the real WILDS loader (`download=False` by default).
+
+    The folder is checked at the door (`data_checks`): a missing file or column, or FMoW rows that
+    no longer match its row-addressed images, raise `DatasetFormatError` (a ValueError) naming the
+    file and what to do, instead of a pandas KeyError or silently relabelled images."""
     from . import wilds_compat
 
     spec = dataset_spec(name)
@@ -92,7 +99,15 @@ def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool
             f"(root_dir={str(root_dir)!r}, resolved from {Path.cwd()}). Point root_dir at the folder that holds "
             f"'{spec.folder}', write a small synthetic copy with `clipdg synth --root {root}`, or pass "
             f"download=True to fetch the real data ({spec.download_gb:.1f} GB).")
-    return getattr(wilds_compat, spec.loader)(version=spec.version, root_dir=str(root), download=download)
+    folder = root / spec.folder
+    if marker.exists():  # a folder WILDS will not download into: checked at the door (data_checks.py)
+        data_checks.check_files(name, folder)
+    try:
+        dataset = getattr(wilds_compat, spec.loader)(version=spec.version, root_dir=str(root), download=download)
+    except (KeyError, ValueError, AssertionError, TypeError, IndexError) as e:  # WILDS's own, on bad values
+        raise data_checks.loader_failure(name, folder, e) from e
+    data_checks.check_loaded(name, dataset, folder, spec.n_classes)
+    return dataset
 
 
 def split_indices(dataset, split: str) -> np.ndarray:

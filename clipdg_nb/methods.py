@@ -9,6 +9,7 @@ Under torchrun every rank calls `run`; rank 0 decides, prepares caches first, ev
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 
 from . import ddp
 from .averaging import wise_ft
-from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, from_namespace
+from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig, ZeroShotConfig, from_namespace
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
@@ -28,9 +29,10 @@ from .images import Normalize, image_split
 from .inputs import check_inputs, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
+from .models.weights import WEIGHT_SUFFIXES, weight_shapes
 from .paths import resolve
 from .precision import resolve_device, resolve_precision
-from .runs import Run
+from .runs import Run, check_writable
 from .train import fit
 
 
@@ -111,13 +113,36 @@ def _clip_preprocessing(cfg, bundle) -> dict:
 def _vision_model(cfg):
     n = dataset_spec(cfg.dataset).n_classes
     if cfg.vision_arch == "clip-visual":
-        weights = weights_location(cfg.vision_weights if cfg.vision_weights not in (None, "imagenet") else cfg.pretrained)
+        what, weights = _weights_read(cfg)
+        weights = weights_location(weights)
         if weights is None:
             torch.manual_seed(cfg.seed)
-        return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu"))
+        return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu", weights_arg=what))
     torch.manual_seed(cfg.seed)
     size = 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
     return vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights), image_size=size)
+
+
+def _weights_read(cfg) -> tuple[str, str | None]:
+    """(config field, value) of the weights this run starts from: CLIP's, or the vision-only baseline's."""
+    if cfg.method in VISION_METHODS and not (cfg.vision_arch == "clip-visual" and cfg.vision_weights is None):
+        return "vision_weights", cfg.vision_weights  # (clip-visual without a file of its own: CLIP's image tower)
+    return "pretrained", cfg.pretrained
+
+
+def preflight(cfg) -> Exception | None:
+    """What can fail cheaply fails before any data is loaded: the output and cache folders are
+    writable, the weights file this run reads is there and readable (its header). Returns the
+    error (so that rank 0 can share it), or None."""
+    try:
+        for what, folder in (("output_dir", Path(cfg.output_dir) / cfg.experiment), ("cache_dir", Path(cfg.cache_dir))):
+            check_writable(folder, what)
+        what, value = _weights_read(cfg)
+        if value is not None and (os.sep in value or value.endswith(WEIGHT_SUFFIXES)):  # not a tag, not 'imagenet'
+            weight_shapes(weights_location(value), what)
+    except (OSError, ValueError) as e:
+        return e
+    return None
 
 
 def _tiny_image_size(model: str) -> int:
@@ -272,6 +297,11 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     done = world.broadcast(not force and target.is_done(cfg.identity()))
     if done:
         return target.record() if world.is_main else None
+    # Checked before any computation (a finished run, above, may be read from a read-only folder);
+    # rank 0 checks and every rank stops together.
+    problem = world.broadcast(preflight(cfg) if world.is_main else None)
+    if problem is not None:
+        raise problem
     target.path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(target.lock_path)) if world.is_main else None
     if lock is not None:

@@ -62,6 +62,25 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp"):
         raise
 
 
+class FolderNotWritableError(PermissionError):
+    """A folder results or caches must go to cannot be written; the message names the setting."""
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create `folder` and a temporary file in it (removed again), or raise FolderNotWritableError
+    naming `what` (the setting, e.g. 'output_dir') and the path: before hours of computation, not after."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise FolderNotWritableError(
+            f"{what}: cannot write to {folder} ({type(e).__name__}: {e.strerror or e}). Choose a writable "
+            f"{what}, or fix the folder's permissions; nothing was computed.") from e
+    return folder
+
+
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(target) as tmp:
         Path(tmp).write_bytes(data)

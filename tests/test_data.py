@@ -173,3 +173,101 @@ def test_class_names_and_templates():
     assert data.render_prompt("aerial photo of {article} {c}.", "airport") == "aerial photo of an airport."
     with pytest.raises(ValueError, match="templates='many'"):
         data.prompt_templates("fmow", "many")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data at the door: each corruption of a WILDS folder gives one clear error naming the file
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def door_root(tmp_path_factory):
+    """A small intact copy of both datasets; each test corrupts its own copy of it."""
+    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    root = tmp_path_factory.mktemp("door")
+    write_synthetic(root, cfg=SynthConfig(seed=2, image_size=8,
+                                          fmow_sizes={"train": 20, "id_val": 4, "id_test": 4, "val": 4, "test": 4},
+                                          iwildcam_sizes={"train": 182, "id_val": 3, "id_test": 3, "val": 3, "test": 3},
+                                          iwildcam_locations={"id": 2, "val": 1, "test": 1}))
+    return root
+
+
+@pytest.fixture
+def copy_of(door_root, tmp_path):
+    import shutil
+
+    def copy(name):
+        folder = tmp_path / data.dataset_spec(name).folder
+        shutil.copytree(door_root / folder.name, folder)
+        return folder
+    return copy
+
+
+def _door_error(name, root):
+    with pytest.raises(data.DatasetFormatError) as err:
+        load_dataset(name, root)
+    assert isinstance(err.value, ValueError)
+    return str(err.value)
+
+
+def test_intact_copies_pass_the_door(door_root):
+    assert len(load_dataset("fmow", door_root)) == 36 and len(load_dataset("iwildcam", door_root)) == 194
+
+
+def test_removed_fmow_row_is_an_error_not_relabelled_images(copy_of):
+    folder = copy_of("fmow")
+    meta = pd.read_csv(folder / "rgb_metadata.csv")
+    meta.drop(index=10).to_csv(folder / "rgb_metadata.csv", index=False)
+    msg = _door_error("fmow", folder.parent)  # 36 images in splits + 3 sequestered rows
+    assert f"{folder / 'rgb_metadata.csv'} has 38 rows but {folder / 'images'} holds 39 images" in msg
+    assert "rgb_img_38.png exists" in msg and "clipdg synth" in msg
+    # an added row, and a missing last image, too
+    pd.concat([meta, meta.iloc[:1]]).to_csv(folder / "rgb_metadata.csv", index=False)
+    assert "has 40 rows but" in _door_error("fmow", folder.parent)
+    meta.to_csv(folder / "rgb_metadata.csv", index=False)
+    (folder / "images" / "rgb_img_38.png").unlink()
+    msg = _door_error("fmow", folder.parent)
+    assert "has 39 rows but" in msg and "holds 38 images" in msg and "rgb_img_38.png is missing" in msg
+
+
+@pytest.mark.parametrize("name,file,column", [
+    ("fmow", "rgb_metadata.csv", "country_code"), ("fmow", "rgb_metadata.csv", "timestamp"),
+    ("fmow", "country_code_mapping.csv", "region"), ("iwildcam", "metadata.csv", "location_remapped"),
+    ("iwildcam", "metadata.csv", "filename")])
+def test_missing_column_names_file_and_column(copy_of, name, file, column):
+    folder = copy_of(name)
+    pd.read_csv(folder / file).drop(columns=[column]).to_csv(folder / file, index=False)
+    msg = _door_error(name, folder.parent)
+    assert f"{folder / file} lacks the column(s) ['{column}']" in msg
+    assert "download=True" in msg and f"clipdg synth --root {folder.parent}" in msg
+
+
+@pytest.mark.parametrize("name,file", [("fmow", "country_code_mapping.csv"), ("iwildcam", "metadata.csv")])
+def test_missing_or_empty_metadata_file(copy_of, name, file):
+    folder = copy_of(name)
+    (folder / file).write_text("")
+    assert "the file is empty" in _door_error(name, folder.parent)
+    (folder / file).unlink()
+    assert f"{folder / file} is missing" in _door_error(name, folder.parent)
+
+
+def test_missing_iwildcam_image_and_bad_values(copy_of):
+    folder = copy_of("iwildcam")
+    meta = pd.read_csv(folder / "metadata.csv")
+    (folder / "train" / meta["filename"].iloc[-1]).unlink()
+    msg = _door_error("iwildcam", folder.parent)
+    assert "metadata.csv names images that are not there" in msg and meta["filename"].iloc[-1] in msg
+    meta.assign(split=meta["split"].replace({"test": "ood_test"})).to_csv(folder / "metadata.csv", index=False)
+    msg = _door_error("iwildcam", folder.parent)  # the loader's KeyError, in words
+    assert "could not read" in msg and "KeyError: 'ood_test'" in msg and "split name" in msg
+    meta.assign(y=meta["y"].replace({5: 4})).to_csv(folder / "metadata.csv", index=False)
+    assert "AssertionError; y never takes the value(s) [5]" in _door_error("iwildcam", folder.parent)
+
+
+def test_unknown_fmow_category_and_empty_split(copy_of):
+    folder = copy_of("fmow")
+    meta = pd.read_csv(folder / "rgb_metadata.csv")
+    bad = meta.assign(category=meta["category"].where(meta.index != 3, "castle"))
+    bad.to_csv(folder / "rgb_metadata.csv", index=False)
+    assert "KeyError: 'castle'" in _door_error("fmow", folder.parent)
+    meta.assign(split=meta["split"].replace({"val": "Val"})).to_csv(folder / "rgb_metadata.csv", index=False)
+    assert "gives no rows to the split(s) ['id_val', 'val']" in _door_error("fmow", folder.parent)

@@ -7,8 +7,9 @@ from safetensors.torch import load_file
 
 from clipdg_nb import methods
 from clipdg_nb.config import ZeroShotConfig
-from clipdg_nb.datasets import class_names, prompt_templates, render_prompt
+from clipdg_nb.datasets import SPLITS, class_names, prompt_templates, render_prompt
 from clipdg_nb.pipeline.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
+from clipdg_nb.runs import Run
 
 QUICK = PretrainConfig(n_images=2000, steps=300, batch_size=64, supervised_steps=20, lr=3e-3)
 
@@ -52,12 +53,26 @@ def test_pretraining_is_deterministic(quick_weights, tmp_path):
 
 
 def test_zero_shot_transfers_after_pretraining(quick_weights, synth_root, tmp_path):
-    common = dict(root_dir=str(synth_root), output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
-    random_init = methods.run(ZeroShotConfig(**common))
-    pretrained = methods.run(ZeroShotConfig(pretrained=str(quick_weights.clip), experiment="pt", **common))
+    """Pretrained zero-shot CLIP beats a random init by a clear margin. Measured on all five splits
+    (496 images) and on the mean probability of the true class, a continuous number: one split of
+    62 images held 5 correct here and 3 on an AMD EPYC at 2 threads, so a threshold there was a
+    coin toss. Measured here, pretraining seeds 0-2 (a stand-in for another CPU's numerics) at 1 and
+    2 threads: 38-52 of 496 correct (4.7-6.5x chance; random init 7-11), mean p(true class)
+    0.058-0.071 (random init 0.0163-0.0166, about 1/62)."""
+    common = dict(root_dir=str(synth_root), output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                  eval_splits=SPLITS)
+    random_init = Run.of_record(methods.run(ZeroShotConfig(pretrained=None, **common))).predictions()
+    pretrained = Run.of_record(methods.run(ZeroShotConfig(pretrained=str(quick_weights.clip), experiment="pt",
+                                                          **common))).predictions()
+    assert len(pretrained) == len(random_init) == 496
     chance = 1 / 62
-    assert pretrained["metrics"]["id_test"]["acc_avg"] > 3 * chance
-    assert pretrained["metrics"]["id_test"]["acc_avg"] > random_init["metrics"]["id_test"]["acc_avg"]
+
+    def accuracy(preds):
+        return float((preds["y_pred"] == preds["y_true"]).mean())
+    # thresholds at about half of what was measured: >= 18 images below the lowest count
+    assert accuracy(pretrained) > 2.5 * chance, accuracy(pretrained)  # 20 of 496; measured >= 38
+    assert accuracy(pretrained) > 2 * accuracy(random_init), (accuracy(pretrained), accuracy(random_init))  # >= 3.5x
+    assert pretrained["p_true"].mean() > 2 * random_init["p_true"].mean()  # measured 3.5-4.3x
 
 
 def test_every_prompt_and_caption_fits_the_tiny_context():

@@ -35,6 +35,8 @@ def test_each_method_learns_above_chance(easy_root, run_kwargs, method, text_mod
     cfg = FinetuneConfig(root_dir=str(easy_root), method=method, text_mode=text_mode, lr=lr, epochs=epochs, swa=False,
                          scheduler="cosine", optimizer="adamw", probe_cs=(1.0, 100.0, 10000.0), **run_kwargs)
     record = methods.run(cfg, progress=False)
+    # 4x chance is 20 of 310 images. Measured at 1 and 2 threads (identical), and at seeds 1, 2 as a
+    # stand-in for another CPU's numerics: finetune 40-61 correct (40 at seed 0), the others 70-150.
     assert record["metrics"]["id_test"]["acc_avg"] > 4 * CHANCE, record["metrics"]
     assert record["method"] == method and record["fraction"] == 1.0 and record["seed"] == 0
 
@@ -46,8 +48,14 @@ def test_end_to_end_clip_finetune_fits_its_training_data(easy_root, run_kwargs):
                          swa=False, scheduler="cosine", **run_kwargs)
     record = methods.run(cfg, progress=False)
     losses = [h["train_loss"] for h in record["history"]]
-    assert losses[-1] < 0.9 * losses[0]
-    assert record["metrics"]["id_test"]["acc_avg"] > 2 * CHANCE
+    assert losses[-1] < 0.9 * losses[0]  # measured 0.57-0.80 (seed 0: 0.80)
+    # Above chance on all four evaluated splits (744 images), not on id_test alone, where seed 0 had
+    # 16 correct against a threshold of 10: a coin toss on another CPU. Measured (1 and 2 threads
+    # alike; seeds 0-2): 48-127 correct (48 at seed 0), mean p(true class) 0.034-0.092 (2.1-5.7x chance).
+    preds = Run.of(cfg).predictions()
+    assert len(preds) == 744
+    assert (preds["y_pred"] == preds["y_true"]).mean() > 2 * CHANCE  # 24 images
+    assert preds["p_true"].mean() > 1.5 * CHANCE
 
 
 def test_run_record_and_predictions_contract(easy_root, run_kwargs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from .weights import WEIGHT_SUFFIXES, save_weights
+from .weights import WEIGHT_SUFFIXES, mismatch_error, save_weights, shape_differences, weight_shapes
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "data_files" / "model_configs"
 TINY_MODELS = ("clipdg-tiny-vit", "clipdg-tiny-vit-64")
@@ -120,7 +121,7 @@ def _check_local_dir(path: str) -> None:
         raise FileNotFoundError(f"model_name='local-dir:{path}' has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
 
 
-def _resolve_source(model_name: str, pretrained) -> tuple[str, str, dict]:
+def _resolve_source(model_name: str, pretrained, weights_arg: str = "pretrained") -> tuple[str, str, dict]:
     """(open_clip model name, kind of weights: none|tag|file|local-dir|hf-hub, the tag's config)."""
     for prefix, kind in ((HF_HUB, "hf-hub"), (LOCAL_DIR, "local-dir")):
         if model_name.startswith(prefix):
@@ -140,12 +141,48 @@ def _resolve_source(model_name: str, pretrained) -> tuple[str, str, dict]:
         return name, "tag", open_clip.pretrained.get_pretrained_cfg(name, str(pretrained))
     if os.path.isfile(pretrained):
         return name, "file", {}
-    raise ValueError(f"pretrained={str(pretrained)!r} is neither a known tag for {name!r} "
-                     f"({open_clip.list_pretrained_tags_by_model(name)}) nor an existing weights file")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if os.sep in str(pretrained) or str(pretrained).endswith(WEIGHT_SUFFIXES + (".npz",)):
+        raise FileNotFoundError(f"{weights_arg}={str(pretrained)!r}: no such file (resolved from {Path.cwd()}); "
+                                f"nor is it a known tag for {name!r} ({tags})")
+    raise ValueError(f"{weights_arg}={str(pretrained)!r} is neither a known tag for {name!r} "
+                     f"({tags}) nor an existing weights file")
+
+
+# Tensors open_clip reshapes or fills in itself when it loads a file (factory.load_checkpoint).
+_OPEN_CLIP_ADJUSTS = ("logit_scale", "logit_bias", "text.transformer.embeddings.position_ids")
+
+
+def _expected_shapes(name: str, force_qg: bool) -> dict:
+    """The tensor shapes of `name`, from a model built on the meta device (its warning muted)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # "No pretrained weights loaded ..." would only confuse here
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=force_qg, device="meta")
+    finally:
+        logging.disable(previous)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _file_mismatch(name: str, path: str, weights_arg: str, found: dict, expected: dict, loaded: bool):
+    """The one error for a weights file that does not fit `name`, or None when it fits. Once open_clip
+    has loaded the file (`loaded`), keys are known to match and only shapes can still differ: open_clip
+    silently interpolates position embeddings to another image size or context length, which would
+    run weights at a size they were never trained for."""
+    common = found.keys() & expected.keys() if loaded else None
+    differences = shape_differences({k: v for k, v in found.items() if common is None or k in common},
+                                    {k: v for k, v in expected.items() if common is None or k in common},
+                                    ignore=_OPEN_CLIP_ADJUSTS)
+    if not differences:
+        return None
+    return mismatch_error(path, weights_arg, f"model_name={name!r}", found, expected,
+                          f"Pass the model_name the weights were made for (open_clip.list_models() lists the "
+                          f"configs), or a weights file made for {name!r}.", differences)
 
 
 def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, cache_dir: str | None = None,
-              device: str | torch.device = "cpu", quick_gelu: bool | None = None) -> ClipBundle:
+              device: str | torch.device = "cpu", quick_gelu: bool | None = None,
+              weights_arg: str = "pretrained") -> ClipBundle:
     """Build an open_clip model + tokenizer + eval transform, in eval mode (call .train() to fine-tune).
 
     `pretrained`: None (random init; warns for real models), an open_clip tag ("openai",
@@ -153,22 +190,34 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, c
     (.safetensors/.bin/.pt, loaded with weights_only=True). `model_name="local-dir:/path"` loads
     config and weights from a folder; "hf-hub:org/repo" is passed through to open_clip.
     QuickGELU is forced for tags trained with it (incl. "openai") and when `quick_gelu=True`.
+    A weights file is checked at the door: unreadable -> `WeightsFileError`, another architecture
+    than `model_name` -> `WeightsMismatchError` (both name the file as `weights_arg`, the argument
+    the caller knows it by, e.g. 'vision_weights').
     """
     register_tiny_configs()
-    name, kind, tag_cfg = _resolve_source(model_name, pretrained)
+    name, kind, tag_cfg = _resolve_source(model_name, pretrained, weights_arg)
     pretrained = None if pretrained is None else str(pretrained)
     force_qg = _quick_gelu_flag(name, kind, pretrained, tag_cfg, quick_gelu)
     if kind == "tag":
         _fetch_tag_weights(name, pretrained, tag_cfg, cache_dir)
+    # Readable, and what it holds: from the file's header, before anything is built
+    found = weight_shapes(pretrained, weights_arg) if kind == "file" and pretrained.endswith(WEIGHT_SUFFIXES) else None
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device=device, force_quick_gelu=force_qg,
                                        cache_dir=cache_dir, weights_only=True)
-    except RuntimeError as e:
-        if kind != "hf-hub":
+    except Exception as e:  # open_clip asserts, load_state_dict raises RuntimeError: say it once, plainly
+        if found is not None and (error := _file_mismatch(name, pretrained, weights_arg, found,
+                                                          _expected_shapes(name, force_qg), loaded=False)):
+            raise error from e
+        if kind != "hf-hub" or not isinstance(e, RuntimeError):
             raise
         raise RuntimeError(f"model_name={name!r}: config/weights not in the cache ({cache_dir or 'HF default'}) "
                            "and not downloadable. Run it once online, or use a local file / 'local-dir:'. "
                            f"Cause: {e}") from e
+    if found is not None and (error := _file_mismatch(name, pretrained, weights_arg, found,
+                                                      {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                                      loaded=True)):
+        raise error
     model.eval()
     pp = PreprocessCfg(**model.visual.preprocess_cfg)
     size = tuple(model.visual.image_size) if isinstance(model.visual.image_size, (tuple, list)) \

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .weights import read_state_dict
+from .weights import describe_clip, mismatch_error, read_state_dict, shape_differences
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +70,8 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
         head = _fresh_head(clip.model.visual.output_dim, num_classes)
         return VisionClassifier(clip.model.visual, head, mean=clip.mean, std=clip.std, image_size=clip.image_size)
     # Read the weights before building: an offline failure should come fast, not after the init.
-    sd = None if weights is None else _imagenet_vit_b_32() if weights == "imagenet" else read_state_dict(weights)
+    sd = None if weights is None else _imagenet_vit_b_32() if weights == "imagenet" else \
+        read_state_dict(weights, what="vision_weights")
     if arch == "tiny":
         backbone = VisionTransformer(image_size=image_size, patch_size=8, num_layers=2, num_heads=2,
                                      hidden_dim=64, mlp_dim=128)
@@ -80,11 +81,27 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
     model = VisionClassifier(backbone, _fresh_head(backbone.hidden_dim, num_classes),
                              mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
     if sd is not None and any(k.startswith("backbone.") for k in sd):
+        _check_fits(sd, model, weights, arch)
         model.load_state_dict(sd, strict=True)  # a saved VisionClassifier
     elif sd is not None:
         sd = {k: v for k, v in sd.items() if not k.startswith("heads.")}
+        _check_fits(sd, backbone, weights, arch, ignore=("encoder.pos_embedding",))
         if sd.get("encoder.pos_embedding") is not None and \
                 sd["encoder.pos_embedding"].shape != backbone.encoder.pos_embedding.shape:
             sd = interpolate_embeddings(image_size, backbone.patch_size, sd)  # another resolution
         backbone.load_state_dict(sd, strict=True)
     return model
+
+
+def _check_fits(sd: dict, module: nn.Module, weights, arch: str, ignore=()) -> None:
+    """One clear error when a state dict is not `arch`'s (torchvision resizes position embeddings to
+    another image size on purpose, hence `ignore`)."""
+    found = {k: tuple(v.shape) for k, v in sd.items()}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    differences = shape_differences(found, expected, ignore=ignore)
+    if differences:
+        hint = ("These are open_clip CLIP weights: use vision_arch='clip-visual' with the model_name they were "
+                "made for." if describe_clip(found) else
+                "Pass the vision_arch the weights were saved with (a saved VisionClassifier also fixes the "
+                "number of classes, i.e. the dataset).")
+        raise mismatch_error(weights, "vision_weights", f"vision_arch={arch!r}", found, expected, hint, differences)

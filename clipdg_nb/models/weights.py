@@ -1,8 +1,17 @@
 """Model weights on disk: safetensors for what we write, `weights_only=True` for torch files we read.
-Never a pickled module."""
+Never a pickled module.
+
+Weights are checked at the door. A file that cannot be read (junk, a truncated download, a pickled
+module) raises `WeightsFileError`, naming the file; one that does not fit the architecture asked for
+raises `WeightsMismatchError`, saying what the file holds and what was expected (`mismatch_error`).
+`weight_shapes` reads only a file's header or index, so checking costs next to nothing.
+"""
 from __future__ import annotations
 
+import math
 import os
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -11,17 +20,164 @@ from torch import nn
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or from a torch file with weights_only=True (never pickles)."""
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read as a state dict (junk, truncated, a pickled module)."""
+
+
+class WeightsMismatchError(ValueError):
+    """A readable weights file that holds another architecture than the one asked for."""
+
+
+def _where(path: str | os.PathLike, what: str) -> str:
+    return f"{what}={str(path)!r}"
+
+
+def _missing(path: str | os.PathLike, what: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{_where(path, what)}: no such file (resolved from {Path.cwd()})")
+
+
+def _unreadable(path, what: str, error: Exception) -> WeightsFileError:
+    detail = str(error) if len(str(error)) <= 160 else str(error)[:160].rsplit(" ", 1)[0] + " ..."
+    return WeightsFileError(
+        f"{_where(path, what)} is not a readable weights file ({type(error).__name__}: {detail}). It may be "
+        f"truncated (an interrupted download or copy?) or not weights at all: download or save it again. "
+        f"Readable are .safetensors files and torch state dicts (.pt / .pth / .bin) that "
+        f"torch.load(weights_only=True) accepts; pickled modules are refused.")
+
+
+def _unwrap(sd, path, what: str) -> dict:
+    """The state dict inside a checkpoint ({'state_dict': ...} or {'model': ...}), 'module.' stripped."""
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict) or not sd or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise _unreadable(path, what, TypeError(f"it holds a {type(sd).__name__}, not a dict of tensors"))
+    if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _torch_load(path: str, mmap: bool):
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file with weights_only=True (never pickles).
+    `what` names the file in errors as the caller knows it (e.g. 'vision_weights')."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise _missing(path, what)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        sd = _torch_load(path, mmap=False)
+    except Exception as e:  # safetensors, pickle, zip and torch all raise their own types
+        raise _unreadable(path, what, e) from e
+    return _unwrap(sd, path, what)
+
+
+def weight_shapes(path: str | os.PathLike, what: str = "weights file") -> dict[str, tuple]:
+    """Names and shapes of the tensors in a weights file, read from its header (safetensors) or
+    memory-mapped (torch zip files): a cheap check that the file is readable and what it holds."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise _missing(path, what)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(path, "pt") as fh:
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        sd = _torch_load(path, mmap=zipfile.is_zipfile(path))
+    except Exception as e:
+        raise _unreadable(path, what, e) from e
+    return {k: tuple(v.shape) for k, v in _unwrap(sd, path, what).items() if isinstance(v, torch.Tensor)}
+
+
+def shapes_of(module: nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a state dict holds, in words: enough to tell one architecture from another
+# ---------------------------------------------------------------------------------------------
+
+def _layers(shapes: dict, pattern: str) -> int:
+    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+
+_VISION_BLOCK, _TEXT_BLOCK = r"visual\.transformer\.resblocks\.(\d+)\.", r"transformer\.resblocks\.(\d+)\."
+
+
+def describe_clip(shapes: dict) -> str | None:
+    """'an open_clip CLIP with image size 224 (patch 32), vision width 768 / 12 layers, ...' or None."""
+    conv, vpos = shapes.get("visual.conv1.weight"), shapes.get("visual.positional_embedding")
+    tpos, proj = shapes.get("positional_embedding"), shapes.get("text_projection")
+    if conv is None and tpos is None:
+        return None
+    parts = []
+    if conv is not None and vpos is not None and len(vpos) == 2:
+        parts.append(f"image size {round(math.sqrt(max(vpos[0] - 1, 0))) * conv[-1]} (patch {conv[-1]})")
+    if conv is not None:
+        parts.append(f"vision width {conv[0]} / {_layers(shapes, _VISION_BLOCK)} layers")
+    if tpos is not None and len(tpos) == 2:
+        parts.append(f"text width {tpos[1]} / {_layers(shapes, _TEXT_BLOCK)} layers / context {tpos[0]}")
+    if proj is not None and len(proj) == 2:
+        parts.append(f"embed dim {proj[1]}")
+    return "an open_clip CLIP with " + ", ".join(parts)
+
+
+def describe_vit(shapes: dict) -> str | None:
+    """'a torchvision ViT with image size 224 (patch 32), width 768 / 12 layers' (+ its head) or None."""
+    prefix = "backbone." if "backbone.conv_proj.weight" in shapes else ""
+    conv, pos = shapes.get(prefix + "conv_proj.weight"), shapes.get(prefix + "encoder.pos_embedding")
+    if conv is None:
+        return None
+    size = f"image size {round(math.sqrt(max(pos[1] - 1, 0))) * conv[-1]} (patch {conv[-1]}), " if pos else ""
+    layers = _layers(shapes, re.escape(prefix) + r"encoder\.layers\.encoder_layer_(\d+)\.")
+    text = f"a torchvision ViT with {size}width {conv[0]} / {layers} layers"
+    head = shapes.get("head.weight") if prefix else None
+    return text + (f", a head for {head[0]} classes (a saved VisionClassifier)" if head else "")
+
+
+def describe(shapes: dict) -> str:
+    """What a state dict holds, in words."""
+    known = describe_clip(shapes) or describe_vit(shapes)
+    if known:
+        return known
+    first = ", ".join(list(shapes)[:4])
+    return (f"a state dict of {len(shapes)} tensors that is neither an open_clip CLIP nor a torchvision ViT "
+            f"(keys {first}, ...)")
+
+
+def _listing(items: list, n: int = 3) -> str:
+    return "; ".join(items[:n]) + (f"; ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def shape_differences(found: dict, expected: dict, ignore=()) -> list[str]:
+    """How two {name: shape} tables differ, in words (empty when they fit)."""
+    common = [k for k in expected if k in found and k not in ignore]
+    differ = [f"{k} {list(found[k])} in the file vs {list(expected[k])} expected"
+              for k in common if tuple(found[k]) != tuple(expected[k])]
+    missing = [k for k in expected if k not in found and k not in ignore]
+    extra = [k for k in found if k not in expected and k not in ignore]
+    out = []
+    if differ:
+        out.append(f"{len(differ)} tensor(s) of another shape: {_listing(differ)}")
+    if missing:
+        out.append(f"{len(missing)} tensor(s) missing: {_listing(missing)}")
+    if extra:
+        out.append(f"{len(extra)} tensor(s) the model does not have: {_listing(extra)}")
+    return out
+
+
+def mismatch_error(path, what: str, asked: str, found: dict, expected: dict, remedy: str,
+                   differences: list[str] | None = None) -> WeightsMismatchError:
+    """One message: the file, what it holds, what `asked` expects, how they differ, what to do."""
+    differences = shape_differences(found, expected) if differences is None else differences
+    return WeightsMismatchError(
+        f"{_where(path, what)} does not fit {asked}: the file holds {describe(found)}, but {asked} expects "
+        f"{describe(expected)} ({'; '.join(differences) or 'the tensors differ'}). {remedy}")
 
 
 def save_weights(module_or_state_dict: nn.Module | dict, path: str | os.PathLike,
@@ -40,4 +196,9 @@ def save_weights(module_or_state_dict: nn.Module | dict, path: str | os.PathLike
 
 def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True):
     """Load a safetensors (or weights_only torch) state dict into `module`; returns the key report."""
-    return module.load_state_dict(read_state_dict(path), strict=strict)
+    sd = read_state_dict(path)
+    found, expected = {k: tuple(v.shape) for k, v in sd.items()}, shapes_of(module)
+    if strict and shape_differences(found, expected):
+        raise mismatch_error(path, "weights file", f"this {type(module).__name__}", found, expected,
+                             "Load it into the kind of module it was saved from.")
+    return module.load_state_dict(sd, strict=strict)
