@@ -130,13 +130,23 @@ def _weights_read(cfg) -> tuple[str, str | None]:
     return "pretrained", cfg.pretrained
 
 
-def preflight(cfg) -> Exception | None:
-    """What can fail cheaply fails before any data is loaded: the output and cache folders are
-    writable, the weights file this run reads is there and readable (its header). Returns the
-    error (so that rank 0 can share it), or None."""
+def up_front_problem(cfg) -> Exception | None:
+    """What can fail cheaply fails before any data is loaded, in this order: the output and cache
+    folders are writable; the data and weights are there (the message says what to run to make
+    them); the weights file is readable and fits (its header)."""
     try:
         for what, folder in (("output_dir", Path(cfg.output_dir) / cfg.experiment), ("cache_dir", Path(cfg.cache_dir))):
             check_writable(folder, what)
+        check_inputs(cfg)
+    except (OSError, ValueError) as e:  # MissingInputsError is a FileNotFoundError
+        return e
+    return preflight(cfg)
+
+
+def preflight(cfg) -> Exception | None:
+    """The weights file this run reads is readable (its header). Returns the error (so that rank 0
+    can share it), or None."""
+    try:
         what, value = _weights_read(cfg)
         if value is not None and (os.sep in value or value.endswith(WEIGHT_SUFFIXES)):  # not a tag, not 'imagenet'
             weight_shapes(weights_location(value), what)
@@ -299,7 +309,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
         return target.record() if world.is_main else None
     # Checked before any computation (a finished run, above, may be read from a read-only folder);
     # rank 0 checks and every rank stops together.
-    problem = world.broadcast(preflight(cfg) if world.is_main else None)
+    problem = world.broadcast(up_front_problem(cfg) if world.is_main else None)
     if problem is not None:
         raise problem
     target.path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +320,6 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
         # Another process may have finished it while we waited for the lock.
         if world.broadcast(not force and target.is_done(cfg.identity())):
             return target.record() if world.is_main else None
-        check_inputs(cfg)  # missing data or weights: say what to run, before anything is loaded
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
         build = METHODS[cfg.method]
