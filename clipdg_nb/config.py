@@ -269,3 +269,23 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     Names the dataclass does not know (notebook-only parameters such as `force`) are ignored."""
     names = {f.name for f in fields(cls)}
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
+
+
+def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
+    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
+    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    if isinstance(methods, str) or not list(methods):
+        raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
+    if isinstance(lrs, (str, int, float)) or not list(lrs):
+        raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
+    for m in methods:
+        if m not in TRAINED_METHODS:
+            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
+            raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
+    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
+            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
+
+
+def config_of(method: str):
+    """The config class of a method's notebook family."""
+    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig

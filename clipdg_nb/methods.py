@@ -21,7 +21,8 @@ import torch
 
 from . import ddp
 from .averaging import wise_ft
-from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig, ZeroShotConfig, from_namespace
+from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig
+from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
@@ -354,23 +355,3 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
         "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
     return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})
-
-
-def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
-    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
-    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
-    if isinstance(methods, str) or not list(methods):
-        raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
-    if isinstance(lrs, (str, int, float)) or not list(lrs):
-        raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
-    for m in methods:
-        if m not in TRAINED_METHODS:
-            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
-            raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
-    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
-            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
-
-
-def config_of(method: str):
-    """The config class of a method's notebook family."""
-    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig
