@@ -26,7 +26,7 @@ TINY_CLIP_WEIGHTS = "outputs/cache/pretrain/tiny-clip.safetensors"
 TINY_VISION_WEIGHTS = "outputs/cache/pretrain/tiny-vision.safetensors"
 TINY_MODEL = "clipdg-tiny-vit"  # the model those weights belong to
 
-METHODS = ("zeroshot", "linear_probe", "finetune", "lp_ft", "vision_only", "vision_only_probe")
+METHODS = ("zeroshot", "linear_probe", "finetune", "flyp", "lp_ft", "vision_only", "vision_only_probe")
 TRAINED_METHODS = METHODS[1:]
 PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
 VISION_METHODS = ("vision_only", "vision_only_probe")
@@ -138,13 +138,13 @@ class ZeroShotConfig(RunConfig):
 # Training knobs a probe never reads: left out of a probe's identity.
 TRAINING_FIELDS = ("lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size", "gamma", "warmup_epochs",
                    "sampler", "augment", "text_mode", "select_metric", "swa", "swa_last_k", "swa_lr", "ema_decay",
-                   "wise_alphas", "precision", "grad_clip", "batch_size")
+                   "wise_alphas", "precision", "grad_clip", "batch_size", "train_blocks")
 
 
 @dataclass
 class FinetuneConfig(RunConfig):
     """02_few_shot_sweep and 03_swa_ablation: one (fraction, seed, method, lr) training run."""
-    method: str = "finetune"  # linear_probe | finetune | lp_ft | vision_only | vision_only_probe
+    method: str = "finetune"  # linear_probe | finetune | flyp | lp_ft | vision_only | vision_only_probe
     fraction: float = 1.0  # share of the WILDS train split, in (0, 1]
     stratify: bool = False  # keep every class in small subsets
     batch_size: int = 128  # training batch size (the study: 128)
@@ -159,6 +159,7 @@ class FinetuneConfig(RunConfig):
     sampler: str = "group_uniform"  # group_uniform (the study) | shuffle
     augment: bool = False  # the study's flip / ColorJitter / rotation
     text_mode: str = "trainable"  # trainable (both towers, the study) | frozen (zero-shot head, WiSE-FT style)
+    train_blocks: int | None = None  # train only the image tower's last k transformer blocks (None: all; 0: none)
     select_split: str = "id_val"  # checkpoint selection: id_val | val, never a test split
     select_metric: str | None = None  # None: the dataset's headline metric on select_split
     swa: bool = True  # average the weights of the last swa_last_k epochs (SWA)
@@ -189,6 +190,11 @@ class FinetuneConfig(RunConfig):
         _integer("warmup_epochs", self.warmup_epochs)
         _choice("sampler", self.sampler, ("group_uniform", "shuffle"))
         _choice("text_mode", self.text_mode, ("trainable", "frozen"))
+        if self.train_blocks is not None:  # checked against the model's number of blocks when it is built
+            try:
+                _integer("train_blocks", self.train_blocks)
+            except ValueError as e:
+                raise ValueError(f"{e}, or None (train every block)") from None
         if self.select_split not in VALIDATION_SPLITS:
             raise ValueError(f"select_split={self.select_split!r}: choices are made on a validation split "
                              f"({list(VALIDATION_SPLITS)}), never on a test split")
@@ -242,6 +248,10 @@ class FinetuneConfig(RunConfig):
             del ident["probe_cs"]
         if self.method not in VISION_METHODS:
             del ident["vision_arch"], ident["vision_weights"]
+        if ident.get("train_blocks", 0) is None:  # the default (every block) keeps earlier run ids valid
+            del ident["train_blocks"]
+        if self.method == "flyp":  # FLYP trains both towers by definition: text_mode is not read
+            ident.pop("text_mode", None)
         return ident
 
 
@@ -259,3 +269,23 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     Names the dataclass does not know (notebook-only parameters such as `force`) are ignored."""
     names = {f.name for f in fields(cls)}
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
+
+
+def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
+    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
+    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    if isinstance(methods, str) or not list(methods):
+        raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
+    if isinstance(lrs, (str, int, float)) or not list(lrs):
+        raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
+    for m in methods:
+        if m not in TRAINED_METHODS:
+            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
+            raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
+    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
+            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
+
+
+def config_of(method: str):
+    """The config class of a method's notebook family."""
+    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig

@@ -21,7 +21,8 @@ import torch
 
 from . import ddp
 from .averaging import wise_ft
-from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig, ZeroShotConfig, from_namespace
+from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig
+from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
@@ -29,11 +30,13 @@ from .images import Normalize, image_split
 from .inputs import check_inputs, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
+from .models.partial import train_last_blocks
 from .models.weights import WEIGHT_SUFFIXES, weight_shapes
 from .paths import resolve
 from .precision import resolve_device, resolve_precision
 from .runs import Run, check_writable
-from .train import fit
+from .flyp import clamp_logit_scale, flyp_objective
+from .train import cross_entropy, fit
 
 
 @dataclass
@@ -218,8 +221,9 @@ def selection_metric(cfg: FinetuneConfig) -> str:
 
 
 def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
-    """Fine-tuning through `train.fit`: CLIP (the study's method), LP-FT or vision-only; the weight
-    variants are the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
+    """Fine-tuning through `train.fit`: CLIP (the study's method), FLYP (contrastive loss, `flyp`),
+    LP-FT or vision-only, on the image tower's last `train_blocks` blocks; the weight variants are
+    the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
     cfg, world = ctx.cfg, ddp.info()
     with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
         if cfg.method == "vision_only":
@@ -233,7 +237,8 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
                 model = ClipClassifier.from_linear_probe(bundle.model, probe.W, probe.b)
             else:
                 model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
-                                                 text_mode=cfg.text_mode)
+                                                 text_mode="trainable" if cfg.method == "flyp" else cfg.text_mode)
+        train_last_blocks(model, cfg.train_blocks)
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_idx = ctx.train_indices()
         train_images = ctx.images(train_idx, size)
@@ -250,7 +255,9 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
 
     trained = fit(model, train_images, metadata_column(ctx.dataset, ctx.spec.sampler_field)[train_idx], cfg,
                   normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=Run.of(cfg).checkpoint_dir,
-                  progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}")
+                  progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}",
+                  loss_fn=flyp_objective if cfg.method == "flyp" else cross_entropy,
+                  after_step=clamp_logit_scale if cfg.method == "flyp" else None)
     if not world.is_main:
         return None
     states = {"best": trained.best_state, "last": trained.last_state}
@@ -279,6 +286,7 @@ METHODS: dict[str, Callable] = {
     "linear_probe": linear_probe,
     "vision_only_probe": linear_probe,
     "finetune": end_to_end,
+    "flyp": end_to_end,
     "lp_ft": end_to_end,
     "vision_only": end_to_end,
 }
@@ -356,23 +364,3 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
         "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
     return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})
-
-
-def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
-    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
-    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
-    if isinstance(methods, str) or not list(methods):
-        raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
-    if isinstance(lrs, (str, int, float)) or not list(lrs):
-        raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
-    for m in methods:
-        if m not in TRAINED_METHODS:
-            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
-            raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
-    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
-            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
-
-
-def config_of(method: str):
-    """The config class of a method's notebook family."""
-    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig

@@ -35,6 +35,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def cross_entropy(step_model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default loss: cross-entropy over the model's logits (the study's fine-tuning)."""
+    return F.cross_entropy(step_model(x).float(), y)
+
+
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":  # the study: Adam with L2 weight decay added to the gradient
@@ -106,7 +111,8 @@ def _loader(train_images: Dataset, sampler, cfg, device: torch.device, world: dd
 def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, normalize: torch.nn.Module,
         device: torch.device, evaluate: Callable[[torch.nn.Module], tuple[float, dict]],
         checkpoint_dir: str | None = None, progress: bool | str = True, score_name: str = "score",
-        desc: str = "training") -> FitResult:
+        desc: str = "training", loss_fn: Callable = cross_entropy,
+        after_step: Callable[[torch.nn.Module], None] | None = None) -> FitResult:
     """Train `model` on `train_images` (items: uint8 image, label, idx) and return its weight variants.
 
     `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
@@ -114,6 +120,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     interrupted call resumes from the last finished epoch and ends with the same weights.
     `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
     and terminals, a line per epoch under papermill), or a mode name, or False.
+    `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
+    contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature).
     """
     world = ddp.info()
     precision = resolve_precision(cfg.precision, device)
@@ -174,7 +182,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
                 x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
             x = normalize(x)
             with autocast(device, precision):
-                loss = F.cross_entropy(step_model(x).float(), y)
+                loss = loss_fn(step_model, x, y)
             shown = loss
             if world.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
                 loss = loss * shards.weight(step)
@@ -191,6 +199,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if after_step is not None:
+                after_step(model)
             if ema is not None:
                 ema.update(model.state_dict())
             losses.append(shown.item())

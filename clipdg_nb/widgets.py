@@ -71,7 +71,7 @@ def comparison_variants(record: Mapping, preferred: Sequence[tuple] = (("last", 
         if {a, b} <= have:
             return a, b
     raise ValueError(f"run {record['run_id']} ({record['method']}) has weight variants {sorted(have) or 'none'}; "
-                     "03_swa_ablation compares variants of a trained run (finetune, lp_ft, vision_only)")
+                     "03_swa_ablation compares variants of a trained run (finetune, flyp, lp_ft, vision_only)")
 
 
 def comparison_title(a: str, b: str) -> str:

@@ -26,8 +26,8 @@ GENERATED = {
     "01_zero_shot": dict(cls=ZeroShotConfig, skip=("method",), after=(
         "gallery_size: int = 12  # failures shown in the static gallery", FORCE)),
     "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr"), before=(
-        "methods: list = ['finetune']  # methods trained at this point: linear_probe, finetune, lp_ft, vision_only, "
-        "vision_only_probe",
+        "methods: list = ['finetune']  # methods trained at this point: linear_probe, finetune, flyp, lp_ft, "
+        "vision_only, vision_only_probe",
         "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)"), after=(FORCE,)),
     "03_swa_ablation": dict(cls=FinetuneConfig, after=(
         "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),

@@ -114,8 +114,22 @@ class ClipClassifier(nn.Module):
         finally:
             self._text_cache = None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def batch_class_features(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [K, D] of the K distinct classes in `labels` (same recipe as `text_features`,
+        only those prompts through the text tower) and each label's row in them [B]."""
+        classes, targets = torch.unique(labels, return_inverse=True)
+        per_class = self.prompt_tokens.shape[0] // self.n_classes
+        rows = (classes[:, None] * per_class + torch.arange(per_class, device=classes.device)).reshape(-1)
+        return class_text_embeddings(self.clip, self.prompt_tokens[rows], len(classes)), targets
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """Logits [N, C]; with `labels` (trainable mode, FLYP's loss): normalised image features,
+        the batch's distinct class embeddings, each image's row in them and logit_scale."""
         img = self.features(images)
+        if labels is not None:
+            if self.text_mode != "trainable":
+                raise ValueError(f"contrastive outputs need text_mode='trainable', not {self.text_mode!r}")
+            return (img, *self.batch_class_features(labels), self.clip.logit_scale)
         if self.text_mode == "trainable":
             return self.clip.logit_scale.exp() * img @ self.text_features().T
         return self.head(img)

@@ -1,0 +1,54 @@
+"""FLYP (Goyal et al. 2023, "Finetune like you pretrain"): fine-tune both CLIP towers with the
+contrastive loss of pretraining, between each image and its class prompt, then classify with the
+zero-shot head rebuilt from the fine-tuned text tower (`ClipClassifier` in trainable mode).
+
+Repeated classes in a batch: the batch's prompts are deduplicated. With 62 (FMoW) or 182
+(iWildCam) classes and batches of 128, repeats are the rule, not the exception. Plain CLIP loss
+(FLYP's code) would put k identical copies of a class prompt in the batch: image -> text then
+adds log(k_j) to every column of class j (a prior on how often the class happens to be in the
+batch) and can never go below log(k_true); text -> image asks each identical copy to pick "its"
+image out of k images of the same class (false negatives), which summed over the copies is the
+averaged-positive target below, weighted by k. Deduplicated, image -> text is a cross-entropy over
+the batch's distinct classes, and text -> image gives each distinct prompt one row whose target is
+spread evenly over its images; without repeats it is exactly open_clip's `ClipLoss`.
+
+Class embeddings: the templates' embeddings averaged per class (open_clip's zero-shot recipe), the
+very embedding the classifier is evaluated with. Under DDP the negatives are each rank's own
+batch (not gathered), so the loss depends on the number of ranks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOGIT_SCALE = math.log(100)  # open_clip's training clamps logit_scale to [0, ln 100] after each step
+
+
+def flyp_loss(image_features: torch.Tensor, class_features: torch.Tensor, targets: torch.Tensor,
+              logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss between images and their batch's distinct class prompts.
+
+    image_features [B, D] and class_features [K, D] L2-normalised; targets [B]: each image's row of
+    class_features (every row is some image's class); logit_scale: the log temperature (learned).
+    (cross-entropy image -> text over the K prompts + cross-entropy text -> image over the B images
+    with the target spread evenly over the prompt's images) / 2.
+    """
+    logits = logit_scale.exp() * image_features @ class_features.T  # [B, K]
+    image_to_text = F.cross_entropy(logits, targets)
+    positives = F.one_hot(targets, class_features.shape[0]).T.to(logits.dtype)  # [K, B]
+    text_to_image = F.cross_entropy(logits.T, positives / positives.sum(dim=1, keepdim=True))
+    return (image_to_text + text_to_image) / 2
+
+
+def flyp_objective(step_model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`train.fit`'s loss hook for FLYP: one forward of the (DDP / compiled) trainable ClipClassifier."""
+    image_features, class_features, targets, logit_scale = step_model(images, labels=labels)
+    return flyp_loss(image_features.float(), class_features.float(), targets, logit_scale.float())
+
+
+def clamp_logit_scale(model) -> None:
+    """`train.fit`'s after-step hook for FLYP: the temperature stays within CLIP's training range."""
+    with torch.no_grad():
+        model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -1,0 +1,60 @@
+"""Partial fine-tuning: train only the image tower's last k transformer blocks.
+
+`train_last_blocks(model, k)` sets requires_grad=False on the rest of the image tower (the
+optimizer skips frozen parameters). Everything outside the image tower keeps training: the text
+tower and logit_scale of CLIP fine-tuning and FLYP, the linear head of LP-FT, vision-only and a
+frozen-text CLIP. The layers after the blocks (open_clip's ln_post / proj, torchvision's final
+encoder.ln) train with the last block, so k=0 freezes the whole tower (vision_only with k=0 is a
+linear probe trained end to end); the stem (patch embedding, class and position embeddings,
+ln_pre) trains with the first block, so k = the number of blocks is the same as None: all.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+# Parameters of an image tower after its blocks (names relative to the tower), per architecture.
+AFTER_BLOCKS = ("ln_post", "proj", "attn_pool", "encoder.ln", "heads")
+
+
+def image_tower(model: nn.Module) -> nn.Module:
+    """The image tower of a ClipClassifier (any text mode) or a VisionClassifier."""
+    if hasattr(model, "backbone"):
+        return model.backbone
+    return model.clip.visual if getattr(model, "text_mode", None) == "trainable" else model.visual
+
+
+def tower_blocks(tower: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of an open_clip VisionTransformer or a torchvision VisionTransformer."""
+    if hasattr(tower, "transformer") and hasattr(tower.transformer, "resblocks"):
+        return tower.transformer.resblocks
+    if hasattr(tower, "encoder") and hasattr(tower.encoder, "layers"):
+        return tower.encoder.layers
+    raise ValueError(f"train_blocks: the image tower {type(tower).__name__} has no transformer blocks "
+                     "(transformer.resblocks or encoder.layers); use train_blocks=None")
+
+
+def _after_blocks(name: str) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in AFTER_BLOCKS)
+
+
+def train_last_blocks(model: nn.Module, k: int | None) -> nn.Module:
+    """Freeze the image tower of `model` but its last `k` blocks (None: nothing frozen); in place."""
+    if k is None:
+        return model
+    tower = image_tower(model)
+    blocks = list(tower_blocks(tower))
+    if k > len(blocks):
+        raise ValueError(f"train_blocks={k} exceeds the {len(blocks)} transformer blocks of the image tower "
+                         f"({type(tower).__name__}); use 0..{len(blocks)} or None (all)")
+    if k == len(blocks):
+        return model
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    trainable = {id(p) for block in blocks[len(blocks) - k:] for p in block.parameters()}
+    for name, p in tower.named_parameters():
+        p.requires_grad_(id(p) in trainable or (k > 0 and id(p) not in in_blocks and _after_blocks(name)))
+    return model
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters that will train."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
