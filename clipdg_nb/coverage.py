@@ -44,6 +44,49 @@ def coverage_of(pretrained) -> float | None:
     return float(match["c"]) if match else None
 
 
+def _meta(pretrained) -> dict:
+    path = resolve(str(pretrained)).parent / "meta.json" if pretrained else None
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: float | None = None,
+                       splits=("id_test", "test")) -> pd.DataFrame:
+    """Accuracy on the classes the `reference` coverage's captions named and on those it left out,
+    per (coverage, method, fraction, split), mean over seeds (from the saved predictions; the
+    headline weights). `reference`: the smallest coverage above 0 in the experiment by default. Says
+    whether a coverage's effect sits in the classes whose names were missing."""
+    from .datasets import class_names
+
+    records = [r for r in runs.load_records(resolve(output_dir) / experiment) if r.get("dataset") == dataset]
+    pretrained = {r["run_id"]: (r.get("params") or {}).get("pretrained") for r in records}
+    covs = {k: coverage_of(v) for k, v in pretrained.items()}
+    known = sorted({c for c in covs.values() if c is not None and c > 0})
+    reference = reference if reference is not None else (known[0] if known else None)
+    ref_meta = next((_meta(pretrained[k]) for k, c in covs.items() if c == reference), {})
+    if "named_concepts" not in ref_meta:
+        return pd.DataFrame(columns=["coverage", "method", "fraction", "split", "named", "accuracy", "n"])
+    named = {c.split(":", 1)[1] for c in ref_meta["named_concepts"] if c.startswith(f"{dataset}:")}
+    is_named = np.array([c in named for c in class_names(dataset)])
+    rows = []
+    for r in records:
+        try:
+            preds = runs.Run.of_record(r, resolve(output_dir)).predictions()
+        except FileNotFoundError:  # made with save_predictions=False
+            continue
+        preds = preds[preds["split"].isin(splits)]
+        correct = preds["y_pred"].to_numpy() == preds["y_true"].to_numpy()
+        for (split, flag), ok in pd.Series(correct).groupby([preds["split"].to_numpy(), is_named[preds["y_true"].to_numpy()]]):
+            rows.append({"coverage": covs[r["run_id"]], "method": r["method"], "fraction": r["fraction"], "seed": r["seed"],
+                         "split": split, "named": f"named at {reference:g}" if flag else f"unnamed at {reference:g}",
+                         "accuracy": float(ok.mean())})
+    frame = pd.DataFrame(rows, columns=["coverage", "method", "fraction", "seed", "split", "named", "accuracy"])
+    return (frame.groupby(["coverage", "method", "fraction", "split", "named"])["accuracy"]
+            .agg(accuracy="mean", n="count").reset_index())
+
+
 def coverage_by_run(output_dir, experiment: str) -> pd.Series:
     """run_id -> coverage of every run record of the experiment (NaN where unknown)."""
     records = runs.load_records(resolve(output_dir) / experiment)

@@ -52,3 +52,27 @@ def test_gap_by_coverage_without_coverage_column_says_what_to_do():
     with pytest.raises(ValueError, match="with_coverage"):
         gap_by_coverage(_frame({1.0: 0.1}).drop(columns="coverage"))
     assert gap_by_coverage(_frame({1.0: 0.1}).assign(method="finetune")).empty
+
+
+def test_accuracy_by_naming_splits_classes_by_the_reference_captions(tmp_path):
+    from clipdg_nb.coverage import accuracy_by_naming
+    from clipdg_nb.datasets import class_names
+    from clipdg_nb.runs import write_json
+
+    names = class_names("fmow")
+    for cov, folder in ((1.0, "pretrain"), (0.5, "pretrain/coverage-0.5")):
+        (tmp_path / folder).mkdir(parents=True)
+        write_json(tmp_path / folder / "meta.json", {"key": "k", "config": {}, "coverage": cov,
+                                                     "named_concepts": [f"fmow:{c}" for c in names[: 31 if cov < 1 else 62]]})
+        run = tmp_path / "runs" / "e" / f"zs-{cov}"
+        (run / "predictions").mkdir(parents=True)
+        y = np.arange(62)
+        y_pred = np.where(y < 31, y, 0) if cov < 1 else y  # right on the named half only, at 0.5
+        pd.DataFrame({"idx": y, "y_true": y, "y_pred": y_pred, "p_top1": 0.5}).to_parquet(run / "predictions" / "test.parquet")
+        write_json(run / "result.json", {"run_id": f"zs-{cov}", "experiment": "e", "dataset": "fmow", "method": "zeroshot",
+                                         "fraction": 0.0, "seed": 0, "metrics": {"test": {}}, "selection": {},
+                                         "params": {"pretrained": str(tmp_path / folder / "tiny-clip.safetensors")}})
+    table = accuracy_by_naming(tmp_path / "runs", "e", "fmow", splits=("test",))
+    got = {(r.coverage, r.named): r.accuracy for r in table.itertuples()}
+    assert got == {(0.5, "named at 0.5"): 1.0, (0.5, "unnamed at 0.5"): 0.0,
+                   (1.0, "named at 0.5"): 1.0, (1.0, "unnamed at 0.5"): 1.0}
