@@ -41,8 +41,11 @@ def _cmd_demo(args) -> int:
 def _cmd_pretrain_tiny(args) -> int:
     from .pipeline.pretrain import PretrainConfig, pretrain_tiny
 
-    out = pretrain_tiny(args.cache_dir, PretrainConfig(seed=args.seed, data_seed=args.data_seed), force=args.force)
-    print(f"clip weights: {out.clip}\nvision-only weights: {out.vision}\n({out.meta['seconds']} s to pretrain)")
+    for coverage in args.coverage:
+        cfg = PretrainConfig(seed=args.seed, data_seed=args.data_seed, coverage=coverage)
+        out = pretrain_tiny(args.cache_dir, cfg, force=args.force)
+        print(f"coverage {coverage:g}: clip weights: {out.clip}\nvision-only weights: {out.vision}\n"
+              f"({out.meta['seconds']} s to pretrain)")
     return 0
 
 
@@ -170,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cache-dir", default="outputs/cache")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic datasets (their class objects)")
+    pre.add_argument("--coverage", type=float, nargs="+", default=[1.0], metavar="C",
+                     help="share of the concepts the captions name, in [0, 1] (several: one pretraining each; "
+                          "1.0, the default, is the demo's corpus; others go to pretrain/coverage-C/)")
     pre.add_argument("--force", action="store_true", help="retrain even when the cache matches")
     pre.set_defaults(func=_cmd_pretrain_tiny)
 

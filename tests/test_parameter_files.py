@@ -55,5 +55,24 @@ def test_every_point_builds_valid_configs_with_weights_for_its_model(path):
             if cfg.method in VISION_METHODS:
                 assert cfg.vision_weights != TINY_VISION_WEIGHTS and cfg.vision_arch == "vit_b_32", (
                     path.name, cfg.method, cfg.vision_arch, cfg.vision_weights)
-        else:  # the offline files: pretrained tiny weights, never a random CLIP by accident
-            assert cfg.pretrained == TINY_CLIP_WEIGHTS, (path.name, cfg.method)
+        else:  # the offline files: pretrained tiny weights (any caption coverage), never a random CLIP by accident
+            assert cfg.pretrained in (TINY_CLIP_WEIGHTS, *COVERAGE_WEIGHTS), (path.name, cfg.method)
+
+
+COVERAGE_WEIGHTS = ("outputs/cache/pretrain/coverage-0.5/tiny-clip.safetensors",
+                    "outputs/cache/pretrain/coverage-0/tiny-clip.safetensors")
+
+
+def test_coverage_demo_pairs_each_clip_with_the_twin_of_its_pretraining():
+    from clipdg_nb.pipeline.pretrain import PretrainConfig
+
+    experiment = load_experiment(ROOT / "parameters" / "coverage_demo.yaml", root=ROOT)
+    sweep = [p.parameters for s in experiment.stages for p in s.points if "methods" in p.parameters]
+    folders = {str(PretrainConfig(coverage=c).folder("outputs/cache")) for c in (1.0, 0.5, 0.0)}
+    assert {str(Path(p["pretrained"]).parent) for p in sweep} == folders
+    for p in sweep:
+        assert Path(p["pretrained"]).parent == Path(p["vision_weights"]).parent, p
+        assert sorted(p["methods"]) == ["finetune", "vision_only"]
+    assert len(sweep) == 3 * 2 * 3  # coverages x fractions x seeds
+    zero_shot = {p.parameters["pretrained"] for s in experiment.stages for p in s.points if "01_zero_shot" in str(s.notebook)}
+    assert {str(Path(z).parent) for z in zero_shot} == folders

@@ -84,3 +84,79 @@ def test_every_prompt_and_caption_fits_the_tiny_context():
              for t in prompt_templates(ds, kind) for c in class_names(ds)]
     texts += [t.format(c=c) for t in CAPTION_TEMPLATES for _, _, c in concepts()]
     assert max(len(tokenizer.encode(t)) + 2 for t in texts) <= 20
+
+
+# --- caption coverage: the corpus names a seeded share of the concepts, images unchanged -----------
+
+def _named_in(captions, ids, cfg):
+    from clipdg_nb.pipeline.pretrain import GENERIC_CAPTIONS, named_concepts
+
+    named = set(named_concepts(cfg).tolist())
+    for k, caption in zip(ids, captions):
+        if k in named:
+            assert concepts()[k][2].lower() in caption.lower(), (k, caption)
+        else:
+            assert caption in GENERIC_CAPTIONS, (k, caption)
+    return named
+
+
+def test_coverage_names_exactly_the_chosen_share_of_each_dataset():
+    from clipdg_nb.pipeline.pretrain import named_concepts
+
+    full = make_corpus(PretrainConfig(n_images=600))
+    half_cfg = PretrainConfig(n_images=600, coverage=0.5)
+    half = make_corpus(half_cfg)
+    named = _named_in(half[2], half[1], half_cfg)
+    by_dataset = {ds: sum(concepts()[k][0] == ds for k in named) for ds in ("fmow", "iwildcam")}
+    assert by_dataset == {"fmow": 31, "iwildcam": 91}  # the same share of both datasets
+    # the unnamed concepts' names never occur (unless inside the name of the captioned concept)
+    unnamed = [concepts()[k][2].lower() for k in range(len(concepts())) if k not in named]
+    for k, caption in zip(half[1], half[2]):
+        own = concepts()[k][2].lower()
+        assert not [u for u in unnamed if u in caption.lower() and u not in own], caption
+    # corpus size, images and concept ids unchanged; captions of named concepts unchanged
+    assert len(half[2]) == len(full[2]) == 600
+    assert np.array_equal(half[0], full[0]) and np.array_equal(half[1], full[1])
+    assert all(h == f for k, h, f in zip(half[1], half[2], full[2]) if k in named)
+    assert set(named_concepts(PretrainConfig(coverage=0.25)).tolist()) < named  # nested
+    assert len(named_concepts(PretrainConfig(coverage=1.0))) == len(concepts())
+
+
+def test_coverage_zero_names_no_concept_and_is_deterministic():
+    from clipdg_nb.pipeline.pretrain import GENERIC_CAPTIONS
+
+    cfg = PretrainConfig(n_images=300, coverage=0.0)
+    a, b = make_corpus(cfg), make_corpus(cfg)
+    assert all(c in GENERIC_CAPTIONS for c in a[2])
+    assert np.array_equal(a[0], b[0]) and a[2] == b[2]
+    assert np.array_equal(a[0], make_corpus(PretrainConfig(n_images=300))[0])
+    other_seed = PretrainConfig(n_images=300, coverage=0.5, seed=1)
+    assert not np.array_equal(make_corpus(other_seed)[0], a[0])
+
+
+def test_coverage_keys_folders_and_the_unchanged_default():
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    import open_clip
+
+    default = PretrainConfig()
+    old = {k: v for k, v in asdict(default).items() if k != "coverage"}  # the key before coverage existed
+    assert default.key() == hashlib.sha256((json.dumps(old, sort_keys=True) + open_clip.__version__ + "v1").encode()).hexdigest()[:16]
+    assert len({PretrainConfig(coverage=c).key() for c in (1.0, 0.5, 0.0)}) == 3
+    assert str(default.folder("outputs/cache")) == "outputs/cache/pretrain"
+    assert str(PretrainConfig(coverage=0.5).folder("c")) == "c/pretrain/coverage-0.5"
+    assert str(PretrainConfig(coverage=0.0).folder("c")) == "c/pretrain/coverage-0"
+    with pytest.raises(ValueError, match="coverage"):
+        PretrainConfig(coverage=1.5)
+
+
+def test_coverage_pretraining_is_cached_in_its_own_folder(tmp_path):
+    from clipdg_nb.coverage import coverage_of
+
+    cfg = PretrainConfig(n_images=200, steps=2, batch_size=16, supervised_steps=2, coverage=0.5)
+    out = pretrain_tiny(tmp_path, cfg, log=lambda *_: None)
+    assert out.clip.parent == tmp_path / "pretrain" / "coverage-0.5"
+    assert out.meta["coverage"] == 0.5 and len(out.meta["named_concepts"]) == 122
+    assert coverage_of(out.clip) == 0.5 and coverage_of(out.vision) == 0.5

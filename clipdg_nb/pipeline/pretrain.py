@@ -8,6 +8,11 @@ that name the concept but never use the target prompts ("a centered satellite ph
 imperfect. The vision-only counterpart is the same image tower trained with supervised labels
 (one per concept) on the same corpus. Both are cached under `outputs/cache/pretrain/`, keyed by
 their settings, and are deterministic for a seed.
+
+`coverage` < 1 (`clipdg pretrain-tiny --coverage C`): the captions name only a seeded share C of the
+concepts (the same share of each dataset); images of the others stay, with a generic caption. The
+images and labels are the same at every coverage, so the supervised twin is too: only CLIP's
+language supervision changes. Coverage 1.0 keeps the original corpus, key and folder.
 """
 from __future__ import annotations
 
@@ -34,6 +39,12 @@ CAPTION_TEMPLATES = (
     "a small {c}.", "a large {c}.", "the {c} in a scene.", "an example of {c}.", "my favourite {c}.",
 )
 
+# captions of the concepts left unnamed at coverage < 1: true of every image, naming no concept
+GENERIC_CAPTIONS = (
+    "a photo of something.", "an object on a background.", "a picture of a thing.", "something in a scene.",
+    "an image of an object.", "a close-up of something.", "there is something here.", "a snapshot.",
+)
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -47,10 +58,23 @@ class PretrainConfig:
     lr: float = 2e-3
     supervised_steps: int = 300
     scene_spread: float = 0.25
+    coverage: float = 1.0  # share of the concepts the captions name (1.0: every one, the default corpus)
+
+    def __post_init__(self):
+        if not 0.0 <= self.coverage <= 1.0:
+            raise ValueError(f"coverage={self.coverage!r}: a share of the concepts, in [0, 1]")
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True) + open_clip.__version__ + "v1"
+        settings = asdict(self)
+        if self.coverage == 1.0:  # the full corpus keeps the key it had before coverage existed
+            settings.pop("coverage")
+        blob = json.dumps(settings, sort_keys=True) + open_clip.__version__ + "v1"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def folder(self, cache_dir: str | os.PathLike) -> Path:
+        """Where the weights live: `pretrain/` for the full corpus, `pretrain/coverage-0.5/` otherwise."""
+        base = Path(cache_dir) / "pretrain"
+        return base if self.coverage == 1.0 else base / f"coverage-{self.coverage:g}"
 
 
 def concepts() -> list[tuple[str, int, str]]:
@@ -58,9 +82,24 @@ def concepts() -> list[tuple[str, int, str]]:
     return [(name, y, c) for name in ("fmow", "iwildcam") for y, c in enumerate(class_names(name))]
 
 
+def named_concepts(cfg: PretrainConfig) -> np.ndarray:
+    """Ids (into `concepts()`) of the concepts the captions name: a seeded share `cfg.coverage` of each
+    dataset's classes (stratified, so both lose the same share), nested (a lower coverage names a
+    subset of what a higher one names)."""
+    items, named = concepts(), []
+    for d, name in enumerate(("fmow", "iwildcam")):
+        ids = np.array([k for k, item in enumerate(items) if item[0] == name])
+        order = np.random.default_rng([cfg.seed, 33, d]).permutation(len(ids))
+        named.extend(ids[order[:int(round(cfg.coverage * len(ids)))]])
+    return np.sort(np.array(named, dtype=np.int64))
+
+
 def make_corpus(cfg: PretrainConfig):
-    """uint8 images [N, H, W, 3], concept ids [N], captions [N]; deterministic for the seeds."""
+    """uint8 images [N, H, W, 3], concept ids [N], captions [N]; deterministic for the seeds.
+    The images and concept ids do not depend on `cfg.coverage`; only the captions of concepts left
+    unnamed change, to a generic one ("an object on a background.")."""
     items = concepts()
+    named = set(named_concepts(cfg).tolist())
     protos = {name: class_prototypes(len(class_names(name)), cfg.data_seed, name) for name in ("fmow", "iwildcam")}
     rng = np.random.default_rng([cfg.seed, 31])
     concept_ids = rng.integers(0, len(items), cfg.n_images)
@@ -73,7 +112,10 @@ def make_corpus(cfg: PretrainConfig):
         scene = random_scene(img_rng, cfg.scene_spread, gray_prob=0.1)
         images[i] = render(protos[dataset], label, scene, img_rng, cfg.image_size)
         template = CAPTION_TEMPLATES[img_rng.integers(len(CAPTION_TEMPLATES))]
-        captions.append(template.format(c=name.lower() if img_rng.random() < 0.5 else name))
+        caption = template.format(c=name.lower() if img_rng.random() < 0.5 else name)
+        if k not in named:  # drawn after the image, so the image set is the same at every coverage
+            caption = GENERIC_CAPTIONS[img_rng.integers(len(GENERIC_CAPTIONS))]
+        captions.append(caption)
     return images, concept_ids, captions
 
 
@@ -154,7 +196,7 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
     cfg = cfg or PretrainConfig()
     if cfg.model not in TINY_MODELS:
         raise ValueError(f"model={cfg.model!r}: the miniature pretraining is for {TINY_MODELS}")
-    folder = Path(cache_dir) / "pretrain"
+    folder = cfg.folder(cache_dir)
     clip_path, vision_path, meta_path = folder / "tiny-clip.safetensors", folder / "tiny-vision.safetensors", folder / "meta.json"
     if not force and meta_path.exists() and clip_path.exists() and vision_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -162,15 +204,18 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
             return PretrainedTiny(clip_path, vision_path, meta)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    log(f"pretraining {cfg.model} on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts)")
+    named = named_concepts(cfg)
+    log(f"pretraining {cfg.model} on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts,"
+        f" captions naming {len(named)}: coverage {cfg.coverage:g})")
     images, concept_ids, captions = make_corpus(cfg)
     clip = pretrain_clip(cfg, images, captions, log)
     supervised = pretrain_supervised(cfg, images, concept_ids, log)
     meta_path.unlink(missing_ok=True)  # the meta file is the completion marker: written last
     save_weights(clip.model, clip_path)
     save_weights(supervised.model, vision_path)
-    meta = {"key": cfg.key(), "config": asdict(cfg), "seconds": round(time.perf_counter() - start, 1),
-            "example_captions": captions[:5]}
+    meta = {"key": cfg.key(), "config": asdict(cfg), "coverage": cfg.coverage,
+            "named_concepts": [f"{concepts()[k][0]}:{concepts()[k][2]}" for k in named],
+            "seconds": round(time.perf_counter() - start, 1), "example_captions": captions[:5]}
     write_json(meta_path, meta)
     log(f"pretrained in {meta['seconds']} s -> {folder}")
     return PretrainedTiny(clip_path, vision_path, meta)

@@ -160,8 +160,10 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
     for key in ("pretrained", "vision_weights"):
         value = getattr(cfg, key, None)
         if key not in reset and looks_like_file(value) and not _resolve(root, value).is_file():
+            cov = re.search(r"coverage-([0-9.]+)", str(value))
+            make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
             problems.append(f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
-                            "(the demo's weights: `clipdg pretrain-tiny`) or fix the path")
+                            f"(the demo's weights: `{make}`) or fix the path")
     for key in ("output_dir", "cache_dir"):
         if key not in reset:
             why = writable(_resolve(root, getattr(cfg, key)))
