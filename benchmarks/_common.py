@@ -32,3 +32,19 @@ def synthetic_fmow(root: Path, image_size: int, train: int, eval_size: int = 62,
     if took > 1:
         print(f"wrote synthetic FMoW ({train} train images, {image_size} px) under {root} in {took:.1f} s")
     return load_dataset("fmow", root)
+
+
+def best_times(ways: dict, repeats: int, sync=lambda: None) -> dict:
+    """Seconds of the fastest of `repeats` runs of each way, the ways interleaved so that a busy
+    machine slows them alike; `sync` waits for the device (CUDA) before each clock read."""
+    import time as _time
+
+    best = {name: float("inf") for name in ways}
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            sync()
+            started = _time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], _time.perf_counter() - started)
+    return best

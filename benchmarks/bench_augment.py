@@ -9,12 +9,16 @@ machine may be shared). Prints images/s of each and `RATIO augment: <x>x`.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torchvision.transforms as T
 
-from clipdg_nb.images.augment import BatchAugment
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_times  # noqa: E402
+
+from clipdg_nb.images.augment import BatchAugment  # noqa: E402
 
 
 def main(argv=None):
@@ -51,16 +55,9 @@ def main(argv=None):
 
     ways = {"torchvision per sample": per_sample, "BatchAugment": batched,
             "BatchAugment, reused out": lambda: batched(True)}
-    best = {name: float("inf") for name in ways}
-    for name, fn in ways.items():  # warm-up
+    for fn in ways.values():  # warm-up
         fn()
-    for _ in range(args.repeats):
-        for name, fn in ways.items():
-            sync()
-            started = time.perf_counter()
-            fn()
-            sync()
-            best[name] = min(best[name], time.perf_counter() - started)
+    best = best_times(ways, args.repeats, sync)
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.images} images {args.size} px uint8, batch {args.batch_size}, {dev_name} (torch {torch.__version__})")
     for name, took in best.items():

@@ -12,14 +12,17 @@ of each and `RATIO text_trim: <x>x`.
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
-import time
 from pathlib import Path
 
 import open_clip
 import torch
 
-from clipdg_nb.models.text import encode_text_trimmed, trim_tokens
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_times  # noqa: E402
+
+from clipdg_nb.models.text import encode_text_trimmed, trim_tokens  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "clipdg_nb" / "data_files"
 
@@ -65,14 +68,7 @@ def main(argv=None):
             "trimmed": run(encode_text_trimmed)}
     with torch.no_grad():
         diff = (model.encode_text(tokens) - encode_text_trimmed(model, tokens)).abs().max().item()
-    best = {name: float("inf") for name in ways}
-    for _ in range(args.repeats):
-        for name, fn in ways.items():
-            sync()
-            started = time.perf_counter()
-            fn()
-            sync()
-            best[name] = min(best[name], time.perf_counter() - started)
+    best = best_times(ways, args.repeats, sync)
     what = "forward" if args.forward_only else "forward+backward"
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{len(prompts)} iWildCam prompts, {args.model} text tower (random init), {what}, "
