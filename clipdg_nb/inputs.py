@@ -9,12 +9,15 @@ warning when the weights are random.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
 from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
 from .datasets import dataset_spec
+from .models.weights import WEIGHT_SUFFIXES, weight_shapes
 from .paths import project_root, resolve
+from .runs import check_writable
 
 RANDOM = "random init"
 MAKE_DEFAULT = "`make demo` (everything), or `clipdg synth && clipdg pretrain-tiny` (data and weights only)"
@@ -120,3 +123,43 @@ def check_inputs(cfg) -> None:
         "the run cannot start:\n  " + "\n  ".join(missing) + "\n" + how
         + "Or point root_dir at the folder that holds the WILDS data (download=True fetches it), pretrained at an "
           "open_clip tag ('openai') or a weights file, or pass pretrained=None for a random-init CLIP.")
+
+
+def weights_location(value: str | None) -> str | None:
+    """A weights file named relative to the repository root, as a path; tags and None unchanged."""
+    if value is None or value == "imagenet":
+        return value
+    path = resolve(value)
+    return str(path) if path.is_file() else value
+
+
+def _weights_read(cfg) -> tuple[str, str | None]:
+    """(config field, value) of the weights this run starts from: CLIP's, or the vision-only baseline's."""
+    if cfg.method in VISION_METHODS and not (cfg.vision_arch == "clip-visual" and cfg.vision_weights is None):
+        return "vision_weights", cfg.vision_weights  # (clip-visual without a file of its own: CLIP's image tower)
+    return "pretrained", cfg.pretrained
+
+
+def up_front_problem(cfg) -> Exception | None:
+    """What can fail cheaply fails before any data is loaded, in this order: the output and cache
+    folders are writable; the data and weights are there (the message says what to run to make
+    them); the weights file is readable and fits (its header)."""
+    try:
+        for what, folder in (("output_dir", Path(cfg.output_dir) / cfg.experiment), ("cache_dir", Path(cfg.cache_dir))):
+            check_writable(folder, what)
+        check_inputs(cfg)
+    except (OSError, ValueError) as e:  # MissingInputsError is a FileNotFoundError
+        return e
+    return preflight(cfg)
+
+
+def preflight(cfg) -> Exception | None:
+    """The weights file this run reads is readable (its header). Returns the error (so that rank 0
+    can share it), or None."""
+    try:
+        what, value = _weights_read(cfg)
+        if value is not None and (os.sep in value or value.endswith(WEIGHT_SUFFIXES)):  # not a tag, not 'imagenet'
+            weight_shapes(weights_location(value), what)
+    except (OSError, ValueError) as e:
+        return e
+    return None

@@ -9,7 +9,6 @@ Under torchrun every rank calls `run`; rank 0 decides, prepares caches first, ev
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,20 +20,18 @@ import torch
 
 from . import ddp
 from .averaging import wise_ft
-from .config import PROBE_METHODS, TRAINED_METHODS, VISION_METHODS, FinetuneConfig
+from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
-from .inputs import check_inputs, weights_of
+from .inputs import _weights_read, up_front_problem, weights_location, weights_of  # noqa: F401
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
 from .models.partial import train_last_blocks
-from .models.weights import WEIGHT_SUFFIXES, weight_shapes
-from .paths import resolve
 from .precision import resolve_device, resolve_precision
-from .runs import Run, check_writable
+from .runs import Run
 from .flyp import clamp_logit_scale, flyp_objective
 from .train import cross_entropy, fit
 
@@ -93,14 +90,6 @@ class Outcome:
     extra: dict
 
 
-def weights_location(value: str | None) -> str | None:
-    """A weights file named relative to the repository root, as a path; tags and None unchanged."""
-    if value is None or value == "imagenet":
-        return value
-    path = resolve(value)
-    return str(path) if path.is_file() else value
-
-
 def _clip(cfg):
     if cfg.pretrained is None:
         torch.manual_seed(cfg.seed)  # random init (tiny configs, tests) is seeded, hence reproducible
@@ -124,38 +113,6 @@ def _vision_model(cfg):
     torch.manual_seed(cfg.seed)
     size = 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
     return vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights), image_size=size)
-
-
-def _weights_read(cfg) -> tuple[str, str | None]:
-    """(config field, value) of the weights this run starts from: CLIP's, or the vision-only baseline's."""
-    if cfg.method in VISION_METHODS and not (cfg.vision_arch == "clip-visual" and cfg.vision_weights is None):
-        return "vision_weights", cfg.vision_weights  # (clip-visual without a file of its own: CLIP's image tower)
-    return "pretrained", cfg.pretrained
-
-
-def up_front_problem(cfg) -> Exception | None:
-    """What can fail cheaply fails before any data is loaded, in this order: the output and cache
-    folders are writable; the data and weights are there (the message says what to run to make
-    them); the weights file is readable and fits (its header)."""
-    try:
-        for what, folder in (("output_dir", Path(cfg.output_dir) / cfg.experiment), ("cache_dir", Path(cfg.cache_dir))):
-            check_writable(folder, what)
-        check_inputs(cfg)
-    except (OSError, ValueError) as e:  # MissingInputsError is a FileNotFoundError
-        return e
-    return preflight(cfg)
-
-
-def preflight(cfg) -> Exception | None:
-    """The weights file this run reads is readable (its header). Returns the error (so that rank 0
-    can share it), or None."""
-    try:
-        what, value = _weights_read(cfg)
-        if value is not None and (os.sep in value or value.endswith(WEIGHT_SUFFIXES)):  # not a tag, not 'imagenet'
-            weight_shapes(weights_location(value), what)
-    except (OSError, ValueError) as e:
-        return e
-    return None
 
 
 def _tiny_image_size(model: str) -> int:
@@ -292,10 +249,6 @@ METHODS: dict[str, Callable] = {
 }
 END_TO_END = tuple(name for name, build in METHODS.items() if build is end_to_end)
 assert set(METHODS) == {"zeroshot", *TRAINED_METHODS}, "config.METHODS and methods.METHODS must agree"
-
-
-class RunConflictError(FileExistsError):
-    """Raised on every rank together when a run can't proceed (e.g. its folder is not writable)."""
 
 
 def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:

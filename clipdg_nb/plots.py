@@ -25,9 +25,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .datasets import GROUP_FIELDS
-from .figures import (SPLIT_COLORS, group_bars, id_vs_ood, learning_curves, learning_curves_by_run,  # noqa: F401
-                      metric_vs_fraction, natural_order, paired_gain, percent, split_title, variant_bars,
-                      variant_title, wise_alpha, wise_ft_curve, wise_ft_points, worst_groups_bar)
+from .figures import (SPLIT_COLORS, group_bars, id_vs_ood, metric_vs_fraction, natural_order,  # noqa: F401
+                      paired_gain, percent, split_title, variant_title, wise_alpha, worst_groups_bar)
+from .run_figures import learning_curves, learning_curves_by_run, variant_bars, wise_ft_curve, wise_ft_points  # noqa: F401
 
 _PLOTLYJS_SENT = False
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
