@@ -9,13 +9,12 @@ warning when the weights are random.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
 from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
 from .datasets import dataset_spec
-from .models.weights import WEIGHT_SUFFIXES, weight_shapes
+from .models.weights import weight_shapes
 from .paths import project_root, resolve
 from .runs import check_writable
 
@@ -133,13 +132,6 @@ def weights_location(value: str | None) -> str | None:
     return str(path) if path.is_file() else value
 
 
-def _weights_read(cfg) -> tuple[str, str | None]:
-    """(config field, value) of the weights this run starts from: CLIP's, or the vision-only baseline's."""
-    if cfg.method in VISION_METHODS and not (cfg.vision_arch == "clip-visual" and cfg.vision_weights is None):
-        return "vision_weights", cfg.vision_weights  # (clip-visual without a file of its own: CLIP's image tower)
-    return "pretrained", cfg.pretrained
-
-
 def up_front_problem(cfg) -> Exception | None:
     """What can fail cheaply fails before any data is loaded, in this order: the output and cache
     folders are writable; the data and weights are there (the message says what to run to make
@@ -154,11 +146,10 @@ def up_front_problem(cfg) -> Exception | None:
 
 
 def preflight(cfg) -> Exception | None:
-    """The weights file this run reads is readable (its header). Returns the error (so that rank 0
-    can share it), or None."""
+    """The weights files this run reads are readable (their headers). Returns the error (so that
+    rank 0 can share it), or None."""
     try:
-        what, value = _weights_read(cfg)
-        if value is not None and (os.sep in value or value.endswith(WEIGHT_SUFFIXES)):  # not a tag, not 'imagenet'
+        for what, value in _weight_files(cfg):
             weight_shapes(weights_location(value), what)
     except (OSError, ValueError) as e:
         return e

@@ -26,7 +26,7 @@ from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dat
                        prompt_functions, split_indices)
 from .evaluate import evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
-from .inputs import _weights_read, up_front_problem, weights_location, weights_of  # noqa: F401
+from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
 from .models.partial import train_last_blocks
@@ -105,7 +105,9 @@ def _clip_preprocessing(cfg, bundle) -> dict:
 def _vision_model(cfg):
     n = dataset_spec(cfg.dataset).n_classes
     if cfg.vision_arch == "clip-visual":
-        what, weights = _weights_read(cfg)
+        # its own weights file, else the CLIP model's image tower as pretrained
+        what, weights = ("vision_weights", cfg.vision_weights) if cfg.vision_weights is not None \
+            else ("pretrained", cfg.pretrained)
         weights = weights_location(weights)
         if weights is None:
             torch.manual_seed(cfg.seed)
