@@ -7,7 +7,6 @@ comparisons are paired by seed (`stats.paired_comparison`).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,9 +16,9 @@ import pandas as pd
 from . import runs, stats
 from .datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
 from .paths import resolve
+from .tables import _NO_LR, HEADLINE_COLUMNS, _lr_key, headline_table
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
-_NO_LR = -1.0  # stands for "no learning rate" (zero-shot) where pandas would drop NaN keys
 
 
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -50,10 +49,6 @@ def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant
     else:
         rows = rows[rows["metric"] == metric]
     return rows.reset_index(drop=True)
-
-
-def _lr_key(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(_lr=df["lr"].astype(float).fillna(_NO_LR))
 
 
 def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None = None,
@@ -333,8 +328,6 @@ def compare_experiments(frames_by_experiment: dict[str, pd.DataFrame], id_split:
     frame}. Each experiment's lr is chosen on `select_split` from its own runs; None keeps every lr
     (runs then pair at equal lr). Long rows: tables.HEADLINE_COLUMNS + paired; `column` names the
     experiment or 'B - A'; `n` counts seeds (pairs for a difference)."""
-    from .tables import HEADLINE_COLUMNS, headline_table
-
     if not frames_by_experiment:
         raise ValueError("compare_experiments: no experiments given")
     chosen = {name: apply_selection(df, select_lr(df, select_split)) if select_split is not None else df

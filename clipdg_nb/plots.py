@@ -25,6 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .datasets import GROUP_FIELDS
+from .figures import _require  # one check for every figure's columns
 from .figures import (SPLIT_COLORS, group_bars, id_vs_ood, metric_vs_fraction, natural_order,  # noqa: F401
                       paired_gain, percent, split_title, variant_title, wise_alpha, worst_groups_bar)
 from .run_figures import learning_curves, learning_curves_by_run, variant_bars, wise_ft_curve, wise_ft_points  # noqa: F401
@@ -89,12 +90,6 @@ def show(fig: go.Figure) -> None:
 # ---------------------------------------------------------------------------------------------
 # Small helpers (the figures themselves live in figures.py; re-exported here)
 # ---------------------------------------------------------------------------------------------
-
-def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: the frame lacks column(s) {missing}; it has {list(df.columns)}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Images and the static failure gallery

@@ -11,7 +11,13 @@ import pandas as pd
 from .config import PROBE_METHODS
 from .datasets import headline_metric
 
-_NO_LR = -1.0  # stands for "no learning rate" where pandas would drop NaN keys
+
+_NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
+
+
+def _lr_key(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with `_lr`: its learning rate, or _NO_LR where it has none (a groupable key)."""
+    return df.assign(_lr=df["lr"].astype(float).fillna(_NO_LR))
 
 
 def plan_table(configs: Iterable) -> pd.DataFrame:
@@ -84,7 +90,7 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
     for split in (id_split, ood_split):
         part = df[df["split"] == split]
         part = part[part["metric"] == part["dataset"].map(lambda d: headline_metric(d, split))]
-        part = part.assign(lr=part["lr"].astype(float).fillna(_NO_LR))
+        part = _lr_key(part).drop(columns="lr").rename(columns={"_lr": "lr"})
         per_seed = part.groupby([*HEADLINE_KEYS, "seed", "metric"], dropna=False)["value"].mean().reset_index()
         for key, group in per_seed.groupby([*HEADLINE_KEYS, "metric"], dropna=False, sort=True):
             ci = mean_ci(group["value"], level=level)
