@@ -39,7 +39,7 @@ from clipdg_nb.images import ArrayImages, Normalize, SplitCache  # noqa: E402
 from clipdg_nb.images.augment import BatchAugment  # noqa: E402
 from clipdg_nb.models import ClipClassifier, load_clip, save_weights  # noqa: E402
 from clipdg_nb.pipeline.synthetic import real_profile_config, write_synthetic  # noqa: E402
-from clipdg_nb.precision import autocast, resolve_device, resolve_precision  # noqa: E402
+from clipdg_nb.devices import autocast, resolve_device, resolve_precision  # noqa: E402
 
 # The real benchmarks (WILDS): images per split.
 REAL = {"fmow": {"train": 76_863, "id_val": 11_483, "id_test": 11_327, "val": 19_915, "test": 22_108},

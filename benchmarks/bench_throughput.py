@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from clipdg_nb.datasets import class_names, prompt_templates, render_prompt  # noqa: E402
-from clipdg_nb.precision import autocast as autocast_for  # noqa: E402
+from clipdg_nb.devices import autocast as autocast_for  # noqa: E402
 from clipdg_nb.images import Normalize  # noqa: E402
-from clipdg_nb.precision import resolve_device, resolve_precision  # noqa: E402
+from clipdg_nb.devices import resolve_device, resolve_precision  # noqa: E402
 
 # Dense peak TFLOP/s (no sparsity) of the tensor cores: (bf16/fp16, tf32). SXM parts; PCIe ones are lower.
 PEAK_TFLOPS = {

@@ -33,13 +33,13 @@ def _cmd_summary(args) -> int:
 
 def _cmd_demo(args) -> int:
     """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
-    from .pipeline.demo import run_demo
+    from .demo.offline import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
 
 
 def _cmd_pretrain_tiny(args) -> int:
-    from .pipeline.pretrain import PretrainConfig, pretrain_tiny
+    from .demo.pretrain import PretrainConfig, pretrain_tiny
 
     for coverage in args.coverage:
         cfg = PretrainConfig(seed=args.seed, data_seed=args.data_seed, coverage=coverage)
@@ -98,7 +98,7 @@ def _cmd_train(args) -> int:
 
     import yaml
 
-    from . import ddp
+    from . import devices
     from .config import from_params
     from .methods import config_of, run
     from .runs import Run
@@ -109,11 +109,11 @@ def _cmd_train(args) -> int:
     cfg = from_params(config_of(params.get("method", "finetune")), params)
     if str(cfg.device).startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         cfg.device = "cuda"  # each rank uses its own GPU (LOCAL_RANK), made current by init_from_env
-    world = ddp.init_from_env()
+    world = devices.init_from_env()
     try:
         record = run(cfg, force=args.force, progress=world.is_main and not args.no_progress)
     finally:
-        ddp.shutdown()
+        devices.shutdown()
     if record is not None:
         print(f"{Run.of(cfg).path}: " + ", ".join(f"{split}/{k}={v:.4f}" for split, m in record["metrics"].items()
                                                   for k, v in m.items() if k in ("acc_avg", "F1-macro_all")))
@@ -124,7 +124,7 @@ def _cmd_table(args) -> int:
     """Headline ID / OOD numbers of one or more experiments: per dataset, mean and 95 % interval over
     seeds, learning rate chosen on validation; with several experiments, side by side and paired."""
     from .analysis import compare_experiments, load_experiment_runs
-    from .tables import format_headline
+    from .analysis.tables import format_headline
 
     names = list(dict.fromkeys(args.experiment or ["demo"]))
     frames = {}

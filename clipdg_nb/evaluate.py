@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets import GROUP_FIELDS, dataset_spec, group_labels, metadata_column
-from .precision import autocast
+from .devices import autocast
 
 TOP_K = 5
 

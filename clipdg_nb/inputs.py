@@ -16,7 +16,7 @@ from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_ME
 from .datasets import dataset_spec
 from .models.weights import weight_shapes
 from .paths import project_root, resolve
-from .runs import check_writable
+from .runs import check_writable, experiment_dir
 
 RANDOM = "random init"
 MAKE_DEFAULT = "`make demo` (everything), or `clipdg synth && clipdg pretrain-tiny` (data and weights only)"
@@ -137,7 +137,7 @@ def up_front_problem(cfg) -> Exception | None:
     folders are writable; the data and weights are there (the message says what to run to make
     them); the weights file is readable and fits (its header)."""
     try:
-        for what, folder in (("output_dir", Path(cfg.output_dir) / cfg.experiment), ("cache_dir", Path(cfg.cache_dir))):
+        for what, folder in (("output_dir", experiment_dir(cfg.output_dir, cfg.experiment)), ("cache_dir", Path(cfg.cache_dir))):
             check_writable(folder, what)
         check_inputs(cfg)
     except (OSError, ValueError) as e:  # MissingInputsError is a FileNotFoundError

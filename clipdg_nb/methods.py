@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import ddp
+from . import devices
 from .averaging import wise_ft
 from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
@@ -30,7 +30,7 @@ from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .models.features import cached_split_features, feature_key, subset_rows
 from .models.partial import train_last_blocks
-from .precision import resolve_device, resolve_precision
+from .devices import resolve_device, resolve_precision
 from .runs import Run
 from .flyp import clamp_logit_scale, flyp_objective
 from .train import cross_entropy, fit
@@ -183,7 +183,7 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     """Fine-tuning through `train.fit`: CLIP (the study's method), FLYP (contrastive loss, `flyp`),
     LP-FT or vision-only, on the image tower's last `train_blocks` blocks; the weight variants are
     the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
-    cfg, world = ctx.cfg, ddp.info()
+    cfg, world = ctx.cfg, devices.info()
     with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
         if cfg.method == "vision_only":
             model = _vision_model(cfg)
@@ -265,7 +265,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     from filelock import FileLock
 
     cfg = cfg.validate()
-    world, target = ddp.info(), Run.of(cfg)
+    world, target = devices.info(), Run.of(cfg)
     # Decided by rank 0 and shared, so all ranks stop or go on together.
     done = world.broadcast(not force and target.is_done(cfg.identity()))
     if done:

@@ -31,6 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .paths import resolve
+
 RESULT_FILE = "result.json"
 PREDICTION_COLUMNS = ("idx", "y_true", "y_pred", "p_top1")
 _VERSION_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open-clip-torch": "open_clip",
@@ -167,6 +169,12 @@ def run_id(identity: Mapping[str, Any]) -> str:
     return "-".join(parts) + "-" + digest
 
 
+def experiment_dir(output_dir: str | os.PathLike, experiment: str) -> Path:
+    """`<output_dir>/<experiment>`, the one rule for where an experiment's runs live (a relative
+    output_dir from the repository root, wherever the kernel started)."""
+    return resolve(output_dir) / experiment
+
+
 class Run:
     """One run folder. `Run.of(cfg)` for a config, `Run.of_record(record)` for a record read back."""
 
@@ -175,13 +183,13 @@ class Run:
 
     @classmethod
     def of(cls, cfg) -> "Run":
-        return cls(Path(cfg.output_dir) / cfg.experiment / run_id(cfg.identity()))
+        return cls(experiment_dir(cfg.output_dir, cfg.experiment) / run_id(cfg.identity()))
 
     @classmethod
     def of_record(cls, record: Mapping, output_dir: str | os.PathLike | None = None) -> "Run":
         params = record.get("params") or {}
         root = output_dir if output_dir is not None else params.get("output_dir", "outputs/runs")
-        return cls(Path(root) / record["experiment"] / record["run_id"])
+        return cls(experiment_dir(root, record["experiment"]) / record["run_id"])
 
     @property
     def id(self) -> str:

@@ -3,7 +3,7 @@
 `fit` reads top to bottom like nanoGPT's `train.py`: build the optimizer, schedule and averages,
 resume if a checkpoint is there, then for each epoch train, average, evaluate on a *validation*
 split, keep the best, checkpoint. Under torchrun the same call on every rank trains one model with
-DDP on the same global batches (`ddp.ShardedBatchSampler`); rank 0 alone writes the checkpoint.
+DDP on the same global batches (`devices.ShardedBatchSampler`); rank 0 alone writes the checkpoint.
 The LR schedules are pure functions of the epoch, so resuming replays them instead of pickling.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint, ddp
+from . import checkpoint, devices
 from .averaging import EMA, RunningAverage, swa_epochs
 from .datasets import SAMPLERS
 from .images.augment import BatchAugment
-from .precision import autocast, resolve_precision
+from .devices import autocast, resolve_precision
 from .progress import EpochProgress, progress_mode
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -96,14 +96,14 @@ def _whole_batch(batch):
     return batch  # ArrayImages.__getitems__ already returns the collated batch
 
 
-def _loader(train_images: Dataset, sampler, cfg, device: torch.device, world: ddp.DistInfo):
+def _loader(train_images: Dataset, sampler, cfg, device: torch.device, world: devices.DistInfo):
     """Batches of uint8 images: whole-batch memmap reads where the dataset offers them, pinned."""
     common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                   persistent_workers=cfg.num_workers > 0)
     if hasattr(train_images, "__getitems__"):
         common["collate_fn"] = _whole_batch
     if world.enabled:  # each rank loads its shard (~batch_size // world) of the one-process global batch
-        shards = ddp.ShardedBatchSampler(sampler, cfg.batch_size, world.rank, world.world_size)
+        shards = devices.ShardedBatchSampler(sampler, cfg.batch_size, world.rank, world.world_size)
         return DataLoader(train_images, batch_sampler=shards, **common), shards
     return DataLoader(train_images, batch_size=cfg.batch_size, sampler=sampler, **common), None
 
@@ -123,7 +123,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
     contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature).
     """
-    world = ddp.info()
+    world = devices.info()
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdg_nb import analysis, runs, stats, tables
+from clipdg_nb import analysis, runs
+from clipdg_nb.analysis import stats, tables
 from clipdg_nb.evaluate import group_accuracy
 
 # identical fake differences across seeds make scipy warn about precision; the numbers are exact

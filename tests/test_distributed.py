@@ -24,7 +24,7 @@ from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig
 from clipdg_nb.datasets import EpochShuffleSampler, GroupUniformSampler, load_dataset, split_indices
 from clipdg_nb.config import from_params
-from clipdg_nb.ddp import ShardedBatchSampler
+from clipdg_nb.devices import ShardedBatchSampler
 from clipdg_nb.evaluate import predict_logits
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.models import vision_only

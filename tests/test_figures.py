@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdg_nb import figures, plots
+from clipdg_nb.analysis import figures, plots
 from clipdg_nb.evaluate import group_accuracy
 
 
@@ -29,7 +29,7 @@ def bars_by_axis(fig):
 
 
 def test_group_bars_one_panel_per_field_natural_order_one_legend():
-    fig = plots.group_bars(group_accuracy(fmow_predictions()))
+    fig = figures.group_bars(group_accuracy(fmow_predictions()))
     by_axis = bars_by_axis(fig)
     assert set(by_axis) == {"x", "x2"}  # region bars and year bars each on their own x axis
     assert {tuple(t.x) for t in by_axis["x"]} <= {("Africa", "Asia", "Europe")}
@@ -48,7 +48,7 @@ def test_group_bars_orders_locations_as_numbers():
     locations = [str(i) for i in (0, 1, 2, 10, 11, 3)]
     preds = pd.DataFrame({"idx": range(12), "y_true": 0, "y_pred": [0, 1] * 6, "p_top1": 0.5,
                           "split": ["test"] * 12, "location": locations * 2})
-    fig = plots.group_bars(group_accuracy(preds))
+    fig = figures.group_bars(group_accuracy(preds))
     assert list(fig.layout.xaxis.categoryarray) == ["0", "1", "2", "3", "10", "11"]
     assert len(fig.data) == 1 and fig.layout.height < 500
 
@@ -57,7 +57,7 @@ def test_fraction_axis_reads_in_percent():
     summary = pd.DataFrame({"method": ["finetune"] * 4, "fraction": [0.03, 0.1, 0.5, 1.0],
                             "mean": [0.3, 0.4, 0.5, 0.6], "low": [0.2, 0.3, 0.4, 0.5], "high": [0.4, 0.5, 0.6, 0.7],
                             "n": 3})
-    fig = plots.metric_vs_fraction(summary, yaxis_title="acc_avg")
+    fig = figures.metric_vs_fraction(summary, yaxis_title="acc_avg")
     assert fig.layout.xaxis.type == "log"
     assert list(fig.layout.xaxis.tickvals) == [0.03, 0.1, 0.5, 1.0]
     assert list(fig.layout.xaxis.ticktext) == ["3%", "10%", "50%", "100%"]
@@ -70,7 +70,7 @@ def test_fraction_axis_reads_in_percent():
 def test_paired_gain_dodges_series_and_keeps_true_fractions():
     table = pd.DataFrame({"comparison": ["swa - last"] * 3 + ["swa - best"] * 3, "fraction": [0.1, 0.5, 1.0] * 2,
                           "mean_diff": [0.01, 0.02, 0.0, -0.01, 0.03, 0.01], "low": -0.05, "high": 0.06})
-    fig = plots.paired_gain(table, yaxis_title="difference in acc_worst_region")
+    fig = figures.paired_gain(table, yaxis_title="difference in acc_worst_region")
     a, b = fig.data
     assert all(xa != xb for xa, xb in zip(a.x, b.x))  # distinct offsets: intervals side by side
     assert all(abs(math.log10(xa / f)) < 0.05 for xa, f in zip(a.x, [0.1, 0.5, 1.0]))  # small ones
@@ -91,7 +91,7 @@ def variant_rows():
 
 
 def test_variant_bars_one_metric_per_axis_short_labels():
-    fig = plots.variant_bars(variant_rows())
+    fig = figures.variant_bars(variant_rows())
     assert fig.layout.yaxis.title.text == "acc_avg" and fig.layout.yaxis2.title.text == "acc_worst_region"
     by_axis = bars_by_axis(fig)
     assert {s for t in by_axis["x"] for s in t.x} == {"ID val", "ID test"}
@@ -104,12 +104,12 @@ def test_variant_bars_one_metric_per_axis_short_labels():
     assert all(same[t.name] == t.marker.color for t in by_axis["x2"])
     # iWildCam: one metric on both domains still gets ID and OOD panels
     iwild = variant_rows().assign(metric="F1-macro_all")
-    fig = plots.variant_bars(iwild)
+    fig = figures.variant_bars(iwild)
     assert fig.layout.yaxis.title.text == fig.layout.yaxis2.title.text == "F1-macro_all"
 
 
 def test_wise_ft_curve_from_zero_shot_to_fine_tuned():
-    fig = plots.wise_ft_curve(variant_rows())
+    fig = figures.wise_ft_curve(variant_rows())
     curve = fig.data[0]
     assert list(curve.text) == ["α=0", "α=0.5", "α=1"]  # 'last' is alpha 1
     assert list(curve.x) == pytest.approx([0.41, 0.59, 0.629])
@@ -119,12 +119,12 @@ def test_wise_ft_curve_from_zero_shot_to_fine_tuned():
     assert fig.layout.xaxis.title.text == "ID test: acc_avg"
     assert fig.layout.yaxis.title.text == "OOD test: acc_worst_region"
     with pytest.raises(ValueError, match="wise_alphas"):
-        plots.wise_ft_curve(variant_rows()[lambda d: ~d["variant"].str.startswith("wise")])
+        figures.wise_ft_curve(variant_rows()[lambda d: ~d["variant"].str.startswith("wise")])
 
 
 def test_id_vs_ood_names_its_metrics():
     points = pd.DataFrame({"method": ["finetune", "vision_only"], "id": [0.6, 0.5], "ood": [0.3, 0.2],
                            "fraction": [0.1, 1.0]})
-    fig = plots.id_vs_ood(points, xaxis_title="ID test: acc_avg", yaxis_title="OOD test: acc_worst_region")
+    fig = figures.id_vs_ood(points, xaxis_title="ID test: acc_avg", yaxis_title="OOD test: acc_worst_region")
     assert fig.layout.xaxis.title.text == "ID test: acc_avg"
     assert list(fig.data[0].text) == ["fraction 10%"]

@@ -64,7 +64,7 @@ COVERAGE_WEIGHTS = ("outputs/cache/pretrain/coverage-0.5/tiny-clip.safetensors",
 
 
 def test_coverage_demo_pairs_each_clip_with_the_twin_of_its_pretraining():
-    from clipdg_nb.pipeline.pretrain import PretrainConfig
+    from clipdg_nb.demo.pretrain import PretrainConfig
 
     experiment = load_experiment(ROOT / "parameters" / "coverage_demo.yaml", root=ROOT)
     sweep = [p.parameters for s in experiment.stages for p in s.points if "methods" in p.parameters]

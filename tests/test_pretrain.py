@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from clipdg_nb import methods
 from clipdg_nb.config import ZeroShotConfig
 from clipdg_nb.datasets import SPLITS, class_names, prompt_templates, render_prompt
-from clipdg_nb.pipeline.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
+from clipdg_nb.demo.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
 from clipdg_nb.runs import Run
 
 QUICK = PretrainConfig(n_images=2000, steps=300, batch_size=64, supervised_steps=20, lr=3e-3)
@@ -78,7 +78,7 @@ def test_zero_shot_transfers_after_pretraining(quick_weights, synth_root, tmp_pa
 def test_every_prompt_and_caption_fits_the_tiny_context():
     # The tiny configs use 20 text tokens (speed); nothing we feed them may be truncated.
     import open_clip
-    from clipdg_nb.pipeline.pretrain import CAPTION_TEMPLATES
+    from clipdg_nb.demo.pretrain import CAPTION_TEMPLATES
     tokenizer = open_clip.get_tokenizer("ViT-B-32")  # same BPE, 77 tokens: measures the untruncated length
     texts = [render_prompt(t, c) for ds in ("fmow", "iwildcam") for kind in ("paper", "ensemble")
              for t in prompt_templates(ds, kind) for c in class_names(ds)]
@@ -89,7 +89,7 @@ def test_every_prompt_and_caption_fits_the_tiny_context():
 # --- caption coverage: the corpus names a seeded share of the concepts, images unchanged -----------
 
 def _named_in(captions, ids, cfg):
-    from clipdg_nb.pipeline.pretrain import GENERIC_CAPTIONS, named_concepts
+    from clipdg_nb.demo.pretrain import GENERIC_CAPTIONS, named_concepts
 
     named = set(named_concepts(cfg).tolist())
     for k, caption in zip(ids, captions):
@@ -101,7 +101,7 @@ def _named_in(captions, ids, cfg):
 
 
 def test_coverage_names_exactly_the_chosen_share_of_each_dataset():
-    from clipdg_nb.pipeline.pretrain import named_concepts
+    from clipdg_nb.demo.pretrain import named_concepts
 
     full = make_corpus(PretrainConfig(n_images=600))
     half_cfg = PretrainConfig(n_images=600, coverage=0.5)
@@ -123,7 +123,7 @@ def test_coverage_names_exactly_the_chosen_share_of_each_dataset():
 
 
 def test_coverage_zero_names_no_concept_and_is_deterministic():
-    from clipdg_nb.pipeline.pretrain import GENERIC_CAPTIONS
+    from clipdg_nb.demo.pretrain import GENERIC_CAPTIONS
 
     cfg = PretrainConfig(n_images=300, coverage=0.0)
     a, b = make_corpus(cfg), make_corpus(cfg)
@@ -153,7 +153,7 @@ def test_coverage_keys_folders_and_the_unchanged_default():
 
 
 def test_coverage_pretraining_is_cached_in_its_own_folder(tmp_path):
-    from clipdg_nb.coverage import coverage_of
+    from clipdg_nb.analysis.coverage import coverage_of
 
     cfg = PretrainConfig(n_images=200, steps=2, batch_size=16, supervised_steps=2, coverage=0.5)
     out = pretrain_tiny(tmp_path, cfg, log=lambda *_: None)

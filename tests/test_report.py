@@ -21,7 +21,7 @@ CODE = '''import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 import pandas as pd
-from clipdg_nb import plots  # code-marker-42
+from clipdg_nb.analysis import plots  # code-marker-42
 
 plots.setup_notebook()
 plots.show(go.Figure(go.Bar(x=["north", "south"], y=[11.5, 22.25], name="trace-alpha")))

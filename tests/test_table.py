@@ -7,7 +7,8 @@ import io
 import pandas as pd
 import pytest
 
-from clipdg_nb import analysis, cli, runs, stats, tables
+from clipdg_nb import analysis, cli, runs
+from clipdg_nb.analysis import stats, tables
 
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipdg_nb.widgets import ALL, FailureBrowser, browse, category_counts, compare_runs
+from clipdg_nb.analysis.comparison import category_counts, compare_runs
+from clipdg_nb.analysis.widgets import ALL, FailureBrowser, browse
 
 CLASSES = ["airport", "barn", "crater", "dam"]
 
@@ -164,7 +165,7 @@ def test_comparison_controls_keep_each_other_and_say_what_is_compared():
 
 
 def test_comparison_title_and_variant_names():
-    from clipdg_nb.widgets import comparison_title
+    from clipdg_nb.analysis.comparison import comparison_title
 
     assert comparison_title("last", "swa") == "last epoch → SWA"
     assert comparison_title("best", "wise_ft_0.5") == "best epoch → WiSE-FT α=0.5"

@@ -1,2 +1,2 @@
-"""The machinery that runs the notebooks, off their import path: experiment files, the papermill
-runner, Slurm scripts, HTML reports, the offline demo, tiny pretraining and synthetic WILDS data."""
+"""The machinery that runs the notebooks, off their import path: experiment files, their validation,
+the papermill runner and its points, data preparation, Slurm scripts and the HTML reports."""

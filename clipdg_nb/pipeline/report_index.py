@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
 from ..paths import project_root
-from ..runs import Run, load_records, read_json, write_bytes
+from ..runs import Run, experiment_dir, load_records, read_json, write_bytes
 from .experiment import point_name
 
 PLOTLYJS_FILE = "plotly.min.js"
@@ -71,7 +71,7 @@ def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
     if status == "done" and not done.get("run_dirs") and parameters.get("experiment") and parameters.get("output_dir"):
         # a notebook that writes no run but reads an experiment's (04_analysis): those runs' provenance
         for base in roots:
-            folder = base / parameters["output_dir"] / parameters["experiment"]
+            folder = experiment_dir(base / parameters["output_dir"], parameters["experiment"])
             if folder.is_dir():
                 read_from = folder
                 read = [r for r in load_records(folder) if parameters.get("dataset") in (None, r.get("dataset"))]

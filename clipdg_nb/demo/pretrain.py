@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..datasets import class_names
 from ..models import TINY_MODELS, load_clip, save_weights
 from ..runs import write_json
-from .render import class_prototypes, random_scene, render
+from ..pipeline.render import class_prototypes, random_scene, render
 
 CAPTION_TEMPLATES = (
     "a photo of a {c}.", "a picture of the {c}.", "{c}", "an image containing {c}.", "a drawing of a {c}.",

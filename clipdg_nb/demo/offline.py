@@ -19,10 +19,10 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
     from ..analysis import apply_selection, findings, load_experiment_runs, select_lr
     from ..datasets import format_summary, load_dataset
     from .pretrain import pretrain_tiny
-    from .report import render_reports
-    from .experiment import load_experiment
-    from .runner import run_experiment
-    from .synthetic import SynthConfig, write_synthetic
+    from ..pipeline.report import render_reports
+    from ..pipeline.experiment import load_experiment
+    from ..pipeline.runner import run_experiment
+    from ..pipeline.synthetic import SynthConfig, write_synthetic
 
     started, timings = time.perf_counter(), {}
 

@@ -24,11 +24,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .datasets import GROUP_FIELDS
-from .figures import _require  # one check for every figure's columns
-from .figures import (SPLIT_COLORS, group_bars, id_vs_ood, metric_vs_fraction, natural_order,  # noqa: F401
-                      paired_gain, percent, split_title, variant_title, wise_alpha, worst_groups_bar)
-from .run_figures import learning_curves, learning_curves_by_run, variant_bars, wise_ft_curve, wise_ft_points  # noqa: F401
+from ..datasets import GROUP_FIELDS
+from .figures import require_columns  # one check for every figure's columns
 
 _PLOTLYJS_SENT = False
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -127,7 +124,7 @@ def failure_gallery_html(failures: pd.DataFrame, class_names: Sequence[str], get
     `failures`: rows of a predictions frame (idx, y_true, y_pred, p_top1; e.g. `evaluate.failure_cases`);
     `get_image(idx)`: the image of a full-dataset index (e.g. `dataset.get_input`).
     """
-    _require(failures, ["idx", "y_true", "y_pred", "p_top1"], "failure_gallery_html")
+    require_columns(failures, ["idx", "y_true", "y_pred", "p_top1"], "failure_gallery_html")
     cards = []
     for row in failures.itertuples(index=False):
         uri = png_data_uri(thumbnail_png(get_image(int(row.idx)), size))

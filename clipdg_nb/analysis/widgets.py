@@ -16,11 +16,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .comparison import (_B, CATEGORIES, _check_predictions, category_counts, comparison_examples,  # noqa: F401
-                         comparison_title, comparison_variants, compare_runs)
+from .comparison import B_SUFFIX, CATEGORIES, check_predictions, comparison_title, compare_runs
 from .figures import variant_title
 from .plots import thumbnail_png
-from .datasets import GROUP_FIELDS
+from ..datasets import GROUP_FIELDS
 
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"
@@ -39,7 +38,7 @@ class FailureBrowser:
                  get_image: Callable[[int], Any] | None = None, run_names: Sequence[str] | None = None,
                  group_fields: Sequence[str] | None = None, errors_only: bool = True, topk: int = 5,
                  thumb_size: int = 224):
-        _check_predictions(predictions, "predictions")
+        check_predictions(predictions, "predictions")
         self.frame = predictions.reset_index(drop=True)
         self.class_names = list(class_names)
         if get_image is None and dataset is not None:
@@ -144,8 +143,8 @@ class FailureBrowser:
         self.confidence = float(row["p_top1"])
         self.topk = self._topk(row)
         if self.comparing:
-            self.pred_label_b, self.confidence_b = self.label(row["y_pred" + _B]), float(row["p_top1" + _B])
-            self.topk_b, self.category = self._topk(row, _B), row["category"]
+            self.pred_label_b, self.confidence_b = self.label(row["y_pred" + B_SUFFIX]), float(row["p_top1" + B_SUFFIX])
+            self.topk_b, self.category = self._topk(row, B_SUFFIX), row["category"]
         else:
             self.pred_label_b = self.confidence_b = self.category = None
             self.topk_b = []

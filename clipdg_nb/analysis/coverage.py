@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import analysis, runs
-from .paths import resolve
+from .. import runs
+from .. import analysis
+from ..paths import resolve
 
 GAP_COLUMNS = ["dataset", "fraction", "coverage", "mean_gap", "low", "high", "n", "clip", "vision"]
 _FOLDER = re.compile(r"coverage-(?P<c>[0-9.]+)")
@@ -57,9 +58,9 @@ def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: flo
     per (coverage, method, fraction, split), mean over seeds (from the saved predictions; the
     headline weights). `reference`: the smallest coverage above 0 in the experiment by default. Says
     whether a coverage's effect sits in the classes whose names were missing."""
-    from .datasets import class_names
+    from ..datasets import class_names
 
-    records = [r for r in runs.load_records(resolve(output_dir) / experiment) if r.get("dataset") == dataset]
+    records = [r for r in runs.load_records(runs.experiment_dir(output_dir, experiment)) if r.get("dataset") == dataset]
     pretrained = {r["run_id"]: (r.get("params") or {}).get("pretrained") for r in records}
     covs = {k: coverage_of(v) for k, v in pretrained.items()}
     known = sorted({c for c in covs.values() if c is not None and c > 0})
@@ -88,7 +89,7 @@ def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: flo
 
 def coverage_by_run(output_dir, experiment: str) -> pd.Series:
     """run_id -> coverage of every run record of the experiment (NaN where unknown)."""
-    records = runs.load_records(resolve(output_dir) / experiment)
+    records = runs.load_records(runs.experiment_dir(output_dir, experiment))
     values = {r["run_id"]: coverage_of((r.get("params") or {}).get("pretrained")) for r in records}
     return pd.Series(values, dtype=float, name="coverage")
 
@@ -128,7 +129,7 @@ def gap_vs_coverage(table: pd.DataFrame, title: str = "CLIP minus vision-only ag
                     yaxis_title: str = "OOD difference") -> go.Figure:
     """The gap of `gap_by_coverage` against coverage, one series per train fraction, with its
     interval over seeds; zero as a grey line."""
-    from .figures import PALETTE, _error_bars, percent
+    from .figures import PALETTE, error_bars, percent
 
     missing = [c for c in ("coverage", "fraction", "mean_gap", "low", "high") if c not in table.columns]
     if missing:
@@ -140,7 +141,7 @@ def gap_vs_coverage(table: pd.DataFrame, title: str = "CLIP minus vision-only ag
         name = f"fraction {percent(fraction)}"
         fig.add_scatter(x=sub["coverage"] + 0.01 * (i - (len(fractions) - 1) / 2), y=sub["mean_gap"],
                         mode="markers+lines", name=name, line_color=PALETTE[i % len(PALETTE)],
-                        error_y=_error_bars(sub, "mean_gap"), text=[f"{c:g}" for c in sub["coverage"]],
+                        error_y=error_bars(sub, "mean_gap"), text=[f"{c:g}" for c in sub["coverage"]],
                         hovertemplate="coverage %{text}: %{y:+.4f}<extra>" + name + "</extra>")
     fig.add_hline(y=0, line_color="grey")
     fig.update_layout(title=title, xaxis_title="share of target concepts named in the pretraining captions",

@@ -10,10 +10,10 @@ import pandas as pd
 from .figures import variant_title
 
 CATEGORIES = ("fixed", "broken", "both_wrong", "both_right")
-_B = "_b"  # suffix of run B's columns in a comparison frame
+B_SUFFIX = "_b"  # suffix of run B's columns in a comparison frame
 
 
-def _check_predictions(df: pd.DataFrame, name: str) -> None:
+def check_predictions(df: pd.DataFrame, name: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{name} must be a predictions DataFrame, got {type(df).__name__}")
     missing = [c for c in ("idx", "y_true", "y_pred", "p_top1") if c not in df.columns]
@@ -27,19 +27,19 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     Run A's columns keep their names, run B's prediction columns get the suffix `_b`, and
     `category` says what changed from A to B: fixed, broken, both_wrong, both_right.
     """
-    _check_predictions(a, "a")
-    _check_predictions(b, "b")
+    check_predictions(a, "a")
+    check_predictions(b, "b")
     keys = ["idx"] + (["split"] if "split" in a.columns and "split" in b.columns else [])
     own = [c for c in ("y_pred", "p_top1", "p_true", "topk_labels", "topk_probs") if c in b.columns]
-    merged = a.merge(b[keys + own + ["y_true"]].rename(columns={c: c + _B for c in own + ["y_true"]}),
+    merged = a.merge(b[keys + own + ["y_true"]].rename(columns={c: c + B_SUFFIX for c in own + ["y_true"]}),
                      on=keys, how="inner")
     if merged.empty:
         raise ValueError("the two runs share no examples (idx); compare predictions of the same split")
-    if (merged["y_true"] != merged["y_true" + _B]).any():
+    if (merged["y_true"] != merged["y_true" + B_SUFFIX]).any():
         raise ValueError("the two runs disagree on y_true for the same idx; are they of the same dataset?")
-    merged = merged.drop(columns="y_true" + _B)
+    merged = merged.drop(columns="y_true" + B_SUFFIX)
     ok_a = merged["y_pred"] == merged["y_true"]
-    ok_b = merged["y_pred" + _B] == merged["y_true"]
+    ok_b = merged["y_pred" + B_SUFFIX] == merged["y_true"]
     merged["category"] = np.select([~ok_a & ok_b, ok_a & ~ok_b, ~ok_a & ~ok_b], list(CATEGORIES[:3]), CATEGORIES[3])
     return merged
 

@@ -13,10 +13,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import runs, stats
-from .datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
-from .paths import resolve
-from .tables import _NO_LR, HEADLINE_COLUMNS, _lr_key, headline_table
+from .. import runs
+from . import stats
+from .stats import logit, sigmoid
+from ..datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
+from .tables import NO_LR, HEADLINE_COLUMNS, with_lr_key, headline_table
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
 
@@ -29,7 +30,7 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
     """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if given)."""
-    folder = resolve(output_dir) / experiment
+    folder = runs.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
         raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
                                 f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
@@ -65,7 +66,7 @@ def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None
     if select_split not in VALIDATION_SPLITS:
         raise ValueError(f"select_split={select_split!r} must be one of {list(VALIDATION_SPLITS)}")
     by = list(by)
-    rows = _lr_key(metric_rows(df, select_split, metric))
+    rows = with_lr_key(metric_rows(df, select_split, metric))
     cols = [*by, "lr", "select_split", "select_metric", "select_mean", "n_seeds", "n_lrs"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
@@ -74,7 +75,7 @@ def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None
     means["n_lrs"] = means.groupby(by, dropna=False)["_lr"].transform("nunique")
     best = (means.sort_values([*by, "select_mean", "_lr"], ascending=[True] * len(by) + [False, True])
             .groupby(by, dropna=False, sort=True).head(1))
-    best = best.assign(lr=best["_lr"].where(best["_lr"] != _NO_LR), select_split=select_split,
+    best = best.assign(lr=best["_lr"].where(best["_lr"] != NO_LR), select_split=select_split,
                        select_metric=best["metric"])
     return best[cols].reset_index(drop=True)
 
@@ -83,8 +84,8 @@ def apply_selection(df: pd.DataFrame, selected: pd.DataFrame,
                     by: Sequence[str] = ("dataset", "method", "fraction")) -> pd.DataFrame:
     """The rows of `df` (every split, metric and variant) of the selected learning rates only."""
     by = list(by)
-    keys = _lr_key(selected)[[*by, "_lr"]].drop_duplicates()
-    out = _lr_key(df).merge(keys, on=[*by, "_lr"], how="inner")
+    keys = with_lr_key(selected)[[*by, "_lr"]].drop_duplicates()
+    out = with_lr_key(df).merge(keys, on=[*by, "_lr"], how="inner")
     return out.drop(columns="_lr")[list(df.columns)].reset_index(drop=True)
 
 
@@ -153,15 +154,6 @@ def swa_gain(df: pd.DataFrame, split: str, metric: str | None = None, baseline: 
     return paired_table(swa, base, f"swa - {baseline}", level)
 
 
-def logit(p):
-    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-np.asarray(x, dtype=float)))
-
-
 def id_ood_points(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test",
                   id_metric: str | None = None, ood_metric: str | None = None) -> pd.DataFrame:
     """One row per run (headline variant): dataset, method, fraction, seed, lr, id, ood."""
@@ -196,12 +188,12 @@ def worst_groups(df: pd.DataFrame, split: str, field: str, k: int | None = 3,
     rows = df[(df["split"] == split) & df["headline"] & df["metric"].str.startswith(f"acc_{field}:")]
     parts = [rows.assign(group=rows["metric"].str.split(":", n=1).str[1])]
     if rows.empty and output_dir is not None:
-        from .evaluate import group_accuracy
+        from ..evaluate import group_accuracy
         parts = []
         for run in df[df["headline"]].drop_duplicates("run_id").itertuples(index=False):
-            folder = resolve(output_dir) / run.experiment / run.run_id
-            if (folder / "predictions" / f"{split}.parquet").is_file():
-                table = group_accuracy(runs.Run(folder).predictions(split), [field])
+            found = runs.Run(runs.experiment_dir(output_dir, run.experiment) / run.run_id)
+            if found.prediction_path(split).is_file():
+                table = group_accuracy(found.predictions(split), [field])
                 parts.append(table.assign(dataset=run.dataset, method=run.method, fraction=run.fraction))
     columns = ["dataset", "method", "fraction", "group", "value", "n"]
     if not any(len(p) for p in parts):
@@ -336,11 +328,11 @@ def compare_experiments(frames_by_experiment: dict[str, pd.DataFrame], id_split:
     (first, base), by = next(iter(chosen.items())), ["dataset", "method", "variant", "fraction"]
     for name, df in list(chosen.items())[1:]:
         for split in (id_split, ood_split):
-            a, b = (_lr_key(d[(d["split"] == split) & (d["metric"] == d["dataset"].map(lambda x: headline_metric(x, split)))])
+            a, b = (with_lr_key(d[(d["split"] == split) & (d["metric"] == d["dataset"].map(lambda x: headline_metric(x, split)))])
                     for d in (df, base))
             table = paired_table(a, b, f"{name} - {first}", level, by=by + (["_lr"] if select_split is None else []))
             if not table.empty:
-                lr = table["_lr"].where(table["_lr"] != _NO_LR) if select_split is None else np.nan
+                lr = table["_lr"].where(table["_lr"] != NO_LR) if select_split is None else np.nan
                 parts.append(table.assign(lr=lr, column=table["comparison"], split=split, mean=table["mean_diff"],
                                           metric=table["dataset"].map(lambda x: headline_metric(x, split)),
                                           paired=True)[[*HEADLINE_COLUMNS, "paired"]])

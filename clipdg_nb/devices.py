@@ -1,12 +1,14 @@
-"""torchrun primitives: the process group, per-rank shards of one global batch, collectives.
+"""Where tensors compute: the device and precision a config names (as open_clip's `precision.py`),
+and the torchrun primitives (the process group, per-rank shards of one global batch, collectives).
 Imports nothing from the package (open_clip's `distributed.py` style): `methods.run` and
-`train.fit` use these, never the other way round.
+`train.fit` use these, never the other way round. Plain functions, no global state.
 
     torchrun --nproc-per-node 8 -m clipdg_nb.cli train --config params.yaml
 """
 from __future__ import annotations
 
 import contextlib
+from contextlib import nullcontext
 import datetime
 import math
 import os
@@ -129,3 +131,32 @@ class ShardedBatchSampler:
             batch = order[k * self.batch_size:(k + 1) * self.batch_size]
             start, stop, _ = self._bounds(k)
             yield batch[start:stop] or batch[:1]  # the stand-in carries weight 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and precision: the one place that turns config names into torch objects
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' means bf16 on CUDA where supported, fp32 elsewhere (CPU bf16 is slower on most CPUs)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for a precision name; fp32 (and fp16 on CPU) run without autocast."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()

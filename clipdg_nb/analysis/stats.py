@@ -128,3 +128,13 @@ def paired_comparison(a: Any, b: Any, level: float = 0.95) -> dict[str, Any]:
         "n_a_better": int((diff > 0).sum()), "n_b_better": int((diff < 0).sum()),
         "n_tied": int((diff == 0).sum()),
     }
+
+
+def logit(p):
+    """log(p / (1 - p)), with p clipped to [1e-4, 1 - 1e-4] (effective robustness fits lines in logit space)."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, dtype=float)))

@@ -8,16 +8,16 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import PROBE_METHODS
-from .datasets import headline_metric
+from ..config import PROBE_METHODS
+from ..datasets import headline_metric
 
 
-_NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
+NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
 
 
-def _lr_key(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with `_lr`: its learning rate, or _NO_LR where it has none (a groupable key)."""
-    return df.assign(_lr=df["lr"].astype(float).fillna(_NO_LR))
+def with_lr_key(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with `_lr`: its learning rate, or NO_LR where it has none (a groupable key)."""
+    return df.assign(_lr=df["lr"].astype(float).fillna(NO_LR))
 
 
 def plan_table(configs: Iterable) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
     for split in (id_split, ood_split):
         part = df[df["split"] == split]
         part = part[part["metric"] == part["dataset"].map(lambda d: headline_metric(d, split))]
-        part = _lr_key(part).drop(columns="lr").rename(columns={"_lr": "lr"})
+        part = with_lr_key(part).drop(columns="lr").rename(columns={"_lr": "lr"})
         per_seed = part.groupby([*HEADLINE_KEYS, "seed", "metric"], dropna=False)["value"].mean().reset_index()
         for key, group in per_seed.groupby([*HEADLINE_KEYS, "metric"], dropna=False, sort=True):
             ci = mean_ci(group["value"], level=level)
@@ -98,7 +98,7 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
             rows.append({**dict(zip([*HEADLINE_KEYS, "metric"], key)), "column": label, "split": split,
                          **{k: ci[k] for k in ("mean", "low", "high", "n")}})
     table = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
-    return table.replace({"lr": {_NO_LR: np.nan}}).sort_values(HEADLINE_KEYS, kind="stable").reset_index(drop=True)
+    return table.replace({"lr": {NO_LR: np.nan}}).sort_values(HEADLINE_KEYS, kind="stable").reset_index(drop=True)
 
 
 def _ci_text(mean, low, high, digits: int, signed: bool) -> str:
@@ -141,7 +141,7 @@ def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
 
 
 def _split_title(split: str) -> str:
-    from .datasets import SPLIT_TITLES
+    from ..datasets import SPLIT_TITLES
 
     return SPLIT_TITLES.get(split, split)
 
