@@ -291,7 +291,40 @@ def load_records(folder: str | os.PathLike) -> list[dict]:
     return records
 
 
-TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "fraction", "seed", "lr",
+# What the tidy frame's own columns already say; every other setting of a run's identity (and the
+# content it read, `inputs`) that differs between runs of one (dataset, method) goes into `setting`.
+_SETTING_SKIPS = ("dataset", "method", "fraction", "seed", "lr")
+
+
+def _setting_value(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def setting_labels(records: list[Mapping]) -> list[str]:
+    """Per record, the settings in which it differs from other runs of its (dataset, method), as
+    'key=value, ...' ('' when they all agree): runs that differ in anything but the seed, the
+    fraction and the learning rate (selected on validation) are different science and must never
+    be averaged together (`analysis` groups by this label)."""
+    idents = []
+    for r in records:
+        ident = {k: v for k, v in (r.get("identity") or {}).items() if k not in _SETTING_SKIPS}
+        if r.get("inputs") is not None:  # the data and weights it read, by content
+            ident["inputs"] = r["inputs"]
+        idents.append(ident)
+    groups: dict = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.get("dataset"), r.get("method")), []).append(i)
+    labels = [""] * len(records)
+    for members in groups.values():
+        keys = sorted({k for i in members for k in idents[i]})
+        differing = [k for k in keys if len({_setting_value(idents[i].get(k)) for i in members}) > 1]
+        for i in members:
+            labels[i] = ", ".join(f"{k}={_setting_value(idents[i].get(k))}" for k in differing)
+    return labels
+
+
+TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "setting", "fraction", "seed", "lr",
                 "variant", "headline", "split", "metric", "value")
 
 
@@ -299,9 +332,10 @@ def tidy(records: list[Mapping]) -> pd.DataFrame:
     """Run records as one tidy frame: a row per (run, weight variant, split, metric). `headline`
     marks the variant reported in `metrics` (filter on it for one number per run)."""
     rows = []
-    for record in records:
+    for record, setting in zip(records, setting_labels(records)):
         headline = record["selection"].get("variant")
         base = {k: record.get(k) for k in ("run_id", "experiment", "dataset", "method", "fraction", "seed")}
+        base["setting"] = setting
         base["lr"] = record.get("lr")
         for variant, table in (record.get("variants") or {headline: record["metrics"]}).items():
             for split, metrics in table.items():
@@ -309,6 +343,40 @@ def tidy(records: list[Mapping]) -> pd.DataFrame:
                     rows.append({**base, "variant": variant, "headline": variant == headline, "split": split,
                                  "metric": metric, "value": np.nan if value is None else float(value)})
     return pd.DataFrame(rows, columns=list(TIDY_COLUMNS)).astype({"value": float})
+
+
+def split_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one method that differ in a setting (`runs.setting_labels`: e.g. train_blocks, or
+    the data they read) become methods of their own, 'finetune [train_blocks=6]', so no table,
+    finding or figure averages different science together. Frames with one setting per method
+    come back unchanged."""
+    if "setting" not in df.columns or not (df["setting"].fillna("") != "").any():
+        return df
+    labelled = df["setting"].fillna("") != ""
+    return df.assign(method=df["method"].where(~labelled, df["method"] + " [" + df["setting"].fillna("") + "]"))
+
+
+def merge_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """Undo `split_settings` where another column explains the settings (e.g. `coverage`), for
+    functions that group by that column themselves."""
+    suffix = " [" + df["setting"].fillna("") + "]"
+    labelled = (df["setting"].fillna("") != "") & pd.Series([m.endswith(x) for m, x in zip(df["method"], suffix)], index=df.index)
+    return df.assign(method=[m[: -len(x)] if lab else m for m, x, lab in zip(df["method"], suffix, labelled)])
+
+
+def check_one_setting(df: pd.DataFrame, what: str) -> None:
+    """Refuse to pool runs of one (dataset, method) that differ in a setting, naming them."""
+    if "setting" not in df.columns or df.empty:
+        return
+    counts = df.groupby(["dataset", "method"])["setting"].nunique(dropna=False)
+    mixed = counts[counts > 1]
+    if len(mixed):
+        (dataset, method), _ = next(iter(mixed.items()))
+        settings = sorted(set(df.loc[(df["dataset"] == dataset) & (df["method"] == method), "setting"].fillna("")))
+        raise ValueError(f"{what}: runs of {method} on {dataset} differ in their settings ({'; '.join(settings)}), "
+                         "so their numbers would be pooled into one; pass runs.split_settings(df) to show them "
+                         "apart, or keep the runs of one setting (df[df['setting'] == ...])")
+
 
 
 MANIFEST_ENV = "CLIPDG_SWEEP_MANIFEST"  # where a notebook run by `clipdg run` lists its run folders

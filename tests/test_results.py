@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from clipdg_nb import runs, stats
+from clipdg_nb import runs
+from clipdg_nb.analysis import stats
 from clipdg_nb.config import FinetuneConfig
 from clipdg_nb.runs import Run
 

@@ -108,3 +108,35 @@ def test_table_errors_name_the_experiment(root, capsys):
     assert code == 2 and "nope" in err
     with pytest.raises(ValueError, match="format"):
         tables.format_headline(tables.headline_table(analysis.load_experiment_runs(root, "paper")), "html")
+
+
+def _blocks_record(seed, train_blocks, value):
+    metrics = {s: {"acc_avg": value, "acc_worst_region": value} for s in ("id_val", "id_test", "val", "test")}
+    identity = {"dataset": "fmow", "method": "finetune", "fraction": 1.0, "seed": seed, "lr": 1e-4,
+                "epochs": 4, "train_blocks": train_blocks}
+    return dict(run_id=f"fmow-finetune-f1-lr0.0001-s{seed}-b{train_blocks}", experiment="blocks", dataset="fmow",
+                method="finetune", fraction=1.0, seed=seed, lr=1e-4, params={}, identity=identity,
+                metrics=metrics, selection={"split": "id_val", "variant": "best"})
+
+
+def test_runs_that_differ_in_a_setting_are_never_pooled(tmp_path, capsys):
+    """Two runs differing only in train_blocks (0.311 vs 0.289): two labelled rows, not one '0.300'."""
+    for blocks, value in ((3, 0.311), (6, 0.289)):
+        rec = _blocks_record(0, blocks, value)
+        runs.Run(tmp_path / "blocks" / rec["run_id"]).finish(rec)
+    records = runs.load_records(tmp_path / "blocks")
+    assert sorted(runs.setting_labels(records)) == ["train_blocks=3", "train_blocks=6"]
+    with pytest.raises(ValueError, match=r"differ in their settings \(train_blocks=3; train_blocks=6\)"):
+        tables.headline_table(runs.tidy(records))  # a hand-built frame is refused, naming the settings
+    code, out, _ = _cli(capsys, "--experiment", "blocks", "--output-dir", str(tmp_path), "--format", "csv")
+    assert code == 0
+    table = pd.read_csv(io.StringIO(out))
+    means = table[table["split"] == "test"].set_index("method")["mean"]
+    assert means.to_dict() == pytest.approx({"finetune [train_blocks=3]": 0.311, "finetune [train_blocks=6]": 0.289})
+    text = cli.main(["table", "--experiment", "blocks", "--output-dir", str(tmp_path)])
+    assert text == 0 and "n/a (1 seed)" in capsys.readouterr().out  # one seed: no interval, said so
+
+
+def test_one_seed_interval_reads_na_not_nan():
+    assert analysis._fmt_ci(0.05, float("nan"), float("nan")) == "+0.050 [n/a (1 seed)]"
+    assert tables._ci_text(0.3, float("nan"), float("nan"), 3, False) == "0.300 [n/a (1 seed)]"

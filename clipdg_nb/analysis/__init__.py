@@ -29,12 +29,13 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 
 def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
-    """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if given)."""
+    """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if
+    given), runs of one method that differ in a setting labelled apart (`runs.split_settings`)."""
     folder = runs.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
         raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
                                 f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
-    df = runs.tidy(runs.load_records(folder))
+    df = runs.split_settings(runs.tidy(runs.load_records(folder)))
     return df[df["dataset"] == dataset].reset_index(drop=True) if dataset is not None else df
 
 
@@ -66,6 +67,7 @@ def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None
     if select_split not in VALIDATION_SPLITS:
         raise ValueError(f"select_split={select_split!r} must be one of {list(VALIDATION_SPLITS)}")
     by = list(by)
+    runs.check_one_setting(df, "select_lr")
     rows = with_lr_key(metric_rows(df, select_split, metric))
     cols = [*by, "lr", "select_split", "select_metric", "select_mean", "n_seeds", "n_lrs"]
     if rows.empty:
@@ -96,6 +98,7 @@ def fraction_curves(df: pd.DataFrame, split: str, metric: str | None = None, var
     Pass the frame after `apply_selection`, so each point is one learning rate. Zero-shot runs
     (fraction 0) are left out unless asked for; see `zero_shot_reference`.
     """
+    runs.check_one_setting(df, "fraction_curves")
     rows = metric_rows(df, split, metric, variant)
     if not include_zero_shot:
         rows = rows[rows["method"] != "zeroshot"]
@@ -138,6 +141,7 @@ def paired_table(a: pd.DataFrame, b: pd.DataFrame, label: str, level: float = 0.
 def compare_methods(df: pd.DataFrame, a: str, b: str, split: str, metric: str | None = None,
                     level: float = 0.95) -> pd.DataFrame:
     """`a` minus `b` (e.g. finetune vs vision_only) per (dataset, fraction), paired by seed."""
+    runs.check_one_setting(df, "compare_methods")
     rows = metric_rows(df, split, metric)
     return paired_table(rows[rows["method"] == a], rows[rows["method"] == b], f"{a} - {b}", level)
 
@@ -146,6 +150,7 @@ def swa_gain(df: pd.DataFrame, split: str, metric: str | None = None, baseline: 
              method: str = "finetune", level: float = 0.95) -> pd.DataFrame:
     """The 'swa' weights minus `baseline` ('last' epoch, or 'best' = plain fine-tuning with
     selection on validation) of the same runs of `method`, per (dataset, fraction), paired by seed."""
+    runs.check_one_setting(df, "swa_gain")
     rows = df[df["method"] == method]
     swa = metric_rows(rows, split, metric, variant="swa")
     base = metric_rows(rows, split, metric, variant=baseline)
@@ -215,6 +220,8 @@ def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "
 
 
 def _fmt_ci(mean: float, low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):  # one seed (or pair) has no spread
+        return f"{mean:+.3f} [n/a (1 seed)]"
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
@@ -233,6 +240,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
     (True / False; None when the runs are missing or a paired interval straddles zero). Accuracy (`acc_avg`) is used where ID
     and OOD are compared on one scale; paired differences are over seeds with a `level` interval.
     """
+    runs.check_one_setting(df, "findings")
     rows = []
 
     def add(question, measured, holds):

@@ -95,8 +95,10 @@ def coverage_by_run(output_dir, experiment: str) -> pd.Series:
 
 
 def with_coverage(df: pd.DataFrame, output_dir, experiment: str) -> pd.DataFrame:
-    """The tidy frame with a `coverage` column (the pretraining each run started from)."""
-    return df.assign(coverage=df["run_id"].map(coverage_by_run(output_dir, experiment)))
+    """The tidy frame with a `coverage` column (the pretraining each run started from). Runs that
+    differ only in their pretraining are told apart by that column, so their methods keep their
+    plain names (`runs.merge_settings`); the functions below group by coverage first."""
+    return runs.merge_settings(df).assign(coverage=df["run_id"].map(coverage_by_run(output_dir, experiment)))
 
 
 def gap_by_coverage(df: pd.DataFrame, split: str = "test", clip_method: str = "finetune",

@@ -84,8 +84,10 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
     metric, per (dataset, method, variant, fraction, lr): long rows with columns HEADLINE_COLUMNS
     (`column`: a label, e.g. the experiment; default the frame's experiment). Pass the frame after
     `analysis.apply_selection` for one learning rate per method and fraction."""
+    from ..runs import check_one_setting
     from .stats import mean_ci
 
+    check_one_setting(df, "headline_table")
     rows = []
     for split in (id_split, ood_split):
         part = df[df["split"] == split]
@@ -106,7 +108,7 @@ def _ci_text(mean, low, high, digits: int, signed: bool) -> str:
         return ""
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return f.format(mean)
+        return f"{f.format(mean)} [n/a (1 seed)]"
     return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
 
 
