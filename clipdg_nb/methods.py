@@ -24,7 +24,7 @@ from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
-from .evaluate import evaluate_logits, image_batches, predict_logits
+from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
 from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
@@ -309,6 +309,9 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
             if cfg.save_predictions:
                 target.write_predictions(split, frame, None if variant == headline else variant)
     extra = dict(outcome.extra)
+    y = np.asarray(ctx.dataset.y_array)  # ECE / NLL per variant and split, temperature fitted on id_val
+    extra["calibration"] = calibration_record(outcome.logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits},
+                                              getattr(cfg, "select_split", None))
     timings = {**extra.pop("timings", {}), "total_s": seconds}
     record = {
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
