@@ -32,6 +32,7 @@ from .models.features import cached_split_features, feature_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
+from .soups import save_weights
 from .flyp import clamp_logit_scale, flyp_objective
 from .train import cross_entropy, fit
 
@@ -236,6 +237,7 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
     extra = {"history": trained.history, "n_train": int(len(train_idx)),
              "resumed_from_epoch": trained.resumed_from_epoch,
+             "kept_weights": save_weights(Run.of(cfg), trained.last_state) if cfg.keep_weights else None,
              "timings": {"train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
     return Outcome(logits, selection, extra)
 

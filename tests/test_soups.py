@@ -135,3 +135,117 @@ def test_soup_choice_never_reads_a_test_split():
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# The soup stage on the tiny model: runs that kept their weights -> uniform and greedy soups
+# ---------------------------------------------------------------------------------------------
+
+def _ingredient_runs(root, run_kwargs, method, lrs, **extra):
+    from clipdg_nb import methods
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.runs import Run
+    params = dict(root_dir=str(root), method=method, text_mode="frozen", epochs=2, swa=False, fraction=0.25,
+                  keep_weights=True, **run_kwargs)
+    cfgs = [FinetuneConfig(**{**params, **extra}, lr=lr) for lr in lrs]
+    return [(methods.run(cfg, progress=False), Run.of(cfg)) for cfg in cfgs]
+
+
+@pytest.mark.parametrize("method", ["vision_only", "finetune"])
+def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method):
+    from safetensors.torch import load_file
+
+    from clipdg_nb import evaluate, soups
+    from clipdg_nb.datasets import load_dataset
+
+    runs = _ingredient_runs(easy_root, run_kwargs, method, [3e-3, 1e-3, 3e-4])
+    for record, run in runs:  # each kept its final weights, in float16
+        kept = load_file(str(run.path / soups.WEIGHTS_FILE))
+        assert record["kept_weights"]["file"] == soups.WEIGHTS_FILE
+        assert {v.dtype for v in kept.values() if torch.is_floating_point(v)} == {torch.float16}
+
+    read, state = [], {"choosing": False}
+    real_evaluate, real_variants = evaluate.evaluate_logits, soups.soup_variants
+
+    def spy_evaluate(dataset, indices, logits, split):
+        read.append((split, state["choosing"]))
+        return real_evaluate(dataset, indices, logits, split)
+
+    def spy_variants(*args, **kwargs):
+        state["choosing"] = True
+        try:
+            return real_variants(*args, **kwargs)
+        finally:
+            state["choosing"] = False
+    monkeypatch.setattr(evaluate, "evaluate_logits", spy_evaluate)
+    monkeypatch.setattr(soups, "soup_variants", spy_variants)
+    record = soups.make_soups([run.path for _, run in runs])
+
+    assert {split for split, choosing in read if choosing} == {"id_val"}  # the choice reads id_val only
+    assert {"id_test", "test"} <= {split for split, _ in read}  # evaluated, after the choice
+    names = [r["run_id"] for r, _ in runs]
+    assert record["kind"] == "soup" and record["method"] == method and record["seed"] == 0 and record["lr"] is None
+    assert sorted(record["soups"]["uniform_soup"]["ingredients"]) == sorted(names)
+    greedy = record["soups"]["greedy_soup"]
+    assert greedy["ingredients"][0] == max(record["selection"]["ingredient_scores"],
+                                           key=record["selection"]["ingredient_scores"].get)
+    assert [t["name"] for t in greedy["trace"] if t["kept"]] == greedy["ingredients"]
+    assert greedy["score"] >= max(record["selection"]["ingredient_scores"].values())  # greedy never drops on id_val
+    assert set(record["variants"]) == {"uniform_soup", "greedy_soup"} and record["metrics"] == record["variants"]["greedy_soup"]
+    assert set(record["calibration"]) == {"uniform_soup", "greedy_soup"}
+
+    # the record's numbers are WILDS's own eval on the saved predictions, for both soups
+    soup_run = soups.Run(record_path := soups.soup_run([r for r, _ in runs]).path)
+    assert record_path.name == record["run_id"]
+    ds = load_dataset("fmow", easy_root)
+    for variant in ("greedy_soup", "uniform_soup"):
+        for split in ("id_val", "id_test", "val", "test"):
+            preds = soup_run.predictions(split, variant=variant)
+            assert record["variants"][variant][split] == pytest.approx(
+                evaluate.wilds_metrics(ds, preds["idx"], preds["y_pred"]))
+
+    # the uniform soup's predictions are those of the hand-averaged kept weights
+    hand = {}
+    states = [{k: v.float() if torch.is_floating_point(v) else v for k, v in
+               load_file(str(run.path / soups.WEIGHTS_FILE)).items()} for _, run in runs]
+    for key, value in states[0].items():
+        hand[key] = sum(s[key] for s in states) / 3 if torch.is_floating_point(value) else value
+    params = dict(runs[0][0]["params"])
+    from clipdg_nb.config import FinetuneConfig, from_params
+    from clipdg_nb.devices import resolve_device
+    from clipdg_nb.evaluate import predict_logits
+    from clipdg_nb.images import Normalize
+    from clipdg_nb.methods import Context
+    ctx = Context(from_params(FinetuneConfig, params), ds, resolve_device("cpu"))
+    model, (mean, std, size) = soups._skeleton(ctx)
+    model.load_state_dict(hand)
+    logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
+    saved = soup_run.predictions("test", variant="uniform_soup")
+    assert (logits.argmax(1).numpy() == saved["y_pred"].to_numpy()).mean() > 0.99  # float ties aside
+
+    # finished: returned as it is
+    stamp = (record_path / "result.json").stat().st_mtime_ns
+    assert soups.make_soups([run.path for _, run in runs]) == record
+    assert (record_path / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_soup_stage_names_what_is_wrong(easy_root, run_kwargs, tmp_path):
+    from clipdg_nb import methods, soups
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.runs import Run
+
+    cfg = FinetuneConfig(root_dir=str(easy_root), method="vision_only", text_mode="frozen", lr=1e-3, epochs=1,
+                         swa=False, fraction=0.25, **run_kwargs)
+    record = methods.run(cfg, progress=False)
+    assert "kept_weights" not in record and not (Run.of(cfg).path / "weights").exists()  # only where asked
+    (kept_record, kept), = _ingredient_runs(easy_root, run_kwargs, "vision_only", [3e-3], epochs=1)
+    with pytest.raises(FileNotFoundError, match="keep_weights=True"):
+        soups.make_soups([kept.path, Run.of(cfg).path])
+    other = FinetuneConfig(**{**cfg.params(), "fraction": 0.5, "keep_weights": True})
+    methods.run(other, progress=False)
+    with pytest.raises(ValueError, match="'fraction'"):
+        soups.make_soups([kept.path, Run.of(other).path])
+    with pytest.raises(ValueError, match="at least 2"):
+        soups.make_soups([kept.path])
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        soups.make_soups([kept.path, tmp_path / "nothing"])
