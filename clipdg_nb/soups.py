@@ -6,12 +6,15 @@ entries in float16). `make_soups(run_dirs)` loads them, builds the uniform soup 
 chosen on the runs' selection split only (`averaging.soup_variants`), evaluates both on every
 evaluated split with WILDS's metrics and calibration, and writes them as one run folder:
 
-    <output_dir>/<experiment>/<dataset>-<method>-f<fraction>-soup-s<seed|all>-<digest>/
+    <output_dir>/<experiment>/soups/<dataset>-<method>-f<fraction>-soup-s<seed|all>-<digest>/
         result.json      metrics of the greedy soup (the headline), variants {uniform_soup,
                          greedy_soup}, each soup's ingredients (run ids) and the greedy trace
         predictions/...  greedy soup; variants/uniform_soup/predictions/... the uniform one
 
-Its identity is its ingredients (run ids and when each finished) and the selection rule.
+Its identity is its ingredients (run ids and when each finished) and the selection rule. Soups
+live in their own folder (`soups_dir`), so `runs.load_records` of the experiment never mixes them
+into the runs' learning-rate selection; `load_soups` reads them. `Run.of_record` does not find a
+soup's folder: use `soup_run` or `soups_dir`.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from .averaging import SOUP_VARIANTS, soup_variants
-from .runs import Run, atomic_path, experiment_dir, to_jsonable
+from .runs import Run, atomic_path, experiment_dir, load_records, to_jsonable
 
 WEIGHTS_FILE = "weights/last.safetensors"
 # What must agree between ingredients: the same data subset rule and the same architecture and
@@ -90,12 +93,23 @@ def soup_identity(records: list[Mapping]) -> dict[str, Any]:
             "ingredients": {r["run_id"]: r.get("created_at") for r in sorted(records, key=lambda r: r["run_id"])}}
 
 
+def soups_dir(output_dir, experiment: str) -> Path:
+    """`<output_dir>/<experiment>/soups/`: apart from the experiment's runs, so that a soup (no single
+    learning rate or seed) never enters their learning-rate selection or seed intervals unasked."""
+    return experiment_dir(output_dir, experiment) / "soups"
+
+
+def load_soups(output_dir, experiment: str) -> list[dict]:
+    """Every finished soup record of an experiment (`runs.tidy` takes them like run records)."""
+    return load_records(soups_dir(output_dir, experiment))
+
+
 def soup_run(records: list[Mapping], output_dir=None, experiment: str | None = None) -> Run:
     identity, first = soup_identity(records), records[0]["params"]
     seed = _common(records, "seed")
     digest = hashlib.sha256(json.dumps(to_jsonable(identity), sort_keys=True).encode()).hexdigest()[:8]
     name = f"{first['dataset']}-{first['method']}-f{first['fraction']:g}-soup-s{'all' if seed is None else seed}-{digest}"
-    return Run(experiment_dir(output_dir or first["output_dir"], experiment or records[0]["experiment"]) / name)
+    return Run(soups_dir(output_dir or first["output_dir"], experiment or records[0]["experiment"]) / name)
 
 
 def _skeleton(ctx):
@@ -189,14 +203,14 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
                 target.write_predictions(split, frame, None if variant == headline else variant)
     y = np.asarray(ctx.dataset.y_array)
     record = {
-        "run_id": target.id, "experiment": target.path.parent.name, "kind": "soup",
+        "run_id": target.id, "experiment": target.path.parent.parent.name, "kind": "soup",
         "dataset": cfg.dataset, "method": cfg.method, "fraction": cfg.fraction,
         "seed": _common(records, "seed"), "lr": _common(records, "lr"),
         "root_dir": str(cfg.root_dir),
         # what the ingredients share (their own parameters are in their records), and where this lives
         "params": {**{k: v for k, v in cfg.params().items() if k in SHARED_FIELDS + ("root_dir", "seed", "lr")},
                    "seed": _common(records, "seed"), "lr": _common(records, "lr"),
-                   "output_dir": str(target.path.parent.parent), "experiment": target.path.parent.name},
+                   "output_dir": str(target.path.parent.parent.parent), "experiment": target.path.parent.parent.name},
         "identity": identity, "metrics": variants[headline],
         "selection": {"split": cfg.select_split, "metric": metric, "variant": headline,
                       "ingredient_scores": {name: score for name, _, score in candidates}},

@@ -223,6 +223,11 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     saved = soup_run.predictions("test", variant="uniform_soup")
     assert (logits.argmax(1).numpy() == saved["y_pred"].to_numpy()).mean() > 0.99  # float ties aside
 
+    # apart from the experiment's runs: never in their learning-rate selection unasked
+    from clipdg_nb.runs import experiment_dir, load_records
+    assert record["run_id"] not in {r["run_id"] for r in load_records(experiment_dir(run_kwargs["output_dir"], "scratch"))}
+    assert [r["run_id"] for r in soups.load_soups(run_kwargs["output_dir"], "scratch")] == [record["run_id"]]
+
     # finished: returned as it is
     stamp = (record_path / "result.json").stat().st_mtime_ns
     assert soups.make_soups([run.path for _, run in runs]) == record
