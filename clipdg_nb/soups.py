@@ -54,6 +54,12 @@ def save_weights(run: Run, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "bytes": (run.partial / WEIGHTS_FILE).stat().st_size}
 
 
+def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """The size of a run's kept weights (float entries in float16), header aside: for the disk a
+    soup experiment will take, printed before anything runs."""
+    return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size()) for v in state.values())
+
+
 def load_weights(run: Run) -> dict[str, torch.Tensor]:
     """A run's kept weights, float entries as float32 (a soup is averaged in float32)."""
     from safetensors.torch import load_file

@@ -163,6 +163,8 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
         kept = load_file(str(run.path / soups.WEIGHTS_FILE))
         assert record["kept_weights"]["file"] == soups.WEIGHTS_FILE
         assert {v.dtype for v in kept.values() if torch.is_floating_point(v)} == {torch.float16}
+        size = record["kept_weights"]["bytes"]
+        assert 0 <= size - soups.kept_weights_bytes(kept) < 64 * 1024  # the estimate, less the header
 
     read, state = [], {"choosing": False}
     real_evaluate, real_variants = evaluate.evaluate_logits, soups.soup_variants
@@ -222,6 +224,11 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
     saved = soup_run.predictions("test", variant="uniform_soup")
     assert (logits.argmax(1).numpy() == saved["y_pred"].to_numpy()).mean() > 0.99  # float ties aside
+    # the kept weights are the run's final ones: they predict as its 'last' variant did (float16 aside)
+    model.load_state_dict(states[0])
+    logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
+    last = runs[0][1].predictions("test", variant="last")
+    assert (logits.argmax(1).numpy() == last["y_pred"].to_numpy()).mean() > 0.97
 
     # apart from the experiment's runs: never in their learning-rate selection unasked
     from clipdg_nb.runs import experiment_dir, load_records
