@@ -48,7 +48,7 @@ def test_ece_equals_torchmetrics(seed, n_classes, scale):
     assert (conf - conf.round()).abs().min() > 1e-9  # no confidence on a bin edge, where conventions differ
     theirs = float(MulticlassCalibrationError(num_classes=n_classes, n_bins=15, norm="l1")(probs, y))
     ours = expected_calibration_error(logits, y)
-    assert ours == pytest.approx(theirs, abs=1e-6)  # torchmetrics works in float32
+    assert ours == pytest.approx(theirs, abs=1e-5)  # torchmetrics sums in float32 (seen: 1e-6 apart)
     assert ours == pytest.approx(expected_calibration_error(probs, y), abs=1e-12)
     assert 0.01 < ours < 1  # a number worth comparing
 
