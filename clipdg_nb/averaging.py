@@ -7,7 +7,9 @@ entries (`num_batches_tracked`, integer ids) follow the latest weights. Checked 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -128,3 +130,146 @@ def wise_ft(zero_shot: StateDict, fine_tuned: StateDict, alphas: Iterable[float]
 def swa_epochs(n_epochs: int, swa_last_k: int) -> list[int]:
     """0-based epochs whose end-of-epoch weights go into the SWA average: the last K."""
     return list(range(n_epochs - swa_last_k, n_epochs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model soups (Wortsman et al. 2022): averages across fine-tuning runs, not along one
+# ---------------------------------------------------------------------------------------------
+# An ingredient's state is a state dict, or a zero-argument callable that loads one (so a greedy
+# soup over many runs holds one running sum and one ingredient in memory, not every run at once).
+
+SOUP_VARIANTS = ("uniform_soup", "greedy_soup")
+
+
+def _load(state: StateDict | Callable[[], StateDict]) -> StateDict:
+    return state() if callable(state) else state
+
+
+def _describe(value: Any) -> str:
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+class _SoupSum:
+    """The running sum of ingredients' float entries (in at least float32) and a count; non-float
+    entries come from the first ingredient. `mean()` casts back to the ingredients' dtype."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.n = 0
+
+    def plus(self, state: StateDict, name: str = "ingredient") -> "_SoupSum":
+        """A new sum with `state` added (self unchanged)."""
+        out = _SoupSum()
+        if self.n == 0:
+            out.sums = {k: _copy(v, torch.promote_types(v.dtype, torch.float32)) if _is_float(v) else _copy(v)
+                        for k, v in state.items()}
+            out.dtypes = {k: v.dtype for k, v in state.items() if _is_float(v)}
+        else:
+            if set(state) != set(self.sums):
+                diff = sorted(set(state) ^ set(self.sums))
+                raise ValueError(f"{name} does not have the same weights as the first ingredient (keys differ: "
+                                 f"{diff[:5]}); a soup averages fine-tuned copies of one model")
+            for key, total in self.sums.items():
+                value = state[key]
+                if _is_float(total) != _is_float(value) or (
+                        isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(total.shape)):
+                    raise ValueError(f"{name}: weight {key!r} differs in kind or shape from the first ingredient's "
+                                     f"({_describe(value)} vs {_describe(total)}); a soup averages copies of one model")
+                if _is_float(total):
+                    out.dtypes[key] = torch.promote_types(self.dtypes[key], value.dtype)
+                    work = torch.promote_types(total.dtype, value.dtype)
+                    out.sums[key] = total.to(work) + value.detach().to("cpu", work)
+                else:
+                    out.sums[key] = total
+        out.n = self.n + 1
+        return out
+
+    def mean(self) -> dict[str, Any]:
+        return {k: (v / self.n).to(self.dtypes[k]) if k in self.dtypes else _copy(v) for k, v in self.sums.items()}
+
+
+def uniform_soup(states: Iterable[StateDict | Callable[[], StateDict]]) -> dict[str, Any]:
+    """The uniform soup: the mean of every ingredient's float entries (summed in at least float32,
+    cast back to the ingredients' common dtype); non-float entries from the first ingredient."""
+    total = _SoupSum()
+    for i, state in enumerate(states):
+        total = total.plus(_load(state), f"ingredient {i}")
+    if total.n == 0:
+        raise ValueError("uniform_soup needs at least one ingredient (a state dict); got none")
+    return total.mean()
+
+
+@dataclass
+class Soup:
+    """A soup's weights, the names of its ingredients (in the order added), its score on the
+    selection split, and for a greedy soup the trace of every ingredient tried."""
+    state: dict[str, Any]
+    ingredients: list[str]
+    score: float
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _score(evaluate: Callable[[StateDict], float], state: StateDict, what: str) -> float:
+    score = evaluate(state)
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        raise ValueError(f"evaluate returned {score!r} for {what}; it must return a finite number (higher is better)")
+    return float(score)
+
+
+def _sorted_candidates(candidates) -> list[tuple[str, Any, float]]:
+    candidates = [tuple(c) for c in candidates]
+    if not candidates:
+        raise ValueError("a soup needs at least one candidate (name, state, id_val_score); got none")
+    names = [c[0] for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"candidate names must be unique, got {names}")
+    for name, _, score in candidates:
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"candidate {name!r} has score {score!r}; give each its finite selection-split score")
+    # best first; a stable sort keeps the given order among equal scores
+    return sorted(candidates, key=lambda c: -float(c[2]))
+
+
+def greedy_soup(candidates: Iterable[tuple[str, StateDict | Callable[[], StateDict], float]],
+                evaluate: Callable[[StateDict], float]) -> Soup:
+    """Greedy soup (Wortsman et al. 2022, Recipe 1): candidates `(name, state, score)` sorted by
+    their own selection-split score, best first; the soup starts as the best one and takes each next
+    ingredient if `evaluate(soup with it)` is not lower (>=) than the soup's score without it. The
+    first ingredient is scored by `evaluate` too, so every comparison uses one scorer.
+
+    `evaluate(state) -> score` is the only window onto data: the caller binds it to a validation
+    split (see `soup_variants`), so this function cannot read any other."""
+    ordered = _sorted_candidates(candidates)
+    name, state, _ = ordered[0]
+    total = _SoupSum().plus(_load(state), name)
+    best = _score(evaluate, total.mean(), f"the soup of {[name]}")
+    kept, trace = [name], [{"name": name, "score": best, "kept": True}]
+    for name, state, _ in ordered[1:]:
+        trial = total.plus(_load(state), name)
+        score = _score(evaluate, trial.mean(), f"the soup of {kept + [name]}")
+        keep = score >= best
+        trace.append({"name": name, "score": score, "kept": keep})
+        if keep:
+            total, best = trial, score
+            kept.append(name)
+    return Soup(total.mean(), kept, best, trace)
+
+
+def soup_variants(candidates: Iterable[tuple[str, StateDict | Callable[[], StateDict], float]],
+                  score_on: Callable[[StateDict, str], float], select_split: str) -> dict[str, Soup]:
+    """`{"uniform_soup": ..., "greedy_soup": ...}` from candidates `(name, state, score)` whose scores
+    are on `select_split`. `score_on(state, split)` scores weights on a split; it is only ever called
+    with `select_split`, which must be a validation split: the choice never reads a test split."""
+    if not isinstance(select_split, str) or "test" in select_split:
+        raise ValueError(f"select_split={select_split!r}: soups are chosen on a validation split (id_val or val), "
+                         "never a test split")
+    ordered = _sorted_candidates(candidates)
+
+    def evaluate(state: StateDict) -> float:  # bound to the selection split: the only split read
+        return score_on(state, select_split)
+
+    uniform = uniform_soup(state for _, state, _ in ordered)
+    return {"uniform_soup": Soup(uniform, [name for name, _, _ in ordered],
+                                 _score(evaluate, uniform, "the uniform soup")),
+            "greedy_soup": greedy_soup(ordered, evaluate)}

@@ -3,6 +3,7 @@ group, failure cases. Metric names and numbers are exactly `dataset.eval(...)`'s
 see `wilds_compat`)."""
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import numpy as np
@@ -106,3 +107,150 @@ def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
         parts.append(table.sort_values(["split", "group"], key=lambda s: natural_key(s) if s.name == "group" else s))
     columns = ["split", "field", "group", "value", "n"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: ECE and NLL per split, before and after temperature scaling
+# ---------------------------------------------------------------------------------------------
+# Names in a record: `ece`, `nll` (as the model stands), `ece_ts`, `nll_ts` (logits / temperature),
+# `temperature` and `temperature_split` (the split it was fitted on). They live under
+# record["calibration"][variant][split], apart from WILDS's metric names (`acc_avg`,
+# `F1-macro_all`, ...), which none of them shares.
+
+CALIBRATION_BINS = 15
+TEMPERATURE_BOUNDS = (1e-2, 1e2)  # a fitted T at either end means the split wants a more extreme one
+
+
+def _labels(y, n: int, n_classes: int, name: str = "y") -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"{name} has {len(y)} labels but there are {n} rows of predictions; pass one label per row")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"{name} holds labels outside [0, {n_classes}) for predictions over {n_classes} classes")
+    return y
+
+
+def _scores(values, what: str) -> torch.Tensor:
+    """A [N, C] float64 tensor of logits or probabilities, checked: not empty, finite."""
+    x = torch.as_tensor(values).detach().cpu().to(torch.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 2:
+        raise ValueError(f"{what} must be a non-empty [N, C] array with C >= 2 classes, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} holds NaN or infinite values; calibration of such predictions means nothing")
+    return x
+
+
+def _is_probs(x: torch.Tensor) -> bool:
+    """Rows that are non-negative and sum to 1 are probabilities; anything else is logits."""
+    return bool((x >= 0).all() and torch.allclose(x.sum(dim=1), torch.ones(len(x), dtype=x.dtype), atol=1e-4))
+
+
+def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BINS, *, kind: str = "auto") -> float:
+    """Expected calibration error of the top-1 prediction (Guo et al. 2017):
+    `sum_b |B_b| / N * |acc(B_b) - conf(B_b)|` over `n_bins` equal-width confidence bins
+    ((b-1)/M, b/M]. `kind`: 'logits' (softmax in float64, so confident logits do not saturate to
+    1.0 early), 'probs', or 'auto': rows that are non-negative and sum to 1 are probabilities,
+    anything else logits.
+
+    torchmetrics' `MulticlassCalibrationError(norm='l1')` gives the same number except for a
+    confidence exactly on a bin edge: its bins are [lo, hi) and a confidence of exactly 1.0 gets a
+    bin of its own."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins={n_bins!r} must be a positive integer (the study uses {CALIBRATION_BINS})")
+    if kind not in ("auto", "probs", "logits"):
+        raise ValueError(f"kind={kind!r} must be 'auto', 'probs' or 'logits'")
+    x = _scores(probs_or_logits, "probs_or_logits")
+    if kind == "probs" and not _is_probs(x):
+        raise ValueError("kind='probs' but the rows are not non-negative with sum 1; pass kind='logits'")
+    probs = x if kind == "probs" or (kind == "auto" and _is_probs(x)) else torch.softmax(x, dim=1)
+    y = _labels(y, len(x), x.shape[1])
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).to(torch.float64)
+    # bin b holds ((b-1)/M, b/M]: ceil(conf * M) - 1, with conf = 0 (impossible for a top-1) in bin 0
+    bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
+    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(conf))
+    gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct - conf)
+    # |B_b|/N * |acc_b - conf_b| = |sum over the bin of (correct - conf)| / N
+    return float(gap.abs().sum() / count.sum())
+
+
+def negative_log_likelihood(logits, y) -> float:
+    """Mean cross-entropy of the true class, `-mean log softmax(logits)[y]` (in float64)."""
+    x = _scores(logits, "logits")
+    y = _labels(y, len(x), x.shape[1])
+    return float(torch.nn.functional.cross_entropy(x, y))
+
+
+def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature T > 0 minimising `negative_log_likelihood(logits / T, y)` (Guo et al. 2017).
+
+    NLL is convex in 1/T, so it has one minimum along log T: a bounded Brent search on log T finds
+    it deterministically. The result never raises the NLL above T = 1's. A T at a bound is returned
+    with a warning (e.g. every prediction right: the NLL keeps falling as T -> 0)."""
+    from scipy.optimize import minimize_scalar
+    lo, hi = (float(b) for b in bounds)
+    if not 0 < lo < 1 < hi:
+        raise ValueError(f"bounds={bounds!r} must satisfy 0 < low < 1 < high (T = 1 is the model as it stands)")
+    x = _scores(logits, "logits")
+    y = _labels(y, len(x), x.shape[1])
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(x / np.exp(log_t), y))
+
+    ends = np.log(lo), np.log(hi)
+    found = float(minimize_scalar(nll, bounds=ends, method="bounded", options={"xatol": 1e-7}).x)
+    at_end = min(ends, key=nll)
+    if nll(found) < nll(at_end):  # an interior minimum: never worse than T = 1
+        log_t = found if nll(found) <= nll(0.0) else 0.0
+    elif nll(at_end) < nll(0.0):  # still falling at a bound (or flat there in float64): report the bound
+        log_t = at_end
+        warnings.warn(f"fitted temperature {np.exp(at_end):.3g} sits at the bound of {bounds}: the split's NLL "
+                      "keeps falling beyond it (e.g. every prediction right, or none better than chance); "
+                      "ECE/NLL at T are at the bound", stacklevel=2)
+    else:  # the temperature changes nothing (e.g. every row's logits equal)
+        log_t = 0.0
+    return float(np.exp(log_t))
+
+
+def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id_val",
+                        n_bins: int = CALIBRATION_BINS) -> dict[str, dict[str, float | str | None]]:
+    """Per split: `ece`, `nll` of the logits as they are; `ece_ts`, `nll_ts` of logits / T with one
+    temperature T fitted on `fit_split`'s logits; `temperature` and `temperature_split`.
+    With `fit_split=None` (no validation split evaluated) the temperature fields are None."""
+    missing = set(logits_by_split) ^ set(y_by_split)
+    if missing:
+        raise ValueError(f"logits_by_split and y_by_split must name the same splits; they differ in {sorted(missing)}")
+    if fit_split is not None and fit_split not in logits_by_split:
+        raise ValueError(f"fit_split={fit_split!r} is not among the splits given ({sorted(logits_by_split)}); "
+                         "fit the temperature on an evaluated validation split, or pass fit_split=None")
+    t = None if fit_split is None else fit_temperature(logits_by_split[fit_split], y_by_split[fit_split])
+    out = {}
+    for split, logits in logits_by_split.items():
+        y = y_by_split[split]
+        scaled = None if t is None else torch.as_tensor(logits).double() / t
+        out[split] = {"ece": expected_calibration_error(logits, y, n_bins, kind="logits"),
+                      "nll": negative_log_likelihood(logits, y),
+                      "ece_ts": None if t is None else expected_calibration_error(scaled, y, n_bins, kind="logits"),
+                      "nll_ts": None if t is None else negative_log_likelihood(scaled, y),
+                      "temperature": t, "temperature_split": fit_split}
+    return out
+
+
+def temperature_split(splits, select_split: str | None) -> str | None:
+    """Where a run's temperature is fitted: id_val when evaluated, else the run's selection split
+    when evaluated, else nowhere (None): never a test split."""
+    splits = set(splits)
+    for split in ("id_val", select_split):
+        if split in splits and split is not None and "test" not in split:
+            return split
+    return None
+
+
+def calibration_record(logits_by_variant, y_by_split, select_split: str | None) -> dict:
+    """`record["calibration"]`: {variant: {split: calibration_metrics(...)}} for every weight variant
+    and evaluated split, each variant with its own temperature, fitted on `temperature_split(...)`."""
+    out = {}
+    for variant, per_split in logits_by_variant.items():
+        fit = temperature_split(per_split, select_split)
+        out[variant] = calibration_metrics(per_split, {s: y_by_split[s] for s in per_split}, fit_split=fit)
+    return out

@@ -24,7 +24,7 @@ from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
-from .evaluate import evaluate_logits, image_batches, predict_logits
+from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits
 from .images import Normalize, image_split
 from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
@@ -32,6 +32,7 @@ from .models.features import cached_split_features, feature_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
+from .soups import save_weights
 from .flyp import clamp_logit_scale, flyp_objective
 from .train import cross_entropy, fit
 
@@ -236,6 +237,7 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
     extra = {"history": trained.history, "n_train": int(len(train_idx)),
              "resumed_from_epoch": trained.resumed_from_epoch,
+             "kept_weights": save_weights(Run.of(cfg), trained.last_state) if cfg.keep_weights else None,
              "timings": {"train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
     return Outcome(logits, selection, extra)
 
@@ -309,6 +311,9 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
             if cfg.save_predictions:
                 target.write_predictions(split, frame, None if variant == headline else variant)
     extra = dict(outcome.extra)
+    y = np.asarray(ctx.dataset.y_array)  # ECE / NLL per variant and split, temperature fitted on id_val
+    extra["calibration"] = calibration_record(outcome.logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits},
+                                              getattr(cfg, "select_split", None))
     timings = {**extra.pop("timings", {}), "total_s": seconds}
     record = {
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,

@@ -1,0 +1,229 @@
+"""The soup stage: model soups (Wortsman et al. 2022) across finished runs of one (dataset, method,
+fraction), over learning rates and/or seeds.
+
+Runs made with `keep_weights=True` leave their final weights in `weights/last.safetensors` (float
+entries in float16). `make_soups(run_dirs)` loads them, builds the uniform soup and the greedy soup
+chosen on the runs' selection split only (`averaging.soup_variants`), evaluates both on every
+evaluated split with WILDS's metrics and calibration, and writes them as one run folder:
+
+    <output_dir>/<experiment>/soups/<dataset>-<method>-f<fraction>-soup-s<seed|all>-<digest>/
+        result.json      metrics of the greedy soup (the headline), variants {uniform_soup,
+                         greedy_soup}, each soup's ingredients (run ids) and the greedy trace
+        predictions/...  greedy soup; variants/uniform_soup/predictions/... the uniform one
+
+Its identity is its ingredients (run ids and when each finished) and the selection rule. Soups
+live in their own folder (`soups_dir`), so `runs.load_records` of the experiment never mixes them
+into the runs' learning-rate selection; `load_soups` reads them. `Run.of_record` does not find a
+soup's folder: use `soup_run` or `soups_dir`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .averaging import SOUP_VARIANTS, soup_variants
+from .runs import Run, atomic_path, experiment_dir, load_records, to_jsonable
+
+WEIGHTS_FILE = "weights/last.safetensors"
+# What must agree between ingredients: the same data subset rule and the same architecture and
+# starting point, so that their weights can be averaged (learning rate, seed, epochs... may differ).
+SHARED_FIELDS = ("dataset", "method", "fraction", "model", "pretrained", "templates", "text_mode", "train_blocks",
+                 "vision_arch", "vision_weights", "select_split", "select_metric", "eval_splits", "stratify")
+
+
+def save_weights(run: Run, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The final weights into the run being built (`run.partial`), float entries as float16 (an entry
+    that float16 cannot hold, |x| > 65504, stays float32); returns what the record says of them."""
+    from safetensors.torch import save_file
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if torch.is_floating_point(value):
+            half = value.to(torch.float16)
+            value = half if torch.isfinite(half).all() or not torch.isfinite(value).all() else value.float()
+        tensors[key] = value.contiguous().clone()  # tied weights must serialise independently
+    with atomic_path(run.partial / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16",
+            "bytes": (run.partial / WEIGHTS_FILE).stat().st_size}
+
+
+def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """The size of a run's kept weights (float entries in float16), header aside: for the disk a
+    soup experiment will take, printed before anything runs."""
+    return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size()) for v in state.values())
+
+
+def load_weights(run: Run) -> dict[str, torch.Tensor]:
+    """A run's kept weights, float entries as float32 (a soup is averaged in float32)."""
+    from safetensors.torch import load_file
+    path = run.path / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run {run.id} kept no weights ({path} is missing): rerun it with "
+                                "keep_weights=True and force=True, then make its soups")
+    return {k: v.float() if torch.is_floating_point(v) else v for k, v in load_file(str(path)).items()}
+
+
+def _common(records: list[dict], key: str):
+    values = {json.dumps(to_jsonable(r["params"].get(key))) for r in records}
+    return records[0]["params"].get(key) if len(values) == 1 else None
+
+
+def check_ingredients(records: list[Mapping]) -> None:
+    """Raise, naming the field and the runs, unless the runs can go into one soup."""
+    if len(records) < 2:
+        raise ValueError(f"a soup needs at least 2 finished runs, got {len(records)}")
+    ids = [r["run_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the same run is given twice: {ids}")
+    for key in SHARED_FIELDS:
+        values = {r["run_id"]: r["identity"].get(key) for r in records}  # only what the method reads
+        if len({json.dumps(to_jsonable(v)) for v in values.values()}) > 1:
+            raise ValueError(f"runs differ in {key!r} ({values}); a soup averages runs of one (dataset, method, "
+                             f"fraction) with one architecture, start and selection rule")
+    from .methods import END_TO_END
+    if records[0]["method"] not in END_TO_END:
+        raise ValueError(f"method {records[0]['method']!r} trains no weights to average; soups are for {END_TO_END}")
+
+
+def soup_identity(records: list[Mapping]) -> dict[str, Any]:
+    first = records[0]["params"]
+    return {"kind": "soup", "dataset": first["dataset"], "method": first["method"], "fraction": first["fraction"],
+            "select_split": first["select_split"], "select_metric": first.get("select_metric"),
+            "ingredients": {r["run_id"]: r.get("created_at") for r in sorted(records, key=lambda r: r["run_id"])}}
+
+
+def soups_dir(output_dir, experiment: str) -> Path:
+    """`<output_dir>/<experiment>/soups/`: apart from the experiment's runs, so that a soup (no single
+    learning rate or seed) never enters their learning-rate selection or seed intervals unasked."""
+    return experiment_dir(output_dir, experiment) / "soups"
+
+
+def load_soups(output_dir, experiment: str) -> list[dict]:
+    """Every finished soup record of an experiment (`runs.tidy` takes them like run records)."""
+    return load_records(soups_dir(output_dir, experiment))
+
+
+def soup_run(records: list[Mapping], output_dir=None, experiment: str | None = None) -> Run:
+    identity, first = soup_identity(records), records[0]["params"]
+    seed = _common(records, "seed")
+    digest = hashlib.sha256(json.dumps(to_jsonable(identity), sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{first['dataset']}-{first['method']}-f{first['fraction']:g}-soup-s{'all' if seed is None else seed}-{digest}"
+    return Run(soups_dir(output_dir or first["output_dir"], experiment or records[0]["experiment"]) / name)
+
+
+def _skeleton(ctx):
+    """The method's model as training built it, before training: the shape the kept weights load into,
+    and the normalisation its images get."""
+    # TODO(lead): methods.end_to_end builds this inline; a public methods.build_model(ctx) would
+    # serve both and drop these private names.
+    from .methods import _clip, _vision_model
+    from .models import ClipClassifier
+    cfg = ctx.cfg
+    if cfg.method == "vision_only":
+        model = _vision_model(cfg)
+        return model, (model.mean, model.std, model.image_size)
+    bundle = _clip(cfg)
+    if cfg.method == "lp_ft":  # the probe's values are replaced by the kept weights: only its shape matters
+        dim = bundle.model.visual.output_dim
+        model = ClipClassifier.from_linear_probe(bundle.model, torch.zeros(ctx.spec.n_classes, dim),
+                                                 torch.zeros(ctx.spec.n_classes))
+    else:
+        model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
+                                         text_mode="trainable" if cfg.method == "flyp" else cfg.text_mode)
+    return model, (bundle.mean, bundle.std, bundle.image_size)
+
+
+def make_soups(run_dirs, *, output_dir=None, experiment: str | None = None, device: str | None = None,
+               force: bool = False) -> dict:
+    """Uniform and greedy soups of the finished runs in `run_dirs` (kept with keep_weights=True),
+    chosen on their selection split only, evaluated on every evaluated split; returns the record.
+    A finished soup of the same ingredients is returned as it is unless `force`."""
+    from filelock import FileLock
+
+    runs = [Run(d) for d in run_dirs]
+    records = []
+    for run in runs:
+        record = run.record()
+        if record is None:
+            raise FileNotFoundError(f"{run.path} holds no finished run (no result.json); finish it first")
+        records.append(record)
+    check_ingredients(records)
+    for run in runs:
+        if not (run.path / WEIGHTS_FILE).is_file():
+            load_weights(run)  # raises, naming the run and what to do
+    target, identity = soup_run(records, output_dir, experiment), soup_identity(records)
+    if not force and target.is_done(identity):
+        return target.record()
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.lock_path)):  # a second process waits, then reads the finished soups
+        if not force and target.is_done(identity):
+            return target.record()
+        return _make(target, identity, runs, records, device)
+
+
+def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], device: str | None) -> dict:
+    from .config import config_of, from_params
+    from .datasets import load_dataset
+    from .devices import resolve_device, resolve_precision
+    from .evaluate import calibration_record, evaluate_logits, predict_logits
+    from .images import Normalize
+    from .methods import Context, selection_metric
+
+    started = time.perf_counter()
+    params = dict(records[0]["params"], **({"device": device} if device else {}))
+    cfg = from_params(config_of(params["method"]), params)
+    ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir), resolve_device(cfg.device))
+    model, (mean, std, size) = _skeleton(ctx)
+    model.to(ctx.device)
+    norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
+    images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+
+    def logits_of(state, split):
+        model.load_state_dict(state)
+        return predict_logits(model, images[split], norm, ctx.device, cfg.eval_batch_size, precision)
+
+    def score_on(state, split):  # soup_variants calls it with the selection split only
+        metrics, _ = evaluate_logits(ctx.dataset, ctx.indices(split), logits_of(state, split), split)
+        return metrics[metric]
+
+    # each ingredient's own score, with the same scorer and the same (float16-kept) weights as the soups
+    candidates = [(r["run_id"], lambda run=run: load_weights(run), None) for r, run in zip(records, runs)]
+    candidates = [(name, load, score_on(load(), cfg.select_split)) for name, load, _ in candidates]
+    soups = soup_variants(candidates, score_on, cfg.select_split)
+
+    headline, variants, logits = "greedy_soup", {}, {}
+    for variant in SOUP_VARIANTS:
+        logits[variant] = {s: logits_of(soups[variant].state, s) for s in cfg.eval_splits}
+        variants[variant] = {}
+        for split, split_logits in logits[variant].items():
+            metrics, frame = evaluate_logits(ctx.dataset, ctx.indices(split), split_logits, split)
+            variants[variant][split] = metrics
+            if cfg.save_predictions:
+                target.write_predictions(split, frame, None if variant == headline else variant)
+    y = np.asarray(ctx.dataset.y_array)
+    record = {
+        "run_id": target.id, "experiment": target.path.parent.parent.name, "kind": "soup",
+        "dataset": cfg.dataset, "method": cfg.method, "fraction": cfg.fraction,
+        "seed": _common(records, "seed"), "lr": _common(records, "lr"),
+        "root_dir": str(cfg.root_dir),
+        # what the ingredients share (their own parameters are in their records), and where this lives
+        "params": {**{k: v for k, v in cfg.params().items() if k in SHARED_FIELDS + ("root_dir", "seed", "lr")},
+                   "seed": _common(records, "seed"), "lr": _common(records, "lr"),
+                   "output_dir": str(target.path.parent.parent.parent), "experiment": target.path.parent.parent.name},
+        "identity": identity, "metrics": variants[headline],
+        "selection": {"split": cfg.select_split, "metric": metric, "variant": headline,
+                      "ingredient_scores": {name: score for name, _, score in candidates}},
+        "variants": variants,
+        "soups": {v: {"ingredients": soups[v].ingredients, "score": soups[v].score, "trace": soups[v].trace or None}
+                  for v in SOUP_VARIANTS},
+        "calibration": calibration_record(logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits}, cfg.select_split),
+        "timings": {"total_s": time.perf_counter() - started}}
+    target.partial.mkdir(parents=True, exist_ok=True)  # save_predictions=False writes nothing before this
+    return target.finish(record)

@@ -1,0 +1,263 @@
+"""Model soups checked against hand arithmetic and torch.optim.swa_utils; the greedy soup on a
+hand example; the choice never reads a test split."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from clipdg_nb.averaging import greedy_soup, soup_variants, uniform_soup
+
+
+def _runs(n=3):
+    """State dicts of n differently trained copies of one small net (float params and buffers, an
+    integer buffer), as a sweep over seeds or learning rates would give."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    models = []
+    for i in range(n):
+        model = copy.deepcopy(base)
+        g = torch.Generator().manual_seed(i)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1 * (i + 1))
+        for _ in range(3 + i):  # a different number of steps: num_batches_tracked differs too
+            x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        models.append(model)
+    return models
+
+
+def test_uniform_soup_is_the_hand_average_of_its_ingredients():
+    models = _runs(3)
+    states = [m.state_dict() for m in models]
+    assert not torch.equal(states[0]["0.weight"], states[1]["0.weight"])  # ingredients really differ
+    soup = uniform_soup(states)
+    assert set(soup) == set(states[0])
+    for key, value in soup.items():
+        if torch.is_floating_point(value):
+            hand = (states[0][key] + states[1][key] + states[2][key]) / 3
+            torch.testing.assert_close(value, hand, rtol=0, atol=1e-7)
+            assert value.dtype == torch.float32
+        else:  # num_batches_tracked: the first ingredient's, as the module's other helpers keep non-float entries
+            assert torch.equal(value, states[0][key])
+    # an independent reference: AveragedModel's equal-weight average of the same models
+    ref = AveragedModel(models[0], use_buffers=True)
+    for m in models:  # a new AveragedModel has averaged nothing yet
+        ref.update_parameters(m)
+    assert int(ref.n_averaged) == 3
+    for key, value in ref.module.state_dict().items():
+        if torch.is_floating_point(value):
+            torch.testing.assert_close(soup[key], value, rtol=0, atol=1e-6)
+    # the soup is a copy: changing it leaves the ingredients alone
+    soup["0.weight"].add_(1.0)
+    assert not torch.equal(soup["0.weight"], uniform_soup(states)["0.weight"])
+    # lazily loaded ingredients give the same soup
+    lazy = uniform_soup([lambda s=s: s for s in states])
+    assert all(torch.equal(lazy[k], v) for k, v in uniform_soup(states).items())
+
+
+def test_half_precision_ingredients_are_averaged_in_float32_and_cast_back():
+    # a float16 sum of these overflows (65504 is its largest value); a float32 one does not
+    a = {"w": torch.tensor([40000.0, 0.1], dtype=torch.float16)}
+    b = {"w": torch.tensor([40000.0, 0.3], dtype=torch.float16)}
+    c = {"w": torch.tensor([40032.0, 0.2], dtype=torch.float16)}
+    assert torch.isinf(a["w"] + b["w"] + c["w"]).any()
+    soup = uniform_soup([a, b, c])
+    assert soup["w"].dtype == torch.float16 and torch.isfinite(soup["w"]).all()
+    hand = ((a["w"].float() + b["w"].float() + c["w"].float()) / 3).half()
+    assert torch.equal(soup["w"], hand)
+
+
+def _w(x):
+    return {"w": torch.tensor([float(x)])}
+
+
+def test_greedy_soup_keeps_and_rejects_as_by_hand():
+    target = 1.0
+    seen = []
+
+    def evaluate(state):  # closer to the target is better
+        seen.append(float(state["w"]))
+        return -abs(float(state["w"]) - target)
+
+    # given out of order: the greedy soup sorts by the candidates' own scores, best first
+    candidates = [("c", _w(10), 0.7), ("a", _w(0), 0.9), ("e", _w(1), 0.5), ("b", _w(2), 0.8), ("d", _w(-1), 0.6)]
+    soup = greedy_soup(candidates, evaluate)
+    # a: w=0, score -1 | +b: mean 1, score 0 >= -1, kept | +c: mean 4, -3, rejected
+    # +d: mean 1/3, -2/3, rejected | +e: mean 1, 0 >= 0 (a tie), kept
+    assert [t["name"] for t in soup.trace] == ["a", "b", "c", "d", "e"]
+    assert [t["kept"] for t in soup.trace] == [True, True, False, False, True]
+    assert [t["score"] for t in soup.trace] == pytest.approx([-1, 0, -3, -2 / 3, 0])
+    assert seen == pytest.approx([0, 1, 4, 1 / 3, 1])
+    assert soup.ingredients == ["a", "b", "e"] and soup.score == 0
+    assert torch.equal(soup.state["w"], uniform_soup([_w(0), _w(2), _w(1)])["w"])
+    # one candidate: the soup is that model
+    only = greedy_soup([("a", _w(3), 0.1)], evaluate)
+    assert only.ingredients == ["a"] and float(only.state["w"]) == 3
+
+
+def test_soup_choice_never_reads_a_test_split():
+    calls = []
+
+    def score_on(state, split):
+        calls.append(split)
+        return -abs(float(state["w"]) - 1.0)
+
+    candidates = [("lr=1e-3", _w(0), 0.9), ("lr=1e-4", _w(2), 0.8), ("lr=1e-5", _w(10), 0.7)]
+    soups = soup_variants(candidates, score_on, "id_val")
+    assert set(calls) == {"id_val"} and len(calls) == 1 + 3  # the uniform soup, then each greedy step
+    assert set(soups) == {"uniform_soup", "greedy_soup"}
+    assert soups["uniform_soup"].ingredients == ["lr=1e-3", "lr=1e-4", "lr=1e-5"]
+    assert float(soups["uniform_soup"].state["w"]) == pytest.approx(4) and soups["uniform_soup"].score == -3
+    assert soups["greedy_soup"].ingredients == ["lr=1e-3", "lr=1e-4"]
+    calls.clear()
+    soup_variants(candidates, score_on, "val")
+    assert set(calls) == {"val"}
+    for split in ("test", "id_test"):
+        with pytest.raises(ValueError, match="never a test split"):
+            soup_variants(candidates, score_on, split)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: uniform_soup([]), "at least one"),
+    (lambda: uniform_soup([_w(1), {"v": torch.tensor([1.0])}]), "keys differ"),
+    (lambda: uniform_soup([_w(1), {"w": torch.tensor([1.0, 2.0])}]), "shape"),
+    (lambda: uniform_soup([_w(1), {"w": torch.tensor([1])}]), "kind"),
+    (lambda: greedy_soup([], lambda s: 0.0), "at least one"),
+    (lambda: greedy_soup([("a", _w(1), 0.5), ("a", _w(2), 0.4)], lambda s: 0.0), "unique"),
+    (lambda: greedy_soup([("a", _w(1), float("nan"))], lambda s: 0.0), "score"),
+    (lambda: greedy_soup([("a", _w(1), 0.5)], lambda s: float("nan")), "finite"),
+])
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------
+# The soup stage on the tiny model: runs that kept their weights -> uniform and greedy soups
+# ---------------------------------------------------------------------------------------------
+
+def _ingredient_runs(root, run_kwargs, method, lrs, **extra):
+    from clipdg_nb import methods
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.runs import Run
+    params = dict(root_dir=str(root), method=method, text_mode="frozen", epochs=2, swa=False, fraction=0.25,
+                  keep_weights=True, **run_kwargs)
+    cfgs = [FinetuneConfig(**{**params, **extra}, lr=lr) for lr in lrs]
+    return [(methods.run(cfg, progress=False), Run.of(cfg)) for cfg in cfgs]
+
+
+@pytest.mark.parametrize("method", ["vision_only", "finetune"])
+def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method):
+    from safetensors.torch import load_file
+
+    from clipdg_nb import evaluate, soups
+    from clipdg_nb.datasets import load_dataset
+
+    runs = _ingredient_runs(easy_root, run_kwargs, method, [3e-3, 1e-3, 3e-4])
+    for record, run in runs:  # each kept its final weights, in float16
+        kept = load_file(str(run.path / soups.WEIGHTS_FILE))
+        assert record["kept_weights"]["file"] == soups.WEIGHTS_FILE
+        assert {v.dtype for v in kept.values() if torch.is_floating_point(v)} == {torch.float16}
+        size = record["kept_weights"]["bytes"]
+        assert 0 <= size - soups.kept_weights_bytes(kept) < 64 * 1024  # the estimate, less the header
+
+    read, state = [], {"choosing": False}
+    real_evaluate, real_variants = evaluate.evaluate_logits, soups.soup_variants
+
+    def spy_evaluate(dataset, indices, logits, split):
+        read.append((split, state["choosing"]))
+        return real_evaluate(dataset, indices, logits, split)
+
+    def spy_variants(*args, **kwargs):
+        state["choosing"] = True
+        try:
+            return real_variants(*args, **kwargs)
+        finally:
+            state["choosing"] = False
+    monkeypatch.setattr(evaluate, "evaluate_logits", spy_evaluate)
+    monkeypatch.setattr(soups, "soup_variants", spy_variants)
+    record = soups.make_soups([run.path for _, run in runs])
+
+    assert {split for split, choosing in read if choosing} == {"id_val"}  # the choice reads id_val only
+    assert {"id_test", "test"} <= {split for split, _ in read}  # evaluated, after the choice
+    names = [r["run_id"] for r, _ in runs]
+    assert record["kind"] == "soup" and record["method"] == method and record["seed"] == 0 and record["lr"] is None
+    assert sorted(record["soups"]["uniform_soup"]["ingredients"]) == sorted(names)
+    greedy = record["soups"]["greedy_soup"]
+    assert greedy["ingredients"][0] == max(record["selection"]["ingredient_scores"],
+                                           key=record["selection"]["ingredient_scores"].get)
+    assert [t["name"] for t in greedy["trace"] if t["kept"]] == greedy["ingredients"]
+    assert greedy["score"] >= max(record["selection"]["ingredient_scores"].values())  # greedy never drops on id_val
+    assert set(record["variants"]) == {"uniform_soup", "greedy_soup"} and record["metrics"] == record["variants"]["greedy_soup"]
+    assert set(record["calibration"]) == {"uniform_soup", "greedy_soup"}
+
+    # the record's numbers are WILDS's own eval on the saved predictions, for both soups
+    soup_run = soups.Run(record_path := soups.soup_run([r for r, _ in runs]).path)
+    assert record_path.name == record["run_id"]
+    ds = load_dataset("fmow", easy_root)
+    for variant in ("greedy_soup", "uniform_soup"):
+        for split in ("id_val", "id_test", "val", "test"):
+            preds = soup_run.predictions(split, variant=variant)
+            assert record["variants"][variant][split] == pytest.approx(
+                evaluate.wilds_metrics(ds, preds["idx"], preds["y_pred"]))
+
+    # the uniform soup's predictions are those of the hand-averaged kept weights
+    hand = {}
+    states = [{k: v.float() if torch.is_floating_point(v) else v for k, v in
+               load_file(str(run.path / soups.WEIGHTS_FILE)).items()} for _, run in runs]
+    for key, value in states[0].items():
+        hand[key] = sum(s[key] for s in states) / 3 if torch.is_floating_point(value) else value
+    params = dict(runs[0][0]["params"])
+    from clipdg_nb.config import FinetuneConfig, from_params
+    from clipdg_nb.devices import resolve_device
+    from clipdg_nb.evaluate import predict_logits
+    from clipdg_nb.images import Normalize
+    from clipdg_nb.methods import Context
+    ctx = Context(from_params(FinetuneConfig, params), ds, resolve_device("cpu"))
+    model, (mean, std, size) = soups._skeleton(ctx)
+    model.load_state_dict(hand)
+    logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
+    saved = soup_run.predictions("test", variant="uniform_soup")
+    assert (logits.argmax(1).numpy() == saved["y_pred"].to_numpy()).mean() > 0.99  # float ties aside
+    # the kept weights are the run's final ones: they predict as its 'last' variant did (float16 aside)
+    model.load_state_dict(states[0])
+    logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
+    last = runs[0][1].predictions("test", variant="last")
+    assert (logits.argmax(1).numpy() == last["y_pred"].to_numpy()).mean() > 0.97
+
+    # apart from the experiment's runs: never in their learning-rate selection unasked
+    from clipdg_nb.runs import experiment_dir, load_records
+    assert record["run_id"] not in {r["run_id"] for r in load_records(experiment_dir(run_kwargs["output_dir"], "scratch"))}
+    assert [r["run_id"] for r in soups.load_soups(run_kwargs["output_dir"], "scratch")] == [record["run_id"]]
+
+    # finished: returned as it is
+    stamp = (record_path / "result.json").stat().st_mtime_ns
+    assert soups.make_soups([run.path for _, run in runs]) == record
+    assert (record_path / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_soup_stage_names_what_is_wrong(easy_root, run_kwargs, tmp_path):
+    from clipdg_nb import methods, soups
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.runs import Run
+
+    cfg = FinetuneConfig(root_dir=str(easy_root), method="vision_only", text_mode="frozen", lr=1e-3, epochs=1,
+                         swa=False, fraction=0.25, **run_kwargs)
+    record = methods.run(cfg, progress=False)
+    assert "kept_weights" not in record and not (Run.of(cfg).path / "weights").exists()  # only where asked
+    (kept_record, kept), = _ingredient_runs(easy_root, run_kwargs, "vision_only", [3e-3], epochs=1)
+    with pytest.raises(FileNotFoundError, match="keep_weights=True"):
+        soups.make_soups([kept.path, Run.of(cfg).path])
+    other = FinetuneConfig(**{**cfg.params(), "fraction": 0.5, "keep_weights": True})
+    methods.run(other, progress=False)
+    with pytest.raises(ValueError, match="'fraction'"):
+        soups.make_soups([kept.path, Run.of(other).path])
+    with pytest.raises(ValueError, match="at least 2"):
+        soups.make_soups([kept.path])
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        soups.make_soups([kept.path, tmp_path / "nothing"])
