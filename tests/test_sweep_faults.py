@@ -272,3 +272,50 @@ def test_thread_count_is_fixed_unless_the_user_sets_it(monkeypatch):
     assert set(runner.kernel_thread_env().values()) == {str(runner.KERNEL_THREADS)}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert set(runner.kernel_thread_env().values()) == {"3"}
+
+
+def test_full_disk_fails_the_point_in_one_line_writes_nothing_half_and_the_sweep_goes_on(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """ENOSPC injected where a full disk strikes: papermill writes half of point x-0's notebook, then
+    the failure record cannot be renamed into place either. Before: a truncated `x-0.failed.ipynb`
+    and a crash with chained tracebacks."""
+    import errno
+
+    import papermill.iorw as iorw
+
+    path = make_project(tmp_path, [0, 1])
+    real_write, real_replace = iorw.LocalHandler.write, os.replace
+
+    def full(where):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+
+    def write(self, buf, where):
+        if os.path.basename(where).startswith(".x-0."):  # the notebook papermill writes for x-0
+            with open(where, "w") as fh:
+                fh.write(buf[: len(buf) // 2])
+            raise full(where)
+        return real_write(self, buf, where)
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("x-0.failed.json"):
+            raise full(src)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(iorw.LocalHandler, "write", write)
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, out + err
+    line = next(line for line in out.splitlines() if "FAILED s/x-0" in line)
+    assert "No space left on device" in line and str(folder(tmp_path)) in line, line
+    assert "free on the filesystem of" in line and "failure record could not be written" in line, line
+    assert not (folder(tmp_path) / "x-0.failed.ipynb").exists()  # half a notebook is not kept
+    assert not (folder(tmp_path) / "x-0.failed.json").exists() and not (folder(tmp_path) / "x-0.ipynb").exists()
+    assert (folder(tmp_path) / "x-1.done.json").is_file() and executions(tmp_path) == [1]  # the sweep went on
+    assert_clean(tmp_path)
+
+    monkeypatch.setattr(iorw.LocalHandler, "write", real_write)  # space again: the point runs
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    assert executions(tmp_path) == [0, 1]
+    assert_clean(tmp_path)
