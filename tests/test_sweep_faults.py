@@ -319,3 +319,63 @@ def test_full_disk_fails_the_point_in_one_line_writes_nothing_half_and_the_sweep
     assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
     assert executions(tmp_path) == [0, 1]
     assert_clean(tmp_path)
+
+
+def _children() -> dict[int, int]:
+    """pid -> parent pid of every live (not zombie) process, from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if state not in ("Z", "X"):
+                out[int(entry.name)] = int(ppid)
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    parents, found, todo = _children(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_of_a_parallel_run_ends_its_workers_and_kernels(tmp_path):
+    """Before: the pool workers outlived a SIGKILLed `clipdg run --jobs 2`, ran the queued points
+    for nobody, then idled for good."""
+    path = make_project(tmp_path, range(4))
+    for x in range(4):
+        (tmp_path / f"hold-{x}").touch()  # every point waits in its last cell
+    proc, tree = start_cli(path, tmp_path, "--jobs", "2"), set()
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(tmp_path.glob("kernel-*.pid"))) < 2:  # both workers are executing a point
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        kernels = {int(p.read_text()) for p in tmp_path.glob("kernel-*.pid")}
+        tree = _descendants(proc.pid)
+        assert kernels <= tree and len(tree - kernels) >= 2, (tree, kernels)  # the workers and their kernels
+        proc.kill()  # SIGKILL of the runner alone, as `kill -9 <pid>` does
+        proc.wait()
+        for x in range(4):
+            (tmp_path / f"hold-{x}").unlink()  # a worker left alive would now finish and take the next point
+        deadline = time.monotonic() + 30
+        while tree & set(_children()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = tree & set(_children())
+        assert not left, {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left}
+        time.sleep(1.0)
+        assert len(executions(tmp_path)) == 2  # no queued point ran after the runner died
+    finally:
+        kill_group(proc)
+        for pid in tree & set(_children()):  # what a failed check leaves running
+            os.kill(pid, signal.SIGKILL)
