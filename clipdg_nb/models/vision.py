@@ -96,7 +96,7 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
 def _check_fits(sd: dict, module: nn.Module, weights, arch: str, ignore=()) -> None:
     """One clear error when a state dict is not `arch`'s (torchvision resizes position embeddings to
     another image size on purpose, hence `ignore`)."""
-    found = {k: tuple(v.shape) for k, v in sd.items()}
+    found = {k: tuple(getattr(v, "shape", v)) for k, v in sd.items()}  # tensors, or their shapes (validation)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     differences = shape_differences(found, expected, ignore=ignore)
     if differences:
