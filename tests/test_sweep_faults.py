@@ -379,3 +379,26 @@ def test_kill_9_of_a_parallel_run_ends_its_workers_and_kernels(tmp_path):
         kill_group(proc)
         for pid in tree & set(_children()):  # what a failed check leaves running
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_point_that_succeeds_after_failing_leaves_no_stale_failure_file_or_page(tmp_path, capsys):
+    """Before: `<point>.failed.html` stayed in the report folder and the index listed it."""
+    path = make_project(tmp_path, [0, 1])
+    reports, notebooks = tmp_path / "outputs/reports", tmp_path / "outputs/notebooks"
+    report = ["report", "--notebooks", str(notebooks), "--out", str(reports), "--root", str(tmp_path)]
+    (tmp_path / "fail-0").touch()
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 1
+    assert main(report) == 0
+    assert (reports / "t/s/x-0.failed.html").is_file()
+    index = (reports / "index.html").read_text()
+    assert "<b>1 failed</b>" in index and "x-0.failed.html" in index
+
+    (tmp_path / "fail-0").unlink()
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    assert sorted(p.name for p in folder(tmp_path).glob("x-0.*")) == ["x-0.done.json", "x-0.ipynb", "x-0.lock"]
+    assert main(report) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (reports / "t/s").iterdir()) == ["x-0.html", "x-1.html"]
+    index = (reports / "index.html").read_text()
+    assert "<b>0 failed</b>" in index and "failed.html" not in index and "class=\"clipdg-failed\"" not in index
+    assert index.count('<span class="clipdg-done">done</span>') == 2  # the status the done markers hold
