@@ -25,13 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = '''x = 0  # the grid value
 pause = 0.0  # seconds a point takes
 fail_on = -1  # the x that raises
+warn_on = -1  # the x that warns as a damaged cache does
 '''
-BODY = '''import json, os, pathlib, time
+BODY = '''import json, os, pathlib, time, warnings
 pathlib.Path(f"kernel-{x}.pid").write_text(str(os.getpid()))
 with open("log.txt", "a") as fh:
     fh.write(f"{x}\\n")
 pathlib.Path(f"threads-{x}.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
 time.sleep(pause)
+if x == warn_on:
+    class CacheRebuiltWarning(UserWarning):
+        pass
+    warnings.warn(f"decoded cache of point {x} was damaged; rebuilt", CacheRebuiltWarning)
 while pathlib.Path(f"hold-{x}").exists():  # a test holds this point here until it is killed
     time.sleep(0.05)
 if x == fail_on or pathlib.Path(f"fail-{x}").exists():
@@ -402,3 +407,15 @@ def test_a_point_that_succeeds_after_failing_leaves_no_stale_failure_file_or_pag
     index = (reports / "index.html").read_text()
     assert "<b>0 failed</b>" in index and "failed.html" not in index and "class=\"clipdg-failed\"" not in index
     assert index.count('<span class="clipdg-done">done</span>') == 2  # the status the done markers hold
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_what_the_points_warned_is_printed_at_the_end_of_the_run(tmp_path, capsys, jobs):
+    """Before: a rebuilt cache's warning was only in the executed notebook's stderr."""
+    path = make_project(tmp_path, [0, 1, 2], params={"warn_on": 1})
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress", "--jobs", jobs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 done, 0 skipped (already done), 0 failed"
+    assert out[1].startswith("1 warning(s) from the points")
+    assert out[2] == "  WARNING CacheRebuiltWarning: decoded cache of point 1 was damaged; rebuilt [s/x-1]"
+    assert len(out) == 3
