@@ -313,7 +313,7 @@ def test_full_disk_fails_the_point_in_one_line_writes_nothing_half_and_the_sweep
     assert "Traceback" not in out + err, out + err
     line = next(line for line in out.splitlines() if "FAILED s/x-0" in line)
     assert "No space left on device" in line and str(folder(tmp_path)) in line, line
-    assert "free on the filesystem of" in line and "failure record could not be written" in line, line
+    assert "free on the filesystem of" in line and "failure record x-0.failed.json could not be written" in line, line
     assert not (folder(tmp_path) / "x-0.failed.ipynb").exists()  # half a notebook is not kept
     assert not (folder(tmp_path) / "x-0.failed.json").exists() and not (folder(tmp_path) / "x-0.ipynb").exists()
     assert (folder(tmp_path) / "x-1.done.json").is_file() and executions(tmp_path) == [1]  # the sweep went on

@@ -226,7 +226,8 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
                 write_json(point.failed_path, info)
             except OSError as werr:  # e.g. the same full disk: say so, the sweep still goes on
                 point.failed_path.unlink(missing_ok=True)  # an older marker would name another error
-                error += f" (and its failure record could not be written: {describe_os_error(werr, [point.failed_path])})"
+                error += (f" (and its failure record {point.failed_path.name} could not be written either: "
+                          f"{werr.strerror or werr})")
             return PointResult(point.stage, point.name, "failed", time.perf_counter() - start,
                                error, str(point.output), found)
         seconds = time.perf_counter() - start

@@ -280,7 +280,8 @@ def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, 
                     try:
                         write_json(p.failed_path, failure_info(p, err))
                     except OSError as werr:  # a full disk: the sweep still goes on
-                        result.error += f" (its failure record could not be written: {describe_os_error(werr)})"
+                        result.error += (f" (and its failure record {p.failed_path.name} could not be written "
+                                         f"either: {describe_os_error(werr, [p.failed_path.parent])})")
                 if result.status == "busy":  # another process runs it: queued again, behind the rest, waiting
                     again = pool.submit(_run_point_job, p.to_json(), force, True, since)
                     futures[again] = p
