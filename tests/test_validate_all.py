@@ -67,11 +67,11 @@ def weights(tmp_path_factory):
 
 
 def test_weights_are_read_once_up_front_readable_and_of_the_architecture_asked(tmp_path, weights, monkeypatch):
-    from clipdg_nb.models import weights as weights_module
+    from clipdg_nb import inputs
 
     opened = []
-    real = weights_module.weight_shapes
-    monkeypatch.setattr(weights_module, "weight_shapes", lambda path, what="weights file": opened.append(path)
+    real = inputs.weight_shapes
+    monkeypatch.setattr(inputs, "weight_shapes", lambda path, what="weights file": opened.append(path)
                         or real(path, what))
     (tmp_path / "data").mkdir()
     doc = {"experiment": "e", "defaults": {"root_dir": "data", "download": False, "model": "clipdg-tiny-vit"},

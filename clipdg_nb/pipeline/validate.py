@@ -206,62 +206,26 @@ def raw_path_problems(namespace: Mapping, given: Mapping, root: Path, writable) 
 
 def weights_problems(cfg, root: Path, memo: dict) -> list[str]:
     """Each weights file the config reads is readable and holds the architecture it asks for,
-    from the file's header (`models.weights.weight_shapes`); `memo` holds the verdict per file
+    from the file's header (`inputs.weights_file_problem`); `memo` holds the verdict per file
     (path, size, mtime) and architecture, so each distinct file is opened once per experiment."""
-    from ..inputs import _weight_files
+    from ..inputs import weight_files, weights_file_problem
 
     problems = []
     with rooted_at(root):
-        files = list(_weight_files(cfg))
-    for key, value in files:
-        path = _resolve(root, value)
-        if not path.is_file():
-            continue  # reported as missing
-        clip_file = key == "pretrained" or cfg.vision_arch == "clip-visual"
-        arch = ("clip", cfg.model) if clip_file else (cfg.vision_arch, cfg.model, cfg.dataset)
-        stat = path.stat()
-        memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, key, arch)
-        if memo_key not in memo:
-            memo[memo_key] = _weights_problem(cfg, key, str(path), clip_file)
-        if memo[memo_key]:
-            problems.append(memo[memo_key])
+        for key, value in weight_files(cfg):
+            path = _resolve(root, value)
+            if not path.is_file():
+                continue  # reported as missing
+            arch = (cfg.model,) if key == "pretrained" or cfg.vision_arch == "clip-visual" else \
+                (cfg.vision_arch, cfg.model, cfg.dataset)
+            stat = path.stat()
+            memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, key, arch)
+            if memo_key not in memo:
+                error = weights_file_problem(cfg, key, str(path))
+                memo[memo_key] = None if error is None else str(error)
+            if memo[memo_key]:
+                problems.append(memo[memo_key])
     return problems
-
-
-def _weights_problem(cfg, key: str, path: str, clip_file: bool) -> str | None:
-    import torch
-
-    from ..models.weights import WeightsMismatchError, weight_shapes
-
-    try:
-        found = weight_shapes(path, key)
-        if clip_file:
-            from ..models import register_tiny_configs
-            from ..models.clip import _expected_shapes, _file_mismatch
-
-            register_tiny_configs()
-            expected = _expected_shapes(cfg.model, False)
-            # as load_clip judges it once open_clip has loaded the file: shapes of the tensors both
-            # hold; the whole table only when most of the model's tensors are not in the file
-            loaded = len(found.keys() & expected.keys()) * 2 >= len(expected)
-            error = _file_mismatch(cfg.model, path, key, found, expected, loaded=loaded)
-            if error is not None:
-                raise error
-        else:
-            from ..methods import image_size
-            from ..models import vision
-
-            with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised for real
-                model = vision.vision_only(dataset_spec(cfg.dataset).n_classes, arch=cfg.vision_arch,
-                                           weights=None, image_size=image_size(cfg))
-            if any(k.startswith("backbone.") for k in found):
-                vision._check_fits(found, model, path, cfg.vision_arch)
-            else:
-                vision._check_fits({k: v for k, v in found.items() if not k.startswith("heads.")}, model.backbone,
-                                   path, cfg.vision_arch, ignore=("encoder.pos_embedding",))
-    except (OSError, ValueError, WeightsMismatchError) as err:
-        return str(err)
-    return None
 
 
 def point_problems(point: Point, writable: Callable[[Path], str | None] | None = None,
