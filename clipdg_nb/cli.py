@@ -236,9 +236,21 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message says what to fix
         print(f"clipdg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine's fault (a full disk, permissions): one line, no traceback
+        from .pipeline.oserrors import describe_os_error
+
+        print(f"clipdg {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a full disk in a library's own words (safetensors: "os error 28")
+        from .pipeline.oserrors import describe_os_error, out_of_space
+
+        if not out_of_space(err):
+            raise
+        print(f"clipdg {args.command}: error: {describe_os_error(err, ['.'])}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

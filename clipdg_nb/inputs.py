@@ -78,7 +78,7 @@ def title_suffix(configs) -> str:
     return " (RANDOM-INIT weights)" if any(is_random(c) for c in configs) else ""
 
 
-def _weight_files(cfg) -> Iterable[tuple[str, str]]:
+def weight_files(cfg) -> Iterable[tuple[str, str]]:
     """(parameter, value) of every weights file the run will read (tags and None excluded)."""
     import open_clip
 
@@ -101,7 +101,7 @@ def missing_inputs(cfg) -> list[str]:
     data = Path(cfg.root_dir)
     if not getattr(cfg, "download", False) and not (data / spec.folder / f"RELEASE_v{spec.version}.txt").exists():
         missing.append(f"data: root_dir={str(cfg.root_dir)!r} holds no {spec.folder}/")
-    for name, value in _weight_files(cfg):
+    for name, value in weight_files(cfg):
         if not resolve(value).is_file():
             missing.append(f"weights: {name}={value!r} is not a file (looked at {resolve(value)}) nor a tag "
                            f"open_clip knows for {cfg.model!r}")
@@ -145,11 +145,29 @@ def up_front_problem(cfg) -> Exception | None:
     return preflight(cfg)
 
 
+def weights_file_problem(cfg, what: str, value: str) -> Exception | None:
+    """One weights file of the run (`weight_files`): readable (its header) and of the architecture
+    the config asks for, judged from tensor shapes without loading it. The error, or None."""
+    from .models.clip import clip_weights_mismatch
+    from .models.vision import vision_weights_mismatch
+
+    path = weights_location(value)
+    try:
+        found = weight_shapes(path, what)
+    except (OSError, ValueError) as e:
+        return e
+    if what == "pretrained" or cfg.vision_arch == "clip-visual":
+        return clip_weights_mismatch(cfg.model, path, what, found)
+    from .methods import image_size
+
+    return vision_weights_mismatch(found, path, cfg.vision_arch, dataset_spec(cfg.dataset).n_classes, image_size(cfg))
+
+
 def preflight(cfg) -> Exception | None:
     """The weights files this run reads are readable (their headers). Returns the error (so that
     rank 0 can share it), or None."""
     try:
-        for what, value in _weight_files(cfg):
+        for what, value in weight_files(cfg):
             weight_shapes(weights_location(value), what)
     except (OSError, ValueError) as e:
         return e

@@ -24,7 +24,7 @@ from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
-from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits
+from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics
 from .images import Normalize, image_split
 from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
@@ -154,9 +154,14 @@ def _probe(ctx: Context, encoder, pre: dict):
     cfg = ctx.cfg
     train_idx, val_idx = ctx.train_indices(), ctx.indices(cfg.select_split)
     y = torch.as_tensor(np.asarray(ctx.dataset.y_array))
+    metric = selection_metric(cfg)  # like every other choice: iWildCam's F1-macro_all, not accuracy
+
+    def score(y_true, y_pred) -> float:
+        return wilds_metrics(ctx.dataset, val_idx, y_pred.numpy())[metric]
+
     probe = fit_linear_probe(ctx.features(encoder, pre, "train", train_idx), y[train_idx],
                              ctx.features(encoder, pre, cfg.select_split), y[val_idx],
-                             n_classes=ctx.spec.n_classes, Cs=cfg.probe_cs, seed=cfg.seed)
+                             n_classes=ctx.spec.n_classes, Cs=cfg.probe_cs, seed=cfg.seed, score_fn=score)
     return probe, train_idx
 
 
@@ -170,7 +175,7 @@ def linear_probe(ctx: Context) -> Outcome:
         pre = _vision_preprocessing(cfg, encoder)
     probe, train_idx = _probe(ctx, encoder, pre)
     logits = {s: probe.logits(ctx.features(encoder, pre, s)).detach() for s in cfg.eval_splits}
-    selection = {"split": cfg.select_split, "metric": "acc (probe)", "C": probe.C,
+    selection = {"split": cfg.select_split, "metric": selection_metric(cfg), "C": probe.C,
                  "val_scores": {str(k): v for k, v in probe.val_scores.items()}}
     return Outcome({"best": logits}, selection, {"n_train": int(len(train_idx))})
 

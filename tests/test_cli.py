@@ -72,3 +72,32 @@ def test_prepare_decodes_every_split_an_experiment_needs_once(synth_root, tmp_pa
     assert f"{n} image(s) decoded now" in first and "0 image(s) decoded now" in again
     for split in ("train", "id_val", "test"):
         assert SplitCache(ds, split, 32, cache).filled().all()
+
+
+def test_an_os_error_is_one_line_naming_the_path_and_free_space_exit_1(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from clipdg_nb.pipeline import runner
+
+    target = tmp_path / "outputs" / "runs" / "x.json"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    (tmp_path / "t.yaml").write_text("experiment: t\nstages:\n  - name: s\n    notebook: nb.ipynb\n")
+    import nbformat
+    nbformat.write(nbformat.v4.new_notebook(), str(tmp_path / "nb.ipynb"))
+    monkeypatch.setattr(runner, "run_experiment", full)
+    assert main(["run", str(tmp_path / "t.yaml"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(target) in err and "free on the filesystem of" in err and "disk (or quota) is full" in err, err
+
+    def safetensors_full(*args, **kwargs):  # a library's own words for a full disk, naming no file
+        raise RuntimeError("SafetensorError: Error while serializing: IoError(Os { code: 28, kind: "
+                           "StorageFull, message: \"No space left on device\" }) os error 28")
+
+    monkeypatch.setattr(runner, "run_experiment", safetensors_full)
+    assert main(["run", str(tmp_path / "t.yaml"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "free on the filesystem of" in err, err

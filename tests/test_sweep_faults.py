@@ -25,13 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = '''x = 0  # the grid value
 pause = 0.0  # seconds a point takes
 fail_on = -1  # the x that raises
+warn_on = -1  # the x that warns as a damaged cache does
 '''
-BODY = '''import json, os, pathlib, time
+BODY = '''import json, os, pathlib, time, warnings
 pathlib.Path(f"kernel-{x}.pid").write_text(str(os.getpid()))
 with open("log.txt", "a") as fh:
     fh.write(f"{x}\\n")
 pathlib.Path(f"threads-{x}.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
 time.sleep(pause)
+if x == warn_on:
+    class CacheRebuiltWarning(UserWarning):
+        pass
+    warnings.warn(f"decoded cache of point {x} was damaged; rebuilt", CacheRebuiltWarning)
 while pathlib.Path(f"hold-{x}").exists():  # a test holds this point here until it is killed
     time.sleep(0.05)
 if x == fail_on or pathlib.Path(f"fail-{x}").exists():
@@ -272,3 +277,146 @@ def test_thread_count_is_fixed_unless_the_user_sets_it(monkeypatch):
     assert set(runner.kernel_thread_env().values()) == {str(runner.KERNEL_THREADS)}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert set(runner.kernel_thread_env().values()) == {"3"}
+
+
+def test_full_disk_fails_the_point_in_one_line_writes_nothing_half_and_the_sweep_goes_on(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """ENOSPC injected where a full disk strikes: papermill writes half of point x-0's notebook, then
+    the failure record cannot be renamed into place either. Before: a truncated `x-0.failed.ipynb`
+    and a crash with chained tracebacks."""
+    import errno
+
+    import papermill.iorw as iorw
+
+    path = make_project(tmp_path, [0, 1])
+    real_write, real_replace = iorw.LocalHandler.write, os.replace
+
+    def full(where):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+
+    def write(self, buf, where):
+        if os.path.basename(where).startswith(".x-0."):  # the notebook papermill writes for x-0
+            with open(where, "w") as fh:
+                fh.write(buf[: len(buf) // 2])
+            raise full(where)
+        return real_write(self, buf, where)
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("x-0.failed.json"):
+            raise full(src)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(iorw.LocalHandler, "write", write)
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, out + err
+    line = next(line for line in out.splitlines() if "FAILED s/x-0" in line)
+    assert "No space left on device" in line and str(folder(tmp_path)) in line, line
+    assert "free on the filesystem of" in line and "failure record x-0.failed.json could not be written" in line, line
+    assert not (folder(tmp_path) / "x-0.failed.ipynb").exists()  # half a notebook is not kept
+    assert not (folder(tmp_path) / "x-0.failed.json").exists() and not (folder(tmp_path) / "x-0.ipynb").exists()
+    assert (folder(tmp_path) / "x-1.done.json").is_file() and executions(tmp_path) == [1]  # the sweep went on
+    assert_clean(tmp_path)
+
+    monkeypatch.setattr(iorw.LocalHandler, "write", real_write)  # space again: the point runs
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    assert executions(tmp_path) == [0, 1]
+    assert_clean(tmp_path)
+
+
+def _children() -> dict[int, int]:
+    """pid -> parent pid of every live (not zombie) process, from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if state not in ("Z", "X"):
+                out[int(entry.name)] = int(ppid)
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    parents, found, todo = _children(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_kill_9_of_a_parallel_run_ends_its_workers_and_kernels(tmp_path, jobs):
+    """Before: the pool workers outlived a SIGKILLed `clipdg run --jobs 2`, ran the queued points
+    for nobody, then idled for good. With one job the kernel is the runner's own child."""
+    path = make_project(tmp_path, range(4))
+    for x in range(4):
+        (tmp_path / f"hold-{x}").touch()  # every point waits in its last cell
+    proc, tree = start_cli(path, tmp_path, "--jobs", str(jobs)), set()
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(tmp_path.glob("kernel-*.pid"))) < jobs:  # every worker is executing a point
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        kernels = {int(p.read_text()) for p in tmp_path.glob("kernel-*.pid")}
+        tree = _descendants(proc.pid)
+        assert kernels <= tree and len(tree - kernels) >= (2 if jobs > 1 else 0), (tree, kernels)
+        proc.kill()  # SIGKILL of the runner alone, as `kill -9 <pid>` does
+        proc.wait()
+        for x in range(4):
+            (tmp_path / f"hold-{x}").unlink()  # a worker left alive would now finish and take the next point
+        deadline = time.monotonic() + 30
+        while tree & set(_children()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = tree & set(_children())
+        assert not left, {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left}
+        time.sleep(1.0)
+        assert len(executions(tmp_path)) == jobs  # no queued point ran after the runner died
+    finally:
+        kill_group(proc)
+        for pid in tree & set(_children()):  # what a failed check leaves running
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_point_that_succeeds_after_failing_leaves_no_stale_failure_file_or_page(tmp_path, capsys):
+    """Before: `<point>.failed.html` stayed in the report folder and the index listed it."""
+    path = make_project(tmp_path, [0, 1])
+    reports, notebooks = tmp_path / "outputs/reports", tmp_path / "outputs/notebooks"
+    report = ["report", "--notebooks", str(notebooks), "--out", str(reports), "--root", str(tmp_path)]
+    (tmp_path / "fail-0").touch()
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 1
+    assert main(report) == 0
+    assert (reports / "t/s/x-0.failed.html").is_file()
+    index = (reports / "index.html").read_text()
+    assert "<b>1 failed</b>" in index and "x-0.failed.html" in index
+
+    (tmp_path / "fail-0").unlink()
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress"]) == 0
+    assert sorted(p.name for p in folder(tmp_path).glob("x-0.*")) == ["x-0.done.json", "x-0.ipynb", "x-0.lock"]
+    assert main(report) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (reports / "t/s").iterdir()) == ["x-0.html", "x-1.html"]
+    index = (reports / "index.html").read_text()
+    assert "<b>0 failed</b>" in index and "failed.html" not in index and "class=\"clipdg-failed\"" not in index
+    assert index.count('<span class="clipdg-done">done</span>') == 2  # the status the done markers hold
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_what_the_points_warned_is_printed_at_the_end_of_the_run(tmp_path, capsys, jobs):
+    """Before: a rebuilt cache's warning was only in the executed notebook's stderr."""
+    path = make_project(tmp_path, [0, 1, 2], params={"warn_on": 1})
+    assert main(["run", str(path), "--root", str(tmp_path), "--no-progress", "--jobs", jobs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 done, 0 skipped (already done), 0 failed"
+    assert out[1].startswith("1 warning(s) from the points")
+    assert out[2] == "  WARNING CacheRebuiltWarning: decoded cache of point 1 was damaged; rebuilt [s/x-1]"
+    assert len(out) == 3

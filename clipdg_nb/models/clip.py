@@ -180,6 +180,16 @@ def _file_mismatch(name: str, path: str, weights_arg: str, found: dict, expected
                           f"configs), or a weights file made for {name!r}.", differences)
 
 
+def clip_weights_mismatch(model_name: str, path: str, weights_arg: str, found: dict) -> Exception | None:
+    """The error `load_clip` would raise for a weights file of these tensor shapes (`weight_shapes`),
+    judged without loading it: shapes of the tensors file and model share, the whole table when
+    most of the model's tensors are not in the file. None when it fits."""
+    register_tiny_configs()
+    expected = _expected_shapes(model_name, False)  # QuickGELU changes no shape
+    loaded = len(found.keys() & expected.keys()) * 2 >= len(expected)
+    return _file_mismatch(model_name, path, weights_arg, found, expected, loaded=loaded)
+
+
 def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, cache_dir: str | None = None,
               device: str | torch.device = "cpu", quick_gelu: bool | None = None,
               weights_arg: str = "pretrained") -> ClipBundle:

@@ -57,10 +57,11 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
     """Logistic regression on frozen features, regularisation chosen on the given validation split.
 
     Fits every C in increasing order (each warm-started from the last; the problem is convex, so
-    this only saves time), scores each on (val_x, val_y) with `score_fn(y_true, y_pred)`
-    (accuracy by default; pass macro-F1 for iWildCam) and returns the best; ties go to the
-    smaller C. Never pass test data as the validation split. Initialisation is zero, so the fit
-    is deterministic; `seed` only seeds torch for any stochastic backend behaviour.
+    this only saves time), scores each on (val_x, val_y) with `score_fn(y_true, y_pred)` and
+    returns the best; ties go to the smaller C. `score_fn` is the dataset's selection metric
+    (`methods` passes WILDS's: iWildCam's F1-macro_all, FMoW's acc_avg on id_val); plain accuracy
+    when none is given. Never pass test data as the validation split. Initialisation is zero, so
+    the fit is deterministic; `seed` only seeds torch for any stochastic backend behaviour.
     """
     if not Cs:
         raise ValueError("Cs is empty; pass candidate inverse regularisation strengths, e.g. (0.1, 1, 10)")

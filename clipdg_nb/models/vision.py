@@ -93,10 +93,27 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
     return model
 
 
+def vision_weights_mismatch(found: dict, weights, arch: str, num_classes: int, image_size: int) -> Exception | None:
+    """The error `vision_only` would raise for a weights file of these tensor shapes
+    (`weight_shapes`), judged on a model built on the meta device (nothing allocated); None when
+    it fits. For `arch` 'tiny' / 'vit_b_32' (a 'clip-visual' file is a CLIP's: `clip_weights_mismatch`)."""
+    with torch.device("meta"):
+        model = vision_only(num_classes, arch=arch, weights=None, image_size=image_size)
+    try:
+        if any(k.startswith("backbone.") for k in found):
+            _check_fits(found, model, weights, arch)
+        else:
+            _check_fits({k: v for k, v in found.items() if not k.startswith("heads.")}, model.backbone, weights, arch,
+                        ignore=("encoder.pos_embedding",))
+    except ValueError as err:
+        return err
+    return None
+
+
 def _check_fits(sd: dict, module: nn.Module, weights, arch: str, ignore=()) -> None:
     """One clear error when a state dict is not `arch`'s (torchvision resizes position embeddings to
     another image size on purpose, hence `ignore`)."""
-    found = {k: tuple(v.shape) for k, v in sd.items()}
+    found = {k: tuple(getattr(v, "shape", v)) for k, v in sd.items()}  # tensors, or their shapes (validation)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     differences = shape_differences(found, expected, ignore=ignore)
     if differences:

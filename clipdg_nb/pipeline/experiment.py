@@ -135,33 +135,52 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
     return _DECLARED_CACHE[key]
 
 
-def _fail(path, key: str, message: str):
-    raise ExperimentError(f"{path}: {key}: {message}")
+class _Problems(list):
+    """Every structural problem of one experiment file, collected: the user fixes them all in one go."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def __call__(self, key: str, message: str) -> None:
+        line = f"{self.path}: {key}: {message}"
+        if line not in self:
+            self.append(line)
+
+    def raise_any(self) -> None:
+        if len(self) == 1:
+            raise ExperimentError(self[0])
+        if self:
+            raise ExperimentError(f"{len(self)} problems in {self.path}:\n  " + "\n  ".join(self))
 
 
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
-def _check_values(path, key, value) -> None:
+def _check_values(fail, key, value) -> None:
     """Catch numbers YAML 1.1 reads as text: `1e-3` is the string '1e-3' (write 1.0e-3)."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            _check_values(path, f"{key}.{k}", v)
+            _check_values(fail, f"{key}.{k}", v)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_values(path, f"{key}[{i}]", v)
+            _check_values(fail, f"{key}[{i}]", v)
     elif isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
         hint = format(decimal.Decimal(value.strip()), "f")
-        _fail(path, key, f"{value!r} is text, not a number: YAML reads an exponent without a dot and a "
-              f"sign as a string; write {hint} (unquoted)")
+        fail(key, f"{value!r} is text, not a number: YAML reads an exponent without a dot and a "
+             f"sign as a string; write {hint} (unquoted)")
 
 
-def _check_mapping(path, key, value) -> dict:
+def _check_mapping(fail, key, value) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        _fail(path, key, f"must be a mapping (name: value), got {type(value).__name__}")
+        fail(key, f"must be a mapping (name: value), got {type(value).__name__}")
+        return {}
     return dict(value)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -169,8 +188,9 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
     """Read and validate an experiment YAML; expand every stage's grid into points.
 
     Relative paths (notebooks, outputs) resolve against ``root`` (default: the current folder,
-    i.e. the repository root), which is also each notebook's working folder. Errors name the file
-    and the key: unknown keys, missing notebooks, parameters a notebook does not declare.
+    i.e. the repository root), which is also each notebook's working folder. Every structural
+    problem of the file is collected and raised together (`ExperimentError`, one line each, naming
+    the file and the key): unknown keys, missing notebooks, parameters a notebook does not declare.
     """
     import yaml
 
@@ -183,62 +203,72 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
         raise ExperimentError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, Mapping):
         raise ExperimentError(f"{path}: must be a mapping with keys {list(TOP_KEYS)}")
+    fail = _Problems(path)
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
-        _fail(path, unknown[0], f"unknown key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+        fail(unknown[0], f"unknown key(s) {unknown}; allowed: {list(TOP_KEYS)}")
     name = data.get("experiment")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        _fail(path, "experiment", f"must be a name of letters, digits, '-' or '_' (it names folders), got {name!r}")
-    defaults = _check_mapping(path, "defaults", data.get("defaults"))
-    _check_values(path, "defaults", defaults)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        fail("experiment", f"must be a name of letters, digits, '-' or '_' (it names folders), got {name!r}")
+        name = "experiment"  # a stand-in, so that the stages are checked too
+    defaults = _check_mapping(fail, "defaults", data.get("defaults"))
+    _check_values(fail, "defaults", defaults)
     if "experiment" in defaults:
-        _fail(path, "defaults.experiment", "set the experiment name with the top-level `experiment:` key")
+        fail("defaults.experiment", "set the experiment name with the top-level `experiment:` key")
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
-        _fail(path, "stages", "must be a non-empty list of stages (name, notebook, grid, params)")
+        fail("stages", "must be a non-empty list of stages (name, notebook, grid, params)")
+        stages_raw = []
     root = Path(root if root is not None else Path.cwd()).resolve()
     out_root = (root / output_dir).resolve()
 
-    stages, seen, used_defaults = [], set(), set()
+    stages, seen, used_defaults, declared_anywhere = [], set(), set(), True
     for i, raw in enumerate(stages_raw):
         where = f"stages[{i}]"
         if not isinstance(raw, Mapping):
-            _fail(path, where, "must be a mapping with keys name, notebook, grid, params")
+            fail(where, "must be a mapping with keys name, notebook, grid, params")
+            declared_anywhere = False
+            continue
         unknown = sorted(set(raw) - set(STAGE_KEYS))
         if unknown:
-            _fail(path, f"{where}.{unknown[0]}", f"unknown stage key(s) {unknown}; allowed: {list(STAGE_KEYS)}")
+            fail(f"{where}.{unknown[0]}", f"unknown stage key(s) {unknown}; allowed: {list(STAGE_KEYS)}")
         sname = raw.get("name")
-        if not isinstance(sname, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", sname):
-            _fail(path, f"{where}.name", f"must be a name of letters, digits, '-' or '_', got {sname!r}")
-        if sname in seen:
-            _fail(path, f"{where}.name", f"stage name {sname!r} is used twice")
+        if not isinstance(sname, str) or not _NAME.fullmatch(sname):
+            fail(f"{where}.name", f"must be a name of letters, digits, '-' or '_', got {sname!r}")
+            sname = f"stage{i}"
+        elif sname in seen:
+            fail(f"{where}.name", f"stage name {sname!r} is used twice")
         seen.add(sname)
         where = f"stages[{i}] ({sname})"
-        nb_rel = raw.get("notebook")
-        if not isinstance(nb_rel, str):
-            _fail(path, f"{where}.notebook", "must be the path of a .ipynb (relative to the repository root)")
-        notebook = (root / nb_rel).resolve()
-        if not notebook.is_file():
-            _fail(path, f"{where}.notebook", f"{nb_rel} does not exist (looked in {root})")
-        declared = notebook_parameters(notebook)
-        grid = _check_mapping(path, f"{where}.grid", raw.get("grid"))
-        params = _check_mapping(path, f"{where}.params", raw.get("params"))
-        for key, values in grid.items():
+        grid = _check_mapping(fail, f"{where}.grid", raw.get("grid"))
+        params = _check_mapping(fail, f"{where}.params", raw.get("params"))
+        for key, values in list(grid.items()):
             if not isinstance(values, list) or not values:
-                _fail(path, f"{where}.grid.{key}", f"must be a non-empty list, got {values!r}; "
-                      "put a single fixed value under params")
-        _check_values(path, f"{where}.grid", grid)
-        _check_values(path, f"{where}.params", params)
+                fail(f"{where}.grid.{key}", f"must be a non-empty list, got {values!r}; "
+                     "put a single fixed value under params")
+                del grid[key]
+        _check_values(fail, f"{where}.grid", grid)
+        _check_values(fail, f"{where}.params", params)
         both = sorted(set(grid) & set(params))
         if both:
-            _fail(path, f"{where}.params.{both[0]}", "is set both in grid and params; keep one")
+            fail(f"{where}.params.{both[0]}", "is set both in grid and params; keep one")
+        nb_rel = raw.get("notebook")
+        notebook = (root / nb_rel).resolve() if isinstance(nb_rel, str) else None
+        if notebook is None:
+            fail(f"{where}.notebook", "must be the path of a .ipynb (relative to the repository root)")
+        elif not notebook.is_file():
+            fail(f"{where}.notebook", f"{nb_rel} does not exist (looked in {root})")
+        if notebook is None or not notebook.is_file():
+            declared_anywhere = False  # which defaults are used is unknown: not checked
+            continue
+        declared = notebook_parameters(notebook)
         for section, mapping in (("grid", grid), ("params", params)):
             for key in mapping:
                 if key == "experiment":
-                    _fail(path, f"{where}.{section}.experiment", "set by the top-level `experiment:` key")
-                if key not in declared:
-                    _fail(path, f"{where}.{section}.{key}", f"{nb_rel} does not declare a parameter {key!r}; "
-                          f"it declares {sorted(declared)}")
+                    fail(f"{where}.{section}.experiment", "set by the top-level `experiment:` key")
+                elif key not in declared:
+                    fail(f"{where}.{section}.{key}", f"{nb_rel} does not declare a parameter {key!r}; "
+                         f"it declares {sorted(declared)}")
         base = {k: v for k, v in defaults.items() if k in declared}
         used_defaults.update(base)
         if "experiment" in declared:
@@ -248,13 +278,14 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
         for values in expand_grid(grid):
             pname = point_name(values)
             if pname in names:
-                _fail(path, f"{where}.grid", f"two points share the file name {pname!r}; make the values distinct")
+                fail(f"{where}.grid", f"two points share the file name {pname!r}; make the values distinct")
             names.add(pname)
             stage.points.append(Point(name, sname, pname, notebook, {**base, **params, **values},
                                       out_root / name / sname / f"{pname}.ipynb", root,
                                       force_param=FORCE_PARAM in declared))
         stages.append(stage)
-    unused = sorted(set(defaults) - used_defaults)
-    if unused:
-        _fail(path, f"defaults.{unused[0]}", f"no stage's notebook declares {unused}; check the spelling")
+    unused = sorted(set(defaults) - used_defaults - {"experiment"})
+    if unused and declared_anywhere and stages:
+        fail(f"defaults.{unused[0]}", f"no stage's notebook declares {unused}; check the spelling")
+    fail.raise_any()
     return Experiment(name, path, root, defaults, stages)

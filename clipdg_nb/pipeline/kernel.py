@@ -3,6 +3,12 @@
 Over TCP without CurveZMQ keys, every ipykernel warns "Kernel is running over TCP without
 encryption" (once per point: 23 copies in the demo, tangled with the progress bars). IPC sockets
 are files only this user can reach, so the warning is moot, and no TCP port is opened at all.
+
+A kernel ends with the process that started it, even a SIGKILLed one: jupyter_client passes its
+pid (JPY_PARENT_PID) and ipykernel's parent poller exits within a second once its parent changes;
+the runner's pool workers watch the runner likewise (`runner.watch_parent`), so a killed
+`clipdg run --jobs N` leaves neither workers nor kernels behind
+(tests/test_sweep_faults.py::test_kill_9_of_a_parallel_run_ends_its_workers_and_kernels).
 """
 from __future__ import annotations
 

@@ -6,7 +6,10 @@ renamed into place and marked done only on success.
     <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
     <point>.lock           held by the one process executing the point
 
-A point's outputs are replaced only by a successful new execution, never deleted up front.
+A point's outputs are replaced only by a successful new execution, never deleted up front; a
+success removes the point's failure files. No OS error (a full disk, a folder gone) escapes
+`run_point`: the point is reported failed with the path and the free space there, and a failed
+notebook or marker is written whole (checked to parse) or not at all.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import re
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +28,7 @@ from ..paths import ENV_VAR
 from .kernel import IPCKernelManager
 from ..runs import MANIFEST_ENV, Run, atomic_path, read_json, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Point
+from .oserrors import describe_os_error, out_of_space, space_note
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -37,6 +41,7 @@ class PointResult:
     seconds: float = 0.0
     error: str | None = None
     output: str | None = None
+    warnings: list = field(default_factory=list)  # warning lines the notebook's kernel wrote to stderr
 
 
 def is_done(point: Point) -> bool:
@@ -83,10 +88,61 @@ def failure_info(point: Point, err: BaseException) -> dict:
             "ename": err.ename, "evalue": err.evalue,
             "traceback": [_ANSI.sub("", line) for line in (getattr(err, "traceback", None) or [])][-8:],
         })
-    else:  # the kernel died, the notebook was unreadable, ...
+    else:  # the kernel died, the notebook was unreadable, the disk is full, ...
         info.update({"cell_index": None, "exec_count": None, "source_excerpt": None,
                      "ename": type(err).__name__, "evalue": str(err), "traceback": []})
+    if isinstance(err, OSError) or out_of_space(info["evalue"]):
+        # which files, and how much room is left where the point writes (the kernel's own message
+        # may name no file at all: safetensors says only "os error 28")
+        info["evalue"] = describe_os_error(err, _written_folders(point)).split(": ", 1)[1] \
+            if isinstance(err, OSError) else f"{info['evalue']} ({space_note(_written_folders(point))})"
     return info
+
+
+def _written_folders(point: Point) -> list[Path]:
+    """Where a point writes: its notebooks' folder, and the output / cache folders it is given."""
+    folders = [point.output.parent]
+    for key in ("output_dir", "cache_dir"):
+        value = point.parameters.get(key)
+        if isinstance(value, str) and value:
+            folders.append(Path(value) if Path(value).is_absolute() else point.root / value)
+    return folders
+
+
+def failed_result(point: Point, err: BaseException, seconds: float = 0.0) -> PointResult:
+    """A point whose failure is the OS's (the disk, a folder): one line naming the path and free space."""
+    return PointResult(point.stage, point.name, "failed", seconds,
+                       describe_os_error(err, _written_folders(point)), str(point.output))
+
+
+_WARNING_LINE = re.compile(r"(?:^|:\d+: )([A-Z]\w*Warning): (.+)")
+
+
+def notebook_warnings(nb) -> list[str]:
+    """'CacheRebuiltWarning: message' for every warning the kernel wrote to stderr (Python's
+    `warnings` format, `file:line: Category: message`), in order, each once."""
+    found = []
+    for cell in getattr(nb, "cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") != "stream" or out.get("name") != "stderr":
+                continue
+            for line in _ANSI.sub("", str(out.get("text", ""))).splitlines():
+                m = _WARNING_LINE.search(line.strip())
+                if m and f"{m[1]}: {m[2].strip()}" not in found:
+                    found.append(f"{m[1]}: {m[2].strip()}")
+    return found
+
+
+def _read_notebook(path: Path):
+    """The notebook at `path`, parsed and checked against the schema; None if it does not parse."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+        return nb
+    except Exception:  # truncated JSON (a full disk), schema errors, an unreadable file
+        return None
 
 
 def _newer(path: Path, since: float | None) -> bool:
@@ -128,14 +184,16 @@ def run_point(point: Point, force: bool = False, log_output: bool = False, wait:
         for leftover in point.leftovers():  # of attempts that were killed; we hold the lock
             leftover.unlink(missing_ok=True)
         return _execute(point, force, log_output)
+    except OSError as err:  # the disk, not the notebook (a marker, the manifest): the sweep goes on
+        return failed_result(point, err)
     finally:
         lock.release()
 
 
 def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
     """Run papermill into a temporary notebook; rename it onto `<point>.ipynb` and write the marker
-    only on success. On failure the executed notebook becomes `<point>.failed.ipynb` and the
-    point's earlier outputs are left as they are."""
+    only on success. On failure the executed notebook becomes `<point>.failed.ipynb` (when it
+    parses) and the point's earlier outputs are left as they are."""
     import papermill
 
     parameters = dict(point.parameters)
@@ -144,24 +202,34 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
     fd, manifest = tempfile.mkstemp(dir=point.output.parent, prefix=f".{point.name}.runs.jsonl.")
     os.close(fd)
     manifest = Path(manifest)
-    start = time.perf_counter()
+    start, found = time.perf_counter(), []
     try:
         try:
             # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
             with set_env(**{MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root)}), \
                     atomic_path(point.output, suffix=".ipynb") as tmp:
                 try:
-                    papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
-                                               kernel_name="python3", cwd=str(point.root), progress_bar=False,
-                                               log_output=log_output, kernel_manager_class=IPCKernelManager)
+                    nb = papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
+                                                    kernel_name="python3", cwd=str(point.root),
+                                                    progress_bar=False, log_output=log_output,
+                                                    kernel_manager_class=IPCKernelManager)
+                    found = notebook_warnings(nb)
                 except BaseException:
-                    _keep_failed(tmp, point.failed_notebook_path)
+                    found = _keep_failed(tmp, point.failed_notebook_path)
                     raise
         except Exception as err:  # any failure of one point is recorded; the sweep goes on
             info = failure_info(point, err)
-            write_json(point.failed_path, info)
+            if not point.failed_notebook_path.is_file():
+                info["output"] = None  # no executed notebook to read (it did not parse, or none was written)
+            error = f"{info['ename']}: {info['evalue']}"
+            try:
+                write_json(point.failed_path, info)
+            except OSError as werr:  # e.g. the same full disk: say so, the sweep still goes on
+                point.failed_path.unlink(missing_ok=True)  # an older marker would name another error
+                error += (f" (and its failure record {point.failed_path.name} could not be written either: "
+                          f"{werr.strerror or werr})")
             return PointResult(point.stage, point.name, "failed", time.perf_counter() - start,
-                               f"{info['ename']}: {info['evalue']}", str(point.output))
+                               error, str(point.output), found)
         seconds = time.perf_counter() - start
         run_dirs = []
         for line in manifest.read_text(encoding="utf-8").splitlines():
@@ -177,16 +245,23 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
         "notebook": str(point.notebook), "parameters": point.parameters, "run_dirs": run_dirs,
         "output": str(point.output), "seconds": seconds,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    point.failed_path.unlink(missing_ok=True)
+    point.failed_path.unlink(missing_ok=True)  # a success leaves no stale failure behind
     point.failed_notebook_path.unlink(missing_ok=True)
-    return PointResult(point.stage, point.name, "done", seconds, output=str(point.output))
+    return PointResult(point.stage, point.name, "done", seconds, output=str(point.output), warnings=found)
 
 
-def _keep_failed(tmp: Path, target: Path) -> None:
-    """The executed notebook of a failed attempt, for reading, under its own name."""
+def _keep_failed(tmp: Path, target: Path) -> list[str]:
+    """The executed notebook of a failed attempt, for reading, under its own name, only when it
+    parses (a full disk leaves half a notebook: it is dropped, never kept under a real name). An
+    older failed notebook is removed either way: it would show another attempt's error. Returns
+    the warnings the notebook holds."""
+    nb = _read_notebook(tmp) if tmp.is_file() and tmp.stat().st_size else None
     try:
-        if tmp.stat().st_size:
-            tmp.chmod(0o644)
-            os.replace(tmp, target)
+        if nb is None:
+            target.unlink(missing_ok=True)
+            return []
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
     except OSError:
         pass
+    return notebook_warnings(nb) if nb is not None else []

@@ -30,7 +30,7 @@ import nbformat
 
 from ..runs import write_bytes
 from .report_index import (PLOTLYJS_FILE, grid_values, notebook_title, page_meta, point_info, provenance_html,
-                           read_page_meta, report_roots, status_html, write_index)
+                           read_page_meta, report_roots, stale_failed_pages, status_html, write_index)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -328,5 +328,7 @@ def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_d
             say(f"skipping {err}")
     if written and not self_contained:
         write_plotlyjs(out)  # pages kept by only_changed load it too
+    for page in stale_failed_pages(out, notebooks_dir, experiment, stage):  # the point succeeded since
+        page.unlink(missing_ok=True)
     write_index(out, notebooks_dir, roots)
     return written

@@ -235,12 +235,23 @@ def _headline_cell(rows: list[dict]) -> str:
     return f'<table class="hl">{"".join(out)}</table>'
 
 
+def stale_failed_pages(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, experiment: str | None = None,
+                       stage: str | None = None) -> list[Path]:
+    """Pages of failed executions (`<point>.failed.html`) whose failed notebook is gone: the point
+    has succeeded since (a success removes its failure files), so the page shows a failure that no
+    longer holds."""
+    out, notebooks_dir = Path(out_dir), Path(notebooks_dir)
+    return [page for page in sorted(out.glob(f"{experiment or '*'}/{stage or '*'}/*.failed.html"))
+            if not (notebooks_dir / page.relative_to(out).with_suffix(".ipynb")).is_file()]
+
+
 def index_entries(out_dir: Path, notebooks_dir: Path, roots: list[Path]) -> list[dict]:
-    """One entry per page of the folder, plus failed points of the same experiments with no page."""
-    entries = {}
+    """One entry per page of the folder (less stale failure pages), plus failed points of the same
+    experiments with no page."""
+    entries, stale = {}, set(stale_failed_pages(out_dir, notebooks_dir))
     for page in sorted(out_dir.rglob("*.html")):
         rel = page.relative_to(out_dir)
-        if page.parent == out_dir or len(rel.parts) != 3:
+        if page.parent == out_dir or len(rel.parts) != 3 or page in stale:
             continue
         exp, stage, name = (*rel.parts[:2], rel.stem)
         entries[(exp, stage, name)] = {"experiment": exp, "stage": stage, "name": name, "page": rel.as_posix(),
@@ -249,7 +260,8 @@ def index_entries(out_dir: Path, notebooks_dir: Path, roots: list[Path]) -> list
     experiments = {k[0] for k in entries}
     for marker in sorted(notebooks_dir.glob("*/*/*.failed.json")) if notebooks_dir.is_dir() else []:
         exp, stage, name = marker.parent.parent.name, marker.parent.name, marker.name[:-len(".failed.json")]
-        if exp in experiments and (exp, stage, name) not in entries:
+        # a failed point counts once: its page is the failed execution's when that was rendered
+        if exp in experiments and (exp, stage, name) not in entries and (exp, stage, f"{name}.failed") not in entries:
             entries[(exp, stage, name)] = {"experiment": exp, "stage": stage, "name": name, "page": None, "meta": {},
                                            "info": point_info(marker.parent / f"{name}.ipynb", roots)}
     return list(entries.values())

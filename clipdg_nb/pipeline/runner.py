@@ -13,14 +13,22 @@
   `<point>.failed.json` (cell, error), and the point's earlier successful outputs stay as they were;
 * parallel: `jobs` points at once in worker processes, one point per GPU when GPUs are visible;
   every kernel gets a fixed intra-op thread count (`KERNEL_THREADS`, or $OMP_NUM_THREADS), never
-  one derived from the core count or `jobs`, so the numbers do not depend on either.
+  one derived from the core count or `jobs`, so the numbers do not depend on either;
+* workers end with their runner, even a `kill -9`ed one: each watches its parent (`watch_parent`),
+  and each kernel watches its worker (ipykernel's parent poller), so nothing runs on orphaned;
+* never crashes on the OS: a full disk or a vanished folder fails the point, naming the path and
+  the free space (`oserrors`), and the sweep goes on;
+* warnings reach the terminal: what the points' kernels warned (e.g. a cache found damaged and
+  rebuilt) is collected from their notebooks and printed at the end (`SweepSummary.format`).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -30,6 +38,7 @@ from typing import Callable
 
 from ..runs import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
+from .oserrors import describe_os_error
 from .point import PointResult, failure_info, is_done, run_point, set_env
 from .validate import validate_experiment
 
@@ -63,7 +72,37 @@ def kernel_thread_env() -> dict[str, str]:
     return {var: os.environ.get(var) or threads for var in THREAD_VARS}
 
 
-def _init_worker(gpus, threads: dict) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """End this process when `parent` (the runner) is gone, even if it was SIGKILLed: the kernel's
+    death signal on Linux (prctl PR_SET_PDEATHSIG), and, everywhere, a daemon thread that polls
+    os.getppid() (a reparented process has another parent). A pool worker left behind would
+    otherwise run the queued points for nobody, then idle for good. Its kernel notices the worker's
+    end by itself (ipykernel polls its parent likewise) and ends too."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+
+    def poll():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent:  # the runner died before the watch was set up
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
+
+
+def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
+    if parent is not None:
+        watch_parent(parent)
     # Each worker process owns one GPU for its lifetime: the kernels it starts inherit the variable.
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
@@ -104,10 +143,29 @@ class SweepSummary:
                     "nothing executed")
         lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (already done), {len(self.failed)} failed"]
         for r in self.failed:
-            see = (f" (see {Path(r.output).with_suffix('.failed.json')} and the executed notebook "
-                   f"{Path(r.output).with_suffix('.failed.ipynb')})") if r.output else ""
+            files = [p for p in (Path(r.output).with_suffix(".failed.json"), Path(r.output).with_suffix(".failed.ipynb"))
+                     if p.is_file()] if r.output else []
+            see = f" (see {' and the executed notebook '.join(map(str, files))})" if files else ""
             lines.append(f"  FAILED {r.stage}/{r.name}: {r.error}{see}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.format_warnings())
+
+    def warned(self) -> dict[str, list[str]]:
+        """Each warning the points' kernels wrote -> the points (stage/name) that wrote it."""
+        out: dict[str, list[str]] = {}
+        for r in self.results:
+            for w in r.warnings or []:
+                out.setdefault(w, []).append(f"{r.stage}/{r.name}")
+        return out
+
+    def format_warnings(self) -> list[str]:
+        warned = self.warned()
+        if not warned:
+            return []
+        lines = [f"{len(warned)} warning(s) from the points (in full in their executed notebooks):"]
+        for text, points in warned.items():
+            at = ", ".join(points[:3]) + (f" and {len(points) - 3} more" if len(points) > 3 else "")
+            lines.append(f"  WARNING {text} [{at}]")
+        return lines
 
 
 def select_stages(experiment: Experiment, only) -> list[Stage]:
@@ -205,8 +263,8 @@ def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, 
         for gpu in gpus[:jobs]:
             queue.put(gpu)
     workers = min(jobs, len(points))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                               initializer=_init_worker, initargs=(queue, kernel_thread_env()))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(queue, kernel_thread_env(), os.getpid()))
     futures = {pool.submit(_run_point_job, p.to_json(), force, False, since): p for p in points}
     try:
         pending = set(futures)
@@ -219,7 +277,11 @@ def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, 
                 except Exception as err:  # the worker itself died
                     result = PointResult(p.stage, p.name, "failed", error=f"{type(err).__name__}: {err}",
                                          output=str(p.output))
-                    write_json(p.failed_path, failure_info(p, err))
+                    try:
+                        write_json(p.failed_path, failure_info(p, err))
+                    except OSError as werr:  # a full disk: the sweep still goes on
+                        result.error += (f" (and its failure record {p.failed_path.name} could not be written "
+                                         f"either: {describe_os_error(werr, [p.failed_path.parent])})")
                 if result.status == "busy":  # another process runs it: queued again, behind the rest, waiting
                     again = pool.submit(_run_point_job, p.to_json(), force, True, since)
                     futures[again] = p

@@ -6,6 +6,11 @@ Each point's parameters, over the defaults its notebook declares, go through the
 notebook will run (`config.from_namespace`, `methods.sweep_configs`); every problem of every point
 is collected and raised together, each naming the experiment file, the stage, the point and the
 key, and nothing runs. Which notebook is checked how is the one table `VALIDATORS`.
+
+Everything is reported at once: a value that fails is put back to its default so the others are
+still checked; the files a point names are checked even when its values fail; and each distinct
+weights file is opened once (its header) to check it is readable and holds the architecture the
+point asks for, so a wrong file stops the sweep here, not once per kernel.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .experiment import Experiment, ExperimentError, Point, Stage, notebook_para
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _KEY = re.compile(r"\s*([A-Za-z_]\w*)")
+_NAMED = re.compile(r"\b([A-Za-z_]\w*)=")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
 
 
@@ -104,9 +110,13 @@ def check_values(validator: Validator, namespace: Mapping, defaults: Mapping) ->
             return errors, validator.check(ns), reset
         except (ValueError, TypeError) as err:
             errors.append(str(err))
+            # the key the error starts with, else another it names ("swa_last_k=10 exceeds epochs=1":
+            # the user set epochs, not swa_last_k)
             m = _KEY.match(str(err))
-            key = validator.aliases.get(m.group(1), m.group(1)) if m else None
-            if key not in ns or key in reset or key not in defaults or ns[key] == defaults[key]:
+            named = ([m.group(1)] if m else []) + _NAMED.findall(str(err))
+            keys = [validator.aliases.get(k, k) for k in named]
+            key = next((k for k in keys if k in ns and k not in reset and k in defaults and ns[k] != defaults[k]), None)
+            if key is None:
                 return errors, [], reset  # a value the user did not set, or one we cannot put back
             ns[key] = defaults[key]
             reset.add(key)
@@ -159,11 +169,8 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
                                 "point root_dir at the folder holding it, or set download: true")
     for key in ("pretrained", "vision_weights"):
         value = getattr(cfg, key, None)
-        if key not in reset and looks_like_file(value) and not _resolve(root, value).is_file():
-            cov = re.search(r"coverage-([0-9.]+)", str(value))
-            make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
-            problems.append(f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
-                            f"(the demo's weights: `{make}`) or fix the path")
+        if key not in reset and (problem := missing_file(key, value, root)):
+            problems.append(problem)
     for key in ("output_dir", "cache_dir"):
         if key not in reset:
             why = writable(_resolve(root, getattr(cfg, key)))
@@ -172,10 +179,61 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
     return problems
 
 
+def missing_file(key: str, value, root: Path) -> str | None:
+    """The problem of a weights parameter naming a file that is not there, or None."""
+    if not looks_like_file(value) or _resolve(root, value).is_file():
+        return None
+    cov = re.search(r"coverage-([0-9.]+)", str(value))
+    make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
+    return (f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
+            f"(the demo's weights: `{make}`) or fix the path")
+
+
+def raw_path_problems(namespace: Mapping, given: Mapping, root: Path, writable) -> list[str]:
+    """The files and folders a point's own values name, checked from the values themselves: when
+    other values fail, the configs that would read them cannot be built (or were built from
+    defaults), yet a missing file or an unwritable folder is still the user's to fix now."""
+    problems = []
+    for key in ("pretrained", "vision_weights"):
+        if key in given and (problem := missing_file(key, namespace.get(key), root)):
+            problems.append(problem)
+    for key in ("output_dir", "cache_dir"):
+        value = namespace.get(key)
+        if key in given and isinstance(value, str) and value and (why := writable(_resolve(root, value))):
+            problems.append(f"{key}={value!r} is not writable: {why}")
+    return problems
+
+
+def weights_problems(cfg, root: Path, memo: dict) -> list[str]:
+    """Each weights file the config reads is readable and holds the architecture it asks for,
+    from the file's header (`inputs.weights_file_problem`); `memo` holds the verdict per file
+    (path, size, mtime) and architecture, so each distinct file is opened once per experiment."""
+    from ..inputs import weight_files, weights_file_problem
+
+    problems = []
+    with rooted_at(root):
+        for key, value in weight_files(cfg):
+            path = _resolve(root, value)
+            if not path.is_file():
+                continue  # reported as missing
+            arch = (cfg.model,) if key == "pretrained" or cfg.vision_arch == "clip-visual" else \
+                (cfg.vision_arch, cfg.model, cfg.dataset)
+            stat = path.stat()
+            memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, key, arch)
+            if memo_key not in memo:
+                error = weights_file_problem(cfg, key, str(path))
+                memo[memo_key] = None if error is None else str(error)
+            if memo[memo_key]:
+                problems.append(memo[memo_key])
+    return problems
+
+
 def point_problems(point: Point, writable: Callable[[Path], str | None] | None = None,
-                   paths: bool = True) -> list[str]:
-    """Every problem of one point (no file names): values, then (``paths``) files and folders."""
+                   paths: bool = True, weights_memo: dict | None = None) -> list[str]:
+    """Every problem of one point (no file names): values, then (``paths``) files and folders, and
+    the weights files' contents."""
     writable = writable or unwritable
+    weights_memo = {} if weights_memo is None else weights_memo
     problems = []
     if paths:
         why = writable(point.output.parent)
@@ -191,6 +249,11 @@ def point_problems(point: Point, writable: Callable[[Path], str | None] | None =
     if paths:
         for cfg in configs:
             problems += [p for p in check_paths(cfg, point.root, reset, writable) if p not in problems]
+        if errors:
+            problems += [p for p in raw_path_problems({**defaults, **point.parameters}, point.parameters,
+                                                      point.root, writable) if p not in problems]
+        for cfg in configs if not errors else []:  # the weights the point will read, as it will read them
+            problems += [p for p in weights_problems(cfg, point.root, weights_memo) if p not in problems]
     return problems
 
 
@@ -199,6 +262,7 @@ def experiment_problems(experiment: Experiment, stages: list[Stage] | None = Non
     The same problem at many points is listed once, at its first point, with how many more (and
     in which other stages) have it."""
     writable_cache: dict = {}
+    weights_memo: dict = {}  # each distinct weights file is opened once
 
     def writable(folder: Path):
         key = str(folder.resolve())
@@ -209,7 +273,7 @@ def experiment_problems(experiment: Experiment, stages: list[Stage] | None = Non
     where: dict[str, list[tuple[str, str]]] = {}
     for stage in stages if stages is not None else experiment.stages:
         for point in stage.points:
-            for problem in point_problems(point, writable, paths):
+            for problem in point_problems(point, writable, paths, weights_memo):
                 where.setdefault(problem, []).append((stage.name, point.name))
     lines = []
     for problem, at in where.items():

@@ -1,0 +1,72 @@
+"""OS errors said in one line: what failed, on which path, and how much space is left there.
+
+A full disk shows up in many guises (`OSError(ENOSPC)`, safetensors' "os error 28", a quota's
+EDQUOT); the one thing a user needs is which file, which filesystem and how much is free on it, so
+every message built here names the path and `shutil.disk_usage`'s free space.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+_NO_SPACE = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def out_of_space(err: BaseException | str) -> bool:
+    """The error (or its text) says the disk or quota is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(s in str(err) for s in _NO_SPACE)
+
+
+def _existing(path: Path) -> Path | None:
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        if path.parent == path:
+            return None
+        path = path.parent
+    return path
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """'1.2 GB free on /data (of 252 GB)' for the filesystem holding `path` (or its nearest folder)."""
+    where = _existing(Path(path))
+    if where is None:
+        return f"free space unknown ({path} has no existing parent)"
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as err:
+        return f"free space of {where} unknown ({err.strerror or err})"
+    return f"{_size(usage.free)} free on the filesystem of {where} (of {_size(usage.total)})"
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def describe_os_error(err: BaseException, paths: Iterable[str | os.PathLike] = ()) -> str:
+    """One line: the error, the file it names (else `paths`) and the free space there; for a full
+    disk, what to do."""
+    names = [p for p in (getattr(err, "filename", None), getattr(err, "filename2", None)) if p]
+    where = [os.fspath(p) for p in (names or list(paths))]
+    text = (f"{err.strerror}" if isinstance(err, OSError) and err.strerror else str(err)) or type(err).__name__
+    if isinstance(err, OSError) and names:
+        text = f"{text}: {', '.join(map(str, names))}"
+    elif where and not any(w in text for w in where):
+        text = f"{text} (writing under {', '.join(dict.fromkeys(where))})"
+    return f"{type(err).__name__}: {text}; {space_note(where, out_of_space(err))}".rstrip("; ")
+
+
+def space_note(paths: Iterable[str | os.PathLike], full: bool = True) -> str:
+    """The free space where `paths` are; with `full`, what to do about a full disk."""
+    text = "; ".join(dict.fromkeys(free_space(p) for p in paths))
+    if full:
+        text += ". The disk (or quota) is full: free space there, or point the outputs elsewhere, and run again"
+    return text
