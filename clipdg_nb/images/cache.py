@@ -68,7 +68,7 @@ HOLD_S = 2.0  # seconds a decoder holds the lock at a time, so others needing ot
 YIELD_S = 0.03  # pause between holds; waiting processes poll the lock every LOCK_POLL_S
 LOCK_POLL_S = 0.01
 CHECKSUM = "rowsum64-4k-blocks:v1"  # part of the key: entries of another checksum are other entries
-VERIFY_ROWS = 256  # rows hashed at a time while verifying
+VERIFY_ROWS = 64  # rows hashed at a time (by one thread) while verifying
 
 # ---------------------------------------------------------------------------------------------
 # Checksums
@@ -397,10 +397,13 @@ class SplitCache:
             same = False
         return known[1].copy() if same else np.zeros(len(self), dtype=bool)
 
-    def verify(self, rows=None, workers: int = 4) -> int:
+    def verify(self, rows=None, workers: int = 4, array: np.ndarray | None = None) -> int:
         """Check decoded rows (all marked ones by default) against their checksums, each once per
         process while the file is unchanged; rows that fail are decoded again, with a
-        `CacheRebuiltWarning` naming the file. Returns how many rows were decoded again."""
+        `CacheRebuiltWarning` naming the file. Returns how many rows were decoded again.
+
+        `array`: the memory map the caller will read the rows from (`CachedImages`), so that the
+        pages the check touches are already mapped when they are read (about half the check's cost)."""
         filled = self.filled()
         rows = np.flatnonzero(filled) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         signature = _signature(self.path)
@@ -408,14 +411,20 @@ class SplitCache:
         todo = rows[~verified[rows] & filled[rows]]
         if not len(todo):
             return 0
-        sums, arr, bad = self.sums(), self.open(), []
+        sums, arr, bad = self.sums(), (self.open() if array is None else array), []
+
+        def check(part: np.ndarray) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
+            if sums is None:
+                return np.zeros(len(part), dtype=bool)
+            block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]
+            return row_sums(block) == sums[part]
+
+        parts = [todo[i:i + VERIFY_ROWS] for i in range(0, len(todo), VERIFY_ROWS)]
         try:
-            for i in range(0, len(todo), VERIFY_ROWS):
-                part = todo[i:i + VERIFY_ROWS]
-                block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]
-                ok = np.zeros(len(part), dtype=bool) if sums is None else row_sums(block) == sums[part]
-                verified[part[ok]] = True
-                bad.extend(part[~ok].tolist())
+            with ThreadPoolExecutor(max_workers=max(1, int(workers or 1))) as pool:
+                for part, ok in zip(parts, pool.map(check, parts)):
+                    verified[part[ok]] = True
+                    bad.extend(part[~ok].tolist())
         finally:
             del arr
         _VERIFIED[str(self.path)] = (signature, verified)

@@ -109,14 +109,18 @@ def cached_images(dataset, indices: Sequence[int], image_size: int, cache_dir=DE
     with a `CacheRebuiltWarning`); `verify=False` skips that (benchmarks only)."""
     indices = np.asarray(indices, dtype=np.int64)
     paths, part, rows = [], np.zeros(len(indices), dtype=np.int32), np.zeros(len(indices), dtype=np.int64)
+    caches = []
     for split, pos, split_rows in _resolve(dataset, indices):
         cache = SplitCache(dataset, split, image_size, cache_dir, draft=draft)
         cache.ensure(split_rows, workers=workers, progress=progress)
-        if verify:
-            cache.verify(split_rows, workers=workers)
         part[pos], rows[pos] = len(paths), split_rows
         paths.append(cache.path)
-    return CachedImages(paths, part, rows, image_size)
+        caches.append((cache, split_rows))
+    view = CachedImages(paths, part, rows, image_size)
+    if verify:  # through the view's own maps: the pages checked are then mapped for the reads
+        for k, (cache, split_rows) in enumerate(caches):
+            cache.verify(split_rows, workers=workers, array=view.maps[k])
+    return view
 
 
 def prepare_splits(dataset, splits: Sequence[str], image_size: int, cache_dir=DEFAULT_CACHE,
