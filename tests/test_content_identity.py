@@ -78,8 +78,14 @@ def zero_shot(root, weights, common, **kw):
 
 
 def probe(root, common, **kw):
-    return FinetuneConfig(root_dir=str(root), method="linear_probe", pretrained=None, probe_cs=(1.0, 100.0),
+    return FinetuneConfig(root_dir=str(root), method="linear_probe", pretrained=None, probe_cs=(1.0,),
                           **{**common, **kw})
+
+
+def random_zero_shot(root, common, **kw):
+    """Zero-shot with a seeded random-init CLIP: the cheapest run that reads images through the
+    decode and feature caches."""
+    return ZeroShotConfig(root_dir=str(root), pretrained=None, **{**common, **kw})
 
 
 # --- (a) the decoded-image cache ------------------------------------------------------------
@@ -159,7 +165,7 @@ def test_b_flipped_4kb_in_a_feature_file_is_found_and_recomputed(easy_root, tmp_
 
 def test_c_a_replaced_image_gives_new_features(easy_root, tmp_path, common):
     root = copy_fmow(easy_root, tmp_path / "data")
-    cfg = probe(root, common, experiment="before")
+    cfg = random_zero_shot(root, common, experiment="before")
     run(cfg)
     ds = load_dataset("fmow", root)
     ids = split_indices(ds, "id_test")
@@ -199,7 +205,7 @@ def test_d_overwritten_weights_are_a_new_run_with_fresh_numbers(easy_root, tmp_p
 
 def test_e_other_data_under_the_same_root_is_not_reused(synth_root, easy_root, tmp_path, common):
     root = copy_fmow(synth_root, tmp_path / "data")
-    cfg = probe(root, common, experiment="e")
+    cfg = random_zero_shot(root, common, experiment="e")
     first, _ = run(cfg)
     shutil.rmtree(root / FOLDER)
     copy_fmow(easy_root, root)  # another FMoW, same root_dir
@@ -244,7 +250,7 @@ def test_weights_are_hashed_once_per_change(tmp_path, monkeypatch, synth_root, c
 
 def test_g_a_moved_data_folder_is_reused_and_a_copy_with_new_mtimes_is_not(synth_root, tmp_path, common):
     root = copy_fmow(synth_root, tmp_path / "a")
-    cfg = probe(root, common, experiment="e")
+    cfg = random_zero_shot(root, common, experiment="e")
     first, _ = run(cfg)
     moved = tmp_path / "b"
     os.rename(root, moved)  # mv: names, sizes, mtimes kept
