@@ -5,7 +5,9 @@ With no parameters the notebooks run the offline default: the synthetic data of 
 `check_inputs` stops a run whose data or weights files are missing with the command that makes
 them; `weights_of` names the weights a run starts from (the run record's `weights` field, "random
 init" when `pretrained=None` was asked for); `weights_note` is the line the notebooks print, a
-warning when the weights are random.
+warning when the weights are random. `run_identity` is what a run id and the reuse check hold:
+the science (`cfg.identity()`) with every weights file named by its bytes' digest instead of its
+path, plus the fingerprint of the dataset folder the run reads (`fingerprint.py`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Iterable
 
 from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
 from .datasets import dataset_spec
+from .fingerprint import dataset_fingerprint, weights_identity
 from .models.weights import weight_shapes
 from .paths import project_root, resolve
 from .runs import check_writable, experiment_dir
@@ -92,6 +95,45 @@ def weight_files(cfg) -> Iterable[tuple[str, str]]:
             yield "pretrained", str(cfg.pretrained)
     if _vision_method(cfg) and cfg.vision_weights not in (None, "imagenet"):
         yield "vision_weights", str(cfg.vision_weights)
+
+
+WEIGHT_PARAMS = ("pretrained", "vision_weights")
+
+
+def run_inputs(cfg) -> dict:
+    """What the run reads, by content (the run record's `inputs`): {'dataset': {name, version,
+    folder, metadata, images, digest}, 'weights': {parameter: {path, sha256, bytes}}}. Weights are
+    listed for each parameter of the identity that names a file (tags and None name none); paths
+    and folders are there to read, never compared."""
+    spec = dataset_spec(cfg.dataset)
+    folder = Path(cfg.root_dir) / spec.folder
+    memo = Path(cfg.cache_dir)
+    dataset = {"name": cfg.dataset, "version": spec.version, "folder": str(folder),
+               **dataset_fingerprint(folder, memo)}
+    identity, weights = cfg.identity(), {}
+    for param in WEIGHT_PARAMS:
+        value = identity.get(param)
+        if value is None or value == "imagenet" or (param == "pretrained" and cfg.model.startswith(REMOTE_MODELS)):
+            continue
+        path = resolve(value)
+        if path.is_file():
+            weights[param] = {"path": str(path), **weights_identity(path, memo)}
+    return {"dataset": dataset, "weights": weights}
+
+
+def run_identity(cfg) -> tuple[dict, dict]:
+    """(identity, inputs): the identity a run id and the reuse check hold, and `run_inputs(cfg)`.
+
+    The identity is `cfg.identity()` with each weights file replaced by 'sha256:<digest>' (so the
+    same bytes by another path are one run, other bytes at one path another) and `data`, the
+    digest of the dataset folder's fingerprint ('missing' when there is none yet: such a run stops
+    at `check_inputs` before computing anything)."""
+    inputs = run_inputs(cfg)
+    identity = dict(cfg.identity())
+    for param, found in inputs["weights"].items():
+        identity[param] = f"sha256:{found['sha256']}"
+    identity["data"] = inputs["dataset"].get("digest", "missing")
+    return identity, inputs
 
 
 def missing_inputs(cfg) -> list[str]:

@@ -28,7 +28,8 @@ from .evaluate import calibration_record, evaluate_logits, image_batches, predic
 from .images import Normalize, image_split
 from .inputs import up_front_problem, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
-from .models.features import cached_split_features, feature_key, subset_rows
+from .images.cache import decoded_identity
+from .models.features import cached_split_features, content_key, feature_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
@@ -70,7 +71,9 @@ class Context:
         """Frozen features of a split (encoded once per model, weights and preprocessing), or of
         the given indices of it: a subset is an index into its split's features."""
         cfg, split_idx = self.cfg, self.indices(split)
-        key = feature_key([preprocessing, cfg.dataset, self.dataset.version, str(Path(cfg.root_dir).resolve()), split])
+        # by content: the weights' digest and the identity of the decoded images, not their paths
+        key = feature_key([content_key(preprocessing, cfg.cache_dir), cfg.dataset, self.dataset.version,
+                           decoded_identity(self.dataset, split, preprocessing["image_size"]), split])
         path = Path(cfg.cache_dir) / "features" / f"{cfg.dataset}-{split}-{key}.pt"
 
         def compute():
@@ -274,7 +277,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     cfg = cfg.validate()
     world, target = devices.info(), Run.of(cfg)
     # Decided by rank 0 and shared, so all ranks stop or go on together.
-    done = world.broadcast(not force and target.is_done(cfg.identity()))
+    done = world.broadcast(not force and target.is_done())
     if done:
         return target.record() if world.is_main else None
     # Checked before any computation (a finished run, above, may be read from a read-only folder);
@@ -288,7 +291,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
         lock.acquire()
     try:
         # Another process may have finished it while we waited for the lock.
-        if world.broadcast(not force and target.is_done(cfg.identity())):
+        if world.broadcast(not force and target.is_done()):
             return target.record() if world.is_main else None
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
@@ -325,7 +328,7 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
         "fraction": 0.0 if cfg.method == "zeroshot" else cfg.fraction, "seed": cfg.seed,
         "lr": None if cfg.method in PROBE_METHODS + ("zeroshot",) else cfg.lr,
         "root_dir": str(cfg.root_dir), "weights": weights_of(cfg),  # "random init" when pretrained=None
-        "params": cfg.params(), "identity": cfg.identity(),
+        "params": cfg.params(), "identity": target.identity, "inputs": target.inputs,
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
         "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
     return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})

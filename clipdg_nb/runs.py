@@ -180,10 +180,19 @@ class Run:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.identity: dict | None = None  # set by `of`: what a finished run must hold to be reused
+        self.inputs: dict | None = None  # set by `of`: what the run reads, by content
 
     @classmethod
     def of(cls, cfg) -> "Run":
-        return cls(experiment_dir(cfg.output_dir, cfg.experiment) / run_id(cfg.identity()))
+        """The run of a config. Its id and its reuse check hold the science and the content the run
+        reads (`inputs.run_identity`: data fingerprint, weights digests), never a path's text."""
+        from .inputs import run_identity
+
+        identity, inputs = run_identity(cfg)
+        run = cls(experiment_dir(cfg.output_dir, cfg.experiment) / run_id(identity))
+        run.identity, run.inputs = identity, inputs
+        return run
 
     @classmethod
     def of_record(cls, record: Mapping, output_dir: str | os.PathLike | None = None) -> "Run":
@@ -214,6 +223,9 @@ class Run:
         return record if isinstance(record, dict) else None
 
     def is_done(self, identity: Mapping | None = None) -> bool:
+        """A finished record is there, with this identity (default: the one `of` computed; a Run
+        made from a bare path and no identity asks only for the record)."""
+        identity = self.identity if identity is None else identity
         record = self.record()
         return record is not None and (identity is None or record.get("identity") == to_jsonable(identity))
 

@@ -109,8 +109,8 @@ def test_a_second_subset_decodes_only_its_missing_images(fmow, tmp_path, decodes
     assert sum(decodes.values()) == 0  # every row is there
     assert np.array_equal(np.asarray(arr_b), direct(fmow, b, 16))
     assert np.array_equal(np.asarray(again), direct(fmow, np.union1d(a, b), 16))
-    # the old per-subset files are gone: one entry (rows + bitmap + lock) for the split
-    assert len(list(tmp_path.glob("*.npy"))) == 2 and no_tmp(tmp_path)
+    # the old per-subset files are gone: one entry (rows + bitmap + checksums + lock) for the split
+    assert len(list(tmp_path.glob("*.npy"))) == 3 and no_tmp(tmp_path)
 
 
 def test_request_spanning_several_splits(fmow, tmp_path, decodes):
@@ -233,9 +233,10 @@ def test_changed_image_file_changes_the_key(synth_root, tmp_path):
     new = decode_split(ds, idx, 16, cache_dir=tmp_path / "cache")
     assert np.array_equal(np.asarray(new)[[0, 2, 3]], np.asarray(old)[[0, 2, 3]])
     assert (np.asarray(new)[1] == 200).all() and not np.array_equal(np.asarray(new)[1], np.asarray(old)[1])
-    # another data dir holding the same files is another entry too
+    # the untouched original (same names, sizes, mtimes: copytree keeps them) is the first entry's
+    # content, wherever it lives: the folder's path is not part of the key
     original = load_dataset("fmow", synth_root)
-    assert SplitCache(original, "id_val", 16, tmp_path / "cache").key not in (before.key, changed.key)
+    assert SplitCache(original, "id_val", 16, tmp_path / "cache").key == before.key
 
 
 def test_truncated_image_raises_naming_path_and_index(synth_root, tmp_path):

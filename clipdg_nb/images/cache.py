@@ -19,6 +19,19 @@ pixels depend on (`SplitCache` documents the key):
     <dataset>-<split>-<size>px-<full|draft>-<key>.filled.npy  which rows are decoded
     <dataset>-<split>-<size>px-<full|draft>-<key>.lock        a `filelock.FileLock`
 
+    <dataset>-<split>-<size>px-<full|draft>-<key>.sums.npy    a checksum of each decoded row
+
+Checksums: each row's is taken from the decoded pixels in memory when the row is decoded, and is
+written (beside the bitmap, before it) in the same hold of the lock. A process verifies the rows it
+asks for the first time it asks for them (`verify`, called by `cached_images`; remembered per
+process while the file is unchanged), so a damaged row (a flipped block, a zeroed page) is found
+before any pixel of it is trained on; it is decoded again, with a `CacheRebuiltWarning` naming the
+file. Rows, not chunks of 256, carry the checksums: a few-shot subset then hashes only what it
+reads. The checksum (`row_sums`) is a weighted sum of the row's 4 KiB blocks, each the sum of its
+64-bit words: it runs near memory speed (a CRC or a cryptographic hash would cost more than
+reading the cache, see benchmarks/bench_cache_check.py) and catches any change confined to one
+block, a zeroed or misplaced page, and flipped ranges; it is not a defence against deliberate edits.
+
 Processes sharing a cache coordinate through the lock: whoever decodes holds it (one chunk of rows at
 a time), writes the rows in place, flushes them, and only then marks them in the bitmap (written to a
 unique temporary name and `os.replace`d). A crash leaves rows unmarked, to be decoded again; it never
@@ -47,12 +60,54 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from ..fingerprint import CacheRebuiltWarning
 from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, _load_uint8, _relative_names
 
 CHUNK = 256  # rows decoded (and marked) in the first hold of the lock; later holds aim at HOLD_S
 HOLD_S = 2.0  # seconds a decoder holds the lock at a time, so others needing other rows get turns
 YIELD_S = 0.03  # pause between holds; waiting processes poll the lock every LOCK_POLL_S
 LOCK_POLL_S = 0.01
+CHECKSUM = "rowsum64-4k-blocks:v1"  # part of the key: entries of another checksum are other entries
+VERIFY_ROWS = 64  # rows hashed at a time (by one thread) while verifying
+
+# ---------------------------------------------------------------------------------------------
+# Checksums
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK = 512  # 64-bit words in a block: 4 KiB, a page
+_WEIGHTS = 2 * np.arange(1 << 16, dtype=np.uint64) + np.uint64(1)  # odd, so no block's change can vanish
+
+
+def row_sums(rows: np.ndarray) -> np.ndarray:
+    """uint64 checksum of each row of a [k, ...] uint8 array: sum over its 4 KiB blocks of
+    (block index * 2 + 1) x (the block's sum of 64-bit words), modulo 2**64."""
+    k = len(rows)
+    flat = np.ascontiguousarray(rows).reshape(k, -1)
+    n = flat.shape[1]
+    words = n // 8
+    nb = words // _BLOCK
+    w = flat[:, :words * 8].view(np.uint64)
+    parts = np.empty((k, nb + 2), dtype=np.uint64)
+    parts[:, :nb] = w[:, :nb * _BLOCK].reshape(k, nb, _BLOCK).sum(axis=-1, dtype=np.uint64)
+    parts[:, nb] = w[:, nb * _BLOCK:].sum(axis=-1, dtype=np.uint64)
+    tail = np.zeros((k, 8), dtype=np.uint8)
+    tail[:, :n - words * 8] = flat[:, words * 8:]
+    parts[:, nb + 1] = tail.view(np.uint64)[:, 0]
+    return (parts * _WEIGHTS[:nb + 2]).sum(axis=-1, dtype=np.uint64)
+
+
+# path -> (the file's (dev, inode, size, mtime_ns) when verified, bool [N_split]: rows verified)
+_VERIFIED: dict[str, tuple[tuple, np.ndarray]] = {}
+
+
+def _signature(path: Path) -> tuple:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def forget_verified() -> None:
+    """Forget which rows this process verified (as a new process would)."""
+    _VERIFIED.clear()
 
 # ---------------------------------------------------------------------------------------------
 # Splits
@@ -83,10 +138,13 @@ def _npy_header(path: Path) -> tuple[tuple, np.dtype, bool, int]:
 class SplitCache:
     """The decoded images of one split of one dataset at one size and decode mode, on disk.
 
-    The key (in the file name) covers: dataset name and version, the resolved data dir, the split and
-    its member indices, the image size, the preprocessing (`PREPROCESS`), the draft mode, and every
-    image file of the split: relative name, size and mtime (stat'ed once, when the object is made).
-    Replacing or touching an image therefore gives a new entry; the old one stays until removed.
+    The key (in the file name) covers: dataset name and version, the split and its member indices,
+    the image size, the preprocessing (`PREPROCESS`), the draft mode, the checksum (`CHECKSUM`), and
+    every image file of the split: name relative to the data folder, size and mtime (stat'ed once,
+    when the object is made). Replacing or touching an image therefore gives a new entry; the old
+    one stays until removed. The data folder's own path is not in it: a moved folder (`mv` keeps
+    mtimes) is the same content and shares the entry. `key` is also the identity of the decoded
+    images that frozen features are keyed by.
 
     `draft=True` lets PIL decode large JPEGs at 1/2, 1/4 or 1/8 scale (`Image.draft`), keeping the
     shorter side >= `DRAFT_FACTOR` x `image_size`, before the same bicubic resize + centre crop. It
@@ -106,14 +164,15 @@ class SplitCache:
         data_dir = Path(dataset.data_dir).resolve()
         self.paths = [os.path.join(data_dir, n) for n in names]
         self.shape = (len(self.indices), self.image_size, self.image_size, 3)
-        self.key = self._key(dataset, data_dir, names)
+        self.key = self._key(dataset, names)
         self.cache_dir = Path(cache_dir)
         stem = f"{self.dataset_name}-{split}-{self.image_size}px-{'draft' if self.draft else 'full'}-{self.key}"
         self.path = self.cache_dir / f"{stem}.npy"
         self.filled_path = self.cache_dir / f"{stem}.filled.npy"
         self.lock_path = self.cache_dir / f"{stem}.lock"
+        self.sums_path = self.cache_dir / f"{stem}.sums.npy"
 
-    def _key(self, dataset, data_dir: Path, names: list[str]) -> str:
+    def _key(self, dataset, names: list[str]) -> str:
         sizes = np.empty(len(names), dtype=np.int64)
         mtimes = np.empty(len(names), dtype=np.int64)
         for k, path in enumerate(self.paths):
@@ -123,8 +182,8 @@ class SplitCache:
                 raise ImageDecodeError(f"image {path} (dataset index {int(self.indices[k])}) of split {self.split!r} "
                                        f"cannot be read: {e}", path=path, index=int(self.indices[k])) from e
             sizes[k], mtimes[k] = st.st_size, st.st_mtime_ns
-        head = json.dumps([self.dataset_name, str(getattr(dataset, "version", "")), str(data_dir), self.split,
-                           self.image_size, PREPROCESS, self.draft, DRAFT_FACTOR if self.draft else None])
+        head = json.dumps([self.dataset_name, str(getattr(dataset, "version", "")), self.split,
+                           self.image_size, PREPROCESS, self.draft, DRAFT_FACTOR if self.draft else None, CHECKSUM])
         digest = hashlib.sha256(head.encode())
         for part in (self.indices.astype(np.int64).tobytes(), "\n".join(names).encode(), sizes.tobytes(), mtimes.tobytes()):
             digest.update(len(part).to_bytes(8, "little"))
@@ -182,13 +241,26 @@ class SplitCache:
         return arr
 
     def _write_filled(self, filled: np.ndarray) -> None:
-        tmp = _temp_name(self.filled_path)
+        self._write_array(self.filled_path, np.ascontiguousarray(filled, dtype=bool))
+
+    @staticmethod
+    def _write_array(path: Path, arr: np.ndarray) -> None:
+        tmp = _temp_name(path)
         try:
             with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(filled, dtype=bool))
-            os.replace(tmp, self.filled_path)
+                np.save(f, arr)
+            os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def sums(self) -> np.ndarray | None:
+        """The checksum of each row (uint64 [N_split]; meaningful where `filled()`), or None when
+        there is no sound checksum file (then every filled row fails verification)."""
+        try:
+            arr = np.load(self.sums_path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return arr if arr.shape == (len(self),) and arr.dtype == np.uint64 else None
 
     def _check_disk_space(self, always: bool = False) -> None:
         needed = self.nbytes + len(self) + 4096  # rows, bitmap, headers
@@ -208,9 +280,10 @@ class SplitCache:
             return
         if problem != "missing":
             warnings.warn(f"decoded-image cache {self.path} is damaged ({problem}); deleting it and decoding "
-                          "its images again", RuntimeWarning, stacklevel=3)
+                          "its images again", CacheRebuiltWarning, stacklevel=3)
             self.path.unlink(missing_ok=True)
         self.filled_path.unlink(missing_ok=True)  # the rows of a new file are all undecoded
+        self.sums_path.unlink(missing_ok=True)
         self._check_disk_space()
         tmp = _temp_name(self.path)
         try:
@@ -274,9 +347,16 @@ class SplitCache:
                             break
                         todo = missing[:chunk]
                         started = time.perf_counter()
-                        self._decode_rows(todo, pool, bar)
+                        before = self._verified()
+                        new_sums = self._decode_rows(todo, pool, bar)
+                        sums = self.sums()
+                        sums = np.zeros(len(self), dtype=np.uint64) if sums is None else sums.copy()
+                        sums[todo] = new_sums
+                        self._write_array(self.sums_path, sums)  # checksums before the bitmap marks the rows
                         filled[todo] = True
                         self._write_filled(filled)
+                        before[todo] = True  # decoded from the files just now: nothing to verify
+                        _VERIFIED[str(self.path)] = (_signature(self.path), before)
                         decoded += len(todo)
                         per_image = (time.perf_counter() - started) / len(todo)
                     if len(missing) == len(todo):
@@ -288,19 +368,78 @@ class SplitCache:
                 bar.close()
         return decoded
 
-    def _decode_rows(self, rows: np.ndarray, pool: ThreadPoolExecutor, bar=None) -> None:
+    def _decode_rows(self, rows: np.ndarray, pool: ThreadPoolExecutor, bar=None) -> np.ndarray:
+        """Decode the rows into the file; returns their checksums, taken from the decoded pixels."""
         # PIL releases the GIL while decoding and resizing, so threads scale on the cores there are.
         def one(r):
             return _load_uint8(None, self.indices[r], self.image_size, self.draft, path=self.paths[r])
+        sums = np.empty(len(rows), dtype=np.uint64)
         out = np.load(self.path, mmap_mode="r+")
         try:
-            for r, arr in zip(rows, pool.map(one, rows)):
+            for k, (r, arr) in enumerate(zip(rows, pool.map(one, rows))):
                 out[r] = arr
+                sums[k] = row_sums(arr[None])[0]
                 if bar is not None:
                     bar.update(1)
             out.flush()  # the rows reach the file before the bitmap says they are there
         finally:
             del out
+        return sums
+
+    # -- verifying ----------------------------------------------------------------------------
+
+    def _verified(self) -> np.ndarray:
+        """Rows this process verified (a fresh copy), valid while the file is the one it verified."""
+        known = _VERIFIED.get(str(self.path))
+        try:
+            same = known is not None and known[0] == _signature(self.path)
+        except FileNotFoundError:
+            same = False
+        return known[1].copy() if same else np.zeros(len(self), dtype=bool)
+
+    def verify(self, rows=None, workers: int = 4, array: np.ndarray | None = None) -> int:
+        """Check decoded rows (all marked ones by default) against their checksums, each once per
+        process while the file is unchanged; rows that fail are decoded again, with a
+        `CacheRebuiltWarning` naming the file. Returns how many rows were decoded again.
+
+        `array`: the memory map the caller will read the rows from (`CachedImages`), so that the
+        pages the check touches are already mapped when they are read (about half the check's cost)."""
+        filled = self.filled()
+        rows = np.flatnonzero(filled) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        signature = _signature(self.path)
+        verified = self._verified()
+        todo = rows[~verified[rows] & filled[rows]]
+        if not len(todo):
+            return 0
+        sums, arr, bad = self.sums(), (self.open() if array is None else array), []
+
+        def check(part: np.ndarray) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
+            if sums is None:
+                return np.zeros(len(part), dtype=bool)
+            block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]
+            return row_sums(block) == sums[part]
+
+        parts = [todo[i:i + VERIFY_ROWS] for i in range(0, len(todo), VERIFY_ROWS)]
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, int(workers or 1))) as pool:
+                for part, ok in zip(parts, pool.map(check, parts)):
+                    verified[part[ok]] = True
+                    bad.extend(part[~ok].tolist())
+        finally:
+            del arr
+        _VERIFIED[str(self.path)] = (signature, verified)
+        if not bad:
+            return 0
+        shown = ", ".join(str(int(self.indices[r])) for r in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        why = "its checksum file is missing or unreadable" if sums is None else "they do not match their checksums"
+        warnings.warn(f"decoded-image cache {self.path}: {len(bad)} row(s) failed verification ({why}; dataset "
+                      f"indices {shown}); decoding them again", CacheRebuiltWarning, stacklevel=2)
+        with self.lock():
+            filled = self.filled()
+            filled[bad] = False
+            self._write_filled(filled)
+        self.ensure(bad, workers=workers)
+        return len(bad)
 
     def open(self) -> np.memmap:
         """The whole array, read-only (rows not marked in `filled()` hold zeros or stale bytes)."""
@@ -309,10 +448,16 @@ class SplitCache:
     def disk_bytes(self) -> int:
         """Bytes the entry occupies on disk (allocated blocks)."""
         total = 0
-        for p in (self.path, self.filled_path):
+        for p in (self.path, self.filled_path, self.sums_path):
             try:
                 st = p.stat()
             except FileNotFoundError:
                 continue
             total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
         return total
+
+
+def decoded_identity(dataset, split: str, image_size: int, draft: bool = DEFAULT_DRAFT) -> str:
+    """The identity of a split's decoded images (`SplitCache.key`): what frozen features computed
+    from them are keyed by, whether or not the images come through the cache."""
+    return SplitCache(dataset, split, image_size, cache_dir=".", draft=draft).key

@@ -101,17 +101,26 @@ class CachedImages:
 
 
 def cached_images(dataset, indices: Sequence[int], image_size: int, cache_dir=DEFAULT_CACHE, *,
-                  draft: bool = DEFAULT_DRAFT, workers: int = 4, progress: bool = False) -> CachedImages:
+                  draft: bool = DEFAULT_DRAFT, workers: int = 4, progress: bool = False,
+                  verify: bool = True) -> CachedImages:
     """The images of `indices` (any mix of splits), served from the per-split caches, decoding only
-    those not decoded before (by this or any other process)."""
+    those not decoded before (by this or any other process). Rows this process has not read before
+    are checked against their checksums first (`SplitCache.verify`; damaged ones are decoded again,
+    with a `CacheRebuiltWarning`); `verify=False` skips that (benchmarks only)."""
     indices = np.asarray(indices, dtype=np.int64)
     paths, part, rows = [], np.zeros(len(indices), dtype=np.int32), np.zeros(len(indices), dtype=np.int64)
+    caches = []
     for split, pos, split_rows in _resolve(dataset, indices):
         cache = SplitCache(dataset, split, image_size, cache_dir, draft=draft)
         cache.ensure(split_rows, workers=workers, progress=progress)
         part[pos], rows[pos] = len(paths), split_rows
         paths.append(cache.path)
-    return CachedImages(paths, part, rows, image_size)
+        caches.append((cache, split_rows))
+    view = CachedImages(paths, part, rows, image_size)
+    if verify:  # through the view's own maps: the pages checked are then mapped for the reads
+        for k, (cache, split_rows) in enumerate(caches):
+            cache.verify(split_rows, workers=workers, array=view.maps[k])
+    return view
 
 
 def prepare_splits(dataset, splits: Sequence[str], image_size: int, cache_dir=DEFAULT_CACHE,

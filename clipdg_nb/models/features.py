@@ -3,12 +3,20 @@
 Zero-shot heads and linear probes only need features, so each split is encoded once and cached
 under `<cache_dir>/features/`; a few-shot subset is an index into its split's features, never a
 separate entry. Writers take a file lock and write to a unique temporary name, so concurrent runs
-never see half a file; a damaged entry is rebuilt with a warning.
+never see half a file.
+
+Keyed and checked by content: the key holds the weights' digest (not their path, `content_key`)
+and the identity of the decoded images the features came from (`images.cache.decoded_identity`:
+names, sizes and mtimes of the split's files), so other weights at the same path or a replaced
+image give a new entry. Each file holds the features and the sha256 of their bytes, checked on
+every load: a file that does not load or does not match is recomputed, with a
+`CacheRebuiltWarning` naming it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,6 +24,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..fingerprint import CacheRebuiltWarning, file_digest
+from ..paths import resolve
 
 
 def _image_encoder(model):
@@ -71,11 +82,45 @@ def feature_key(parts: list) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+WEIGHT_FIELDS = ("pretrained", "weights")  # fields of a preprocessing dict that may name a weights file
+
+
+def content_key(preprocessing: dict, memo_dir: str | os.PathLike | None = None) -> dict:
+    """The preprocessing with each weights file it names replaced by 'sha256:<digest of its bytes>'
+    (tags and None unchanged; digests memoised under `memo_dir`, see `fingerprint.file_digest`)."""
+    out = dict(preprocessing)
+    for name in WEIGHT_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str) and value != "imagenet" and resolve(value).is_file():
+            out[name] = "sha256:" + file_digest(resolve(value), memo_dir)
+    return out
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 over a tensor's dtype, shape and bytes."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _load_checked(path: Path) -> torch.Tensor:
+    """The features of a cache file, or ValueError saying why they are not to be trusted."""
+    stored = torch.load(path, weights_only=True)
+    if not (isinstance(stored, dict) and isinstance(stored.get("features"), torch.Tensor)
+            and isinstance(stored.get("sha256"), str)):
+        raise ValueError("not a checksummed feature file")
+    if tensor_digest(stored["features"]) != stored["sha256"]:
+        raise ValueError("its bytes do not match the sha256 stored with them")
+    return stored["features"]
+
+
 def cached_split_features(path: Path, compute) -> torch.Tensor:
     """The tensor at `path`, or `compute()` written there (atomically, under a lock) and returned.
 
     Two processes asking for the same entry compute it once: the second waits on the lock and
-    then reads. A file that does not load is rebuilt with a warning naming it.
+    then reads. Every load checks the stored sha256; a file that does not load or does not match
+    is recomputed with a `CacheRebuiltWarning` naming it.
     """
     from filelock import FileLock
 
@@ -85,13 +130,13 @@ def cached_split_features(path: Path, compute) -> torch.Tensor:
     with FileLock(str(path) + ".lock"):
         if path.exists():
             try:
-                return torch.load(path, weights_only=True)
-            except Exception as err:  # truncated or foreign file: rebuild it
-                warnings.warn(f"feature cache {path} is damaged ({type(err).__name__}: {err}); rebuilding it",
-                              stacklevel=2)
+                return _load_checked(path)
+            except Exception as err:  # truncated, flipped or foreign file: rebuild it
+                warnings.warn(f"feature cache {path} is damaged ({type(err).__name__}: {err}); computing the "
+                              "features again", CacheRebuiltWarning, stacklevel=2)
         feats = compute()
         with atomic_path(path) as tmp:
-            torch.save(feats, tmp)
+            torch.save({"features": feats, "sha256": tensor_digest(feats)}, tmp)
         return feats
 
 

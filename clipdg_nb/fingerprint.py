@@ -1,0 +1,149 @@
+"""What a run reads, by content: a fingerprint of a dataset folder and a digest of a weights file.
+
+A run id and the "is this finished run reusable" check hold these, never a path's text: the same
+weights by another path (relative or absolute, a copy) are the same run; other bytes at the same
+path, or other data under the same `root_dir`, are another run.
+
+Dataset fingerprint (`dataset_fingerprint`), cheap enough to take at every run:
+- every top-level file of the dataset folder (metadata.csv, categories.csv, RELEASE_v*.txt, ...):
+  its sha256 (memoised, see below);
+- every file below it (the images): its path relative to the folder, its size and its mtime in whole
+  seconds, from `os.scandir` (no image byte is read).
+Paths are relative to the dataset folder, so a moved folder (`mv`, which keeps mtimes) is the same
+data and its finished runs are reused. mtimes are part of the fingerprint on purpose: an image
+replaced in place by one of the same byte size changes its mtime, and a number is never silently
+computed from other pixels than the record says. The price: a copy that resets mtimes (`cp -r`
+without `-p`) is other data to us and its runs are recomputed (correct, only slower); copy with
+`cp -a`, `rsync -a` or `tar`, which keep them. Whole seconds, because some copies keep only those.
+
+Weights digest (`file_digest`): the sha256 of the file's bytes, memoised in a small JSON file under
+the cache folder (`digests.json`, written only where that folder exists), keyed by (real path, size, mtime_ns, ctime_ns, inode), so a
+600 MB file is hashed once per change, and any change (even one that restores the mtime) re-hashes.
+
+No imports from the rest of the package: anything may import this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+DIGEST_MEMO = "digests.json"
+MEMO_LIMIT = 2000  # entries kept in the memo (the most recent)
+_READ = 1 << 20
+
+
+class CacheRebuiltWarning(RuntimeWarning):
+    """A cache entry failed its check (damaged, or not what its checksum says) and was rebuilt.
+    The message names the file. The sweep runner collects these from the points it runs."""
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_READ):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _memo_key(path: str, st: os.stat_result) -> str:
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def _read_memo(memo: Path) -> dict:
+    try:
+        data = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(memo: Path, data: dict) -> None:
+    """Atomically (temporary name, rename); a lost race with another writer only costs a re-hash."""
+    if not memo.parent.is_dir():  # never create a cache folder just to remember a digest
+        return
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(dict(list(data.items())[-MEMO_LIMIT:])), encoding="utf-8")
+        os.replace(tmp, memo)
+    except OSError:  # a read-only or full cache folder: hash again next time
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def file_digests(paths, memo_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """{path as given: sha256 hex} of existing files, memoised under `memo_dir` (None: no memo)."""
+    memo = Path(memo_dir) / DIGEST_MEMO if memo_dir is not None else None
+    known = _read_memo(memo) if memo is not None else {}
+    out, changed = {}, False
+    for p in paths:
+        real = os.path.realpath(p)
+        key = _memo_key(real, os.stat(real))
+        digest = known.get(key)
+        if digest is None:
+            digest = sha256_of_file(real)
+            after = os.stat(real)
+            if _memo_key(real, after) == key:  # not changed while we read it
+                known.pop(key, None)
+                known[key] = digest
+                changed = True
+        out[str(p)] = digest
+    if changed and memo is not None:
+        _write_memo(memo, known)
+    return out
+
+
+def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+    """sha256 hex of a file's bytes, memoised by (real path, size, mtime, ctime, inode) under `memo_dir`."""
+    return file_digests([path], memo_dir)[str(path)]
+
+
+def weights_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict:
+    """{'sha256', 'bytes'} of a weights file; {'missing': True} when there is no such file."""
+    if not os.path.isfile(path):
+        return {"missing": True}
+    return {"sha256": file_digest(path, memo_dir), "bytes": os.path.getsize(path)}
+
+
+def _listing(folder: str) -> list[tuple[str, int, int]]:
+    """(path relative to `folder`, size, mtime in whole seconds) of every file below `folder`'s
+    subfolders (dotfiles skipped), sorted. One stat per file, no file is opened."""
+    out = []
+    stack = [(folder, "")]
+    while stack:
+        here, rel = stack.pop()
+        with os.scandir(here) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                name = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append((entry.path, name + "/"))
+                elif rel:  # top-level files are digested whole (metadata)
+                    st = entry.stat(follow_symlinks=True)
+                    out.append((name, st.st_size, st.st_mtime_ns // 1_000_000_000))
+    out.sort()
+    return out
+
+
+def dataset_fingerprint(folder: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict:
+    """The content of a dataset folder (e.g. `<root_dir>/fmow_v1.1`), see the module's docstring:
+    {'metadata': {name: sha256}, 'images': {'files', 'bytes', 'listing'}, 'digest'}; `digest`
+    covers the rest and is what a run id holds. {'missing': True} when the folder is not there."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return {"missing": True}
+    top = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    digests = file_digests([os.path.join(folder, n) for n in top], memo_dir)
+    metadata = {n: digests[os.path.join(folder, n)] for n in top}
+    listing = _listing(folder)
+    h = hashlib.sha256()
+    for name, size, mtime in listing:
+        h.update(f"{name}\t{size}\t{mtime}\n".encode())
+    images = {"files": len(listing), "bytes": sum(s for _, s, _ in listing), "listing": h.hexdigest()}
+    digest = hashlib.sha256(json.dumps([metadata, images], sort_keys=True).encode()).hexdigest()
+    return {"metadata": metadata, "images": images, "digest": digest}

@@ -1,0 +1,265 @@
+"""Content, not names: a run and a cache are keyed and checked by what they read.
+
+Each fault of issue 18 (items 1 and 2) is one test here, checked against a ground truth computed
+from scratch (a fresh cache folder, a fresh output folder): a damaged decoded-image cache or
+feature file is rebuilt with a `CacheRebuiltWarning` naming it, a replaced image or overwritten
+weights file is recomputed, other data under one `root_dir` is another run; the same weights by
+another path, or a moved data folder, are the same run."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipdg_nb import methods
+from clipdg_nb.config import FinetuneConfig, ZeroShotConfig
+from clipdg_nb.datasets import load_dataset, split_indices
+from clipdg_nb.images import SplitCache, decode_split, image_path, resize_crop
+from clipdg_nb.runs import Run
+
+FOLDER = "fmow_v1.1"
+
+
+def flip(path: Path, offset: int, n: int) -> None:
+    """Invert n bytes of a file in place at `offset` (its size, and so any header, intact)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = np.frombuffer(fh.read(n), dtype=np.uint8) ^ np.uint8(0xFF)
+        fh.seek(offset)
+        fh.write(data.tobytes())
+
+
+def rebuilt(caught) -> list[str]:
+    """Messages of the CacheRebuiltWarnings among caught warnings (by class name, so that this
+    module also runs, and fails, on code that has no such class)."""
+    return [str(w.message) for w in caught if type(w.message).__name__ == "CacheRebuiltWarning"]
+
+
+def run(cfg, **changes):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = methods.run(dataclasses.replace(cfg, **changes), progress=False)
+    return record, caught
+
+
+def copy_fmow(src_root: Path, dst_root: Path) -> Path:
+    shutil.copytree(src_root / FOLDER, dst_root / FOLDER)  # copy2: mtimes kept
+    return dst_root
+
+
+def save_tiny_clip(path: Path, seed: int) -> Path:
+    from clipdg_nb.models import load_clip, save_weights
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(load_clip("clipdg-tiny-vit").model, path)
+    return path
+
+
+def direct(dataset, indices, size):
+    geometry = resize_crop(size)
+    return np.stack([np.array(geometry(dataset.get_input(int(i)).convert("RGB"))) for i in indices])
+
+
+@pytest.fixture
+def common(tmp_path):
+    return dict(output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), model="clipdg-tiny-vit",
+                eval_batch_size=256)
+
+
+def zero_shot(root, weights, common, **kw):
+    return ZeroShotConfig(root_dir=str(root), pretrained=str(weights), **{**common, **kw})
+
+
+def probe(root, common, **kw):
+    return FinetuneConfig(root_dir=str(root), method="linear_probe", pretrained=None, probe_cs=(1.0,),
+                          **{**common, **kw})
+
+
+def random_zero_shot(root, common, **kw):
+    """Zero-shot with a seeded random-init CLIP: the cheapest run that reads images through the
+    decode and feature caches."""
+    return ZeroShotConfig(root_dir=str(root), pretrained=None, **{**common, **kw})
+
+
+# --- (a) the decoded-image cache ------------------------------------------------------------
+
+def test_a_flipped_megabyte_in_the_decoded_cache_is_found_and_decoded_again(easy_root, tmp_path, common):
+    cfg = FinetuneConfig(root_dir=str(easy_root), method="finetune", text_mode="frozen", lr=3e-3, epochs=1,
+                         swa=False, pretrained=None, vision_arch="tiny", vision_weights=None, batch_size=64,
+                         experiment="fresh", **common)
+    fresh, _ = run(cfg)
+    ds = load_dataset("fmow", easy_root)
+    train = SplitCache(ds, "train", 32, Path(common["cache_dir"]) / "decoded")
+    size = train.path.stat().st_size
+    assert size > 1_500_000  # 620 rows of 32x32x3: the megabyte lies inside the rows, header intact
+    flip(train.path, size // 2 - 500_000, 1_000_000)
+    assert train._problem() is None and train.path.stat().st_size == size  # what the old check saw
+    again, caught = run(cfg, experiment="again")
+    assert again["metrics"] == fresh["metrics"]
+    messages = rebuilt(caught)
+    assert messages and all(str(train.path) in m for m in messages), [str(w.message) for w in caught]
+    rows = split_indices(ds, "train")
+    assert np.array_equal(np.asarray(decode_split(ds, rows, 32, Path(common["cache_dir"]) / "decoded")),
+                          direct(ds, rows, 32))
+
+
+def test_a_swapped_page_or_a_lost_checksum_file_is_found_too(fmow, tmp_path):
+    idx = split_indices(fmow, "id_val")[:6]
+    decode_split(fmow, idx, 64, cache_dir=tmp_path)  # 64x64x3 = 12 KiB a row: three pages
+    cache = SplitCache(fmow, "id_val", 64, tmp_path)
+    arr = np.load(cache.path, mmap_mode="r+")
+    row = arr[cache.rows_of([idx[2]])[0]].reshape(-1)
+    a, b = row[:4096].copy(), row[4096:8192].copy()
+    assert not np.array_equal(a, b)
+    row[:4096], row[4096:8192] = b, a  # the same bytes, two pages swapped: a plain sum would not see it
+    arr.flush()
+    del arr, row
+    with pytest.warns(RuntimeWarning, match=cache.path.name) as caught:
+        out = decode_split(fmow, idx, 64, cache_dir=tmp_path)
+    assert rebuilt(caught) and np.array_equal(np.asarray(out), direct(fmow, idx, 64))
+    from clipdg_nb.images.cache import forget_verified
+    cache.sums_path.unlink()
+    forget_verified()  # a new process
+    with pytest.warns(RuntimeWarning, match="checksum file is missing"):
+        out = decode_split(fmow, idx, 64, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(out), direct(fmow, idx, 64)) and cache.sums() is not None
+
+
+def test_rows_are_verified_once_per_process(fmow, tmp_path, monkeypatch):
+    from clipdg_nb.images import cache as image_cache
+    idx = split_indices(fmow, "test")[:10]
+    decode_split(fmow, idx, 16, cache_dir=tmp_path)
+    image_cache.forget_verified()
+    hashed = []
+    real = image_cache.row_sums
+    monkeypatch.setattr(image_cache, "row_sums", lambda rows: hashed.append(len(rows)) or real(rows))
+    decode_split(fmow, idx, 16, cache_dir=tmp_path)
+    decode_split(fmow, idx[:4], 16, cache_dir=tmp_path)  # verified already: not hashed again
+    assert sum(hashed) == len(idx)
+
+
+# --- (b) the feature cache ------------------------------------------------------------------
+
+def test_b_flipped_4kb_in_a_feature_file_is_found_and_recomputed(easy_root, tmp_path, common):
+    cfg = probe(easy_root, common, experiment="fresh")
+    fresh, _ = run(cfg)
+    files = sorted((Path(common["cache_dir"]) / "features").glob("*.pt"), key=lambda p: p.stat().st_size)
+    damaged = files[-1]  # the train split's: the largest
+    size = damaged.stat().st_size
+    assert size > 3 * 4096
+    flip(damaged, size // 2 - 2048, 4096)
+    again, caught = run(cfg, experiment="again")
+    assert again["metrics"] == fresh["metrics"]
+    messages = rebuilt(caught)
+    assert len(messages) == 1 and str(damaged) in messages[0], [str(w.message) for w in caught]
+
+
+# --- (c) an image replaced after the caches exist -------------------------------------------
+
+def test_c_a_replaced_image_gives_new_features(easy_root, tmp_path, common):
+    root = copy_fmow(easy_root, tmp_path / "data")
+    cfg = random_zero_shot(root, common, experiment="before")
+    run(cfg)
+    ds = load_dataset("fmow", root)
+    ids = split_indices(ds, "id_test")
+    target, other = image_path(ds, int(ids[3])), image_path(ds, int(ids[40]))
+    shutil.copyfile(other, target)  # another valid image at the same path
+    again, _ = run(cfg, experiment="after")
+    truth, _ = run(cfg, experiment="truth", output_dir=str(tmp_path / "truth"), cache_dir=str(tmp_path / "c2"))
+    assert again["metrics"] == truth["metrics"]
+    got = Run.of(dataclasses.replace(cfg, experiment="after")).predictions("id_test")
+    want = Run.of(dataclasses.replace(cfg, experiment="truth", output_dir=str(tmp_path / "truth"),
+                                      cache_dir=str(tmp_path / "c2"))).predictions("id_test")
+    pd.testing.assert_frame_equal(got, want)
+
+
+# --- (d) weights overwritten at the same path -----------------------------------------------
+
+def test_d_overwritten_weights_are_a_new_run_with_fresh_numbers(easy_root, tmp_path, common):
+    weights = save_tiny_clip(tmp_path / "w" / "tiny.safetensors", seed=0)
+    cfg = zero_shot(easy_root, weights, common, experiment="e")
+    first, _ = run(cfg)
+    st = weights.stat()
+    save_tiny_clip(weights, seed=1)  # other bytes, same path (and size) ...
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... even with the old mtime put back
+    assert weights.stat().st_size == st.st_size
+    assert Run.of(cfg).id != first["run_id"]
+    second, _ = run(cfg)
+    assert second["run_id"] != first["run_id"] and second["created_at"] >= first["created_at"]
+    truth, _ = run(cfg, output_dir=str(tmp_path / "truth"), cache_dir=str(tmp_path / "c2"))
+    assert second["metrics"] == truth["metrics"] != first["metrics"]
+    assert second["inputs"]["weights"]["pretrained"]["sha256"] != first["inputs"]["weights"]["pretrained"]["sha256"]
+    # under another experiment name too (the feature cache alone must not serve the old features)
+    third, _ = run(cfg, experiment="other")
+    assert third["metrics"] == truth["metrics"]
+
+
+# --- (e) other data under the same root_dir -------------------------------------------------
+
+def test_e_other_data_under_the_same_root_is_not_reused(synth_root, easy_root, tmp_path, common):
+    root = copy_fmow(synth_root, tmp_path / "data")
+    cfg = random_zero_shot(root, common, experiment="e")
+    first, _ = run(cfg)
+    shutil.rmtree(root / FOLDER)
+    copy_fmow(easy_root, root)  # another FMoW, same root_dir
+    second, _ = run(cfg)
+    truth, _ = run(cfg, root_dir=str(easy_root), output_dir=str(tmp_path / "truth"), cache_dir=str(tmp_path / "c2"))
+    assert second["run_id"] != first["run_id"]
+    assert second["metrics"] == truth["metrics"] != first["metrics"]
+    assert second["inputs"]["dataset"]["digest"] == truth["inputs"]["dataset"]["digest"]
+
+
+# --- (f) the same weights by another path ---------------------------------------------------
+
+def test_f_the_same_weights_by_a_relative_or_absolute_path_or_a_copy_are_one_run(easy_root, tmp_path, common,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("CLIPDG_ROOT", str(tmp_path))  # relative parameters resolve from here
+    weights = save_tiny_clip(tmp_path / "w" / "tiny.safetensors", seed=0)
+    copy = tmp_path / "elsewhere" / "copy.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(weights, copy)
+    cfgs = [zero_shot(easy_root, w, common, experiment="e")
+            for w in ("w/tiny.safetensors", weights, copy, "w/../w/tiny.safetensors")]
+    assert len({Run.of(c).id for c in cfgs}) == 1
+    first, _ = run(cfgs[0])
+    for cfg in cfgs[1:]:
+        assert run(cfg)[0]["created_at"] == first["created_at"]  # reused, not recomputed
+
+
+def test_weights_are_hashed_once_per_change(tmp_path, monkeypatch, synth_root, common):
+    from clipdg_nb import fingerprint
+    weights = save_tiny_clip(tmp_path / "w.safetensors", seed=0)
+    (tmp_path / "cache").mkdir()
+    hashed = []
+    real = fingerprint.sha256_of_file
+    monkeypatch.setattr(fingerprint, "sha256_of_file", lambda p: hashed.append(Path(p).name) or real(p))
+    cfg = zero_shot(synth_root, weights, common).validate()
+    first = Run.of(cfg).id
+    assert Run.of(cfg).id == first and hashed.count("w.safetensors") == 1
+    assert (tmp_path / "cache" / fingerprint.DIGEST_MEMO).is_file()
+
+
+# --- (g) a moved data folder ----------------------------------------------------------------
+
+def test_g_a_moved_data_folder_is_reused_and_a_copy_with_new_mtimes_is_not(synth_root, tmp_path, common):
+    root = copy_fmow(synth_root, tmp_path / "a")
+    cfg = random_zero_shot(root, common, experiment="e")
+    first, _ = run(cfg)
+    moved = tmp_path / "b"
+    os.rename(root, moved)  # mv: names, sizes, mtimes kept
+    again, _ = run(cfg, root_dir=str(moved))
+    assert again["run_id"] == first["run_id"] and again["created_at"] == first["created_at"]
+    # `cp -r` without -p gives the files new mtimes: to us that is other data (recomputed, never reused wrongly)
+    copied = tmp_path / "c"
+    shutil.copytree(moved / FOLDER, copied / FOLDER)
+    for path in (copied / FOLDER / "images").iterdir():
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    assert Run.of(dataclasses.replace(cfg, root_dir=str(copied)).validate()).id != first["run_id"]
