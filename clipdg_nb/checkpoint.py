@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .runs import atomic_path
+from .paths import atomic_path
 
 META_KEY = "clipdg_nb.train"
 

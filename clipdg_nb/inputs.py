@@ -19,7 +19,7 @@ from .datasets import dataset_spec
 from .fingerprint import dataset_fingerprint, weights_identity
 from .models.weights import weight_shapes
 from .paths import project_root, resolve
-from .runs import check_writable, experiment_dir
+from .paths import check_writable, experiment_dir
 
 RANDOM = "random init"
 MAKE_DEFAULT = "`make demo` (everything), or `clipdg synth && clipdg pretrain-tiny` (data and weights only)"

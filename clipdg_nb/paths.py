@@ -1,4 +1,6 @@
-"""The repository root, found the same way wherever a kernel starts.
+"""Where files live and how they are written: the repository root, found the same way wherever a
+kernel starts; the experiment folder; writable folders; the one atomic writer every file of the
+package goes through.
 
 JupyterLab starts a notebook's kernel in the notebook's folder (notebooks/), papermill in whatever
 `cwd` it was given, `clipdg` in the shell's folder. Relative paths in parameters (`outputs/data`,
@@ -9,8 +11,14 @@ No imports from the rest of the package: anything may import this module.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import tempfile
 from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
 
 ENV_VAR = "CLIPDG_ROOT"
 MARKERS = ("pyproject.toml", "parameters", "clipdg_nb")
@@ -63,3 +71,90 @@ def rooted_at(root: str | os.PathLike):
             os.environ.pop(ENV_VAR, None)
         else:
             os.environ[ENV_VAR] = old
+
+
+def experiment_dir(output_dir: str | os.PathLike, experiment: str) -> Path:
+    """`<output_dir>/<experiment>`, the one rule for where an experiment's runs live (a relative
+    output_dir from the repository root, wherever the kernel started)."""
+    return resolve(output_dir) / experiment
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a unique temporary name beside the target, fsync, rename
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a unique temporary path beside `target` (`.<name>.<random><suffix>`); on success it is
+    renamed onto `target`, on any error removed. Readers never see half a file; two writers never
+    share a temporary name. `suffix` is for writers that insist on an extension (papermill: .ipynb)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class FolderNotWritableError(PermissionError):
+    """A folder results or caches must go to cannot be written; the message names the setting."""
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create `folder` and a temporary file in it (removed again), or raise FolderNotWritableError
+    naming `what` (the setting, e.g. 'output_dir') and the path: before hours of computation, not after."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise FolderNotWritableError(
+            f"{what}: cannot write to {folder} ({type(e).__name__}: {e.strerror or e}). Choose a writable "
+            f"{what}, or fix the folder's permissions; nothing was computed.") from e
+    return folder
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(target)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> Path:
+    return write_bytes(target, json.dumps(to_jsonable(obj), indent=2, allow_nan=False).encode() + b"\n")
+
+
+def read_json(path: str | os.PathLike):
+    """Parsed JSON, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy / torch scalars and arrays, paths and tuples as plain JSON; non-finite floats as None."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
+        return to_jsonable((obj.detach().cpu() if hasattr(obj, "detach") else obj).tolist())
+    raise TypeError(f"{type(obj).__name__} cannot be stored in JSON: {obj!r}")

@@ -1,6 +1,6 @@
 """The run folder, `<output_dir>/<experiment>/<run_id>/`, as one object: its id, its record
-(`result.json`, the only "done" marker), predictions per split and weight variant, and the one
-atomic writer every file of the package goes through.
+(`result.json`, the only "done" marker), predictions per split and weight variant, and the tidy
+frame of many runs for the analysis (with the settings that tell runs of one method apart).
 
     result.json                      every parameter, the identity, metrics per split (WILDS's
                                      names), selection and its split, timings, versions, git commit
@@ -31,93 +31,13 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .paths import resolve
+from .inputs import run_identity
+from .paths import atomic_path, experiment_dir, read_json, to_jsonable, write_json
 
 RESULT_FILE = "result.json"
 PREDICTION_COLUMNS = ("idx", "y_true", "y_pred", "p_top1")
 _VERSION_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open-clip-torch": "open_clip",
                      "wilds": "wilds", "clipdg-nb": "clipdg_nb", "numpy": "numpy", "pandas": "pandas"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes: a unique temporary name beside the target, fsync, rename
-# ---------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str = ".tmp"):
-    """Yield a unique temporary path beside `target` (`.<name>.<random><suffix>`); on success it is
-    renamed onto `target`, on any error removed. Readers never see half a file; two writers never
-    share a temporary name. `suffix` is for writers that insist on an extension (papermill: .ipynb)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-class FolderNotWritableError(PermissionError):
-    """A folder results or caches must go to cannot be written; the message names the setting."""
-
-
-def check_writable(folder: str | os.PathLike, what: str) -> Path:
-    """Create `folder` and a temporary file in it (removed again), or raise FolderNotWritableError
-    naming `what` (the setting, e.g. 'output_dir') and the path: before hours of computation, not after."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise FolderNotWritableError(
-            f"{what}: cannot write to {folder} ({type(e).__name__}: {e.strerror or e}). Choose a writable "
-            f"{what}, or fix the folder's permissions; nothing was computed.") from e
-    return folder
-
-
-def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(target) as tmp:
-        Path(tmp).write_bytes(data)
-    return Path(target)
-
-
-def write_json(target: str | os.PathLike, obj: Any) -> Path:
-    return write_bytes(target, json.dumps(to_jsonable(obj), indent=2, allow_nan=False).encode() + b"\n")
-
-
-def read_json(path: str | os.PathLike):
-    """Parsed JSON, or None when the file is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def to_jsonable(obj: Any) -> Any:
-    """numpy / torch scalars and arrays, paths and tuples as plain JSON; non-finite floats as None."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
-        return to_jsonable((obj.detach().cpu() if hasattr(obj, "detach") else obj).tolist())
-    raise TypeError(f"{type(obj).__name__} cannot be stored in JSON: {obj!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,12 +89,6 @@ def run_id(identity: Mapping[str, Any]) -> str:
     return "-".join(parts) + "-" + digest
 
 
-def experiment_dir(output_dir: str | os.PathLike, experiment: str) -> Path:
-    """`<output_dir>/<experiment>`, the one rule for where an experiment's runs live (a relative
-    output_dir from the repository root, wherever the kernel started)."""
-    return resolve(output_dir) / experiment
-
-
 class Run:
     """One run folder. `Run.of(cfg)` for a config, `Run.of_record(record)` for a record read back."""
 
@@ -187,8 +101,6 @@ class Run:
     def of(cls, cfg) -> "Run":
         """The run of a config. Its id and its reuse check hold the science and the content the run
         reads (`inputs.run_identity`: data fingerprint, weights digests), never a path's text."""
-        from .inputs import run_identity
-
         identity, inputs = run_identity(cfg)
         run = cls(experiment_dir(cfg.output_dir, cfg.experiment) / run_id(identity))
         run.identity, run.inputs = identity, inputs

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .averaging import SOUP_VARIANTS, soup_variants
-from .runs import Run, atomic_path, experiment_dir, load_records, to_jsonable
+from .runs import Run, load_records
+from .paths import atomic_path, experiment_dir, to_jsonable
 
 WEIGHTS_FILE = "weights/last.safetensors"
 # What must agree between ingredients: the same data subset rule and the same architecture and

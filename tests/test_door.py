@@ -11,7 +11,7 @@ from clipdg_nb import methods
 from clipdg_nb import models as M
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig
 from clipdg_nb.models.weights import WeightsFileError, WeightsMismatchError
-from clipdg_nb.runs import FolderNotWritableError
+from clipdg_nb.paths import FolderNotWritableError
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from browser import check_page_offline, lab_browser, lab_server, needs_browser  # noqa: F401 (fixtures)
 from plotly.offline import get_plotlyjs
 
-from clipdg_nb import runs
+from clipdg_nb import paths, runs
 from clipdg_nb.pipeline.report import (PLOTLY_MIME, merge_parameter_cells, prepare_outputs, render_reports,
                                        strip_plotlyjs)
 
@@ -62,20 +62,20 @@ def rendered(tmp_path_factory):
                                kernel_name="python3", progress_bar=False, cwd=str(tmp))
     _fake_run(tmp)
     given = {"experiment": "exp", "dataset": "fmow"}
-    runs.write_json(stage / "dataset-fmow.done.json", {"parameters": given, "run_dirs": [f"outputs/runs/exp/{RUN_ID}"]})
+    paths.write_json(stage / "dataset-fmow.done.json", {"parameters": given, "run_dirs": [f"outputs/runs/exp/{RUN_ID}"]})
     # a failed point: its notebook (with the error) and its marker
     bad = nbformat.v4.new_notebook()
     bad.cells = [nbformat.v4.new_markdown_cell("# A report"), nbformat.v4.new_code_cell("1 / 0", outputs=[
         nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])])]
     nbformat.write(bad, str(stage / "dataset-iwildcam.ipynb"))
-    runs.write_json(stage / "dataset-iwildcam.failed.json", {"parameters": {**given, "dataset": "iwildcam"},
+    paths.write_json(stage / "dataset-iwildcam.failed.json", {"parameters": {**given, "dataset": "iwildcam"},
                                                              "ename": "ZeroDivisionError", "evalue": "division by zero"})
     # an analysis-like point: it writes no run, it reads the experiment's
     (tmp / "outputs/notebooks/exp/analysis").mkdir()
     reader = nbformat.v4.new_notebook()
     reader.cells = [nbformat.v4.new_markdown_cell("# Analysis")]
     nbformat.write(reader, str(tmp / "outputs/notebooks/exp/analysis/dataset-fmow.ipynb"))
-    runs.write_json(tmp / "outputs/notebooks/exp/analysis/dataset-fmow.done.json", {
+    paths.write_json(tmp / "outputs/notebooks/exp/analysis/dataset-fmow.done.json", {
         "parameters": {"experiment": "exp", "output_dir": "outputs/runs", "dataset": "fmow"}, "run_dirs": []})
     (tmp / "outputs/notebooks/exp/other").mkdir()
     (tmp / "outputs/notebooks/exp/other/truncated.ipynb").write_text('{"cells": [')

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from clipdg_nb import runs
+from clipdg_nb import paths, runs
 from clipdg_nb.analysis import stats
 from clipdg_nb.config import FinetuneConfig
 from clipdg_nb.runs import Run
@@ -71,7 +71,7 @@ def test_finish_writes_strict_json_with_provenance(tmp_path):
 
 @pytest.mark.parametrize("crash_at", ["replace", "fsync", "dumps"])
 def test_write_is_atomic_on_crash(tmp_path, monkeypatch, crash_at):
-    runs.write_json(tmp_path / "result.json", {"acc": 0.5})
+    paths.write_json(tmp_path / "result.json", {"acc": 0.5})
     before = (tmp_path / "result.json").read_text()
 
     def boom(*a, **k):
@@ -80,7 +80,7 @@ def test_write_is_atomic_on_crash(tmp_path, monkeypatch, crash_at):
     target = {"replace": (os, "replace"), "fsync": (os, "fsync"), "dumps": (json, "dumps")}[crash_at]
     monkeypatch.setattr(*target, boom)
     with pytest.raises(OSError, match="simulated"):
-        runs.write_json(tmp_path / "result.json", {"acc": 0.9})
+        paths.write_json(tmp_path / "result.json", {"acc": 0.9})
     monkeypatch.undo()
     assert (tmp_path / "result.json").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["result.json"]  # no temp files left behind

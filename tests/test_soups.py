@@ -231,7 +231,8 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     assert (logits.argmax(1).numpy() == last["y_pred"].to_numpy()).mean() > 0.97
 
     # apart from the experiment's runs: never in their learning-rate selection unasked
-    from clipdg_nb.runs import experiment_dir, load_records
+    from clipdg_nb.runs import load_records
+    from clipdg_nb.paths import experiment_dir
     assert record["run_id"] not in {r["run_id"] for r in load_records(experiment_dir(run_kwargs["output_dir"], "scratch"))}
     assert [r["run_id"] for r in soups.load_soups(run_kwargs["output_dir"], "scratch")] == [record["run_id"]]
 

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import runs
+from .. import paths, runs
 from . import stats
 from .stats import logit, sigmoid
 from ..datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
@@ -31,7 +31,7 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str | None = None) -> pd.DataFrame:
     """Every run record of `{output_dir}/{experiment}/*/result.json` as a tidy frame (one dataset if
     given), runs of one method that differ in a setting labelled apart (`runs.split_settings`)."""
-    folder = runs.experiment_dir(output_dir, experiment)
+    folder = paths.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
         raise FileNotFoundError(f"no runs for experiment={experiment!r}: {folder} does not exist; "
                                 f"run the sweep first (clipdg run parameters/{experiment}.yaml)")
@@ -196,7 +196,7 @@ def worst_groups(df: pd.DataFrame, split: str, field: str, k: int | None = 3,
         from ..evaluate import group_accuracy
         parts = []
         for run in df[df["headline"]].drop_duplicates("run_id").itertuples(index=False):
-            found = runs.Run(runs.experiment_dir(output_dir, run.experiment) / run.run_id)
+            found = runs.Run(paths.experiment_dir(output_dir, run.experiment) / run.run_id)
             if found.prediction_path(split).is_file():
                 table = group_accuracy(found.predictions(split), [field])
                 parts.append(table.assign(dataset=run.dataset, method=run.method, fraction=run.fraction))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import runs
+from .. import paths, runs
 from .. import analysis
 from ..paths import resolve
 
@@ -60,7 +60,7 @@ def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: flo
     whether a coverage's effect sits in the classes whose names were missing."""
     from ..datasets import class_names
 
-    records = [r for r in runs.load_records(runs.experiment_dir(output_dir, experiment)) if r.get("dataset") == dataset]
+    records = [r for r in runs.load_records(paths.experiment_dir(output_dir, experiment)) if r.get("dataset") == dataset]
     pretrained = {r["run_id"]: (r.get("params") or {}).get("pretrained") for r in records}
     covs = {k: coverage_of(v) for k, v in pretrained.items()}
     known = sorted({c for c in covs.values() if c is not None and c > 0})
@@ -89,7 +89,7 @@ def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: flo
 
 def coverage_by_run(output_dir, experiment: str) -> pd.Series:
     """run_id -> coverage of every run record of the experiment (NaN where unknown)."""
-    records = runs.load_records(runs.experiment_dir(output_dir, experiment))
+    records = runs.load_records(paths.experiment_dir(output_dir, experiment))
     values = {r["run_id"]: coverage_of((r.get("params") or {}).get("pretrained")) for r in records}
     return pd.Series(values, dtype=float, name="coverage")
 

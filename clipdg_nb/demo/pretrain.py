@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..datasets import class_names
 from ..models import TINY_MODELS, load_clip, save_weights
-from ..runs import write_json
+from ..paths import write_json
 from ..pipeline.render import class_prototypes, random_scene, render
 
 CAPTION_TEMPLATES = (

@@ -124,7 +124,7 @@ def cached_split_features(path: Path, compute) -> torch.Tensor:
     """
     from filelock import FileLock
 
-    from ..runs import atomic_path
+    from ..paths import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

@@ -186,7 +186,7 @@ def save_weights(module_or_state_dict: nn.Module | dict, path: str | os.PathLike
     storages (which safetensors refuses) are written as separate copies."""
     from safetensors.torch import save_file
 
-    from ..runs import atomic_path
+    from ..paths import atomic_path
 
     sd = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, nn.Module) else module_or_state_dict
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..runs import to_jsonable
+from ..paths import to_jsonable
 
 TOP_KEYS = ("experiment", "description", "defaults", "stages")
 STAGE_KEYS = ("name", "notebook", "grid", "params", "description")

@@ -28,7 +28,7 @@ from typing import Callable
 
 import nbformat
 
-from ..runs import write_bytes
+from ..paths import write_bytes
 from .report_index import (PLOTLYJS_FILE, grid_values, notebook_title, page_meta, point_info, provenance_html,
                            read_page_meta, report_roots, stale_failed_pages, status_html, write_index)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
 from ..paths import project_root
-from ..runs import Run, experiment_dir, load_records, read_json, write_bytes
+from ..runs import Run, load_records
+from ..paths import experiment_dir, read_json, write_bytes
 from .experiment import point_name
 
 PLOTLYJS_FILE = "plotly.min.js"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..runs import to_jsonable, write_json
+from ..paths import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
 from .oserrors import describe_os_error
 from .point import PointResult, failure_info, is_done, run_point, set_env

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..runs import write_bytes, write_json
+from ..paths import write_bytes, write_json
 from .experiment import Experiment, Point, load_experiment
 from .point import set_env
 from .runner import kernel_thread_env, run_point, select_stages
