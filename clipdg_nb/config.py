@@ -266,7 +266,11 @@ def from_params(cls, params: Mapping[str, Any]):
 
 def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     """A validated config of `cls` from a notebook's globals (its parameters), plus overrides.
-    Names the dataclass does not know (notebook-only parameters such as `force`) are ignored."""
+    Names the dataclass does not know (notebook-only parameters such as `force`) are ignored; a name
+    papermill injected that the notebook does not declare (a typo) stops it here."""
+    from .pipeline.notebook_params import check_injected
+
+    check_injected(namespace)
     names = {f.name for f in fields(cls)}
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
 
