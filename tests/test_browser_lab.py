@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,7 @@ import pytest
 from browser import lab_browser, lab_page, lab_root, lab_server  # noqa: F401 (fixtures)
 from browser import (check_page_offline, close_current_tab, errors_on_page, image_fingerprint, needs_browser, plotly_figures,
                      open_in_file_browser, run_all_cells, screenshot, wait_for_kernel_idle, widgets_rendered)
+from browser import api, click_menu, copy_project, lab_environment, open_lab, start_lab
 
 pytestmark = [pytest.mark.slow, needs_browser, pytest.mark.timeout(900)]
 
@@ -216,3 +218,40 @@ def test_report_page_offline(lab_browser, tmp_path):
     bad = check_page_offline(lab_browser, cdn)
     assert bad["plotly_divs"] == 1 and bad["figures"] == 0, bad
     assert any("cdn.plot.ly" in u for u in bad["blocked"]), bad
+
+
+def test_make_lab_opens_notebooks_with_the_project_kernel(lab_browser, tmp_path_factory):
+    """The server options `make lab` passes (clipdg_nb.pipeline.lab): 04_analysis, whose file names
+    python3, opens with "Python (clipdg-nb)"; saving it writes python3 back (papermill runs it anywhere)."""
+    from clipdg_nb.pipeline.lab import KERNEL_DISPLAY_NAME, KERNEL_NAME, SERVER_OPTIONS
+
+    root = copy_project(tmp_path_factory.mktemp("make_lab_root"))
+    state = tmp_path_factory.mktemp("make_lab_state")
+    # as `make lab` installs it, but into this server's own data dir instead of the shared venv
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL_NAME, "--display-name",
+                    KERNEL_DISPLAY_NAME], env=lab_environment(root, state), check=True, capture_output=True)
+    with start_lab(root, state, extra_args=SERVER_OPTIONS) as server:
+        specs = api(server, "api/kernelspecs")
+        assert specs["default"] == KERNEL_NAME and set(specs["kernelspecs"]) == {KERNEL_NAME}
+        context = lab_browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            open_lab(page, server)
+            open_in_file_browser(page, "notebooks/04_analysis.ipynb")
+            wait_for_kernel_idle(page)
+            toolbar = page.locator(".jp-NotebookPanel:visible .jp-Toolbar-kernelName")
+            assert toolbar.inner_text().strip() == KERNEL_DISPLAY_NAME
+            assert [s["kernel"]["name"] for s in api(server, "api/sessions")] == [KERNEL_NAME]
+            screenshot(page, "lab_06_make_lab_kernel")
+            path = root / "notebooks" / "04_analysis.ipynb"
+            before = path.stat().st_mtime_ns
+            click_menu(page, "File", "Save Notebook")
+            page.wait_for_function("() => !document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty')")
+            deadline = time.monotonic() + 30
+            while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert path.stat().st_mtime_ns != before, "the notebook was not saved"
+            assert nbformat.read(str(path), as_version=4).metadata["kernelspec"]["name"] == "python3"
+        finally:
+            context.close()
