@@ -160,6 +160,10 @@ def test_a_list_passed_as_text_says_to_use_yaml():
     ns = {"In": _papermill_history({"methods": "['linear_probe']"}), "methods": "['linear_probe']"}
     with pytest.raises(UnknownParameterError, match=r'is text, not a list.*-y "methods: \[linear_probe\]"'):
         check_injected(ns)
+    from clipdg_nb.config import sweep_configs
+
+    with pytest.raises(UnknownParameterError, match=r'-y "methods: \[linear_probe\]"'):  # 02's first call says it
+        sweep_configs(ns, ns["methods"], [1e-4])
     ns = {"In": _papermill_history({"lrs": "0.001"}), "lrs": "0.001"}
     with pytest.raises(UnknownParameterError, match=r'-y "lrs: \[0.001\]"'):
         check_injected(ns)
