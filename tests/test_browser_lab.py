@@ -265,7 +265,7 @@ from clipdg_nb.analysis.widgets import FailureBrowser
 names = [f"species_{i:03d}" for i in range(182)]
 n = 364
 frame = pd.DataFrame({"idx": np.arange(n), "y_true": np.arange(n) % 182, "y_pred": (np.arange(n) * 7 + 1) % 182,
-                      "p_top1": np.linspace(0.9, 0.1, n), "split": ["id_test", "test"] * (n // 2),
+                      "p_top1": np.linspace(0.9, 0.1, n), "split": ["id_test"] * 182 + ["test"] * 182,
                       "location": [str(i % 12) for i in range(n)]})
 colour = lambda i: np.full((8, 8, 3), (40 + i % 200, 90, 160), np.uint8)
 browser = FailureBrowser(frame, names, get_image=colour, thumb_size=96)
@@ -284,16 +284,22 @@ def test_failure_browser_search_box_and_no_match_message(lab_page, lab_root):
     panel.locator(".widget-image").first.wait_for(state="visible")
     location = panel.locator(".widget-dropdown", has_text="location").locator("select")
     assert location.locator("option").all_inner_texts()[:4] == ["(all)", "0", "1", "2"]  # numbers, not text order
-    search = panel.locator(".widget-combobox", has_text="true class").locator("input")
+    boxes = panel.locator(".widget-text", has=page.locator("datalist"))  # a Combobox: a text box + datalist
+    assert boxes.count() == 2 and boxes.first.locator("label").inner_text() == "true class"
+    search = boxes.first.locator("input")
+    assert search.get_attribute("placeholder") == "type to search 182 classes"
     search.fill("species_150")
     search.press("Enter")
     panel.locator(".widget-label", has_text="1 / 2").wait_for(state="visible")
-    assert "OOD test, location 6" in panel.locator(".widget-html", has_text="#150").inner_text()
+    assert "ID test, location 6" in panel.locator(".widget-html", has_text="#150").inner_text()  # idx < 182: ID test
+    panel.locator("button", has_text="next >").click()
+    panel.locator(".widget-html", has_text="#332").wait_for(state="visible")
+    assert "OOD test, location 8" in panel.locator(".widget-html", has_text="#332").inner_text()
     screenshot(page, "lab_07_failure_browser_search")
     location.select_option("0")  # species 150 never sits at location 0 (150 % 12 = 6, 332 % 12 = 8)
     message = panel.locator(".widget-html", has_text="no example matches these filters")
     message.wait_for(state="visible")
-    assert "true class species_150, location 0, errors only" in message.inner_text()
+    assert "(location 0, true class species_150, errors only)" in message.inner_text()
     assert not panel.locator(".widget-image").first.is_visible()  # no empty, broken image
     screenshot(page, "lab_08_failure_browser_no_match")
     assert errors_on_page(page) == []
