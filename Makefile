@@ -23,13 +23,16 @@ test: $(STAMP)
 
 # JupyterLab at the repository root (notebooks/, parameters/, outputs/ all in its file browser).
 # The kernel "Python (clipdg-nb)" goes into the venv itself (--sys-prefix): nothing user-wide, and
-# the user's own python3 kernelspec is left alone. Extra options: make lab LAB_ARGS='--port=8890'.
+# the user's own python3 kernelspec is left alone. The lab offers that kernel only, so every notebook
+# opens with it, while the files keep naming `python3` for papermill and CI (a save writes python3
+# back); why: clipdg_nb/pipeline/lab.py, which prints the server options. Extra options:
+# make lab LAB_ARGS='--port=8890'.
 LAB_ARGS ?=
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name clipdg-nb --display-name "Python (clipdg-nb)"
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ALLOW_ROOT) $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $$($(PY) -m clipdg_nb.pipeline.lab) $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean-outputs:
 	rm -rf outputs/

@@ -267,7 +267,11 @@ def from_params(cls, params: Mapping[str, Any]):
 
 def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     """A validated config of `cls` from a notebook's globals (its parameters), plus overrides.
-    Names the dataclass does not know (notebook-only parameters such as `force`) are ignored."""
+    Names the dataclass does not know (notebook-only parameters such as `force`) are ignored; a name
+    papermill injected that the notebook does not declare (a typo) stops it here."""
+    from .pipeline.notebook_params import check_injected
+
+    check_injected(namespace)
     names = {f.name for f in fields(cls)}
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
 
@@ -275,6 +279,9 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
 def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
     """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
     Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    from .pipeline.notebook_params import check_injected
+
+    check_injected(namespace)  # first: a typo, or `-p methods "[...]"` (text), named as such
     if isinstance(methods, str) or not list(methods):
         raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
     if isinstance(lrs, (str, int, float)) or not list(lrs):

@@ -269,7 +269,8 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     `progress`: per-epoch progress of training (True: bars in JupyterLab and terminals, a line per
     epoch under papermill; 'bars' | 'text' | 'off' to choose; False: none).
 
-    A finished run with the same identity is returned as it is unless `force`. The run is claimed
+    A finished run with the same identity is returned as it is unless `force`, marked `reused: True`
+    (`runs.say_reused` puts that on screen). The run is claimed
     with a file lock, so a second process asking for it waits and then reads the finished record.
     """
     from filelock import FileLock
@@ -278,8 +279,8 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     world, target = devices.info(), Run.of(cfg)
     # Decided by rank 0 and shared, so all ranks stop or go on together.
     done = world.broadcast(not force and target.is_done())
-    if done:
-        return target.record() if world.is_main else None
+    if done:  # `reused` tells the notebook nothing was trained (the key is not in result.json)
+        return {**target.record(), "reused": True} if world.is_main else None
     # Checked before any computation (a finished run, above, may be read from a read-only folder);
     # rank 0 checks and every rank stops together.
     problem = world.broadcast(up_front_problem(cfg) if world.is_main else None)
@@ -292,7 +293,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     try:
         # Another process may have finished it while we waited for the lock.
         if world.broadcast(not force and target.is_done()):
-            return target.record() if world.is_main else None
+            return {**target.record(), "reused": True} if world.is_main else None
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
         build = METHODS[cfg.method]

@@ -316,3 +316,23 @@ def note_runs(*runs) -> list[str]:
         with open(manifest, "a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(d) + "\n" for d in dirs)
     return dirs
+
+
+def say_reused(*records, force_hint: str = "force=True in the parameters (papermill -p force True; "
+               "clipdg run --force)") -> list[str]:
+    """Print one line per run that `methods.run` read back instead of training (it marks them
+    `reused`): which run, where, when it was made, and how to train it again. Returns the lines."""
+    lines = []
+    for record in records:
+        if not (isinstance(record, Mapping) and record.get("reused")):
+            continue
+        made = str(record.get("created_at") or "")[:19].replace("T", " ")
+        lines.append(f"REUSED: {record['run_id']} finished earlier" + (f" ({made} UTC)" if made else "")
+                     + " with the same parameters, so nothing was trained or evaluated now; its record is read back "
+                     f"from {Run.of_record(record).path}. To compute it again: {force_hint}")
+    if lines and len(lines) < len(records):
+        lines.append(f"{len(lines)} of {len(records)} runs reused; the others were computed now")
+    if lines:
+        print("\n".join(lines))
+    return lines
+

@@ -145,8 +145,9 @@ def lab_environment(root_dir: Path, state_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def start_lab(root_dir: str | os.PathLike, state_dir: str | os.PathLike, timeout: float = 90):
-    """A `jupyter lab` (this interpreter's) on a free localhost port, with a token; stopped on exit."""
+def start_lab(root_dir: str | os.PathLike, state_dir: str | os.PathLike, timeout: float = 90, extra_args=()):
+    """A `jupyter lab` (this interpreter's) on a free localhost port, with a token; stopped on exit.
+    `extra_args`: more server options (e.g. those `make lab` passes)."""
     root_dir, state_dir = Path(root_dir).resolve(), Path(state_dir).resolve()
     env = lab_environment(root_dir, state_dir)
     log = state_dir / "jupyter-lab.log"
@@ -154,7 +155,7 @@ def start_lab(root_dir: str | os.PathLike, state_dir: str | os.PathLike, timeout
         port, token = _free_port(), secrets.token_hex(16)
         cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-               f"--ServerApp.root_dir={root_dir}", "--LabApp.news_url=", "--LabApp.extension_manager=readonly"]
+               f"--ServerApp.root_dir={root_dir}", "--LabApp.news_url=", "--LabApp.extension_manager=readonly", *extra_args]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers, CI
             cmd.append("--allow-root")
         with open(log, "w") as out:

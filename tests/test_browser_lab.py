@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,7 @@ import pytest
 from browser import lab_browser, lab_page, lab_root, lab_server  # noqa: F401 (fixtures)
 from browser import (check_page_offline, close_current_tab, errors_on_page, image_fingerprint, needs_browser, plotly_figures,
                      open_in_file_browser, run_all_cells, screenshot, wait_for_kernel_idle, widgets_rendered)
+from browser import api, click_menu, copy_project, lab_environment, open_lab, start_lab
 
 pytestmark = [pytest.mark.slow, needs_browser, pytest.mark.timeout(900)]
 
@@ -216,3 +218,88 @@ def test_report_page_offline(lab_browser, tmp_path):
     bad = check_page_offline(lab_browser, cdn)
     assert bad["plotly_divs"] == 1 and bad["figures"] == 0, bad
     assert any("cdn.plot.ly" in u for u in bad["blocked"]), bad
+
+
+def test_make_lab_opens_notebooks_with_the_project_kernel(lab_browser, tmp_path_factory):
+    """The server options `make lab` passes (clipdg_nb.pipeline.lab): 04_analysis, whose file names
+    python3, opens with "Python (clipdg-nb)"; saving it writes python3 back (papermill runs it anywhere)."""
+    from clipdg_nb.pipeline.lab import KERNEL_DISPLAY_NAME, KERNEL_NAME, SERVER_OPTIONS
+
+    root = copy_project(tmp_path_factory.mktemp("make_lab_root"))
+    state = tmp_path_factory.mktemp("make_lab_state")
+    # as `make lab` installs it, but into this server's own data dir instead of the shared venv
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL_NAME, "--display-name",
+                    KERNEL_DISPLAY_NAME], env=lab_environment(root, state), check=True, capture_output=True)
+    with start_lab(root, state, extra_args=SERVER_OPTIONS) as server:
+        specs = api(server, "api/kernelspecs")
+        assert specs["default"] == KERNEL_NAME and set(specs["kernelspecs"]) == {KERNEL_NAME}
+        context = lab_browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            open_lab(page, server)
+            open_in_file_browser(page, "notebooks/04_analysis.ipynb")
+            wait_for_kernel_idle(page)
+            toolbar = page.locator(".jp-NotebookPanel:visible .jp-Toolbar-kernelName")
+            assert toolbar.inner_text().strip() == KERNEL_DISPLAY_NAME
+            assert [s["kernel"]["name"] for s in api(server, "api/sessions")] == [KERNEL_NAME]
+            screenshot(page, "lab_06_make_lab_kernel")
+            path = root / "notebooks" / "04_analysis.ipynb"
+            before = path.stat().st_mtime_ns
+            click_menu(page, "File", "Save Notebook")
+            page.wait_for_function("() => !document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty')")
+            deadline = time.monotonic() + 30
+            while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert path.stat().st_mtime_ns != before, "the notebook was not saved"
+            assert nbformat.read(str(path), as_version=4).metadata["kernelspec"]["name"] == "python3"
+        finally:
+            context.close()
+
+
+BROWSER_CELL = """\
+import numpy as np
+import pandas as pd
+from clipdg_nb.analysis.widgets import FailureBrowser
+
+names = [f"species_{i:03d}" for i in range(182)]
+n = 364
+frame = pd.DataFrame({"idx": np.arange(n), "y_true": np.arange(n) % 182, "y_pred": (np.arange(n) * 7 + 1) % 182,
+                      "p_top1": np.linspace(0.9, 0.1, n), "split": ["id_test"] * 182 + ["test"] * 182,
+                      "location": [str(i % 12) for i in range(n)]})
+colour = lambda i: np.full((8, 8, 3), (40 + i % 200, 90, 160), np.uint8)
+browser = FailureBrowser(frame, names, get_image=colour, thumb_size=96)
+browser
+"""
+
+
+def test_failure_browser_search_box_and_no_match_message(lab_page, lab_root):
+    """The failure browser live: a class found by typing in its search box, the OOD caption, and
+    the message (no broken image) when the filters match nothing."""
+    write_notebook(lab_root / "notebooks" / "browser_check.ipynb", BROWSER_CELL)
+    page = lab_page
+    ran = run_all_cells(page, "notebooks/browser_check.ipynb")
+    assert ran["executed"] == 1 and errors_on_page(page) == []
+    panel = page.locator(".jp-NotebookPanel:visible")
+    panel.locator(".widget-image").first.wait_for(state="visible")
+    location = panel.locator(".widget-dropdown", has_text="location").locator("select")
+    assert location.locator("option").all_inner_texts()[:4] == ["(all)", "0", "1", "2"]  # numbers, not text order
+    boxes = panel.locator(".widget-text", has=page.locator("datalist"))  # a Combobox: a text box + datalist
+    assert boxes.count() == 2 and boxes.first.locator("label").inner_text() == "true class"
+    search = boxes.first.locator("input")
+    assert search.get_attribute("placeholder") == "type to search 182 classes"
+    search.fill("species_150")
+    search.press("Enter")
+    panel.locator(".widget-label", has_text="1 / 2").wait_for(state="visible")
+    assert "ID test, location 6" in panel.locator(".widget-html", has_text="#150").inner_text()  # idx < 182: ID test
+    panel.locator("button", has_text="next >").click()
+    panel.locator(".widget-html", has_text="#332").wait_for(state="visible")
+    assert "OOD test, location 8" in panel.locator(".widget-html", has_text="#332").inner_text()
+    screenshot(page, "lab_07_failure_browser_search")
+    location.select_option("0")  # species 150 never sits at location 0 (150 % 12 = 6, 332 % 12 = 8)
+    message = panel.locator(".widget-html", has_text="no example matches these filters")
+    message.wait_for(state="visible")
+    assert "(location 0, true class species_150, errors only)" in message.inner_text()
+    assert not panel.locator(".widget-image").first.is_visible()  # no empty, broken image
+    screenshot(page, "lab_08_failure_browser_no_match")
+    assert errors_on_page(page) == []

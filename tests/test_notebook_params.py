@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import ast
-import inspect
-import re
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -18,58 +16,9 @@ from clipdg_nb.datasets import VALIDATION_SPLITS
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]
 NOTEBOOK_ONLY = {"force": False}  # extra parameters a notebook may add beside its dataclass's
-FORCE = "force: bool = False  # rerun even if a finished run with the same identity exists"
-# The generated parameters cells: the dataclass's fields (typed, with the comment of their line in
-# config.py as help), less `skip`, with the notebook's own parameters before / after them.
-# `python tests/test_notebook_params.py --write` regenerates them after a change in config.py.
-GENERATED = {
-    "01_zero_shot": dict(cls=ZeroShotConfig, skip=("method",), after=(
-        "gallery_size: int = 12  # failures shown in the static gallery", FORCE)),
-    "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr"), before=(
-        "methods: list = ['finetune']  # methods trained at this point: linear_probe, finetune, flyp, lp_ft, "
-        "vision_only, vision_only_probe",
-        "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)"), after=(FORCE,)),
-    "03_swa_ablation": dict(cls=FinetuneConfig, after=(
-        "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),
-}
-
-
-def field_help(cls) -> dict:
-    """name -> the comment ending the field's line in the class body (and its bases')."""
-    helps = {}
-    for klass in reversed(cls.__mro__[:-1]):
-        for line in inspect.getsource(klass).splitlines():
-            match = re.match(r"^    (\w+): [^=]+ = .+?  # (.+)$", line)
-            if match:
-                helps[match[1]] = match[2]
-    return helps
-
-
-def _annotation(type_text: str) -> str:
-    """Papermill-readable types: 'str | None' -> '"Optional[str]"' (quoted: never evaluated), tuple -> list."""
-    if type_text.endswith(" | None"):
-        return '"Optional[' + type_text[:-len(" | None")] + ']"'
-    return {"tuple": "list"}.get(type_text, type_text)
-
-
-def render_parameters(cls, skip=(), before=(), after=()) -> str:
-    helps, lines = field_help(cls), list(before)
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        value = f.default if f.default is not MISSING else f.default_factory()
-        value = list(value) if isinstance(value, tuple) else value
-        lines.append(f"{f.name}: {_annotation(str(f.type))} = {value!r}  # {helps[f.name]}")
-    return "\n".join([*lines, *after])
-
-
-def write_parameters_cells() -> None:
-    for name, spec in GENERATED.items():
-        path = NOTEBOOKS / f"{name}.ipynb"
-        nb = nbformat.read(str(path), as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        cell.source = render_parameters(**spec)
-        nbformat.write(nb, str(path))
+# The generator lives in the package; `python tests/test_notebook_params.py --write` still runs it.
+from clipdg_nb.pipeline.notebook_params import (GENERATED, UnknownParameterError, check_injected,  # noqa: E402
+                                                render_parameters, write_parameters_cells)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -150,7 +99,8 @@ def test_ablation_mirrors_finetune_config():
 def test_analysis_chooses_on_validation_by_default():
     params = parameters("04_analysis")
     assert params["select_split"] in VALIDATION_SPLITS
-    assert params["experiment"] == ZeroShotConfig.experiment and params["output_dir"] == ZeroShotConfig.output_dir
+    assert params["experiment"] is None  # the most recent experiment with runs (analysis.find_experiment)
+    assert params["output_dir"] == ZeroShotConfig.output_dir
     assert 0 < params["level"] < 1
 
 
@@ -178,6 +128,54 @@ def test_parameters_show_only_what_the_notebook_reads():
     inspected = papermill.inspect_notebook(str(NOTEBOOKS / "03_swa_ablation.ipynb"))
     unknown = [k for k, info in inspected.items() if info["inferred_type_name"] in ("None", None)]
     assert not unknown, f"parameters without a type (papermill shows 'Unknown type'): {unknown}"
+
+
+def _papermill_history(injected: str, name="02_few_shot_sweep"):
+    """IPython's `In` as papermill leaves it at the first cell after the parameters: '', the
+    parameters cell, papermill's injected cell (its own translator's text), the cell running now."""
+    from papermill.translators import PythonTranslator
+
+    return ["", render_parameters(**GENERATED[name]), PythonTranslator.codify(injected), "cfg = ..."]
+
+
+def test_an_unknown_injected_parameter_stops_with_a_did_you_mean():
+    from clipdg_nb.config import from_namespace
+
+    ns = {"In": _papermill_history({"datset": "iwildcam", "seed": 1}), "datset": "iwildcam", "seed": 1}
+    with pytest.raises(UnknownParameterError, match=r"unknown parameter 'datset' \(did you mean 'dataset'\?\)"):
+        check_injected(ns)
+    with pytest.raises(UnknownParameterError, match="nothing was run"):  # the notebooks' boundary checks it
+        from_namespace(FinetuneConfig, ns)
+    with pytest.raises(UnknownParameterError, match=r"'zzz'(?! \(did)"):  # nothing close: no guess
+        check_injected({"In": _papermill_history({"zzz": 1})})
+    # declared names pass; so does JupyterLab (no injected cell) and a plain dict (validation, tests)
+    check_injected({"In": _papermill_history({"dataset": "iwildcam", "methods": ["linear_probe"], "force": True})})
+    check_injected({"In": ["", render_parameters(**GENERATED["01_zero_shot"]), "cfg = ..."], "datset": "x"})
+    check_injected({"datset": "iwildcam"})
+    # a notebook whose cells before were not papermill's (a user's own cell starting with "# Parameters")
+    check_injected({"In": ["", "import os", "# Parameters\nx = 1\n", "cfg = ..."]})
+
+
+def test_a_list_passed_as_text_says_to_use_yaml():
+    ns = {"In": _papermill_history({"methods": "['linear_probe']"}), "methods": "['linear_probe']"}
+    with pytest.raises(UnknownParameterError, match=r'is text, not a list.*-y "methods: \[linear_probe\]"'):
+        check_injected(ns)
+    from clipdg_nb.config import sweep_configs
+
+    with pytest.raises(UnknownParameterError, match=r'-y "methods: \[linear_probe\]"'):  # 02's first call says it
+        sweep_configs(ns, ns["methods"], [1e-4])
+    ns = {"In": _papermill_history({"lrs": "0.001"}), "lrs": "0.001"}
+    with pytest.raises(UnknownParameterError, match=r'-y "lrs: \[0.001\]"'):
+        check_injected(ns)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_help_of_every_list_parameter_says_how_to_pass_a_list(name):
+    inspected = papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    lists = {k: info["help"] for k, info in inspected.items() if info["inferred_type_name"] == "list"}
+    assert lists, f"{name}: no list parameter?"
+    lacking = [k for k, text in lists.items() if f'-y "{k}: [' not in text]
+    assert not lacking, f"{name}: say in the help of {lacking} how to pass a list (papermill -y)"
 
 
 if __name__ == "__main__" and "--write" in sys.argv:

@@ -80,6 +80,50 @@ def test_run_records_and_predictions_written(executed):
     assert [Path(d).name for d in ablation["run_dirs"]] == [ids[0]]
 
 
+def test_a_reused_run_is_said_on_screen(executed):
+    """03 reads back 02's identical fine-tune run and trains nothing: it says which run and how to force."""
+    root, _ = executed
+    text = _text(root / "outputs/notebooks/nbtest/ablation/default.ipynb")
+    ft = next(root.glob("outputs/runs/nbtest/fmow-finetune-*/result.json")).parent
+    assert f"REUSED: {ft.name} finished earlier (" in text and f"read back from {ft}." in text
+    assert "force=True in the parameters (papermill -p force True; clipdg run --force)" in text
+    assert "epoch 1/1" not in text  # and indeed nothing was trained
+    assert "REUSED" not in _text(root / "outputs/notebooks/nbtest/sweep/default.ipynb")  # trained there
+
+
+def _papermill(notebook, out, cwd, *args, timeout=600):
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / notebook), str(out), "--cwd", str(cwd),
+           "--no-progress-bar", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, CLIPDG_ROOT=str(cwd)))
+
+
+def test_analysis_defaults_to_the_most_recent_experiment_and_explains_empty_sections(executed, tmp_path):
+    """Plain papermill, no experiment given: 04 finds nbtest (the experiment with runs), and asked about
+    a method that was never run, its sections say what is missing and which notebook makes it."""
+    root, _ = executed
+    out = tmp_path / "analysis.ipynb"
+    proc = _papermill("04_analysis.ipynb", out, root, "-p", "clip_method", "flyp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = _text(out)
+    assert "experiment=None: analysing 'nbtest', the experiment with the most recent fmow run" in text
+    assert "nothing to compare: 'nbtest' has no flyp and vision_only runs at the same fraction and seed" in text
+    assert "02_few_shot_sweep with methods [flyp, vision_only] makes them" in text
+    assert "no flyp runs with SWA weights in 'nbtest'" in text
+    assert "no trend line, so no effective robustness" in text  # one vision_only point: no line
+
+
+def test_a_mistyped_papermill_parameter_stops_the_notebook(tmp_path):
+    out = tmp_path / "typo.ipynb"
+    proc = _papermill("01_zero_shot.ipynb", out, tmp_path, "-p", "datset", "iwildcam", timeout=300)
+    assert proc.returncode != 0 and "UnknownParameterError" in proc.stderr
+    assert "unknown parameter 'datset' (did you mean 'dataset'?)" in proc.stderr
+    nb = nbformat.read(str(out), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "injected-parameters" in code[1].metadata.tags  # papermill's cell, then the first cell: it stops there
+    assert [o.output_type for o in code[2].outputs if o.output_type == "error"] == ["error"]
+    assert all(c.execution_count is None for c in code[3:])  # nothing after it ran
+
+
 def _text(nb_path: Path) -> str:
     return "".join(o.get("text", "") for o in _outputs(nb_path) if o.output_type == "stream")
 

@@ -158,8 +158,8 @@ def test_comparison_controls_keep_each_other_and_say_what_is_compared():
 
     # labels name the variants in words, and no two controls or buttons share a label
     assert "last epoch → SWA" in w["compared"].value
-    labels = [label for label, _ in w["category"].options]
-    assert labels == ["all (8)", "fixed by SWA (3)", "broken by SWA (1)", "both wrong (2)", "both right (2)"]
+    labels = [label for label, _ in w["category"].options]  # counted on the OOD test split, the filter in force
+    assert labels == ["all (4)", "fixed by SWA (2)", "broken by SWA (0)", "both wrong (1)", "both right (1)"]
     descriptions = [w[k].description for k in ("split", "group:region", "true_class", "pred_class", "errors_only")]
     assert len(set(descriptions)) == len(descriptions) and "predicted by last epoch" in descriptions
 
@@ -169,3 +169,78 @@ def test_comparison_title_and_variant_names():
 
     assert comparison_title("last", "swa") == "last epoch → SWA"
     assert comparison_title("best", "wise_ft_0.5") == "best epoch → WiSE-FT α=0.5"
+
+
+def test_caption_says_id_or_ood_and_the_domain():
+    frame = A.assign(split=["id_test"] * 4 + ["test"] * 4)
+    b = FailureBrowser(frame, CLASSES, dataset=FakeDataset(), thumb_size=16)
+    b.widget()
+    b.set_filter(split="id_test")
+    assert b.where() == "ID test, region Europe" and "(ID test, region Europe)" in b.describe()
+    assert "ID test, region Europe" in b._widgets["info"].value
+    b.set_filter(split="test")
+    assert b.state()["idx"] == 14 and b.where() == "OOD test, region Asia"
+    assert "OOD test, region Asia" in b._widgets["info"].value
+
+
+def test_group_values_sort_as_numbers():
+    frame = A.drop(columns="region").assign(location=["10", "2", "0", "1", "10", "33", "2", "9"])
+    b = FailureBrowser(frame, CLASSES, dataset=FakeDataset(), thumb_size=16)
+    assert b.options()["groups"]["location"] == ["0", "1", "2", "9", "10", "33"]  # not 0, 1, 10, 2, 33, 9
+    b.widget()
+    assert list(b._widgets["group:location"].options) == [ALL, "0", "1", "2", "9", "10", "33"]
+    assert b.set_filter(groups={"location": 10}) == 1 and b.set_filter(errors_only=False, groups={"location": "10"}) == 2
+
+
+def test_no_match_shows_a_message_not_an_empty_image():
+    b = FailureBrowser(A, CLASSES, dataset=FakeDataset(), thumb_size=16)
+    b.widget()
+    w = b._widgets
+    assert w["image"].layout.display is None and w["message"].layout.display == "none" and shown_red(b) == 14
+    w["true_class"].value = "dam"
+    w["pred_class"].value = "barn"  # dam predicted as barn: none
+    assert b.state()["count"] == 0 and w["image"].value == b"" and w["image"].layout.display == "none"
+    assert w["message"].layout.display is None and "no example matches these filters" in w["message"].value
+    assert "true class dam, predicted barn, errors only" in w["message"].value
+    assert b.describe().startswith("no example matches these filters (true class dam")
+    w["pred_class"].value = ALL  # loosened: the image is back and the message gone
+    assert b.state()["idx"] == 13 and w["image"].layout.display is None and w["message"].layout.display == "none"
+    assert shown_red(b) == 13
+
+
+def test_long_class_lists_get_a_search_box():
+    import ipywidgets as W
+
+    names = [f"species_{i:03d}" for i in range(182)]  # iWildCam-sized
+    n = 364
+    frame = pd.DataFrame({"idx": np.arange(n), "y_true": np.arange(n) % 182, "y_pred": (np.arange(n) * 7 + 1) % 182,
+                          "p_top1": np.linspace(0.9, 0.1, n), "split": "test"})
+    b = FailureBrowser(frame, names, get_image=lambda i: np.zeros((4, 4, 3), np.uint8), thumb_size=16)
+    b.widget()
+    w = b._widgets
+    assert isinstance(w["true_class"], W.Combobox) and w["true_class"].ensure_option
+    assert len(w["true_class"].options) == 183 and w["true_class"].value == ALL
+    w["true_class"].value = "species_15"  # typed so far: not a class, the filter stays
+    assert b.filters["true_class"] is None and b.state()["count"] == n
+    w["true_class"].value = "species_150"
+    assert b.filters["true_class"] == 150 and list(b.filtered["idx"]) == [150, 332]
+    w["true_class"].value = ""  # the box cleared: every class again
+    assert b.filters["true_class"] is None and b.state()["count"] == n
+    b.set_filter(pred_class="species_001")  # from code: the box shows it
+    assert w["pred_class"].value == "species_001" and list(b.filtered["idx"]) == list(range(0, n, 26))  # 7i+1 = 1 mod 182
+    small = FailureBrowser(A, CLASSES, dataset=FakeDataset())
+    small.widget()
+    assert isinstance(small._widgets["true_class"], W.Dropdown)  # four classes: a dropdown is enough
+
+
+def test_category_counts_follow_the_other_filters():
+    b = browse(A, CLASSES, dataset=FakeDataset(), compare_with=B, run_names=("last", "swa"), thumb_size=16)
+    b.widget()
+    w = b._widgets
+    labels = lambda: [label for label, _ in w["category"].options]
+    assert labels() == ["all (8)", "fixed by SWA (3)", "broken by SWA (1)", "both wrong (2)", "both right (2)"]
+    w["category"].value = "fixed"
+    w["group:region"].value = "Africa"  # 13 both wrong, 16 fixed, 17 fixed
+    assert labels() == ["all (3)", "fixed by SWA (2)", "broken by SWA (0)", "both wrong (1)", "both right (0)"]
+    assert w["category"].value == "fixed" and b.state()["count"] == 2  # relabelling kept the choice
+    assert b.category_counts() == {ALL: 3, "fixed": 2, "broken": 0, "both_wrong": 1, "both_right": 0}

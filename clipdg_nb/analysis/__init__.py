@@ -39,6 +39,50 @@ def load_experiment_runs(output_dir: str | Path, experiment: str, dataset: str |
     return df[df["dataset"] == dataset].reset_index(drop=True) if dataset is not None else df
 
 
+def experiments_with_runs(output_dir: str | Path) -> pd.DataFrame:
+    """Every experiment with finished runs under `output_dir` (folders `<experiment>/<run>/result.json`),
+    newest first: experiment, datasets, runs, newest (the latest result.json's time, UTC)."""
+    rows = {}
+    for path in runs.experiment_dir(output_dir, ".").glob(f"*/*/{runs.RESULT_FILE}"):
+        record = runs.read_json(path)
+        if not isinstance(record, dict) or "metrics" not in record:
+            continue
+        row = rows.setdefault(path.parent.parent.name, {"datasets": set(), "runs": 0, "mtime": 0.0})
+        row["datasets"].add(str(record.get("dataset")))
+        row["runs"] += 1
+        row["mtime"] = max(row["mtime"], path.stat().st_mtime)
+    table = pd.DataFrame([{"experiment": name, "datasets": ", ".join(sorted(r["datasets"])), "runs": r["runs"],
+                           "newest": pd.Timestamp(r["mtime"], unit="s", tz="UTC").floor("s")}
+                          for name, r in rows.items()], columns=["experiment", "datasets", "runs", "newest"])
+    return table.sort_values(["newest", "experiment"], ascending=[False, True]).reset_index(drop=True)
+
+
+def find_experiment(output_dir: str | Path, experiment: str | None = None, dataset: str | None = None) -> tuple[str, str]:
+    """The experiment to analyse and a sentence saying why: `experiment` when given, else the most
+    recent one (newest result.json) with runs of `dataset`. Errors list what is there and what makes runs."""
+    found = experiments_with_runs(output_dir)
+    have = found[found["datasets"].str.split(", ").map(lambda ds: dataset is None or dataset in ds)]
+    where = runs.experiment_dir(output_dir, ".").resolve()
+    listing = "; ".join(f"{r.experiment} ({r.datasets}: {r.runs} runs)" for r in found.itertuples()) or "none"
+    if experiment is None:
+        if have.empty:
+            raise FileNotFoundError(
+                f"no finished {dataset or ''} runs under {where} (experiments with runs: {listing}). Make runs first: "
+                "`make demo`, `clipdg run parameters/<experiment>.yaml`, or notebooks 01_zero_shot / 02_few_shot_sweep")
+        name = have["experiment"].iloc[0]
+        return name, (f"experiment=None: analysing {name!r}, the experiment with the most recent {dataset or ''} run "
+                      f"({have['newest'].iloc[0]:%Y-%m-%d %H:%M} UTC) of {len(have)} under {where}. Another one: "
+                      f"set experiment (papermill -p experiment NAME). With runs: {listing}")
+    if experiment not in set(have["experiment"]):
+        other = found.loc[found["experiment"] == experiment, "datasets"]
+        raise FileNotFoundError(
+            f"experiment={experiment!r} has no finished {dataset or ''} runs under {where}"
+            + (f" (it has {other.iloc[0]} runs: set dataset)" if len(other) else "")
+            + f". Experiments with runs: {listing}. Make runs with `clipdg run parameters/{experiment}.yaml` "
+            "or notebooks 01_zero_shot / 02_few_shot_sweep with that experiment")
+    return experiment, f"analysing experiment {experiment!r} under {where}"
+
+
 def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant: str | None = None) -> pd.DataFrame:
     """Rows of one split and metric (default: each dataset's headline metric for that split) for
     the headline variant of each run, or for `variant` ('swa', 'last', ...) where runs have it."""

@@ -11,18 +11,29 @@ Two runs on the same images are compared with `compare_runs(a, b)`: each example
 """
 from __future__ import annotations
 
+import html
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .comparison import B_SUFFIX, CATEGORIES, check_predictions, comparison_title, compare_runs
-from .figures import variant_title
+from .figures import split_title, variant_title
 from .plots import thumbnail_png
 from ..datasets import GROUP_FIELDS
 
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"
+SEARCH_FROM = 25  # class lists at least this long get a searchable box (iWildCam: 182 classes) instead of a dropdown
+NO_MATCH = "no example matches these filters"
+
+
+def natural_key(value) -> tuple:
+    """Sort key: numbers by value (camera locations 0, 1, 2, ..., 10, years), then text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 class FailureBrowser:
@@ -96,7 +107,8 @@ class FailureBrowser:
         self._apply()
         return len(self.filtered)
 
-    def _apply(self) -> None:
+    def _mask(self, skip: str | None = None) -> np.ndarray:
+        """Rows passing every filter (but `skip`: the category counts use all the others)."""
         df, f = self.frame, self.filters
         mask = np.ones(len(df), dtype=bool)
         if f["split"] is not None and "split" in df.columns:
@@ -109,9 +121,12 @@ class FailureBrowser:
             mask &= (df["y_pred"] == f["pred_class"]).to_numpy()
         if f["errors_only"]:
             mask &= (df["y_pred"] != df["y_true"]).to_numpy()
-        if f["category"] is not None:
+        if f["category"] is not None and skip != "category":
             mask &= (df["category"] == f["category"]).to_numpy()
-        self.filtered = df[mask].sort_values(["p_top1", "idx"], ascending=[False, True]).reset_index(drop=True)
+        return mask
+
+    def _apply(self) -> None:
+        self.filtered = self.frame[self._mask()].sort_values(["p_top1", "idx"], ascending=[False, True]).reset_index(drop=True)
         self._sync_controls()
         self.show(0) if len(self.filtered) else self._clear()
 
@@ -167,37 +182,65 @@ class FailureBrowser:
                 "topk_b": list(self.topk_b), "category": self.category,
                 "groups": {} if row is None else {f: row[f] for f in self.group_fields}}
 
+    def where(self) -> str:
+        """Where the current example comes from: 'OOD test, region Asia, year 2016' (ID / OOD from its
+        split, the domain from its group columns)."""
+        row = self.current
+        if row is None:
+            return ""
+        parts = [split_title(row["split"])] if "split" in row.index else []
+        parts += [f"{f} {row[f]}" for f in self.group_fields]
+        return ", ".join(parts)
+
     def describe(self) -> str:
         """One-line text of the current example (for logs and text-only reports)."""
         s = self.state()
         if s["idx"] is None:
-            return "no examples match the filters"
-        groups = ", ".join(f"{k} {v}" for k, v in s["groups"].items())
-        text = (f"[{s['position'] + 1}/{s['count']}] #{s['idx']} ({groups}) true: {s['true_label']}; "
+            return f"{NO_MATCH} ({self.filter_text()})"
+        text = (f"[{s['position'] + 1}/{s['count']}] #{s['idx']} ({self.where()}) true: {s['true_label']}; "
                 f"{self.run_titles[0]}: {s['pred_label']} ({s['confidence']:.0%})")
         if self.comparing:
             text += f"; {self.run_titles[1]}: {s['pred_label_b']} ({s['confidence_b']:.0%}) [{s['category']}]"
         return text
 
+    def filter_text(self) -> str:
+        """The filters in force, in words (for the no-match message)."""
+        f = self.filters
+        parts = [f"split {split_title(f['split'])}"] if f["split"] is not None else []
+        parts += [f"{k} {v}" for k, v in f["groups"].items()]
+        if f["true_class"] is not None:
+            parts.append(f"true class {self.label(f['true_class'])}")
+        if f["pred_class"] is not None:
+            parts.append(f"predicted {self.label(f['pred_class'])}")
+        if f["errors_only"]:
+            parts.append("errors only")
+        if f["category"] is not None:
+            parts.append(self.category_label(f["category"]).rsplit(" (", 1)[0])
+        return ", ".join(parts) or "no filter"
+
     # -- options for the controls ---------------------------------------------------------------
     def options(self) -> dict:
         df = self.frame
         return {
-            "split": sorted(df["split"].unique()) if "split" in df.columns else [],
-            "groups": {f: sorted(map(str, df[f].unique())) for f in self.group_fields},
+            "split": sorted(df["split"].unique(), key=natural_key) if "split" in df.columns else [],
+            "groups": {f: sorted(map(str, df[f].unique()), key=natural_key) for f in self.group_fields},
             "true_class": [self.label(y) for y in sorted(df["y_true"].unique())],
             "pred_class": [self.label(y) for y in sorted(df["y_pred"].unique())],
             "category": list(CATEGORIES) if self.comparing else [],
         }
 
     # -- ipywidgets layout ----------------------------------------------------------------------
+    def category_counts(self) -> dict:
+        """Examples per comparison category under the other filters (split, groups, classes, ...)."""
+        cats = self.frame.loc[self._mask(skip="category"), "category"]
+        return {ALL: len(cats), **{c: int((cats == c).sum()) for c in CATEGORIES}}
+
     def category_label(self, category: str) -> str:
-        """A comparison category in words, with its count: 'fixed by SWA (3)'."""
+        """A comparison category in words, with its count under the other filters: 'fixed by SWA (3)'."""
         b = self.run_titles[-1]
         words = {ALL: "all", "fixed": f"fixed by {b}", "broken": f"broken by {b}", "both_wrong": "both wrong",
                  "both_right": "both right"}
-        n = len(self.frame) if category == ALL else int((self.frame["category"] == category).sum())
-        return f"{words[category]} ({n})"
+        return f"{words[category]} ({self.category_counts()[category]})"
 
     def _control_values(self) -> dict:
         """What each control shows for the current filters (the controls mirror the state)."""
@@ -227,7 +270,11 @@ class FailureBrowser:
             choices = [ALL, *choices]
             if values[key] not in choices:  # a filter set in code on a value the frame lacks
                 choices.append(values[key])
-            w[key] = W.Dropdown(options=choices, value=values[key], description=description, **wide)
+            if key.endswith("_class") and len(choices) > SEARCH_FROM:  # type to search 182 classes
+                w[key] = W.Combobox(options=choices, value=values[key], ensure_option=True, description=description,
+                                    placeholder=f"type to search {len(choices) - 1} classes", **wide)
+            else:
+                w[key] = W.Dropdown(options=choices, value=values[key], description=description, **wide)
 
         dropdown("split", "split", opts["split"])
         for field, choices in opts["groups"].items():
@@ -253,9 +300,11 @@ class FailureBrowser:
         w["counter"] = W.Label()
         w["image"] = W.Image(format="png", width=self.thumb_size, height=self.thumb_size)
         w["info"] = W.HTML()
+        w["message"] = W.HTML()  # shown in place of the image when nothing matches
         w["prev"].on_click(lambda _: self.previous())
         w["next"].on_click(lambda _: self.next())
-        w["root"] = W.VBox([*rows, W.HBox([w["prev"], w["next"], w["counter"]]), W.HBox([w["image"], w["info"]])])
+        w["root"] = W.VBox([*rows, W.HBox([w["prev"], w["next"], w["counter"]]), w["message"],
+                            W.HBox([w["image"], w["info"]])])
         self._refresh()
         return w["root"]
 
@@ -263,6 +312,10 @@ class FailureBrowser:
         if self._syncing:
             return
         key = self._controls[id(change["owner"])]
+        if change["new"] == "" and key.endswith("_class"):  # the search box emptied: no class filter
+            change = {**change, "new": ALL}
+        elif key.endswith("_class") and change["new"] not in (ALL, *self.class_names):
+            return  # a search box mid-typing (not a class yet): keep the filter
         if key.startswith("group:"):
             self.set_filter(groups={**self.filters["groups"], key.split(":", 1)[1]: change["new"]})
         else:
@@ -281,6 +334,12 @@ class FailureBrowser:
                                                                    for o in w[key].options]:
                         w[key].options = [*w[key].options, value]
                     w[key].value = value
+            if self.comparing and "category" in w:  # the counts follow the other filters
+                labels = [(self.category_label(c), c) for c in (ALL, *CATEGORIES)]
+                if list(w["category"].options) != labels:
+                    current = w["category"].value
+                    w["category"].options = labels  # resets the value: put it back
+                    w["category"].value = current
         finally:
             self._syncing = False
 
@@ -294,14 +353,19 @@ class FailureBrowser:
         w = self._widgets
         if not w:
             return
-        if self.current is None:
-            w["counter"].value, w["info"].value, w["image"].value = "0 matches", "<i>no examples match</i>", b""
+        if self.current is None:  # no empty image (a broken-image icon): a message saying why
+            w["counter"].value, w["info"].value, w["image"].value = "0 matches", "", b""
+            w["image"].layout.display = "none"
+            w["message"].value = (f"<p style='padding:8px;border:1px solid #ccc;background:#fafafa'><b>{NO_MATCH}</b> "
+                                  f"({html.escape(self.filter_text())}); set a filter back to {ALL}.</p>")
+            w["message"].layout.display = None
             return
+        w["message"].value, w["message"].layout.display = "", "none"
         w["counter"].value = f"{self.position + 1} / {len(self.filtered)}"
         w["image"].value = thumbnail_png(self.image, self.thumb_size) if self.image is not None else b""
+        w["image"].layout.display = None if self.image is not None else "none"
         s = self.state()
-        groups = ", ".join(f"{k}: {v}" for k, v in s["groups"].items())
-        info = (f"<b>#{s['idx']}</b> <span style='color:#666'>{groups}</span><br>"
+        info = (f"<b>#{s['idx']}</b> <span style='color:#666'>{html.escape(self.where())}</span><br>"
                 f"<b>true</b>: {s['true_label']}<br>"
                 f"<b>{self.run_titles[0]}</b>: {s['pred_label']} ({s['confidence']:.1%}){self._bars(self.topk)}")
         if self.comparing:
