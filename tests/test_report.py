@@ -108,7 +108,7 @@ def test_plotlyjs_once_per_folder(rendered):
     assert html.count('src="../../plotly.min.js"') == 1  # ... loaded once from the folder
     assert (tmp / "reports/plotly.min.js").read_text() == get_plotlyjs()
     assert len(html) < 1_000_000, len(html)
-    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["plotly.min.js"]
+    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["plotly.min.js", "search-index.js"]
 
 
 def test_self_contained_has_plotlyjs_inline_once(rendered):
@@ -131,23 +131,28 @@ def test_static_gallery_and_widget_note(rendered):
     assert "IntSlider(" not in html and "live kernel" in html
 
 
-def test_index_titles_status_headline_and_links(rendered):
-    index = rendered["index"]
-    assert "<h2>Experiment <code>exp</code></h2>" in index
-    assert "stage &middot; A report" in index  # stage and notebook title
-    assert '<a href="exp/stage/dataset-fmow.html">dataset=fmow</a>' in index  # grid values
-    assert '<a href="exp/stage/dataset-iwildcam.html">dataset=iwildcam</a>' in index
-    row = re.search(r'<tr class="failed">.*?</tr>', index).group(0)
+def test_stage_pages_list_titles_status_headline_and_links(rendered):
+    tmp = rendered["tmp"]
+    stages = (tmp / "reports/stages.html").read_text()
+    assert "<h2>Experiment <code>exp</code></h2>" in stages and "1 failed" in stages
+    assert '<a href="exp/stage/index.html">stage</a></td><td>A report</td>' in stages  # stage and notebook title
+    stage = (tmp / "reports/exp/stage/index.html").read_text()
+    assert '<a href="dataset-fmow.html">dataset=fmow</a>' in stage  # grid values
+    assert '<a href="dataset-iwildcam.html">dataset=iwildcam</a>' in stage
+    row = re.search(r'<tr class="failed">.*?</tr>', stage, re.S).group(0)
     assert "dataset-iwildcam" in row and "FAILED" in row and "ZeroDivisionError: division by zero" in row
-    assert "1 failed" in index
-    assert "ID test acc_avg" in index and "0.613" in index and "0.346" in index  # headline numbers
-    assert "finetune lr=0.0001" in index
-    assert "truncated" not in index
+    assert "ID test acc_avg" in stage and "0.613" in stage and "0.346" in stage  # headline numbers
+    assert "finetune lr=0.0001" in stage
+    assert "truncated" not in stages + stage + rendered["index"]
+    # the summary names the failed point and links it
+    assert '1 failed point(s)</b>: <a href="exp/stage/dataset-iwildcam.html">exp/stage/dataset-iwildcam</a>' in \
+        rendered["index"]
 
 
 def test_page_links_back_shows_status_and_provenance(rendered):
     html = rendered["html"]
     assert 'href="../../index.html"' in html and "A report · dataset=fmow" in html
+    assert 'href="../../stages.html"' in html and 'href="../../downloads.html"' in html and 'href="index.html"' in html
     assert 'class="clipdg-done"' in html
     prov = re.search(r'<details class="clipdg-provenance">.*?</details>', html, re.S).group(0)
     record = runs.Run(rendered["tmp"] / "outputs/runs/exp" / RUN_ID).record()
@@ -236,7 +241,7 @@ def test_unreadable_notebook_is_skipped_and_named_the_rest_render(tmp_path):
         "exp/stage/a.html", "exp/stage/b.failed.html"]
     assert "good-marker" in written[0].read_text()
     assert "FAILED" in written[1].read_text()
-    assert "a.html" in (tmp_path / "reports/index.html").read_text()
+    assert 'href="a.html"' in (tmp_path / "reports/exp/stage/index.html").read_text()
 
 
 @needs_browser
