@@ -1,19 +1,23 @@
-"""Executed notebooks -> HTML reports that open offline (`clipdg report`).
+"""Executed notebooks -> a report site that opens offline (`clipdg report`).
 
-One folder of reports: `index.html` (every point: title, grid values, dataset, status, headline
-numbers), one page per executed notebook under `<experiment>/<stage>/`, and `plotly.min.js`
-once, which the pages load with a relative `<script src>`. `self_contained=True` instead puts
-plotly.js inline once in each page, for a single file to send.
+One folder: a page per executed notebook under `<experiment>/<stage>/`, `plotly.min.js` once
+(pages load it with a relative `<script src>`; `self_contained=True` puts it inline in each page
+instead, for a single file to send), and around them the site `report_index.write_index` writes:
+the summary (`index.html`), the stages, a page per stage, the downloads and the search index.
 
-Each page has a bar with a link back to the index, its status and a show / hide code button
-(`no_code=True` only makes the code start hidden), a provenance block (from the run records its
-done marker lists: versions, git commit, data root, weights, parameters as given), and one
-parameters cell with the values the run actually used (papermill's injected cell merged into the
-notebook's defaults). The lab template's CDN scripts (require.js, MathJax, mermaid, the widget
-manager) are left out; plotly.js inline in outputs is stripped; plotly-only outputs (plain
-`fig.show()`) get an HTML form; widget outputs become a note (they need a live kernel).
-nbconvert with a hand-written index, not a site generator (Sphinx + myst-nb): it is already a
-dependency, renders one page per notebook in about half a second, and adds no build step to CI.
+Each notebook page has the site's bar (summary, stages, downloads, search; previous / next point
+of its stage; status; a show / hide code button, `no_code=True` only makes the code start hidden),
+a provenance block (from the run records its done marker lists: versions, git commit, hardware,
+data root, weights, parameters as given), and one parameters cell with the values the run actually
+used (papermill's injected cell merged into the notebook's defaults). The lab template's CDN
+scripts (require.js, MathJax, mermaid, the widget manager) are left out; plotly.js inline in
+outputs is stripped; plotly-only outputs (plain `fig.show()`) get an HTML form; widget outputs
+become a note (they need a live kernel).
+
+Why nbconvert and Jinja2 templates (templates/), not a site generator: Jupyter Book 2 and Quarto
+need the network here; Jupyter Book 1 builds 4.8 MB pages that load widget scripts from CDNs;
+Sphinx + myst-nb works offline but adds packages and a build step. nbconvert is already a
+dependency (and brings Jinja2), renders a page in about half a second, and CI needs nothing more.
 """
 from __future__ import annotations
 

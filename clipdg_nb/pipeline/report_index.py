@@ -1,8 +1,11 @@
-"""What a report says about its point, and the index of a report folder.
+"""What a report says about its points, and the site around them.
 
 A point's facts come from the runner's markers beside its executed notebook (`<point>.done.json`:
 parameters and run folders; `<point>.failed.json`: the error) and from the run records the done
-marker lists (`result.json`: metrics, versions, git commit, data root, weights).
+marker lists (`result.json`: metrics, versions, git commit, hardware, data root, weights).
+`write_index` writes the site: the summary (`index.html`, from `report_summary`), `stages.html`,
+a page per stage, `downloads.html` with the CSV / JSON tables, and `search-index.js`. All HTML is
+in templates/ (Jinja2, autoescaped); Python hands the templates data.
 """
 from __future__ import annotations
 
