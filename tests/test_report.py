@@ -116,6 +116,8 @@ def test_self_contained_has_plotlyjs_inline_once(rendered):
     assert alone.count(PJS) == 1 and "plotly.min.js" not in alone
     assert "trace-gamma" in alone
     assert not (rendered["tmp"] / "reports_sc/plotly.min.js").exists()
+    summary = (rendered["tmp"] / "reports_sc/index.html").read_text()
+    assert "plotly-graph-div" in summary and summary.count(PJS) == 1  # its figures draw from the one file too
 
 
 @pytest.mark.parametrize("key", ["html", "alone", "index"])
