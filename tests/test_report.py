@@ -415,6 +415,13 @@ def test_summary_opens_on_findings_with_plain_verdicts(site):
     for label in ("git commit", "library versions", "hardware", "runs made", "report rendered"):
         assert f"<td>{label}</td>" in index
     assert re.search(r"<td>hardware</td><td>(CPU only|GPU: )", index)
+    # the records name where they computed: this CPU, and no GPU (this process never initialised CUDA)
+    import os
+
+    import torch
+    record = json.loads(next((site["tmp"] / "outputs/runs/demo").glob("*/result.json")).read_text())
+    assert record["hardware"]["cpu_count"] == os.cpu_count() and record["hardware"]["cpu"]
+    assert record["hardware"]["gpu"] is None or torch.cuda.is_initialized()
 
 
 def test_summary_key_figures_have_captions(site):
