@@ -327,26 +327,26 @@ def stage_groups(group: list[dict], level: float = 0.95) -> list[dict]:
                 pages.setdefault(key, {})[f"s{r.get('seed')}"] = e["page"].rsplit("/", 1)[-1]
     rows = tidy(records)
     rows = rows[rows["split"].isin([ID_SPLIT, OOD_SPLIT])]  # only what the table shows: far fewer rows to group
-    rows = rows[rows["metric"] == [headline_metric(d, s) for d, s in zip(rows["dataset"], rows["split"])]]
+    wanted = [headline_metric(d, s) for d, s in zip(rows["dataset"], rows["split"], strict=True)]
+    rows = rows[rows["metric"] == wanted]
     table = headline_table(rows, ID_SPLIT, OOD_SPLIT, level)
-    headline = {(r.get("run_id"), (r.get("selection") or {}).get("variant")) for r in records}
-    heads = {v for _, v in headline}
+    heads = {(r.get("method"), (r.get("selection") or {}).get("variant")) for r in records}  # the reported weights
     out = []
     for dataset, part in table.groupby("dataset", sort=True):
-        rows = {}
+        cells = {}
         for r in part.itertuples(index=False):
             key = (r.method, _fmt(r.fraction), r.variant, _lr_label(r.lr))
-            row = rows.setdefault(key, {"method": r.method, "fraction": _fmt(r.fraction), "lr": _lr_label(r.lr),
-                                        "variant": r.variant + (" (reported)" if r.variant in heads else ""),
+            row = cells.setdefault(key, {"method": r.method, "fraction": _fmt(r.fraction), "lr": _lr_label(r.lr),
+                                        "variant": r.variant + (" (reported)" if (r.method, r.variant) in heads else ""),
                                         "id": "—", "ood": "—", "n": 0,
                                         "points": sorted(pages.get((dataset, r.method, _fmt(r.fraction),
                                                                     _lr_label(r.lr)), {}).items())})
             row["id" if r.split == ID_SPLIT else "ood"] = _ci(r.mean, r.low, r.high)
             row["n"] = max(row["n"], int(r.n))
-        order = sorted(rows, key=lambda k: (k[0] != "zeroshot", k[0], float(k[1]) if k[1] else 0.0, k[2] not in heads,
-                                            k[2], k[3]))
+        order = sorted(cells, key=lambda k: (k[0] != "zeroshot", k[0], float(k[1]) if k[1] else 0.0,
+                                             (k[0], k[2]) not in heads, k[2], k[3]))
         out.append({"dataset": dataset, "id_metric": headline_metric(dataset, ID_SPLIT),
-                    "ood_metric": headline_metric(dataset, OOD_SPLIT), "rows": [rows[k] for k in order]})
+                    "ood_metric": headline_metric(dataset, OOD_SPLIT), "rows": [cells[k] for k in order]})
     return out
 
 
@@ -414,7 +414,7 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                                         f"{len(group)} points", ", ".join(datasets)))
             search += [_point_search(e) for e in group if e["page"]]
         pairs = [(r, f) for e in entries if e["experiment"] == exp
-                 for r, f in zip(e["info"]["records"], e["info"]["folders"])]
+                 for r, f in zip(e["info"]["records"], e["info"]["folders"], strict=True)]
         all_records += [r for r, _ in pairs]
         if pairs:
             summaries[exp] = experiment_summaries(pairs)
