@@ -431,7 +431,7 @@ def test_summary_key_figures_have_captions(site):
     assert all("What to look for.</b>" in f for f in figures)
     drawn = [f for f in figures if "plotly-graph-div" in f]
     assert len(drawn) == 11  # iwildcam has no WiSE-FT run: its panel says why
-    assert "no run of this dataset has WiSE-FT variants" in index
+    assert "not drawn: it needs a run of this dataset with WiSE-FT variants (the swa_ablation stage" in index
     assert "WiSE-FT α=0.5" not in index  # hover texts are in figure JSON; the curve's labels are α=...
     assert '"α=0.5"' in index.replace("\\u03b1", "α")
     assert index.count('src="plotly.min.js"') == 1 and (site["out"] / "plotly.min.js").is_file()

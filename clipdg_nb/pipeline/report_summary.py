@@ -28,6 +28,7 @@ TREND_METHODS = ("vision_only", "vision_only_probe")
 SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each dataset folder (pipeline.synthetic)
 TINY_MODEL_PREFIX = "clipdg-tiny"  # the miniature open_clip configs `clipdg pretrain-tiny` trains
 FIGURE_HEIGHT = 430
+SWEEP_RUNS = "trained runs with ID and OOD test metrics (the sweep stage, 02_few_shot_sweep)"
 DOWNLOADS = {"results": "the tidy results: one row per run x weight variant x split x metric, with every setting "
                         "of the run", "findings": "the findings: per experiment and dataset, each question with its "
                         "measured number, interval and verdict"}
@@ -123,14 +124,15 @@ def provenance(records: list[dict]) -> list[tuple[str, str]]:
 # Findings and figures of one dataset
 # ---------------------------------------------------------------------------------------------
 
-def _figure(title: str, caption: str, make) -> Figure:
-    """A figure drawn by `make()` (a plotly figure, or None with nothing to draw), or a note saying why not."""
+def _figure(title: str, caption: str, make, needs: str) -> Figure:
+    """A figure drawn by `make()` (a plotly figure, or None with nothing to draw), or a note saying
+    why not: what it `needs` and which stage makes it."""
     try:
         fig = make()
     except (ValueError, KeyError) as err:  # too few runs of a kind: say so instead of failing the page
         return Figure(title, caption, note=f"not drawn: {err}")
     if fig is None:
-        return Figure(title, caption, note="not drawn: the runs it needs are missing")
+        return Figure(title, caption, note=f"not drawn: it needs {needs}")
     # legend under the plot: beside it, long series names ("swa - best, OOD test ...") squeeze the axes
     fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=20, t=40, b=20), title=dict(text=title, font_size=14),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font_size=11))
@@ -199,30 +201,32 @@ def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> D
     figs = [
         _figure(f"{SPLIT_TITLES[ID_SPLIT]} {id_metric} against the train fraction",
                 "Does more labelled data help, and by how much? Look for each method's line rising to the right and "
-                f"where it crosses the dashed zero-shot line; {interval}.", lambda: curves(ID_SPLIT)),
+                f"where it crosses the dashed zero-shot line; {interval}.", lambda: curves(ID_SPLIT), SWEEP_RUNS),
         _figure(f"{SPLIT_TITLES[OOD_SPLIT]} {ood_metric} against the train fraction",
                 "The same runs under distribution shift. Compare with the ID panel: the drop from ID to OOD is what "
                 f"the shift costs; a method whose line falls less is more robust; {interval}.",
-                lambda: curves(OOD_SPLIT)),
+                lambda: curves(OOD_SPLIT), SWEEP_RUNS),
         _figure("CLIP minus vision-only, paired by seed",
                 f"Fine-tuned CLIP ({CLIP_METHOD}) minus the vision-only model ({VISION_METHOD}) trained on the same "
                 "subset, on ID and OOD test. Above the zero line: CLIP is better; an interval that crosses zero is "
                 "inconclusive. A larger OOD than ID difference means CLIP's advantage grows under shift.",
-                clip_minus_vision),
+                clip_minus_vision, f"{CLIP_METHOD} and {VISION_METHOD} runs of the same seeds (the sweep stage, "
+                                   "02_few_shot_sweep, with both in `methods`)"),
         _figure("Weight averaging gains (SWA), paired by seed",
                 "SWA's averaged weights minus the last epoch and minus the epoch chosen on validation, of the same "
-                "training runs. Above zero: averaging helps; intervals crossing zero: no measurable gain.", averaging),
+                "training runs. Above zero: averaging helps; intervals crossing zero: no measurable gain.", averaging,
+                f"{CLIP_METHOD} runs with SWA weights (the sweep stage with swa: true)"),
         _figure("Effective robustness: OOD against ID, one marker per run",
                 "The dashed line is the trend of the vision-only runs (fitted in logit space); markers above it are "
-                "more robust than their ID score predicts (positive effective robustness). Dotted: y = x.", robustness),
+                "more robust than their ID score predicts (positive effective robustness). Dotted: y = x.", robustness,
+                SWEEP_RUNS),
         _figure("WiSE-FT: interpolating zero-shot and fine-tuned weights",
                 "Each point mixes the zero-shot (α = 0) and the fine-tuned (α = 1) weights of one run. A curve that "
                 "bulges above the straight line between its ends buys OOD accuracy without losing ID accuracy; "
-                "other markers: the run's best, last, SWA and EMA weights.", wise),
+                "other markers: the run's best, last, SWA and EMA weights.", wise,
+                "a run of this dataset with WiSE-FT variants (the swa_ablation stage, 03_swa_ablation, makes them "
+                "with wise_alphas)"),
     ]
-    if figs[-1].note:
-        figs[-1].note = ("not drawn: no run of this dataset has WiSE-FT variants (the swa_ablation stage makes "
-                         "them with wise_alphas)") if "missing" in figs[-1].note else figs[-1].note
     return DatasetSummary(dataset, found, figs, counts)
 
 
