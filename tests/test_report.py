@@ -243,7 +243,10 @@ def test_unreadable_notebook_is_skipped_and_named_the_rest_render(tmp_path):
         "exp/stage/a.html", "exp/stage/b.failed.html"]
     assert "good-marker" in written[0].read_text()
     assert "FAILED" in written[1].read_text()
-    assert 'href="a.html"' in (tmp_path / "reports/exp/stage/index.html").read_text()
+    stage_page = (tmp_path / "reports/exp/stage/index.html").read_text()
+    assert 'href="a.html"' in stage_page
+    assert stage_page.count('<tr class="failed">') == 1  # point b once: its failed execution's page, not twice
+    assert "1 failed point(s)" in (tmp_path / "reports/index.html").read_text()
 
 
 @needs_browser

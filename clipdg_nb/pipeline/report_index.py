@@ -277,7 +277,8 @@ def index_entries(out_dir: Path, notebooks_dir: Path, roots: list[Path]) -> list
     experiments = {k[0] for k in entries}
     for marker in sorted(notebooks_dir.glob("*/*/*.failed.json")) if notebooks_dir.is_dir() else []:
         exp, stage, name = marker.parent.parent.name, marker.parent.name, marker.name[:-len(".failed.json")]
-        if exp in experiments and (exp, stage, name) not in entries:
+        # the runner keeps a failed execution as <name>.failed.ipynb: its page is this point's
+        if exp in experiments and (exp, stage, name) not in entries and (exp, stage, f"{name}.failed") not in entries:
             entries[(exp, stage, name)] = {"experiment": exp, "stage": stage, "name": name, "page": None, "meta": {},
                                            "info": point_info(marker.parent / f"{name}.ipynb", roots)}
     return list(entries.values())
