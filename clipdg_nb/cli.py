@@ -87,7 +87,8 @@ def _cmd_report(args) -> int:
                              log=lambda msg: print(f"clipdg report: {msg}", file=sys.stderr))
     for path in written:
         print(path)
-    print(f"{len(written)} report(s) in {args.out}; open {args.out}/index.html")
+    print(f"{len(written)} report(s) in {args.out}; open {args.out}/index.html (the summary; results.csv and "
+          "findings.csv beside it)")
     return 0 if written else 1
 
 

@@ -66,6 +66,24 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+def hardware() -> dict[str, Any]:
+    """Where the run computed: the CPU (model, core count) and the GPU it used, if any. CUDA is
+    asked only when this process already initialised it (a run that used a GPU), so a CPU run
+    neither imports torch here nor wakes a GPU it never touched."""
+    import platform
+
+    torch = sys.modules.get("torch")
+    gpu = None
+    with contextlib.suppress(Exception):
+        if torch is not None and torch.cuda.is_initialized():
+            gpu = torch.cuda.get_device_name(torch.cuda.current_device())
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the model only in /proc/cpuinfo
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu}
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -189,7 +207,8 @@ class Run:
     def finish(self, record: Mapping) -> dict:
         """Write the record into the run being built, drop its checkpoint, and rename it into place,
         replacing any earlier run of this id only now that the new one is complete."""
-        record = {**record, "versions": collect_versions(), "git_commit": git_commit(), "created_at": utc_now()}
+        record = {**record, "versions": collect_versions(), "git_commit": git_commit(), "hardware": hardware(),
+                  "created_at": utc_now()}
         self._prune(record)
         write_json(self.partial / RESULT_FILE, record)
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)

@@ -108,7 +108,7 @@ def test_plotlyjs_once_per_folder(rendered):
     assert html.count('src="../../plotly.min.js"') == 1  # ... loaded once from the folder
     assert (tmp / "reports/plotly.min.js").read_text() == get_plotlyjs()
     assert len(html) < 1_000_000, len(html)
-    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["plotly.min.js"]
+    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["plotly.min.js", "search-index.js"]
 
 
 def test_self_contained_has_plotlyjs_inline_once(rendered):
@@ -116,6 +116,8 @@ def test_self_contained_has_plotlyjs_inline_once(rendered):
     assert alone.count(PJS) == 1 and "plotly.min.js" not in alone
     assert "trace-gamma" in alone
     assert not (rendered["tmp"] / "reports_sc/plotly.min.js").exists()
+    summary = (rendered["tmp"] / "reports_sc/index.html").read_text()
+    assert "plotly-graph-div" in summary and summary.count(PJS) == 1  # its figures draw from the one file too
 
 
 @pytest.mark.parametrize("key", ["html", "alone", "index"])
@@ -131,23 +133,28 @@ def test_static_gallery_and_widget_note(rendered):
     assert "IntSlider(" not in html and "live kernel" in html
 
 
-def test_index_titles_status_headline_and_links(rendered):
-    index = rendered["index"]
-    assert "<h2>Experiment <code>exp</code></h2>" in index
-    assert "stage &middot; A report" in index  # stage and notebook title
-    assert '<a href="exp/stage/dataset-fmow.html">dataset=fmow</a>' in index  # grid values
-    assert '<a href="exp/stage/dataset-iwildcam.html">dataset=iwildcam</a>' in index
-    row = re.search(r'<tr class="failed">.*?</tr>', index).group(0)
+def test_stage_pages_list_titles_status_headline_and_links(rendered):
+    tmp = rendered["tmp"]
+    stages = (tmp / "reports/stages.html").read_text()
+    assert "<h2>Experiment <code>exp</code></h2>" in stages and "1 failed" in stages
+    assert '<a href="exp/stage/index.html">stage</a></td><td>A report</td>' in stages  # stage and notebook title
+    stage = (tmp / "reports/exp/stage/index.html").read_text()
+    assert '<a href="dataset-fmow.html">dataset=fmow</a>' in stage  # grid values
+    assert '<a href="dataset-iwildcam.html">dataset=iwildcam</a>' in stage
+    row = re.search(r'<tr class="failed">.*?</tr>', stage, re.S).group(0)
     assert "dataset-iwildcam" in row and "FAILED" in row and "ZeroDivisionError: division by zero" in row
-    assert "1 failed" in index
-    assert "ID test acc_avg" in index and "0.613" in index and "0.346" in index  # headline numbers
-    assert "finetune lr=0.0001" in index
-    assert "truncated" not in index
+    assert "ID test acc_avg" in stage and "0.613" in stage and "0.346" in stage  # headline numbers
+    assert "finetune lr=0.0001" in stage
+    assert "truncated" not in stages + stage + rendered["index"]
+    # the summary names the failed point and links it
+    assert '1 failed point(s)</b>: <a href="exp/stage/dataset-iwildcam.html">exp/stage/dataset-iwildcam</a>' in \
+        rendered["index"]
 
 
 def test_page_links_back_shows_status_and_provenance(rendered):
     html = rendered["html"]
     assert 'href="../../index.html"' in html and "A report · dataset=fmow" in html
+    assert 'href="../../stages.html"' in html and 'href="../../downloads.html"' in html and 'href="index.html"' in html
     assert 'class="clipdg-done"' in html
     prov = re.search(r'<details class="clipdg-provenance">.*?</details>', html, re.S).group(0)
     record = runs.Run(rendered["tmp"] / "outputs/runs/exp" / RUN_ID).record()
@@ -236,7 +243,10 @@ def test_unreadable_notebook_is_skipped_and_named_the_rest_render(tmp_path):
         "exp/stage/a.html", "exp/stage/b.failed.html"]
     assert "good-marker" in written[0].read_text()
     assert "FAILED" in written[1].read_text()
-    assert "a.html" in (tmp_path / "reports/index.html").read_text()
+    stage_page = (tmp_path / "reports/exp/stage/index.html").read_text()
+    assert 'href="a.html"' in stage_page
+    assert stage_page.count('<tr class="failed">') == 1  # point b once: its failed execution's page, not twice
+    assert "1 failed point(s)" in (tmp_path / "reports/index.html").read_text()
 
 
 @needs_browser
@@ -296,5 +306,261 @@ def test_executed_notebook_figures_draw_untrusted_in_lab(lab_server, lab_browser
         assert plotly_figures(panel) == 3  # two plots.show figures and the plain fig.show()
         panel.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
         screenshot(page, "lab_executed_untrusted_plots_show")
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The site of an experiment, built from run records (no notebook is executed: fast)
+# ---------------------------------------------------------------------------------------------
+
+SHIFT = {"id_val": 0.0, "id_test": 0.0, "val": -0.2, "test": -0.25}  # OOD below ID by construction
+SITE_SEEDS = {"fmow": (0, 1, 2), "iwildcam": (0,)}  # iWildCam: one seed, so no interval
+
+
+def _site_metrics(acc: float) -> dict:
+    return {s: {"acc_avg": acc + d, "acc_worst_region": acc + d - 0.1, "F1-macro_all": (acc + d) / 2}
+            for s, d in SHIFT.items()}
+
+
+def _site_run(tmp, output_dir, dataset, method, fraction, seed, variants, headline, lr=1e-3):
+    from clipdg_nb.pipeline.experiment import point_name  # noqa: F401 (kept beside its use below)
+
+    lr = None if method == "zeroshot" else lr
+    run_id = f"{dataset}-{method}-f{fraction:g}-s{seed}-{'abl' if 'ablation' in output_dir else 'cafe'}"
+    params = {"experiment": "demo", "dataset": dataset, "model": "clipdg-tiny-vit", "root_dir": str(tmp / "outputs/data"),
+              "pretrained": "outputs/cache/pretrain/tiny-clip.safetensors", "output_dir": output_dir, "epochs": 4,
+              "eval_splits": ["id_val", "id_test", "val", "test"], "seed": seed, "lr": lr}
+    record = dict(run_id=run_id, experiment="demo", dataset=dataset, method=method, fraction=fraction, seed=seed, lr=lr,
+                  root_dir=str(tmp / "outputs/data"), params=params, metrics=variants[headline],
+                  selection={"split": "id_val", "metric": "acc_avg", "variant": headline})
+    if len(variants) > 1:
+        record["variants"] = variants
+    folder = f"{output_dir}/demo/{run_id}"
+    runs.Run(tmp / folder).finish(record)
+    return folder
+
+
+def _site_point(tmp, stage, title, values, run_dirs):
+    from clipdg_nb.pipeline.experiment import point_name
+
+    folder = tmp / "outputs/notebooks/demo" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nA point of the fake demo.")]
+    nbformat.write(nb, str(folder / f"{point_name(values)}.ipynb"))
+    runs.write_json(folder / f"{point_name(values)}.done.json", {"parameters": {"experiment": "demo", **values},
+                                                                  "run_dirs": run_dirs})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A fake `demo`: synthetic-data markers, a tiny model, zero-shot, a sweep (finetune with best /
+    last / SWA weights, vision-only 0.1 + 0.002 * seed below it on every split), an ablation run with
+    WiSE-FT variants in its own folder under a sweep run's id; rendered to outputs/reports."""
+    from clipdg_nb.datasets import DATASETS
+    from clipdg_nb.pipeline.report import render_reports
+
+    tmp = tmp_path_factory.mktemp("site")
+    for ds in DATASETS:  # what `clipdg synth` leaves in each dataset folder
+        (tmp / "outputs/data" / DATASETS[ds].folder).mkdir(parents=True)
+        (tmp / "outputs/data" / DATASETS[ds].folder / "SYNTHETIC.json").write_text('{"generator": "clipdg_nb.synthetic"}')
+    for ds in DATASETS:
+        zs = _site_run(tmp, "outputs/runs", ds, "zeroshot", 0.0, 0, {"zeroshot": _site_metrics(0.3)}, "zeroshot")
+        _site_point(tmp, "zero_shot", "01 · Zero-shot", {"dataset": ds}, [zs])
+        for fraction in (0.1, 1.0):
+            for seed in SITE_SEEDS[ds]:
+                acc = 0.5 + 0.2 * fraction + 0.01 * seed
+                ft = _site_run(tmp, "outputs/runs", ds, "finetune", fraction, seed,
+                               {"best": _site_metrics(acc), "last": _site_metrics(acc - 0.02),
+                                "swa": _site_metrics(acc + 0.01 + 0.001 * seed)}, "best")
+                vo = _site_run(tmp, "outputs/runs", ds, "vision_only", fraction, seed,
+                               {"best": _site_metrics(acc - 0.1 - 0.002 * seed)}, "best")
+                _site_point(tmp, "sweep", "02 · Few-shot sweep", {"dataset": ds, "fraction": fraction, "seed": seed},
+                            [ft, vo])
+    wise = {f"wise_ft_{a}": _site_metrics(0.3 + 0.4 * a + 0.1 * a * (1 - a)) for a in (0.0, 0.5)}
+    abl = _site_run(tmp, "outputs/runs/ablation", "fmow", "finetune", 1.0, 0,
+                    {"best": _site_metrics(0.7), "last": _site_metrics(0.7), "swa": _site_metrics(0.72),
+                     "ema": _site_metrics(0.71), **wise}, "best")
+    _site_point(tmp, "swa_ablation", "03 · SWA ablation", {"dataset": "fmow", "fraction": 1.0, "seed": 0}, [abl])
+    (tmp / "parameters").mkdir()
+    (tmp / "parameters/demo.yaml").write_text("experiment: demo\ndescription: A fake demo for the report's tests.\n")
+    out = tmp / "outputs/reports"
+    written = render_reports(tmp / "outputs/notebooks", out, root=tmp)
+    return {"tmp": tmp, "out": out, "written": written, "index": (out / "index.html").read_text()}
+
+
+def _text(html_text: str) -> str:
+    """A page's visible text, roughly (scripts and styles out, tags out, whitespace collapsed)."""
+    import html as html_lib
+
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", html_text, flags=re.S)
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+def test_summary_opens_on_findings_with_plain_verdicts(site):
+    index, text = site["index"], _text(site["index"])
+    assert "demo: what the study found" in text and "A fake demo for the report's tests." in text
+    assert "Synthetic data, tiny model: not the paper's numbers." in text  # the banner
+    assert "clipdg-tiny-vit" in text and "SYNTHETIC.json" in text
+    # fmow: finetune - vision_only on OOD test at 100 %: differences 0.100, 0.102, 0.104 over seeds 0-2:
+    # mean 0.102, std 0.002, t(0.975, 2) = 4.303 -> half width 4.303 * 0.002 / sqrt(3) = 0.00497
+    row = re.search(r"<tr><td>finetune - vision_only on test, fraction 1</td>.*?</tr>", index).group(0)
+    assert "+0.102 [+0.097, +0.107]" in row and ">holds<" in row
+    # iwildcam (headline F1-macro_all, half the accuracy here: a difference of 0.05) has one seed: no
+    # interval, and no verdict either way
+    one = re.findall(r"<tr><td>finetune - vision_only on test, fraction 1</td>.*?</tr>", index)[1]
+    assert "+0.050, interval n/a (1 seed)" in one and ">inconclusive<" in one
+    assert not re.search(r"\bnan\b", text, re.I) and ">True<" not in index and ">None<" not in index
+    assert "13 runs · 3 seed(s)" in text  # fmow: 1 zero-shot + 2 fractions x 3 seeds x 2 methods; the ablation apart
+    for link in ("results.csv", "results.json", "findings.csv", "findings.json"):
+        assert f'<a href="{link}" download>' in index
+    for label in ("git commit", "library versions", "hardware", "runs made", "report rendered"):
+        assert f"<td>{label}</td>" in index
+    assert re.search(r"<td>hardware</td><td>(CPU only|GPU: )", index)
+    # the records name where they computed: this CPU, and no GPU (this process never initialised CUDA)
+    import os
+
+    import torch
+    record = json.loads(next((site["tmp"] / "outputs/runs/demo").glob("*/result.json")).read_text())
+    assert record["hardware"]["cpu_count"] == os.cpu_count() and record["hardware"]["cpu"]
+    assert record["hardware"]["gpu"] is None or torch.cuda.is_initialized()
+
+
+def test_summary_key_figures_have_captions(site):
+    index = site["index"]
+    figures = re.findall(r'<figure class="clipdg-figure">(.*?)</figure>', index, re.S)
+    assert len(figures) == 12  # six per dataset
+    assert all("What to look for.</b>" in f for f in figures)
+    drawn = [f for f in figures if "plotly-graph-div" in f]
+    assert len(drawn) == 11  # iwildcam has no WiSE-FT run: its panel says why
+    assert "not drawn: it needs a run of this dataset with WiSE-FT variants (the swa_ablation stage" in index
+    assert "WiSE-FT α=0.5" not in index  # hover texts are in figure JSON; the curve's labels are α=...
+    assert '"α=0.5"' in index.replace("\\u03b1", "α")
+    assert index.count('src="plotly.min.js"') == 1 and (site["out"] / "plotly.min.js").is_file()
+
+
+def test_no_banner_for_real_data_and_a_full_model(rendered):
+    assert "not the paper's numbers" not in rendered["index"]
+
+
+def test_downloads_hold_every_row_and_setting(site):
+    import pandas as pd
+
+    out = site["out"]
+    results = pd.read_csv(out / "results.csv")
+    # zero-shot 2 x 1 variant, finetune 8 x 3, vision-only 8 x 1, ablation 1 x 6 variants; 4 splits x 3 metrics each
+    assert len(results) == (2 * 1 + 8 * 3 + 8 * 1 + 1 * 6) * 4 * 3
+    for column in ("run_id", "method", "fraction", "seed", "lr", "variant", "split", "metric", "value", "model",
+                   "epochs", "output_dir", "eval_splits", "git_commit", "select_split"):
+        assert column in results.columns, column
+    swa = results[(results["dataset"] == "fmow") & (results["method"] == "finetune") & (results["fraction"] == 1.0)
+                  & (results["seed"] == 2) & (results["variant"] == "swa") & (results["split"] == "test")
+                  & (results["metric"] == "acc_avg") & (results["output_dir"] == "outputs/runs")]
+    assert swa["value"].tolist() == pytest.approx([0.5 + 0.2 + 0.02 + 0.01 + 0.002 - 0.25])
+    assert (results["output_dir"] == "outputs/runs/ablation").sum() == 6 * 4 * 3  # kept apart from its twin
+    assert pd.read_json(out / "results.json", orient="split").shape == results.shape
+    findings = pd.read_csv(out / "findings.csv")
+    assert list(findings.columns) == ["experiment", "dataset", "question", "measured", "verdict", "value", "low",
+                                      "high", "n"]
+    row = findings[(findings["dataset"] == "fmow") & (findings["question"] == "finetune - vision_only on test, fraction 1")]
+    assert row["verdict"].item() == "holds" and row["n"].item() == 3
+    assert row[["value", "low", "high"]].values.ravel().tolist() == pytest.approx([0.102, 0.102 - 0.004968, 0.102 + 0.004968],
+                                                                                 abs=2e-5)
+    assert set(findings["verdict"]) <= {"holds", "does not hold", "inconclusive", "not measured"}
+    assert pd.read_json(out / "findings.json", orient="split")["verdict"].tolist() == findings["verdict"].tolist()
+    downloads = (out / "downloads.html").read_text()
+    assert '<a href="results.csv" download>' in downloads and str(len(results)) in downloads
+
+
+def _search_index(out) -> list[dict]:
+    text = (out / "search-index.js").read_text()
+    assert text.startswith("window.CLIPDG_SEARCH = ")
+    return json.loads(text[len("window.CLIPDG_SEARCH = "):].rstrip().rstrip(";"))
+
+
+def test_search_index_covers_pages_and_parameters(site):
+    pages = _search_index(site["out"])
+    urls = {p["url"] for p in pages}
+    for page in site["written"]:
+        assert page.relative_to(site["out"]).as_posix() in urls
+    for stage in ("zero_shot", "sweep", "swa_ablation"):
+        assert f"demo/{stage}/index.html" in urls
+    assert {"stages.html", "downloads.html", "index.html#experiment-demo"} <= urls
+    point = next(p for p in pages if p["url"] == "demo/sweep/dataset-fmow_fraction-0.1_seed-1.html")
+    assert "fraction=0.1" in point["text"] and "seed=1" in point["text"] and "done" in point["text"]
+    assert point["title"] == "02 · Few-shot sweep · dataset=fmow, fraction=0.1, seed=1"
+
+
+def test_every_page_has_the_navigation_and_nothing_remote(site):
+    out = site["out"]
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) == 3 + 3 + len(site["written"])  # summary, stages, downloads + a page per stage + points
+    for page in pages:
+        html_text = page.read_text()
+        root = "../../" if len(page.relative_to(out).parts) == 3 else ""
+        for href in ("index.html", "stages.html", "downloads.html", "search-index.js"):
+            assert f'="{root}{href}"' in html_text, (page, href)
+        assert 'class="clipdg-search"' in html_text and "window.CLIPDG_SEARCH" in html_text
+        assert not re.search(r"<(script|link)[^>]*\s(src|href)=[\"']?(https?:)?//", html_text), page
+    point = (out / "demo/sweep/dataset-fmow_fraction-0.1_seed-1.html").read_text()
+    assert 'href="dataset-fmow_fraction-0.1_seed-0.html" rel="prev"' in point
+    assert 'href="dataset-fmow_fraction-0.1_seed-2.html" rel="next"' in point
+    assert '<a href="index.html">sweep</a>' in point  # its stage's page
+
+
+def test_stage_page_groups_runs_by_dataset_method_fraction(site):
+    sweep = (site["out"] / "demo/sweep/index.html").read_text()
+    assert "fmow: by method and fraction" in sweep and "iwildcam: by method and fraction" in sweep
+    # fmow finetune at 100 %, best epoch, ID test acc_avg: 0.70, 0.71, 0.72 -> 0.710 +- 4.303 * 0.01 / sqrt(3)
+    row = re.search(r"<tr><td>finetune</td><td>1</td><td>best \(reported\)</td>.*?</tr>", sweep, re.S).group(0)
+    assert "0.710 [0.685, 0.735]" in row and "<td>3</td>" in row
+    assert all(f'<a href="dataset-fmow_fraction-1_seed-{s}.html">s{s}</a>' in row for s in range(3))
+    one = re.findall(r"<tr><td>finetune</td><td>1</td><td>best \(reported\)</td>.*?</tr>", sweep, re.S)[1]
+    assert "0.350 (1 seed)" in one  # iwildcam (F1-macro_all, half the accuracy here), one seed: no interval
+
+
+def test_template_files_are_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clipdg_nb"]
+    for path in (root / "clipdg_nb/pipeline/templates").iterdir():
+        rel = path.relative_to(root / "clipdg_nb").as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not in pyproject's package-data"
+
+
+@needs_browser
+def test_summary_draws_offline_csv_link_works_search_finds_a_page(site, lab_browser):  # noqa: F811
+    from browser import block_network, screenshot
+
+    check = check_page_offline(lab_browser, site["out"] / "index.html", screenshot_name="report_summary_full")
+    assert check["figures"] == check["plotly_divs"] == 11 and check["blocked"] == [] and check["errors"] == [], check
+    context = lab_browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        blocked = block_network(page)
+        page.goto((site["out"] / "index.html").as_uri())
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible")
+        screenshot(page, "report_summary_first_screen")
+        assert page.locator(".clipdg-banner").is_visible() and page.locator(".clipdg-findings").first.is_visible()
+        with page.expect_download() as download:
+            page.locator('a[href="results.csv"]').first.click()
+        lines = open(download.value.path()).read().splitlines()
+        assert lines[0].startswith("run_id,experiment,dataset,method") and len(lines) == 1 + 480
+        box = page.locator(".clipdg-search input")
+        box.fill("fraction=0.1 seed=1 fmow")
+        hits = page.locator(".clipdg-search-results a")
+        hits.first.wait_for(state="visible")
+        assert hits.count() == 1 and "dataset=fmow, fraction=0.1, seed=1" in hits.first.inner_text()
+        screenshot(page, "report_search")
+        box.press("Enter")
+        page.wait_for_url("**/demo/sweep/dataset-fmow_fraction-0.1_seed-1.html")
+        assert "02 · Few-shot sweep" in page.title()
+        page.locator(".clipdg-search input").fill("no-such-page-xyz")
+        assert page.locator(".clipdg-search-results .clipdg-none").inner_text() == "no page matches"
+        assert blocked == []
     finally:
         context.close()

@@ -263,10 +263,20 @@ def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "
     return selected.merge(test[keep], on=["dataset", "method", "fraction"], how="left")
 
 
-def _fmt_ci(mean: float, low: float, high: float) -> str:
-    if not (np.isfinite(low) and np.isfinite(high)):  # one seed (or pair) has no spread
-        return f"{mean:+.3f} [n/a (1 seed)]"
+def _fmt_ci(mean: float, low: float, high: float, n: int | None = None) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):  # one seed (or none paired): no spread to measure
+        return f"{mean:+.3f}, interval n/a ({n} seed{'s' if n != 1 else ''})" if n is not None else f"{mean:+.3f}, interval n/a"
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+VERDICTS = {True: "holds", False: "does not hold", None: "inconclusive"}
+NOT_MEASURED = "not measured"
+
+
+def verdict(holds, measured: bool = True) -> str:
+    """A finding's verdict in words: 'holds', 'does not hold', 'inconclusive' (an interval across
+    zero, or one seed: no interval), 'not measured' (the runs it needs are missing)."""
+    return VERDICTS[None if holds is None else bool(holds)] if measured else NOT_MEASURED
 
 
 def _interval_verdict(low: float, high: float):
@@ -281,14 +291,20 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
     """The study's headline questions, each answered by a measured number (never asserted).
 
     `df`: runs after learning-rate selection (`apply_selection`). Rows: question, measured, holds
-    (True / False; None when the runs are missing or a paired interval straddles zero). Accuracy (`acc_avg`) is used where ID
-    and OOD are compared on one scale; paired differences are over seeds with a `level` interval.
+    (True / False; None when the runs are missing or a paired interval straddles zero), verdict (the
+    same in words, `verdict`), and for paired differences the numbers: value (mean difference), low,
+    high (NaN with one seed), n (seeds paired). Accuracy (`acc_avg`) is used where ID and OOD are
+    compared on one scale; paired differences are over seeds with a `level` interval.
     """
     runs.check_one_setting(df, "findings")
     rows = []
 
-    def add(question, measured, holds):
-        rows.append({"question": question, "measured": measured, "holds": None if holds is None else bool(holds)})
+    def add(question, measured, holds, r=None, value=None):
+        nums = {"value": r["mean_diff"], "low": r["low"], "high": r["high"], "n": int(r["n"])} if r is not None else \
+            {"value": value}
+        missing = r is None and holds is None  # no paired numbers and no verdict: the runs are not there
+        rows.append({"question": question, "measured": measured, "holds": None if holds is None else bool(holds),
+                     "verdict": verdict(holds, measured=not missing), **nums})
 
     top = df["fraction"][df["method"] != "zeroshot"].max() if (df["method"] != "zeroshot").any() else None
     zs = zero_shot_reference(df[df["dataset"] == dataset], id_split, "acc_avg").get(dataset)
@@ -296,14 +312,16 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
     if zs is None:
         add("zero-shot ID accuracy >= 3x chance", "no zero-shot run", None)
     else:
-        add("zero-shot ID accuracy >= 3x chance", f"{zs:.3f} = {zs / chance:.1f}x chance ({chance:.4f})", zs >= 3 * chance)
+        add("zero-shot ID accuracy >= 3x chance", f"{zs:.3f} = {zs / chance:.1f}x chance ({chance:.4f})", zs >= 3 * chance,
+            value=zs)
     ft = metric_rows(df, id_split, "acc_avg")
     ft = ft[(ft["method"] == clip_method) & (ft["fraction"] == top)] if top is not None else ft.iloc[:0]
     if zs is None or ft.empty:
         add(f"{clip_method} ID above zero-shot ID at fraction {top}", "runs missing", None)
     else:
         m = _by_seed(ft).mean()
-        add(f"{clip_method} ID above zero-shot ID at fraction {top:g}", f"{m:.3f} vs {zs:.3f} ({m - zs:+.3f})", m > zs)
+        add(f"{clip_method} ID above zero-shot ID at fraction {top:g}", f"{m:.3f} vs {zs:.3f} ({m - zs:+.3f})", m > zs,
+            value=m - zs)
     for method in sorted(set(df["method"]) - {"zeroshot"}):
         ids, oods = metric_rows(df, id_split, "acc_avg"), metric_rows(df, ood_split, "acc_avg")
         a, b = ids[ids["method"] == method], oods[oods["method"] == method]
@@ -311,7 +329,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
             continue
         gap = a["value"].mean() - b["value"].mean()
         add(f"{method}: OOD accuracy below ID (all fractions)", f"ID {a['value'].mean():.3f}, OOD {b['value'].mean():.3f} "
-            f"(gap {gap:+.3f})", gap > 0)
+            f"(gap {gap:+.3f})", gap > 0, value=gap)
     for split in (id_split, ood_split):
         table = compare_methods(df, clip_method, vision_method, split, level=level)
         table = table[table["dataset"] == dataset]
@@ -320,7 +338,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
             continue
         for _, r in table.sort_values("fraction").iterrows():
             add(f"{clip_method} - {vision_method} on {split}, fraction {r['fraction']:g}",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"]), _interval_verdict(r["low"], r["high"]))
+                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), _interval_verdict(r["low"], r["high"]), r)
     for baseline in ("best", "last"):
         try:
             gain = swa_gain(df, ood_split, baseline=baseline, method=clip_method, level=level)
@@ -330,9 +348,11 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
         gain = gain[gain["dataset"] == dataset]
         for _, r in gain.sort_values("fraction").iterrows():
             add(f"SWA - {baseline} on {ood_split}, fraction {r['fraction']:g} (paired, {level:.0%})",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"]), _interval_verdict(r["low"], r["high"]))
+                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), _interval_verdict(r["low"], r["high"]), r)
     # object dtype keeps True / False / None as they are (a bool column would turn None into False)
-    return pd.DataFrame(rows, columns=["question", "measured", "holds"]).astype({"holds": object})
+    columns = ["question", "measured", "holds", "verdict", "value", "low", "high", "n"]
+    return pd.DataFrame(rows, columns=columns).astype({"holds": object, "value": float, "low": float, "high": float,
+                                                       "n": "Int64"})
 
 
 def clip_vs_vision(df: pd.DataFrame, splits: Sequence[str], clip_method: str = "finetune",

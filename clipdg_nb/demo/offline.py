@@ -51,7 +51,7 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
         chosen = apply_selection(runs, select_lr(runs, "id_val"))
         with pd.option_context("display.max_colwidth", 80, "display.width", 200):
             log(f"\n{name}: what the demo shows (synthetic data, tiny model: not the paper's numbers)\n"
-                + findings(chosen, name).to_string(index=False))
+                + findings(chosen, name)[["question", "measured", "verdict"]].to_string(index=False))
     total = round(time.perf_counter() - started, 1)
     log(f"\nreports ({len(reports)}): {Path('outputs/reports').resolve()}/index.html")
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total}")

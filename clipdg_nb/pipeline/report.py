@@ -1,24 +1,27 @@
-"""Executed notebooks -> HTML reports that open offline (`clipdg report`).
+"""Executed notebooks -> a report site that opens offline (`clipdg report`).
 
-One folder of reports: `index.html` (every point: title, grid values, dataset, status, headline
-numbers), one page per executed notebook under `<experiment>/<stage>/`, and `plotly.min.js`
-once, which the pages load with a relative `<script src>`. `self_contained=True` instead puts
-plotly.js inline once in each page, for a single file to send.
+One folder: a page per executed notebook under `<experiment>/<stage>/`, `plotly.min.js` once
+(pages load it with a relative `<script src>`; `self_contained=True` puts it inline in each page
+instead, for a single file to send), and around them the site `report_index.write_index` writes:
+the summary (`index.html`), the stages, a page per stage, the downloads and the search index.
 
-Each page has a bar with a link back to the index, its status and a show / hide code button
-(`no_code=True` only makes the code start hidden), a provenance block (from the run records its
-done marker lists: versions, git commit, data root, weights, parameters as given), and one
-parameters cell with the values the run actually used (papermill's injected cell merged into the
-notebook's defaults). The lab template's CDN scripts (require.js, MathJax, mermaid, the widget
-manager) are left out; plotly.js inline in outputs is stripped; plotly-only outputs (plain
-`fig.show()`) get an HTML form; widget outputs become a note (they need a live kernel).
-nbconvert with a hand-written index, not a site generator (Sphinx + myst-nb): it is already a
-dependency, renders one page per notebook in about half a second, and adds no build step to CI.
+Each notebook page has the site's bar (summary, stages, downloads, search; previous / next point
+of its stage; status; a show / hide code button, `no_code=True` only makes the code start hidden),
+a provenance block (from the run records its done marker lists: versions, git commit, hardware,
+data root, weights, parameters as given), and one parameters cell with the values the run actually
+used (papermill's injected cell merged into the notebook's defaults). The lab template's CDN
+scripts (require.js, MathJax, mermaid, the widget manager) are left out; plotly.js inline in
+outputs is stripped; plotly-only outputs (plain `fig.show()`) get an HTML form; widget outputs
+become a note (they need a live kernel).
+
+Why nbconvert and Jinja2 templates (templates/), not a site generator: Jupyter Book 2 and Quarto
+need the network here; Jupyter Book 1 builds 4.8 MB pages that load widget scripts from CDNs;
+Sphinx + myst-nb works offline but adds packages and a build step. nbconvert is already a
+dependency (and brings Jinja2), renders a page in about half a second, and CI needs nothing more.
 """
 from __future__ import annotations
 
 import ast
-import html
 import json
 import os
 import re
@@ -29,45 +32,14 @@ from typing import Callable
 import nbformat
 
 from ..paths import write_bytes
-from .report_index import (PLOTLYJS_FILE, grid_values, notebook_title, page_meta, point_info, provenance_html,
-                           read_page_meta, report_roots, stale_failed_pages, status_html, write_index)
+from .report_index import (PLOTLYJS_FILE, TEMPLATES, grid_values, notebook_parts, notebook_title, point_info,
+                           read_page_meta, report_roots, stale_failed_pages, write_index)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ("<p><i>An interactive widget was here (e.g. the failure browser); it runs only with a live "
                "kernel: open the notebook in JupyterLab (<code>make lab</code>). The static gallery stands in "
                "for it in this report.</i></p>")
-_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{#- No CDN: these blocks would load require.js, MathJax, mermaid and the widget manager remotely. -#}
-{%- block html_head_js -%}{{ resources.clipdg.head }}{%- endblock html_head_js -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block body_header -%}
-<body class="jp-Notebook{{ resources.clipdg.body_class }}" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
-{{ resources.clipdg.top }}
-<main>
-{%- endblock body_header -%}
-"""
-_CSS = """<style>
-.clipdg-nav{position:sticky;top:0;z-index:100;display:flex;gap:16px;align-items:center;padding:6px 20px;
- background:#f4f6f8;border-bottom:1px solid #d0d7de;font:14px system-ui,sans-serif}
-.clipdg-nav .clipdg-title{flex:1;font-weight:600}
-.clipdg-nav button{font:13px system-ui,sans-serif;padding:2px 10px;cursor:pointer}
-.clipdg-failed{color:#fff;background:#c62828;padding:1px 7px;border-radius:3px;font-weight:600}
-.clipdg-done{color:#1b5e20}
-.clipdg-provenance{margin:10px 20px;font:13px system-ui,sans-serif}
-.clipdg-provenance summary{cursor:pointer}
-.clipdg-provenance table{border-collapse:collapse;margin-top:6px}
-.clipdg-provenance td{border-top:1px solid #eee;padding:2px 10px 2px 0;vertical-align:top}
-.clipdg-provenance td:first-child{color:#555;white-space:nowrap}
-.clipdg-provenance code{white-space:pre-wrap}
-body.clipdg-hide-code .jp-CodeCell:not(.celltag_parameters) .jp-Cell-inputWrapper{display:none}
-body.clipdg-hide-code .jp-CodeCell.jp-mod-noOutputs:not(.celltag_parameters){display:none}
-body.clipdg-hide-code .clipdg-if-shown, body:not(.clipdg-hide-code) .clipdg-if-hidden{display:none}
-.jp-CodeCell.celltag_parameters .jp-Cell-inputWrapper::before{content:"Parameters actually used";display:block;
- font:600 12px system-ui,sans-serif;color:#555;padding:2px 0 2px 64px}
-</style>"""
 _REMOTE_SCRIPT = re.compile(r"<script[^>]*\ssrc\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
 _SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL)
 _PARAMS_HEADER = ("# The values this notebook ran with: its defaults, with those `clipdg run` / papermill gave\n"
@@ -200,8 +172,8 @@ def _exporter():
     import jinja2
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"clipdg_report.html.j2": _TEMPLATE})])
-    exporter.template_file = "clipdg_report.html.j2"
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.FileSystemLoader(str(TEMPLATES))])
+    exporter.template_file = "notebook.html.j2"
     exporter.embed_images = True
     return exporter
 
@@ -222,12 +194,13 @@ def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
 
 def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
                     title: str | None = None, self_contained: bool = False, index: str | os.PathLike | None = None,
-                    roots: list | None = None) -> Path:
+                    roots: list | None = None, neighbours: tuple[str | None, str | None] = (None, None)) -> Path:
     """Render one executed notebook to `out_html` (written atomically).
 
     plotly.js: inline once if `self_contained`, else loaded from `plotly.min.js` in the folder of
     `index` (default: `out_html`'s folder; see `write_plotlyjs`). `no_code`: code starts hidden.
     `roots`: folders the run folders of its done marker are relative to (`report_index.report_roots`).
+    `neighbours`: the previous and next point pages of its stage (file names), linked from its bar.
     """
     notebook, out_html = Path(notebook), Path(out_html)
     if not notebook.is_file():
@@ -247,24 +220,24 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
     nb.metadata["title"] = title
     index_path = Path(index) if index is not None else out_html.parent / "index.html"
     rel = Path(os.path.relpath(index_path.parent, out_html.parent)).as_posix()
+    root = "" if rel == "." else f"{rel}/"
     has_figures = any("plotly-graph-div" in "".join(o.get("data", {}).get("text/html", ""))
                       for c in nb.cells for o in c.get("outputs", []))
-    script = ""
+    plotly_src = plotly_inline = None
     if has_figures and self_contained:
-        script = f'<script charset="utf-8">{_plotlyjs()}</script>'
+        plotly_inline = _plotlyjs()
     elif has_figures:
         write_plotlyjs(index_path.parent)
-        script = f'<script charset="utf-8" src="{html.escape(rel)}/{PLOTLYJS_FILE}"></script>'
+        plotly_src = f"{root}{PLOTLYJS_FILE}"
+    prev, next_ = neighbours
     meta = {"mode": "self-contained" if self_contained else "linked", "code": "hidden" if no_code else "shown",
-            "notebook_title": nb_title, "grid": grid}
-    top = (f'<nav class="clipdg-nav"><a href="{html.escape(rel)}/index.html">&larr; all reports</a>'
-           f'<span class="clipdg-title">{html.escape(title)}</span>{status_html(info)}'
-           '<button type="button" onclick="document.body.classList.toggle(\'clipdg-hide-code\')">'
-           '<span class="clipdg-if-shown">hide code</span><span class="clipdg-if-hidden">show code</span></button>'
-           f"</nav>{provenance_html(info, nb)}")
+            "notebook_title": nb_title, "grid": grid, "neighbours": [prev, next_]}
+    # breadcrumbs: experiment > stage (its page) > this point, for a page in <experiment>/<stage>/
+    parts = out_html.resolve().relative_to(index_path.parent.resolve()).parts if root == "../../" else ()
+    crumbs = [(parts[0], None), (parts[1], "index.html")] if len(parts) == 3 else []
+    clipdg = notebook_parts(info, nb, meta, root, title, crumbs, prev, next_, plotly_src, plotly_inline)
     resources = {"metadata": {"name": title},
-                 "clipdg": {"head": page_meta(meta) + _CSS + script, "top": top,
-                            "body_class": " clipdg-hide-code" if no_code else ""}}
+                 "clipdg": {**clipdg, "body_class": " clipdg-hide-code" if no_code else ""}}
     body, _ = _exporter().from_notebook_node(nb, resources=resources)
     if _REMOTE_SCRIPT.search(body):
         warnings.warn(f"{out_html} still loads a remote script (from an output of {notebook}); it will not "
@@ -292,13 +265,14 @@ def find_notebooks(notebooks_dir: str | os.PathLike = "outputs/notebooks", exper
     return found
 
 
-def _up_to_date(page: Path, notebook: Path, mode: str, code: str) -> bool:
+def _up_to_date(page: Path, notebook: Path, mode: str, code: str, neighbours: tuple) -> bool:
     if not page.is_file():
         return False
     inputs = [notebook, *(notebook.with_suffix(s) for s in (".done.json", ".failed.json"))]
     newest = max(p.stat().st_mtime for p in inputs if p.exists())
     meta = read_page_meta(page)
-    return page.stat().st_mtime >= newest and (meta.get("mode"), meta.get("code")) == (mode, code)
+    return page.stat().st_mtime >= newest and (meta.get("mode"), meta.get("code"), tuple(meta.get("neighbours") or (
+        None, None))) == (mode, code, tuple(neighbours))
 
 
 def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_dir: str | os.PathLike = "outputs/reports",
@@ -315,20 +289,24 @@ def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_d
     say = log or (lambda msg: warnings.warn(msg, stacklevel=3))
     roots = report_roots(notebooks_dir, root)
     written = []
-    for nb in find_notebooks(notebooks_dir, experiment, stage):
+    found = find_notebooks(notebooks_dir, experiment, stage)
+    for nb in found:
         target = out / nb.relative_to(notebooks_dir).with_suffix(".html")
+        siblings = [p.with_suffix(".html").name for p in found if p.parent == nb.parent]
+        at = siblings.index(target.name)
+        neighbours = (siblings[at - 1] if at > 0 else None, siblings[at + 1] if at + 1 < len(siblings) else None)
         if only_changed and _up_to_date(target, nb, "self-contained" if self_contained else "linked",
-                                        "hidden" if no_code else "shown"):
+                                        "hidden" if no_code else "shown", neighbours):
             written.append(target)
             continue
         try:
             written.append(render_notebook(nb, target, no_code=no_code, self_contained=self_contained,
-                                           index=out / "index.html", roots=roots))
+                                           index=out / "index.html", roots=roots, neighbours=neighbours))
         except UnreadableNotebook as err:
             say(f"skipping {err}")
     if written and not self_contained:
         write_plotlyjs(out)  # pages kept by only_changed load it too
     for page in stale_failed_pages(out, notebooks_dir, experiment, stage):  # the point succeeded since
         page.unlink(missing_ok=True)
-    write_index(out, notebooks_dir, roots)
+    write_index(out, notebooks_dir, roots, self_contained=self_contained)
     return written

@@ -1,12 +1,16 @@
-"""What a report says about its point, and the index of a report folder.
+"""What a report says about its points, and the site around them.
 
 A point's facts come from the runner's markers beside its executed notebook (`<point>.done.json`:
 parameters and run folders; `<point>.failed.json`: the error) and from the run records the done
-marker lists (`result.json`: metrics, versions, git commit, data root, weights).
+marker lists (`result.json`: metrics, versions, git commit, hardware, data root, weights).
+`write_index` writes the site: the summary (`index.html`, from `report_summary`), `stages.html`,
+a page per stage, `downloads.html` with the CSV / JSON tables, and `search-index.js`. All HTML is
+in templates/ (Jinja2, autoescaped); Python hands the templates data.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import json
 import os
@@ -38,18 +42,19 @@ def report_roots(notebooks_dir: str | os.PathLike, root: str | os.PathLike | Non
     return list(dict.fromkeys(found))
 
 
-def _record(run_dir: str, roots: list[Path]) -> dict | None:
+def _record(run_dir: str, roots: list[Path]) -> tuple[dict, Path] | None:
     d = Path(run_dir)
     for folder in [d] if d.is_absolute() else [r / d for r in roots]:
         record = Run(folder).record()
         if record is not None:
-            return record
+            return record, folder.resolve()
     return None
 
 
 def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
     """status (done | failed | unknown), failure (the failed marker), parameters (as given),
-    records (the run records its done marker lists that exist), missing (the others)."""
+    records (the run records its done marker lists that exist), folders (theirs, resolved),
+    missing (the others)."""
     notebook = Path(notebook)
     if notebook.name.endswith(".failed.ipynb"):  # the runner keeps a failed execution beside the point's
         notebook = notebook.with_name(notebook.name[:-len(".failed.ipynb")] + ".ipynb")
@@ -63,10 +68,14 @@ def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
         status = "failed"
     else:
         status = "done" if done else "unknown"
-    records, missing = [], []
+    records, folders, missing = [], [], []
     for d in (done or {}).get("run_dirs", []) if status == "done" else []:
-        record = _record(d, roots)
-        (records if record is not None else missing).append(record if record is not None else d)
+        found = _record(d, roots)
+        if found is None:
+            missing.append(d)
+        else:
+            records.append(found[0])
+            folders.append(found[1])
     parameters = ((done if status == "done" else failed) or {}).get("parameters") or {}
     read, read_from = [], None
     if status == "done" and not done.get("run_dirs") and parameters.get("experiment") and parameters.get("output_dir"):
@@ -78,7 +87,7 @@ def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
                 read = [r for r in load_records(folder) if parameters.get("dataset") in (None, r.get("dataset"))]
                 break
     return {"status": status, "failure": failed if status == "failed" else None, "records": records,
-            "missing": missing, "parameters": parameters, "read": read, "read_from": read_from}
+            "folders": folders, "missing": missing, "parameters": parameters, "read": read, "read_from": read_from}
 
 
 def _fmt(value) -> str:
@@ -142,31 +151,62 @@ def headline_rows(records: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML pieces of a page
+# Templates: every page's HTML lives in templates/*.html.j2; Python hands them data
+# ---------------------------------------------------------------------------------------------
+
+TEMPLATES = Path(__file__).with_name("templates")
+SEARCH_INDEX = "search-index.js"
+TITLES = {"id": SPLIT_TITLES[ID_SPLIT], "ood": SPLIT_TITLES[OOD_SPLIT]}
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment of the report templates (autoescaped: text from records is never HTML)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
+                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+
+
+@functools.lru_cache(maxsize=1)
+def assets() -> dict:
+    """The CSS and the search script every page carries inline (a few kB; no file to go stale)."""
+    from markupsafe import Markup
+
+    return {name.replace(".", "_").replace("site_", ""): Markup((TEMPLATES / name).read_text(encoding="utf-8"))
+            for name in ("site.css", "site.js", "notebook.css")}
+
+
+def _plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def render(template: str, **context) -> str:
+    return environment().get_template(template).render(assets=assets(), **context)
+
+
+def _macro(name: str, *args):
+    return getattr(environment().get_template("_macros.html.j2").make_module({"assets": assets()}), name)(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces of a notebook page
 # ---------------------------------------------------------------------------------------------
 
 def status_html(info: dict) -> str:
-    if info["status"] == "failed":
-        f = info["failure"] or {}
-        why = f"{f.get('ename', '')}: {f.get('evalue', '')}".strip(": ")
-        return (f'<span class="clipdg-failed" title="{html.escape(why)}">FAILED</span>'
-                f'<span class="clipdg-why">{html.escape(why[:160])}</span>')
-    if info["status"] == "done":
-        return '<span class="clipdg-done">done</span>'
-    return '<span class="clipdg-unknown" title="no done / failed marker beside the notebook">no marker</span>'
+    return str(_macro("status", info))
 
 
 def _distinct(values) -> list[str]:
     return list(dict.fromkeys(_fmt(v) for v in values if v not in (None, "", [])))
 
 
-def _code(values) -> str:
-    return ", ".join(f"<code>{html.escape(v)}</code>" for v in values)
-
-
-def provenance_html(info: dict, nb=None) -> str:
-    """A collapsible block: versions, git commit, data root, weights (from the run records the point
-    wrote, else those it read), the parameters as given, the run records and when it ran."""
+def provenance_rows(info: dict, nb=None) -> tuple[list[dict], str]:
+    """Rows and a one-line summary of a page's provenance: versions, git commit, data root, weights
+    (from the run records the point wrote, else those it read), the parameters as given, the run
+    records and when it ran."""
     recs = info["records"] or info.get("read") or []
     versions: dict[str, list] = {}
     for rec in recs:
@@ -175,66 +215,54 @@ def provenance_html(info: dict, nb=None) -> str:
     version_text = [f"{k} {' / '.join(_distinct(v))}" for k, v in versions.items() if _distinct(v)]
     commits = _distinct(r.get("git_commit") for r in recs)
     data = _distinct(r.get("root_dir") or (r.get("params") or {}).get("root_dir") for r in recs)
-    rows = [("library versions", version_text), ("git commit", commits), ("data root", data)]
+    hardware = _distinct(" / ".join(filter(None, [h.get("gpu"), h.get("cpu")])) for h in
+                         ((r.get("hardware") or {}) for r in recs))
+    rows = [("library versions", version_text), ("git commit", commits), ("hardware", hardware), ("data root", data)]
     rows += [(key, _distinct((r.get("params") or {}).get(key) for r in recs)) for key in _WEIGHTS]
-    rows = [(k, _code(v)) for k, v in rows if v]
+    out = [{"label": k, "items": [(v, "") for v in values]} for k, values in rows if values]
     given = info["parameters"] or ((nb.metadata.get("papermill") or {}).get("parameters") if nb is not None else {}) or {}
-    rows.append(("parameters as given", "<br>".join(f"<code>{html.escape(k)} = {html.escape(json.dumps(v))}</code>"
-                                                   for k, v in given.items()) or "&mdash;"))
-    runs = [f"<code>{html.escape(str(r.get('run_id')))}</code> ({html.escape(str(r.get('created_at', '')))})"
-            for r in info["records"]]
-    runs += [f"<code>{html.escape(str(d))}</code> <b>missing</b>" for d in info["missing"]]
+    out.append({"label": "parameters as given", "lines": True,
+                "items": [(f"{k} = {json.dumps(v)}", "") for k, v in given.items()]})
+    items = [(str(r.get("run_id")), f"({r.get('created_at', '')})") for r in info["records"]]
+    items += [(str(d), "missing") for d in info["missing"]]
     if not info["records"] and info.get("read"):
-        runs.append(f"none written; it read {len(info['read'])} run record(s) under "
-                    f"<code>{html.escape(str(info['read_from']))}</code> (the rows above are theirs)")
-    rows.append(("run records", "<br>".join(runs) or "none listed (this notebook writes none, or it has no done marker)"))
+        items.append(("", f"none written; it read {len(info['read'])} run record(s) under {info['read_from']} "
+                          "(the rows above are theirs)"))
+    out.append({"label": "run records", "lines": True, "items": items,
+                "text": "none listed (this notebook writes none, or it has no done marker)"})
     pm = (nb.metadata.get("papermill") or {}) if nb is not None else {}
     if pm.get("end_time"):
         kernel = (nb.metadata.get("language_info") or {}).get("version")
-        rows.append(("executed", html.escape(f"{pm.get('start_time')} .. {pm.get('end_time')} "
-                                             f"({pm.get('duration') or 0:.0f} s), papermill {pm.get('version')}"
-                                             + (f", Python {kernel}" if kernel else ""))))
+        out.append({"label": "executed", "items": [("", f"{pm.get('start_time')} .. {pm.get('end_time')} "
+                                                        f"({pm.get('duration') or 0:.0f} s), papermill {pm.get('version')}"
+                                                        + (f", Python {kernel}" if kernel else ""))]})
     n = f"{len(info['records'])} run record(s)" if info["records"] or not info.get("read") else \
         f"{len(info['read'])} run record(s) read"
     summary = [n] + [f"git {c[:10]}" for c in commits[:2]]
     summary += [v for v in version_text if v.split()[0] in ("torch", "open_clip")] + [f"data {d}" for d in data[:1]]
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
-    return (f'<details class="clipdg-provenance"><summary><b>Provenance</b> &middot; '
-            f'{html.escape(" · ".join(summary))}</summary><table>{table}</table></details>')
+    return out, " · ".join(summary)
+
+
+def provenance_html(info: dict, nb=None) -> str:
+    """A collapsible block with `provenance_rows`."""
+    return str(_macro("provenance", *provenance_rows(info, nb)))
+
+
+def notebook_parts(info: dict, nb, meta: dict, root: str, title: str, crumbs: list, prev: str | None = None,
+                   next_: str | None = None, plotly_src: str | None = None, plotly_inline: str | None = None) -> dict:
+    """The head, top (navigation, status, code button, provenance) and bottom (search) of a notebook page."""
+    from markupsafe import Markup  # HTML made here (the meta tag, plotly.js) goes in as it is
+
+    rows, summary = provenance_rows(info, nb)
+    context = dict(info=info, meta=Markup(page_meta(meta)), root=root, title=title, crumbs=crumbs, prev=prev, next=next_,
+                   plotly_src=plotly_src, plotly_inline=Markup(plotly_inline) if plotly_inline else None, provenance_rows=rows,
+                   provenance_summary=summary)
+    return {part: render("notebook_parts.html.j2", part=part, **context) for part in ("head", "top", "bottom")}
 
 
 # ---------------------------------------------------------------------------------------------
-# The index
+# The site: summary (index.html), stages, a page per stage, downloads, the search index
 # ---------------------------------------------------------------------------------------------
-
-_INDEX_CSS = """<style>
-body{font:14px system-ui,sans-serif;margin:24px 32px;color:#1f2328}
-h2{margin-top:32px;border-bottom:1px solid #d0d7de}
-table.points{border-collapse:collapse;margin:6px 0 18px}
-table.points>tbody>tr>td,table.points>thead>tr>th{border-bottom:1px solid #e5e7eb;padding:5px 12px 5px 0;
- vertical-align:top;text-align:left}
-table.hl td,table.hl th{padding:0 10px 0 0;font-size:12px;font-variant-numeric:tabular-nums;text-align:left}
-table.hl th{color:#666;font-weight:normal}
-tr.failed{background:#fdecea}
-.clipdg-failed{color:#fff;background:#c62828;padding:1px 7px;border-radius:3px;font-weight:600}
-.clipdg-why{display:block;color:#8a1c1c;font-size:12px;max-width:420px}
-.clipdg-done{color:#1b5e20}.clipdg-unknown{color:#666}.muted{color:#666}
-</style>"""
-
-
-def _headline_cell(rows: list[dict]) -> str:
-    if not rows:
-        return '<span class="muted">&mdash;</span>'
-    out, last = [], None
-    for r in rows:
-        if (r["id_metric"], r["ood_metric"]) != last:
-            last = (r["id_metric"], r["ood_metric"])
-            out.append(f"<tr><th></th><th>{SPLIT_TITLES[ID_SPLIT]} {html.escape(r['id_metric'])}</th>"
-                       f"<th>{SPLIT_TITLES[OOD_SPLIT]} {html.escape(r['ood_metric'])}</th></tr>")
-        vals = [f"{v:.3f}" if isinstance(v, (int, float)) else "&mdash;" for v in (r["id"], r["ood"])]
-        out.append(f"<tr><td>{html.escape(r['label'])}</td><td>{vals[0]}</td><td>{vals[1]}</td></tr>")
-    return f'<table class="hl">{"".join(out)}</table>'
-
 
 def stale_failed_pages(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, experiment: str | None = None,
                        stage: str | None = None) -> list[Path]:
@@ -247,12 +275,13 @@ def stale_failed_pages(out_dir: str | os.PathLike, notebooks_dir: str | os.PathL
 
 
 def index_entries(out_dir: Path, notebooks_dir: Path, roots: list[Path]) -> list[dict]:
-    """One entry per page of the folder (less stale failure pages), plus failed points of the same
-    experiments with no page."""
+    """One entry per point page of the folder (less stale failure pages), plus failed points of the
+    same experiments with no page."""
     entries, stale = {}, set(stale_failed_pages(out_dir, notebooks_dir))
     for page in sorted(out_dir.rglob("*.html")):
         rel = page.relative_to(out_dir)
-        if page.parent == out_dir or len(rel.parts) != 3 or page in stale:
+        if (page.parent == out_dir or len(rel.parts) != 3 or rel.name == "index.html"  # index: the stage's page
+                or page in stale):
             continue
         exp, stage, name = (*rel.parts[:2], rel.stem)
         entries[(exp, stage, name)] = {"experiment": exp, "stage": stage, "name": name, "page": rel.as_posix(),
@@ -261,63 +290,190 @@ def index_entries(out_dir: Path, notebooks_dir: Path, roots: list[Path]) -> list
     experiments = {k[0] for k in entries}
     for marker in sorted(notebooks_dir.glob("*/*/*.failed.json")) if notebooks_dir.is_dir() else []:
         exp, stage, name = marker.parent.parent.name, marker.parent.name, marker.name[:-len(".failed.json")]
-        # a failed point counts once: its page is the failed execution's when that was rendered
+        # a failed point counts once: the runner keeps a failed execution as <name>.failed.ipynb, its page is this point's
         if exp in experiments and (exp, stage, name) not in entries and (exp, stage, f"{name}.failed") not in entries:
             entries[(exp, stage, name)] = {"experiment": exp, "stage": stage, "name": name, "page": None, "meta": {},
                                            "info": point_info(marker.parent / f"{name}.ipynb", roots)}
     return list(entries.values())
 
 
-def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "outputs/notebooks",
-                roots: list[Path] | None = None) -> Path:
-    """`<out_dir>/index.html`: per experiment and stage, every point with its title, grid values,
-    dataset, status (failed points marked) and headline ID / OOD numbers."""
-    out, notebooks_dir = Path(out_dir), Path(notebooks_dir)
-    entries = index_entries(out, notebooks_dir, roots or report_roots(notebooks_dir))
-    failed = [e for e in entries if e["info"]["status"] == "failed"]
-    parts = [f"<h1>clipdg reports</h1><p>{len(entries)} point(s) in {len({e['experiment'] for e in entries})} "
-             f"experiment(s); <b>{len(failed)} failed</b>. Rendered "
-             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Pages open offline ("
-             + ("plotly.js from <code>plotly.min.js</code> in this folder" if any(e["meta"].get("mode") == "linked"
-                for e in entries) else "plotly.js inline in each page")
-             + "); each has a show / hide code button and its provenance.</p>"]
-    if failed:
-        parts.append("<p>Failed: " + ", ".join(_link(e, f"{e['experiment']}/{e['stage']}/{e['name']}") for e in failed)
-                     + "</p>")
-    for exp in sorted({e["experiment"] for e in entries}):
-        parts.append(f"<h2>Experiment <code>{html.escape(exp)}</code></h2>")
-        stages = {}
-        for e in entries:
-            if e["experiment"] == exp:
-                stages.setdefault(e["stage"], []).append(e)
-        for stage, group in sorted(stages.items(), key=lambda kv: (_stage_title(kv[1]) or "~", kv[0])):
-            title = _stage_title(group)
-            parts.append(f"<h3>{html.escape(stage)}{' &middot; ' + html.escape(title) if title else ''}</h3>")
-            rows = "".join(_row(e) for e in group)
-            parts.append('<table class="points"><thead><tr><th>point</th><th>dataset</th><th>status</th>'
-                         f"<th>headline: {SPLIT_TITLES[ID_SPLIT]} / {SPLIT_TITLES[OOD_SPLIT]}</th></tr></thead>"
-                         f"<tbody>{rows}</tbody></table>")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>clipdg reports</title>"
-            f"{_INDEX_CSS}</head><body>{''.join(parts)}</body></html>")
-    target = out / "index.html"
-    write_bytes(target, page.encode("utf-8"))
-    return target
-
-
 def _stage_title(group: list[dict]) -> str:
     return next((e["meta"].get("notebook_title") for e in group if e["meta"].get("notebook_title")), "")
 
 
-def _link(entry: dict, text: str) -> str:
-    if entry["page"] is None:
-        return f'{html.escape(text)} <span class="muted">(no report: the notebook is missing or unreadable)</span>'
-    return f'<a href="{html.escape(entry["page"])}">{html.escape(text)}</a>'
+def _point_text(e: dict) -> str:
+    return e["meta"].get("grid") or grid_values(e["name"], e["info"]["parameters"]) or e["name"]
 
 
-def _row(e: dict) -> str:
+def _point_row(e: dict, local: bool = False) -> dict:
+    """A point as a table row; `local`: linked from its stage's page (beside it), else from the report root."""
     info = e["info"]
-    text = e["meta"].get("grid") or grid_values(e["name"], info["parameters"]) or e["name"]
     datasets = _distinct([info["parameters"].get("dataset")] + [r.get("dataset") for r in info["records"]])
-    cls = ' class="failed"' if info["status"] == "failed" else ""
-    return (f"<tr{cls}><td>{_link(e, text)}</td><td>{html.escape(', '.join(datasets)) or '&mdash;'}</td>"
-            f"<td>{status_html(info)}</td><td>{_headline_cell(headline_rows(info['records']))}</td></tr>")
+    return {"text": _point_text(e), "href": (e["page"].rsplit("/", 1)[-1] if local else e["page"]) if e["page"] else None, "info": info,
+            "status": info["status"], "datasets": ", ".join(datasets), "headline": headline_rows(info["records"]),
+            "path": f"{e['experiment']}/{e['stage']}/{e['name']}"}
+
+
+def _lr_label(lr) -> str:
+    return f"{lr:g}" if isinstance(lr, (int, float)) and lr == lr and lr >= 0 else ""
+
+
+def _ci(mean, low, high) -> str:
+    if mean != mean:  # NaN: no value
+        return "—"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if low == low and high == high else f"{mean:.3f} (1 seed)"
+
+
+def stage_groups(group: list[dict], level: float = 0.95) -> list[dict]:
+    """A stage's runs by dataset, method and fraction (and weight variant, lr): each dataset's ID and
+    OOD headline metric, mean [interval] over seeds, and links to the points that ran them."""
+    from ..analysis.tables import headline_table
+    from ..runs import tidy
+
+    records = [r for e in group for r in e["info"]["records"]]
+    if not records:
+        return []
+    pages = {}
+    for e in group:
+        for r in e["info"]["records"]:
+            key = (r.get("dataset"), r.get("method"), _fmt(r.get("fraction")), _lr_label(r.get("lr")))
+            if e["page"]:
+                pages.setdefault(key, {})[f"s{r.get('seed')}"] = e["page"].rsplit("/", 1)[-1]
+    rows = tidy(records)
+    rows = rows[rows["split"].isin([ID_SPLIT, OOD_SPLIT])]  # only what the table shows: far fewer rows to group
+    wanted = [headline_metric(d, s) for d, s in zip(rows["dataset"], rows["split"], strict=True)]
+    rows = rows[rows["metric"] == wanted]
+    table = headline_table(rows, ID_SPLIT, OOD_SPLIT, level)
+    heads = {(r.get("method"), (r.get("selection") or {}).get("variant")) for r in records}  # the reported weights
+    out = []
+    for dataset, part in table.groupby("dataset", sort=True):
+        cells = {}
+        for r in part.itertuples(index=False):
+            key = (r.method, _fmt(r.fraction), r.variant, _lr_label(r.lr))
+            row = cells.setdefault(key, {"method": r.method, "fraction": _fmt(r.fraction), "lr": _lr_label(r.lr),
+                                        "variant": r.variant + (" (reported)" if (r.method, r.variant) in heads else ""),
+                                        "id": "—", "ood": "—", "n": 0,
+                                        "points": sorted(pages.get((dataset, r.method, _fmt(r.fraction),
+                                                                    _lr_label(r.lr)), {}).items())})
+            row["id" if r.split == ID_SPLIT else "ood"] = _ci(r.mean, r.low, r.high)
+            row["n"] = max(row["n"], int(r.n))
+        order = sorted(cells, key=lambda k: (k[0] != "zeroshot", k[0], float(k[1]) if k[1] else 0.0,
+                                             (k[0], k[2]) not in heads, k[2], k[3]))
+        out.append({"dataset": dataset, "id_metric": headline_metric(dataset, ID_SPLIT),
+                    "ood_metric": headline_metric(dataset, OOD_SPLIT), "rows": [cells[k] for k in order]})
+    return out
+
+
+def _search_entry(title: str, url: str, kind: str, *words) -> dict:
+    return {"title": title, "url": url, "kind": kind, "text": " ".join(str(w) for w in words if w not in (None, ""))}
+
+
+def _point_search(e: dict) -> dict:
+    info, meta = e["info"], e["meta"]
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in info["parameters"].items())
+    title = " · ".join(filter(None, [meta.get("notebook_title") or e["stage"], _point_text(e)]))
+    runs = " ".join(str(r.get("run_id")) for r in info["records"])
+    return _search_entry(title, e["page"], "point", f"{e['experiment']} / {e['stage']}", info["status"], params, runs)
+
+
+def _description(experiment: str, roots: list[Path]) -> str:
+    """The experiment file's `description` (parameters/<experiment>.yaml under a root), or ''."""
+    import yaml
+
+    for root in roots:
+        path = root / "parameters" / f"{experiment}.yaml"
+        if path.is_file():
+            try:
+                found = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                return ""
+            return str(found.get("description") or "") if isinstance(found, dict) else ""
+    return ""
+
+
+def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "outputs/notebooks",
+                roots: list[Path] | None = None, level: float = 0.95, self_contained: bool = False) -> Path:
+    """The site around the point pages of `out_dir`: `index.html` (the summary: per experiment and
+    dataset the findings with verdicts, the key figures with captions, a banner when the data is
+    synthetic or the model tiny, provenance), `stages.html`, `<experiment>/<stage>/index.html`
+    (the stage's runs by dataset, method and fraction, and its points), `downloads.html` with
+    results.csv|json and findings.csv|json, and the search index. `self_contained`: plotly.js inline
+    in the summary (else loaded from plotly.min.js beside it). Returns the summary's path."""
+    from .report_summary import (LEVEL, SELECT_SPLIT, experiment_summaries, findings_frame, write_downloads)
+
+    from markupsafe import Markup
+
+    out, notebooks_dir = Path(out_dir), Path(notebooks_dir)
+    roots = roots or report_roots(notebooks_dir)
+    entries = index_entries(out, notebooks_dir, roots)
+    rendered = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    by_exp: dict[str, dict[str, list]] = {}
+    for e in entries:
+        by_exp.setdefault(e["experiment"], {}).setdefault(e["stage"], []).append(e)
+    stages, search, summaries, all_records = {}, [], {}, []
+    for exp, exp_stages in sorted(by_exp.items()):
+        stages[exp] = []
+        for stage, group in sorted(exp_stages.items(), key=lambda kv: (_stage_title(kv[1]) or "~", kv[0])):
+            title, href = _stage_title(group), f"{exp}/{stage}/index.html"
+            failed = sum(e["info"]["status"] == "failed" for e in group)
+            datasets = _distinct(e["info"]["parameters"].get("dataset") for e in group)
+            stages[exp].append({"name": stage, "title": title, "href": href, "n": len(group), "failed": failed,
+                                "datasets": datasets})
+            page = render("stage.html.j2", page_title=f"{exp} / {stage}", meta="", root="../../", here="stages",
+                          crumbs=[(exp, None), (stage, None)], stage=stage, title=title, experiment=exp,
+                          entries=[_point_row(e, local=True) for e in group], n_failed=failed, titles=TITLES,
+                          groups=stage_groups(group, level), level=f"{level:.0%}")
+            write_bytes(out / href, page.encode("utf-8"))
+            search.append(_search_entry(f"{exp} / {stage}" + (f" · {title}" if title else ""), href, "stage",
+                                        f"{len(group)} points", ", ".join(datasets)))
+            search += [_point_search(e) for e in group if e["page"]]
+        pairs = [(r, f) for e in entries if e["experiment"] == exp
+                 for r, f in zip(e["info"]["records"], e["info"]["folders"], strict=True)]
+        all_records += [r for r, _ in pairs]
+        if pairs:
+            summaries[exp] = experiment_summaries(pairs)
+    downloads = write_downloads(out, all_records, findings_frame(summaries))
+    experiments = []
+    for exp, summary in summaries.items():
+        kind = summary["kind"]
+        banner = ", ".join(filter(None, ["synthetic data" if kind["synthetic"] else "",
+                                         "tiny model" if kind["tiny"] else ""]))
+        datasets = [{"dataset": d.dataset, "error": d.error, "counts": d.counts, "figures": d.figures,
+                     "fractions": ", ".join(f"{f:g}" for f in d.counts.get("fractions", [])),
+                     "rows": d.findings.to_dict("records") if not d.findings.empty else []}
+                    for d in summary["datasets"]]
+        experiments.append({"name": exp, "kind": kind, "banner": f"{banner[0].upper()}{banner[1:]}: not the paper's "
+                            "numbers." if banner else "", "datasets": datasets, "stages": stages[exp],
+                            "provenance": summary["provenance"], "n_runs": summary["n_runs"],
+                            "n_side": summary["n_side"], "description": _description(exp, roots), "select_split": SPLIT_TITLES[SELECT_SPLIT],
+                            "level": f"{LEVEL:.0%}"})
+        search.append(_search_entry(f"{exp}: summary", f"index.html#experiment-{exp}", "summary",
+                                    " ".join(d["dataset"] for d in datasets), "findings key figures provenance",
+                                    " ".join(f["question"] for d in datasets for f in d["rows"])))
+    has_figures = any(f.html for x in summaries.values() for d in x["datasets"] for f in d.figures)
+    failed = [_point_row(e) for e in entries if e["info"]["status"] == "failed"]
+    dl = list(downloads.values())
+    pages = {
+        "index.html": render("summary.html.j2", page_title="summary", meta="", root="", here="summary",
+                             experiments=experiments, failed=failed, downloads=dl, rendered=rendered,
+                             plotly_src=PLOTLYJS_FILE if has_figures and not self_contained else None,
+                             plotly_inline=Markup(_plotlyjs()) if has_figures and self_contained else None),
+        "stages.html": render("stages.html.j2", page_title="stages", meta="", root="", here="stages",
+                              experiments=[{"name": k, "stages": v} for k, v in stages.items()],
+                              n_points=len(entries), n_failed=len(failed),
+                              plotly_mode="plotly.js from plotly.min.js in this folder" if any(
+                                  e["meta"].get("mode") == "linked" for e in entries) else "plotly.js inline in each page"),
+        "downloads.html": render("downloads.html.j2", page_title="downloads", meta="", root="", here="downloads",
+                                 downloads=dl, results_columns=downloads["results"].get("column_names", [])),
+    }
+    search += [_search_entry("Stages", "stages.html", "page", "every experiment and stage"),
+               _search_entry("Downloads", "downloads.html", "page", "results.csv results.json findings.csv "
+                             "findings.json tidy results settings")]
+    if has_figures and not self_contained:
+        from .report import write_plotlyjs
+        write_plotlyjs(out)
+    write_bytes(out / SEARCH_INDEX, ("window.CLIPDG_SEARCH = " + json.dumps(search, ensure_ascii=False, indent=0)
+                                     + ";\n").encode("utf-8"))
+    for name, page in pages.items():
+        write_bytes(out / name, page.encode("utf-8"))
+    return out / "index.html"

@@ -1,0 +1,277 @@
+"""What the report's summary page says about an experiment: its findings per dataset with plain
+verdicts, the key figures with captions saying what to look for, whether the numbers come from
+synthetic data or a tiny model, provenance, and the downloadable tables.
+
+Everything is computed from run records (`result.json`) through the analysis functions the 04
+notebook uses (`clipdg_nb.analysis`), so the summary and the analysis pages agree; the learning
+rate of each method is chosen on `SELECT_SPLIT`, never on a test split.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from markupsafe import Markup
+
+from .. import analysis
+from ..analysis import figures, plots
+from ..analysis.tables import results_table, variant_table
+from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
+from ..runs import tidy
+
+ID_SPLIT, OOD_SPLIT, SELECT_SPLIT, LEVEL = "id_test", "test", "id_val", 0.95
+CLIP_METHOD, VISION_METHOD = "finetune", "vision_only"
+TREND_METHODS = ("vision_only", "vision_only_probe")
+SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each dataset folder (pipeline.synthetic)
+TINY_MODEL_PREFIX = "clipdg-tiny"  # the miniature open_clip configs `clipdg pretrain-tiny` trains
+FIGURE_HEIGHT = 430
+SWEEP_RUNS = "trained runs with ID and OOD test metrics (the sweep stage, 02_few_shot_sweep)"
+DOWNLOADS = {"results": "the tidy results: one row per run x weight variant x split x metric, with every setting "
+                        "of the run", "findings": "the findings: per experiment and dataset, each question with its "
+                        "measured number, interval and verdict"}
+
+
+@dataclass
+class Figure:
+    title: str
+    caption: str
+    html: str = ""  # the plotly div + script (plotly.js itself comes once per folder)
+    note: str = ""  # why there is no figure, when there is none
+
+
+@dataclass
+class DatasetSummary:
+    dataset: str
+    findings: pd.DataFrame
+    figures: list[Figure] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    error: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Which runs, and where they came from
+# ---------------------------------------------------------------------------------------------
+
+def main_and_side(records: list[tuple[dict, Path]]) -> tuple[list[dict], list[dict]]:
+    """Split an experiment's (record, folder) pairs into the runs its analysis reads (those in the
+    output folder holding the most of them: the sweep and zero-shot runs, as 04_analysis reads
+    `{output_dir}/{experiment}`) and side runs (e.g. the SWA ablation's own folder), which are kept
+    apart: their run ids may repeat a sweep run's, and mixing them would count one point twice."""
+    if not records:
+        return [], []
+    parents = Counter(folder.parent for _, folder in records)
+    main = parents.most_common(1)[0][0]
+    return ([r for r, f in records if f.parent == main], [r for r, f in records if f.parent != main])
+
+
+def _distinct(values) -> list:
+    return list(dict.fromkeys(v for v in values if v not in (None, "", [], {})))
+
+
+def data_kind(records: list[dict]) -> dict:
+    """Whether the numbers are the study's: the datasets read from a synthetic copy (the marker
+    `clipdg synth` leaves in the dataset folder under the run's root_dir) and the tiny models.
+    Returns {"synthetic": {dataset: marker path}, "tiny": [model names], "checked": [dataset folders]}."""
+    synthetic, checked = {}, []
+    for rec in records:
+        ds, root = rec.get("dataset"), rec.get("root_dir") or (rec.get("params") or {}).get("root_dir")
+        if ds not in DATASETS or not root:
+            continue
+        folder = Path(root) / DATASETS[ds].folder
+        checked.append(str(folder))
+        if (folder / SYNTHETIC_MARKER).is_file():
+            synthetic.setdefault(ds, str(folder / SYNTHETIC_MARKER))
+    models = _distinct((r.get("params") or {}).get("model") for r in records)
+    tiny = [m for m in models if str(m).startswith(TINY_MODEL_PREFIX)]
+    return {"synthetic": synthetic, "tiny": tiny, "models": models, "checked": _distinct(checked)}
+
+
+def provenance(records: list[dict]) -> list[tuple[str, str]]:
+    """(label, text) rows: commits, library versions, hardware, when the runs were made, data and weights."""
+    recs = list(records)
+    versions: dict[str, list] = {}
+    for rec in recs:
+        for k, v in (rec.get("versions") or {}).items():
+            versions.setdefault(k, []).append(v)
+    dates = sorted(str(r["created_at"]) for r in recs if r.get("created_at"))
+    hw = [r.get("hardware") or {} for r in recs]
+    gpus = _distinct(h.get("gpu") for h in hw)
+    cpus = _distinct(f"{h['cpu']} ({h.get('cpu_count')} cores)" for h in hw if h.get("cpu"))
+    if not any(hw):
+        device = "not recorded (runs made before records named their hardware)"
+    else:
+        device = ("GPU: " + ", ".join(gpus) if gpus else "CPU only") + ("; CPU: " + ", ".join(cpus) if cpus else "")
+        if any(not h for h in hw):
+            device += f" ({sum(not h for h in hw)} run(s) did not record it)"
+    params = [r.get("params") or {} for r in recs]
+    rows = [("git commit", ", ".join(c[:12] for c in _distinct(r.get("git_commit") for r in recs)) or "not recorded"),
+            ("library versions", "; ".join(f"{k} {' / '.join(map(str, _distinct(v)))}" for k, v in versions.items()
+                                           if _distinct(v)) or "not recorded"),
+            ("hardware", device),
+            ("runs made", f"{dates[0]} .. {dates[-1]}" if dates else "not recorded"),
+            ("data root", ", ".join(map(str, _distinct(r.get("root_dir") for r in recs))) or "not recorded"),
+            ("model", ", ".join(map(str, _distinct(p.get("model") for p in params))) or "not recorded"),
+            ("CLIP weights", ", ".join(map(str, _distinct(p.get("pretrained") for p in params))) or "not recorded"),
+            ("vision-only weights", ", ".join(map(str, _distinct(p.get("vision_weights") for p in params)))
+             or "none")]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Findings and figures of one dataset
+# ---------------------------------------------------------------------------------------------
+
+def _figure(title: str, caption: str, make, needs: str) -> Figure:
+    """A figure drawn by `make()` (a plotly figure, or None with nothing to draw), or a note saying
+    why not: what it `needs` and which stage makes it."""
+    try:
+        fig = make()
+    except (ValueError, KeyError) as err:  # too few runs of a kind: say so instead of failing the page
+        return Figure(title, caption, note=f"not drawn: {err}")
+    if fig is None:
+        return Figure(title, caption, note=f"not drawn: it needs {needs}")
+    # legend under the plot: beside it, long series names ("swa - best, OOD test ...") squeeze the axes
+    fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=20, t=40, b=20), title=dict(text=title, font_size=14),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font_size=11))
+    return Figure(title, caption, html=Markup(plots.figure_html(fig)))  # plotly's own HTML, kept as it is
+
+
+def _per_split_gain(table: pd.DataFrame, dataset: str) -> pd.DataFrame | None:
+    table = table[table["dataset"] == dataset] if "dataset" in table.columns else table
+    if table.empty:
+        return None
+    label = table["comparison"] + ", " + table["split"].map(lambda s: f"{SPLIT_TITLES.get(s, s)} "
+                                                             f"{headline_metric(dataset, s)}")
+    return table.assign(comparison=label)
+
+
+def wise_ft_record(records: list[dict], dataset: str) -> dict | None:
+    """The newest run of `dataset` with WiSE-FT variants (the SWA ablation makes them), or None."""
+    found = [r for r in records if r.get("dataset") == dataset
+             and any(figures.wise_alpha(v) is not None for v in (r.get("variants") or {}))]
+    return max(found, key=lambda r: str(r.get("created_at", ""))) if found else None
+
+
+def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> DatasetSummary:
+    """Findings (verdicts in words) and the key figures of one dataset of an experiment. `frame`:
+    the tidy runs its analysis reads; `records`: every run record of the experiment (the WiSE-FT
+    curve may come from a side run, e.g. the SWA ablation's)."""
+    runs = frame[frame["dataset"] == dataset].reset_index(drop=True)
+    chosen = analysis.apply_selection(runs, analysis.select_lr(runs, SELECT_SPLIT))
+    found = analysis.findings(chosen, dataset, ID_SPLIT, OOD_SPLIT, CLIP_METHOD, VISION_METHOD, LEVEL)
+    heads = runs[runs["headline"]].drop_duplicates("run_id")
+    counts = {"runs": int(len(heads)), "seeds": int(heads["seed"].nunique()),
+              "methods": sorted(map(str, heads["method"].unique())),
+              "fractions": sorted(float(f) for f in heads.loc[heads["method"] != "zeroshot", "fraction"].unique())}
+    interval = f"bars: {LEVEL:.0%} interval over seeds (none with one seed)"
+
+    def curves(split):
+        c = analysis.fraction_curves(chosen, split, level=LEVEL)
+        if c.empty:
+            return None
+        zs = analysis.zero_shot_reference(chosen, split).get(dataset)
+        metric = headline_metric(dataset, split)
+        return figures.metric_vs_fraction(c, {"zero-shot": zs} if zs is not None else None, yaxis_title=metric)
+
+    def clip_minus_vision():
+        table = _per_split_gain(analysis.clip_vs_vision(chosen, (ID_SPLIT, OOD_SPLIT), CLIP_METHOD, VISION_METHOD,
+                                                        LEVEL), dataset)
+        return None if table is None else figures.paired_gain(table, yaxis_title="difference")
+
+    def averaging():
+        table = _per_split_gain(analysis.swa_gains(chosen, (ID_SPLIT, OOD_SPLIT), CLIP_METHOD, LEVEL), dataset)
+        return None if table is None else figures.paired_gain(table, yaxis_title="difference")
+
+    def robustness():
+        points = analysis.id_ood_points(chosen, ID_SPLIT, OOD_SPLIT)
+        if points.empty:
+            return None
+        fit = analysis.fit_trend(points, TREND_METHODS)
+        return figures.id_vs_ood(points, fit, xaxis_title=f"{SPLIT_TITLES[ID_SPLIT]}: {headline_metric(dataset, ID_SPLIT)}",
+                                 yaxis_title=f"{SPLIT_TITLES[OOD_SPLIT]}: {headline_metric(dataset, OOD_SPLIT)}")
+
+    def wise():
+        record = wise_ft_record(records, dataset)
+        return None if record is None else figures.wise_ft_curve(variant_table(record))
+
+    id_metric, ood_metric = headline_metric(dataset, ID_SPLIT), headline_metric(dataset, OOD_SPLIT)
+    figs = [
+        _figure(f"{SPLIT_TITLES[ID_SPLIT]} {id_metric} against the train fraction",
+                "Does more labelled data help, and by how much? Look for each method's line rising to the right and "
+                f"where it crosses the dashed zero-shot line; {interval}.", lambda: curves(ID_SPLIT), SWEEP_RUNS),
+        _figure(f"{SPLIT_TITLES[OOD_SPLIT]} {ood_metric} against the train fraction",
+                "The same runs under distribution shift. Compare with the ID panel: the drop from ID to OOD is what "
+                f"the shift costs; a method whose line falls less is more robust; {interval}.",
+                lambda: curves(OOD_SPLIT), SWEEP_RUNS),
+        _figure("CLIP minus vision-only, paired by seed",
+                f"Fine-tuned CLIP ({CLIP_METHOD}) minus the vision-only model ({VISION_METHOD}) trained on the same "
+                "subset, on ID and OOD test. Above the zero line: CLIP is better; an interval that crosses zero is "
+                "inconclusive. A larger OOD than ID difference means CLIP's advantage grows under shift.",
+                clip_minus_vision, f"{CLIP_METHOD} and {VISION_METHOD} runs of the same seeds (the sweep stage, "
+                                   "02_few_shot_sweep, with both in `methods`)"),
+        _figure("Weight averaging gains (SWA), paired by seed",
+                "SWA's averaged weights minus the last epoch and minus the epoch chosen on validation, of the same "
+                "training runs. Above zero: averaging helps; intervals crossing zero: no measurable gain.", averaging,
+                f"{CLIP_METHOD} runs with SWA weights (the sweep stage with swa: true)"),
+        _figure("Effective robustness: OOD against ID, one marker per run",
+                "The dashed line is the trend of the vision-only runs (fitted in logit space); markers above it are "
+                "more robust than their ID score predicts (positive effective robustness). Dotted: y = x.", robustness,
+                SWEEP_RUNS),
+        _figure("WiSE-FT: interpolating zero-shot and fine-tuned weights",
+                "Each point mixes the zero-shot (α = 0) and the fine-tuned (α = 1) weights of one run. A curve that "
+                "bulges above the straight line between its ends buys OOD accuracy without losing ID accuracy; "
+                "other markers: the run's best, last, SWA and EMA weights.", wise,
+                "a run of this dataset with WiSE-FT variants (the swa_ablation stage, 03_swa_ablation, makes them "
+                "with wise_alphas)"),
+    ]
+    return DatasetSummary(dataset, found, figs, counts)
+
+
+def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
+    """The summary of one experiment's (record, folder) pairs: per dataset findings and figures,
+    data kind (synthetic / tiny), provenance. A dataset whose analysis fails gets its error shown
+    (and warned), not a blank section."""
+    main, side = main_and_side(records)
+    frame = tidy(main) if main else None
+    all_records = [r for r, _ in records]
+    datasets = []
+    for ds in sorted({r.get("dataset") for r in main if r.get("dataset") in DATASETS}):
+        try:
+            datasets.append(dataset_summary(frame, all_records, ds))
+        except Exception as err:  # noqa: BLE001 -- shown on the page and warned, never silent
+            warnings.warn(f"report summary of {ds}: {type(err).__name__}: {err}", stacklevel=2)
+            datasets.append(DatasetSummary(ds, pd.DataFrame(), error=f"{type(err).__name__}: {err}"))
+    return {"datasets": datasets, "kind": data_kind(all_records), "provenance": provenance(all_records),
+            "n_runs": len(main), "n_side": len(side)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads
+# ---------------------------------------------------------------------------------------------
+
+def findings_frame(summaries: dict[str, dict]) -> pd.DataFrame:
+    """Every experiment's findings, long: experiment, dataset, question, measured, verdict, value, low, high, n."""
+    parts = [s.findings.drop(columns="holds").assign(experiment=exp, dataset=s.dataset)
+             for exp, summary in summaries.items() for s in summary["datasets"] if not s.findings.empty]
+    columns = ["experiment", "dataset", "question", "measured", "verdict", "value", "low", "high", "n"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def write_downloads(out_dir: Path, records: list[dict], findings: pd.DataFrame) -> dict[str, dict]:
+    """`results.csv|json` and `findings.csv|json` in `out_dir` (written atomically). JSON is pandas'
+    'split' form (columns once, then rows: `pd.read_json(path, orient="split")`), which keeps the
+    results file about the size of the CSV. Returns {name: {"csv", "json", "rows", "what"}}."""
+    from ..runs import write_bytes
+
+    out = {}
+    for name, frame in (("results", results_table(records)), ("findings", findings)):
+        write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False).encode("utf-8"))
+        write_bytes(out_dir / f"{name}.json", frame.to_json(orient="split", index=False).encode("utf-8"))
+        out[name] = {"csv": f"{name}.csv", "json": f"{name}.json", "rows": int(len(frame)),
+                     "columns": int(frame.shape[1]), "column_names": list(map(str, frame.columns)),
+                     "what": DOWNLOADS[name],
+                     "size": sum((out_dir / f"{name}.{x}").stat().st_size for x in ("csv", "json"))}
+    return out
