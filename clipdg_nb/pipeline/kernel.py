@@ -3,6 +3,13 @@
 Over TCP without CurveZMQ keys, every ipykernel warns "Kernel is running over TCP without
 encryption" (once per point: 23 copies in the demo, tangled with the progress bars). IPC sockets
 are files only this user can reach, so the warning is moot, and no TCP port is opened at all.
+
+A normal shutdown sends no SIGINT. jupyter_client's `shutdown_kernel` interrupts the kernel before
+it asks it to shut down; an ipykernel that catches the signal inside a message handler logs
+"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." to the terminal, which read as a
+failure after every point. Papermill shuts a kernel down only when it is idle (all cells ran, or
+one raised), and the shutdown request itself travels on the control channel, which a busy kernel
+also answers; one that does not is terminated, then killed, by `finish_shutdown`.
 """
 from __future__ import annotations
 
@@ -22,6 +29,11 @@ class IPCKernelManager(AsyncKernelManager):
     @default("ip")
     def _default_ip(self):
         return os.path.join(tempfile.mkdtemp(prefix="clipdg-kernel-"), "kernel")
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:  # set by shutdown_kernel just before it interrupts: nothing to interrupt
+            return
+        await super()._async_interrupt_kernel()
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
