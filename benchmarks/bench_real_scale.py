@@ -78,7 +78,7 @@ def decode_rate(dataset, split: str, count: int, cache_dir: Path, size: int = 22
     return rate(decoded, seconds), cache.nbytes // len(cache)
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("outputs") / "bench" / "real")
     ap.add_argument("--count", type=int, default=200, help="train images per dataset written (real profile)")
@@ -94,9 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-train-ips", type=float, help="training images/s of the projected GPU (default: measured)")
     ap.add_argument("--gpu-eval-ips", type=float, help="evaluation images/s of the projected GPU (default: measured)")
     ap.add_argument("--model", default="ViT-B-32", help="open_clip model (random weights, loaded from a file)")
-    args = parse_args(ap, argv, root=DEFAULT_ROOT / "smoke" / "real", count=182, decode_images=4, train_images=4,
+    return parse_args(ap, argv, root=DEFAULT_ROOT / "smoke" / "real", count=182, decode_images=4, train_images=4,
                       eval_images=4, batch_size=2, eval_count=5, model="clipdg-tiny-vit")
-    run(args)
+
+
+def main(argv=None) -> int:
+    run(parse(argv))
     return 0
 
 
