@@ -58,8 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decode threads of the new cache")
     p.add_argument("--draft-images", type=int, default=30, help="JPEGs timed for draft vs full decode")
     p.add_argument("--repeats", type=int, default=2, help="timing repeats (the best is reported)")
-    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "cache_grid", images=182, eval_images=5,
-                      draft_images=3, repeats=1)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="the grid's train fractions")
+    # smoke: the same real-profile iWildCam as bench_real_scale.py --smoke, so it is written once
+    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "real" / "data", images=182, eval_images=5,
+                      draft_images=3, repeats=1, fractions=[0.03, 0.1])
 
     print(f"machine: {machine()}")
     cfg = real_profile_config(args.images, n_eval=args.eval_images)
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     train = split_indices(ds, "train")
     size = args.image_size
     row_bytes = size * size * 3
-    grid = [(f, s, fraction_indices(ds, f, s)) for f in FRACTIONS for s in SEEDS]
+    grid = [(f, s, fraction_indices(ds, f, s)) for f in args.fractions for s in SEEDS]
 
     # (a) the old scheme: an entry per subset
     old_decodes = sum(len(idx) for _, _, idx in grid)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     images.SplitCache(ds, "train", size, cache_dir)
     key_ms = (time.perf_counter() - started) * 1e3
 
-    print(f"grid: {len(FRACTIONS)} fractions x {len(SEEDS)} seeds = {len(grid)} subsets of {len(train)} train images, "
+    print(f"grid: {len(args.fractions)} fractions x {len(SEEDS)} seeds = {len(grid)} subsets of {len(train)} train images, "
           f"{size} px")
     print(f"  OLD (entry per subset): {old_decodes:6d} images decoded, {old_disk / 1e6:8.1f} MB on disk")
     print(f"  NEW (entry per split):  {new_decodes:6d} images decoded, {new_disk / 1e6:8.1f} MB on disk "

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the config's num_workers)")
     p.add_argument("--epochs", type=int, default=2, help="epochs timed per way (the best is reported)")
-    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "decode", images=64, batch_size=32, epochs=1)
+    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "decode", images=64, image_size=64,
+                      batch_size=32, epochs=1)
 
     print(f"machine: {machine()}")
     ds = synthetic_fmow(args.root, args.image_size, args.images)

@@ -253,18 +253,26 @@ def part_training(table: Table, ctx: Ctx):
     ctx.rates["train_gflop_per_image"] = per_image / 1e9
     best = ("", 0.0)
     compiled = None
-    for name, use_compile, channels_last in (("eager", False, False), ("eager, channels_last", False, True),
-                                             ("torch.compile", True, False),
-                                             ("torch.compile, channels_last", True, True)):
-        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        if use_compile and compiled is None:
-            compiled = torch.compile(model, backend=s.compile_backend)
-        step = make_train_step(ctx, model, compiled if use_compile else model, norm, x, y, channels_last)
-        started = time.perf_counter()
-        step()  # the first step compiles
-        ctx.sync()
-        first = time.perf_counter() - started
-        seconds = ctx.timed(step, s.steps, s.warmup)
+    variants = (("eager", False, False), ("eager, channels_last", False, True),
+                ("torch.compile", True, False), ("torch.compile, channels_last", True, True))
+    for name, use_compile, channels_last in variants:
+        try:  # one variant that breaks (a compiler error, say) costs its row only
+            model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            if use_compile and compiled is None:
+                compiled = torch.compile(model, backend=s.compile_backend)
+            step = make_train_step(ctx, model, compiled if use_compile else model, norm, x, y, channels_last)
+            started = time.perf_counter()
+            step()  # the first step compiles
+            ctx.sync()
+            first = time.perf_counter() - started
+            seconds = ctx.timed(step, s.steps, s.warmup)
+        except Exception as e:
+            if name == "eager":
+                raise
+            traceback.print_exc()
+            table.failed = True
+            table.add(f"training images/s, {name}", f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            continue
         ips = s.batch / seconds
         ctx.rates[f"train_ips[{name}]"] = ips
         if ips > best[1]:
@@ -364,7 +372,7 @@ def part_cache(table: Table, ctx: Ctx):
     order = np.random.default_rng(1).permutation(s.cache_images)
     batches = [np.sort(order[i:i + s.cache_batch]) for i in range(0, s.cache_images, s.cache_batch)]
 
-    def one_pass(to_device: bool) -> float:
+    def one_pass(to_device: bool, cache=cache) -> float:
         started = time.perf_counter()
         for idx in batches:
             batch = torch.from_numpy(np.ascontiguousarray(cache[idx]))  # one fancy-indexed read a batch

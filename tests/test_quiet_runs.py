@@ -7,7 +7,6 @@ import logging
 import signal
 
 import nbformat
-import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from clipdg_nb.pipeline.kernel import IPCKernelManager
