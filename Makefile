@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clipdg-installed
 
-.PHONY: demo test lab install clean-outputs
+.PHONY: demo test lab install clean-outputs bench gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name clipdg-nb --display-name "Python (clipdg-nb)"
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $$($(PY) -m clipdg_nb.pipeline.lab) $(ALLOW_ROOT) $(LAB_ARGS)
+
+# Every benchmark, one table naming the CPU: make bench (full sizes, long) or make bench BENCH_ARGS=--smoke.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The GPU check: one table (training MFU, eval, augmentation, cache reads, a real-size point, DDP, the
+# paper grids' GPU-hours) against its targets; smoke sizes without a GPU. It needs no venv: on a GPU
+# machine with torch but no venv it runs the system python3 with the repository on PYTHONPATH
+# (open_clip and wilds carried as wheels: benchmarks/gpu_wheels.sh). GPU_CHECK_ARGS='--out DIR'.
+GPU_CHECK_ARGS ?=
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH="$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))" $(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-outputs:
 	rm -rf outputs/

@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_times  # noqa: E402
+from _common import best_times, parse_args  # noqa: E402
 
 from clipdg_nb.images.augment import BatchAugment  # noqa: E402
 
@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, images=16, batch_size=8, size=64, repeats=1)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,

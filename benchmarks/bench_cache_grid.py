@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_ROOT, machine  # noqa: E402
+from _common import DEFAULT_ROOT, machine, parse_args  # noqa: E402
 
 from clipdg_nb import images  # noqa: E402
+from clipdg_nb.images import decode  # noqa: E402  (the decoder the cache calls, instrumented below)
 from clipdg_nb.datasets import fraction_indices, load_dataset, split_indices  # noqa: E402
 from clipdg_nb.pipeline.synthetic import real_profile_config, write_synthetic  # noqa: E402
 
@@ -40,16 +41,12 @@ def disk_bytes(folder: Path) -> int:
 
 def time_decodes(paths, image_size: int, draft: bool, factor: int, repeats: int):
     """Best-of-`repeats` images/s of one thread, and the decoded arrays."""
-    saved, images.DRAFT_FACTOR = images.DRAFT_FACTOR, factor
-    try:
-        best, out = 0.0, None
-        for _ in range(repeats):
-            started = time.perf_counter()
-            out = [images._decode_image(p, image_size, draft) for p in paths]
-            best = max(best, len(paths) / (time.perf_counter() - started))
-        return best, np.stack(out)
-    finally:
-        images.DRAFT_FACTOR = saved
+    best, out = 0.0, None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = [decode._decode_image(p, image_size, draft, draft_factor=factor) for p in paths]
+        best = max(best, len(paths) / (time.perf_counter() - started))
+    return best, np.stack(out)
 
 
 def main(argv=None) -> int:
@@ -61,7 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decode threads of the new cache")
     p.add_argument("--draft-images", type=int, default=30, help="JPEGs timed for draft vs full decode")
     p.add_argument("--repeats", type=int, default=2, help="timing repeats (the best is reported)")
-    args = p.parse_args(argv)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="the grid's train fractions")
+    # smoke: the same real-profile iWildCam as bench_real_scale.py --smoke, so it is written once
+    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "real" / "data", images=182, eval_images=5,
+                      draft_images=3, repeats=1, fractions=[0.03, 0.1])
 
     print(f"machine: {machine()}")
     cfg = real_profile_config(args.images, n_eval=args.eval_images)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     train = split_indices(ds, "train")
     size = args.image_size
     row_bytes = size * size * 3
-    grid = [(f, s, fraction_indices(ds, f, s)) for f in FRACTIONS for s in SEEDS]
+    grid = [(f, s, fraction_indices(ds, f, s)) for f in args.fractions for s in SEEDS]
 
     # (a) the old scheme: an entry per subset
     old_decodes = sum(len(idx) for _, _, idx in grid)
@@ -83,14 +83,14 @@ def main(argv=None) -> int:
     # (b) the new scheme, run for every subset in grid order, decodes counted
     cache_dir = args.root / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    count, lock, real = [0], threading.Lock(), images._decode_image
+    count, lock, real = [0], threading.Lock(), decode._decode_image
 
-    def counted(path, image_size, draft=False):
+    def counted(*args, **kwargs):
         with lock:
             count[0] += 1
-        return real(path, image_size, draft)
+        return real(*args, **kwargs)
 
-    images._decode_image = counted
+    decode._decode_image = counted  # the module global the cache's `_load_uint8` looks up at each call
     try:
         started = time.perf_counter()
         for f, s, idx in grid:
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
             assert len(arr) == len(idx)
         new_s = time.perf_counter() - started
     finally:
-        images._decode_image = real
+        decode._decode_image = real
     new_decodes = count[0]
     new_disk = disk_bytes(cache_dir)
     union = np.unique(np.concatenate([idx for _, _, idx in grid]))
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     images.SplitCache(ds, "train", size, cache_dir)
     key_ms = (time.perf_counter() - started) * 1e3
 
-    print(f"grid: {len(FRACTIONS)} fractions x {len(SEEDS)} seeds = {len(grid)} subsets of {len(train)} train images, "
+    print(f"grid: {len(args.fractions)} fractions x {len(SEEDS)} seeds = {len(grid)} subsets of {len(train)} train images, "
           f"{size} px")
     print(f"  OLD (entry per subset): {old_decodes:6d} images decoded, {old_disk / 1e6:8.1f} MB on disk")
     print(f"  NEW (entry per split):  {new_decodes:6d} images decoded, {new_disk / 1e6:8.1f} MB on disk "
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
     # JPEG draft vs full decode, one thread, same files
     paths = [str(images.image_path(ds, int(i))) for i in train[: args.draft_images]]
-    full_rate, full = time_decodes(paths, size, False, images.DRAFT_FACTOR, args.repeats)
+    full_rate, full = time_decodes(paths, size, False, decode.DRAFT_FACTOR, args.repeats)
     print(f"jpeg 1920x1080 -> {size} px, 1 thread, {len(paths)} files: full decode {full_rate:.1f} images/s")
     results = {}
     for factor in (1, 2):
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
         results[factor] = (rate, diff.mean(), (diff > 8).mean())
         print(f"  draft to shorter side >= {factor} x {size}: {rate:.1f} images/s ({rate / full_rate:.1f}x), "
               f"mean |diff| {diff.mean():.2f}/255, max {diff.max()}, {100 * (diff > 8).mean():.2f} % of values off by > 8")
-    rate, mean_diff, _ = results[images.DRAFT_FACTOR]
-    print(f"RATIO jpeg draft: {rate / full_rate:.1f}x (DRAFT_FACTOR={images.DRAFT_FACTOR}, mean pixel difference "
+    rate, mean_diff, _ = results[decode.DRAFT_FACTOR]
+    print(f"RATIO jpeg draft: {rate / full_rate:.1f}x (DRAFT_FACTOR={decode.DRAFT_FACTOR}, mean pixel difference "
           f"{mean_diff:.2f}/255)")
     return 0
 

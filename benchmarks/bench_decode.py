@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
+from _common import DEFAULT_ROOT, batch_loader, machine, parse_args, synthetic_fmow  # noqa: E402
 
 from clipdg_nb.datasets import SAMPLERS, metadata_column, split_indices  # noqa: E402
 from clipdg_nb.images import image_split  # noqa: E402
@@ -30,7 +29,7 @@ from clipdg_nb.images import image_split  # noqa: E402
 def epoch_images_per_s(images, groups, batch_size: int, workers: int, seed: int = 0) -> float:
     sampler = SAMPLERS["group_uniform"](groups, seed)  # the study's sampler: random access
     sampler.set_epoch(0)
-    loader = DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    loader = batch_loader(images, batch_size=batch_size, sampler=sampler, num_workers=workers)
     started, n = time.perf_counter(), 0
     for x, _, _ in loader:
         n += len(x)
@@ -45,7 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the config's num_workers)")
     p.add_argument("--epochs", type=int, default=2, help="epochs timed per way (the best is reported)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "decode", images=64, image_size=64,
+                      batch_size=32, epochs=1)
 
     print(f"machine: {machine()}")
     ds = synthetic_fmow(args.root, args.image_size, args.images)

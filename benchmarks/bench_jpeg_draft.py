@@ -12,13 +12,17 @@ full decode after the resize, and `RATIO jpeg_draft: <x>x` (default factor).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipdg_nb.images.decode import DRAFT_FACTOR, _decode_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_ROOT, parse_args  # noqa: E402
+
+from clipdg_nb.images.decode import DRAFT_FACTOR, _decode_image  # noqa: E402
 
 W, H = 1920, 1080
 
@@ -57,7 +61,7 @@ def main(argv=None):
     ap.add_argument("--noise", type=float, default=4.0, help="std of the pixel noise (file size grows with it)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--root", type=Path, default=Path("outputs") / "bench" / "jpeg")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, images=2, repeats=1, root=DEFAULT_ROOT / "smoke" / "jpeg")
     paths = write_jpegs(args.root, args.images, args.noise)
     ways = {"full decode": dict(draft=False),
             f"draft x{DRAFT_FACTOR:g} (default)": dict(draft=True),

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
+from _common import DEFAULT_ROOT, batch_loader, machine, parse_args, synthetic_fmow  # noqa: E402
 
 from clipdg_nb import methods  # noqa: E402
 from clipdg_nb.datasets import load_dataset  # noqa: E402
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--cs", type=float, nargs="+", default=[1.0, 100.0, 10000.0],
                    help="probe strengths tried (the tests' values for the tiny random tower)")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, root=DEFAULT_ROOT / "smoke" / "probe", images=124, epochs=1, cs=[1.0])
 
     print(f"machine: {machine()}")
     cache_dir = args.root / "cache"
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
     clf.visual.requires_grad_(False)
     opt = torch.optim.Adam(clf.head.parameters(), lr=args.lr) if args.optimizer == "adam" else \
         torch.optim.SGD(clf.head.parameters(), lr=args.lr, momentum=0.9)
-    loader = DataLoader(ctx.images(train_idx, size), batch_size=args.batch_size, shuffle=True,
+    loader = batch_loader(ctx.images(train_idx, size), batch_size=args.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
     for _ in range(args.epochs):

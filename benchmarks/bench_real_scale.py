@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import DEFAULT_ROOT, machine, parse_args  # noqa: E402
 
 from clipdg_nb.datasets import class_names, load_dataset, prompt_functions, prompt_templates, split_indices  # noqa: E402
 from clipdg_nb.evaluate import predict_logits  # noqa: E402
@@ -48,6 +48,18 @@ FRACTIONS = (0.03, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SEEDS, LRS, EPOCHS, VARIANTS = 3, 4, 20, 3  # best / last / SWA evaluated on every eval split
 
 
+def grid_images(name: str) -> tuple[float, float]:
+    """(training, evaluation) images of the paper grid on `name` (fmow | iwildcam) at the real sizes:
+    8 fractions x 3 seeds x 4 learning rates x {CLIP fine-tune, vision-only costed as CLIP}, 20 epochs,
+    id_val every epoch and best / last / SWA on every evaluation split at the end."""
+    sizes = REAL[name]
+    eval_split = sizes["id_val"] + sizes["id_test"] + sizes["val"] + sizes["test"]
+    runs = len(FRACTIONS) * SEEDS * LRS * 2
+    train_images = sum(FRACTIONS) * sizes["train"] * EPOCHS * SEEDS * LRS * 2
+    eval_images = runs * (EPOCHS * sizes["id_val"] + VARIANTS * eval_split)
+    return train_images, eval_images
+
+
 def hours(h: float) -> str:
     return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h"
 
@@ -56,9 +68,9 @@ def rate(n: int, seconds: float) -> float:
     return n / max(seconds, 1e-9)
 
 
-def decode_rate(dataset, split: str, count: int, cache_dir: Path) -> tuple[float, int]:
+def decode_rate(dataset, split: str, count: int, cache_dir: Path, size: int = 224) -> tuple[float, int]:
     """Images/s of one thread filling the split cache, and the cache's bytes per image."""
-    cache = SplitCache(dataset, split, 224, cache_dir)
+    cache = SplitCache(dataset, split, size, cache_dir)
     rows = np.arange(min(count, len(cache)))
     started = time.perf_counter()
     decoded = cache.ensure(rows, workers=1)
@@ -66,10 +78,12 @@ def decode_rate(dataset, split: str, count: int, cache_dir: Path) -> tuple[float
     return rate(decoded, seconds), cache.nbytes // len(cache)
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("outputs") / "bench" / "real")
     ap.add_argument("--count", type=int, default=200, help="train images per dataset written (real profile)")
+    ap.add_argument("--eval-count", type=int, default=None, help="images written in each other split "
+                    "(default: count // 10, at least 5)")
     ap.add_argument("--decode-images", type=int, default=64, help="images decoded per dataset for the decode rate")
     ap.add_argument("--train-images", type=int, default=16)
     ap.add_argument("--eval-images", type=int, default=32)
@@ -79,29 +93,41 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=16, help="CPU cores of the projected machine")
     ap.add_argument("--gpu-train-ips", type=float, help="training images/s of the projected GPU (default: measured)")
     ap.add_argument("--gpu-eval-ips", type=float, help="evaluation images/s of the projected GPU (default: measured)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip model (random weights, loaded from a file)")
+    return parse_args(ap, argv, root=DEFAULT_ROOT / "smoke" / "real", count=182, decode_images=4, train_images=4,
+                      eval_images=4, batch_size=2, eval_count=5, model="clipdg-tiny-vit")
+
+
+def main(argv=None) -> int:
+    run(parse(argv))
+    return 0
+
+
+def run(args) -> dict:
+    """The rehearsal itself; returns the measured rates (images/s) for callers (gpu_check.py)."""
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     print(f"machine: {machine()}; device {device}, precision {precision}")
 
     started = time.perf_counter()
-    write_synthetic(args.root / "data", cfg=real_profile_config(args.count))
+    write_synthetic(args.root / "data", cfg=real_profile_config(args.count, n_eval=args.eval_count))
     print(f"data: real profile, {args.count} train images per dataset ({time.perf_counter() - started:.1f} s, "
           "written once)")
-    weights = args.root / "vit-b-32-random-quickgelu.safetensors"
+    weights = args.root / f"{args.model.lower()}-random-quickgelu.safetensors"
     if not weights.exists():
         torch.manual_seed(0)
-        save_weights(load_clip("ViT-B-32", None, quick_gelu=True).model, weights)
-    bundle = load_clip("ViT-B-32", weights, quick_gelu=True)
+        save_weights(load_clip(args.model, None, quick_gelu=True).model, weights)
+    bundle = load_clip(args.model, weights, quick_gelu=True)
+    size = bundle.image_size  # 224 for ViT-B-32
 
     # decode: one thread, a fresh cache every run
     cache_dir = args.root / f"cache-{time.time_ns()}"
-    decode = {name: decode_rate(load_dataset(name, args.root / "data"), "train", args.decode_images, cache_dir)
+    decode = {name: decode_rate(load_dataset(name, args.root / "data"), "train", args.decode_images, cache_dir, size)
               for name in ("fmow", "iwildcam")}
     ds = load_dataset("iwildcam", args.root / "data")
     train_idx = split_indices(ds, "train")[: args.train_images]
     eval_idx = split_indices(ds, "test")[: args.eval_images]
-    cache = {s: SplitCache(ds, s, 224, cache_dir) for s in ("train", "test")}
+    cache = {s: SplitCache(ds, s, size, cache_dir) for s in ("train", "test")}
     cache["train"].ensure(cache["train"].rows_of(train_idx), workers=2)
     cache["test"].ensure(cache["test"].rows_of(eval_idx), workers=2)
     y = np.asarray(ds.y_array)
@@ -152,9 +178,9 @@ def main(argv=None) -> int:
     print(f"decode FMoW 224 px PNG, 1 core  {decode['fmow'][0]:9.1f}")
     print(f"decode iWildCam 1920x1080 JPEG  {decode['iwildcam'][0]:9.1f}   (1 core, full decode)")
     print(f"load + augment ({device.type})           {load_ips:9.1f}")
-    print(f"train step ViT-B-32, 182 prompts {train_ips:8.2f}   (batch {args.batch_size})")
-    print(f"evaluation ViT-B-32              {eval_ips:8.2f}")
-    print(f"peak RSS {rss_gib:.2f} GiB; cache {decode['iwildcam'][1]:,} bytes an image (224 px uint8)")
+    print(f"train step {args.model}, 182 prompts {train_ips:8.2f}   (batch {args.batch_size})")
+    print(f"evaluation {args.model}              {eval_ips:8.2f}")
+    print(f"peak RSS {rss_gib:.2f} GiB; cache {decode['iwildcam'][1]:,} bytes an image ({size} px uint8)")
 
     gpu_train = args.gpu_train_ips or train_ips
     gpu_eval = args.gpu_eval_ips or eval_ips
@@ -163,10 +189,7 @@ def main(argv=None) -> int:
           f"{gpu_eval:,.0f} eval images/s ({source}); a projection, not a measurement:")
     for name, sizes in REAL.items():
         n_images = sum(sizes.values())
-        eval_split = sizes["id_val"] + sizes["id_test"] + sizes["val"] + sizes["test"]
-        runs = len(FRACTIONS) * SEEDS * LRS * 2  # CLIP fine-tune and vision-only (vision-only costed as CLIP)
-        train_images = sum(FRACTIONS) * sizes["train"] * EPOCHS * SEEDS * LRS * 2
-        eval_images = runs * (EPOCHS * sizes["id_val"] + VARIANTS * eval_split)
+        train_images, eval_images = grid_images(name)
         decode_h = n_images / (decode[name][0] * args.cores) / 3600
         load_h = train_images / (load_ips * args.cores) / 3600 if device.type == "cpu" else 0.0
         gpu_h = (train_images / gpu_train + eval_images / gpu_eval) / 3600
@@ -176,7 +199,8 @@ def main(argv=None) -> int:
               f"evaluation images: {hours(gpu_h)} on one device, {hours(gpu_h / 8)} on eight (a point per device)"
               + (f"; CPU augmentation alone {hours(load_h)}" if load_h else ""))
     print(f"RATIO train/decode per core (iWildCam): {train_ips / decode['iwildcam'][0]:.2f}x")
-    return 0
+    return {"decode_fmow": decode["fmow"][0], "decode_iwildcam": decode["iwildcam"][0], "load_augment": load_ips,
+            "train": train_ips, "eval": eval_ips, "cache_bytes_per_image": decode["iwildcam"][1], "rss_gib": rss_gib}
 
 
 if __name__ == "__main__":

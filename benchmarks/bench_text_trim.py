@@ -20,7 +20,7 @@ import open_clip
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_times  # noqa: E402
+from _common import best_times, parse_args  # noqa: E402
 
 from clipdg_nb.models.text import encode_text_trimmed, trim_tokens  # noqa: E402
 
@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--forward-only", action="store_true")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, model="clipdg-tiny-vit", repeats=1)
     torch.set_num_threads(args.threads)
     open_clip.add_model_config(DATA / "model_configs")
     dev = torch.device(args.device)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, parse_args  # noqa: E402
 
 from clipdg_nb.datasets import class_names, prompt_templates, render_prompt  # noqa: E402
 from clipdg_nb.devices import autocast as autocast_for  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier (FinetuneConfig.compile)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, overriding the table/estimate")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, model="clipdg-tiny-vit", batch_size=4, eval_batch_size=8, steps=1, warmup=0)
 
     import open_clip
     from clipdg_nb.models import ClipClassifier, register_tiny_configs

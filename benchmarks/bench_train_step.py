@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import batch_loader, machine, parse_args  # noqa: E402
 
 from clipdg_nb import train  # noqa: E402
 from clipdg_nb.devices import resolve_device, resolve_precision  # noqa: E402
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the fastest epoch of each way counts")
     p.add_argument("--compile", action="store_true", help="FinetuneConfig(compile=True) for ours")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, images=64, batch_size=32, epochs=2, repeats=1)
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
         ends.clear()
         model = copy.deepcopy(bundle.model).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-4)
-        loader = DataLoader(images, batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda")
+        loader = batch_loader(images, batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda")
         start = now()
         for _ in range(args.epochs):
             for x, y, _ in loader:

@@ -16,8 +16,10 @@ language supervision changes. Coverage 1.0 keeps the original corpus, key and fo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -129,10 +131,31 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _random_init_expected():
+    """Mute open_clip's "No pretrained weights loaded ... Model initialized randomly." (a root-logger
+    warning): here the tiny model starts from random weights on purpose, and the log says so."""
+    root = logging.getLogger()
+    root.addFilter(_drop_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
+def _fresh_tiny(cfg: PretrainConfig):
+    with _random_init_expected():
+        return load_clip(cfg.model, None)
+
+
 def pretrain_clip(cfg: PretrainConfig, images, captions, log=print):
     """Contrastive (CLIP) training of the tiny model on the corpus."""
     torch.manual_seed(cfg.seed)
-    bundle = load_clip(cfg.model, None)
+    bundle = _fresh_tiny(cfg)
     model = bundle.model.train()
     tokens = bundle.tokenizer(captions)
     pixels = torch.from_numpy(images)
@@ -162,7 +185,7 @@ def pretrain_clip(cfg: PretrainConfig, images, captions, log=print):
 def pretrain_supervised(cfg: PretrainConfig, images, concept_ids, log=print):
     """The same image tower trained with labels (one class per concept): the vision-only baseline."""
     torch.manual_seed(cfg.seed)
-    bundle = load_clip(cfg.model, None)
+    bundle = _fresh_tiny(cfg)
     visual = bundle.model.visual.train()
     head = torch.nn.Linear(visual.output_dim, len(concepts()))
     params = list(visual.parameters()) + list(head.parameters())
@@ -205,7 +228,7 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     named = named_concepts(cfg)
-    log(f"pretraining {cfg.model} on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts,"
+    log(f"pretraining {cfg.model} from random weights on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts,"
         f" captions naming {len(named)}: coverage {cfg.coverage:g})")
     images, concept_ids, captions = make_corpus(cfg)
     clip = pretrain_clip(cfg, images, captions, log)

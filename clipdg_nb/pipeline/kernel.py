@@ -9,6 +9,13 @@ pid (JPY_PARENT_PID) and ipykernel's parent poller exits within a second once it
 the runner's pool workers watch the runner likewise (`runner.watch_parent`), so a killed
 `clipdg run --jobs N` leaves neither workers nor kernels behind
 (tests/test_sweep_faults.py::test_kill_9_of_a_parallel_run_ends_its_workers_and_kernels).
+
+A normal shutdown sends no SIGINT. jupyter_client's `shutdown_kernel` interrupts the kernel before
+it asks it to shut down; an ipykernel that catches the signal inside a message handler logs
+"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." to the terminal, which read as a
+failure after every point. Papermill shuts a kernel down only when it is idle (all cells ran, or
+one raised), and the shutdown request itself travels on the control channel, which a busy kernel
+also answers; one that does not is terminated, then killed, by `finish_shutdown`.
 """
 from __future__ import annotations
 
@@ -28,6 +35,11 @@ class IPCKernelManager(AsyncKernelManager):
     @default("ip")
     def _default_ip(self):
         return os.path.join(tempfile.mkdtemp(prefix="clipdg-kernel-"), "kernel")
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:  # set by shutdown_kernel just before it interrupts: nothing to interrupt
+            return
+        await super()._async_interrupt_kernel()
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
