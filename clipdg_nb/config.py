@@ -14,7 +14,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .datasets import DATASETS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS
+from .data import DATASETS, EVAL_SPLITS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS, dataset_splits
 from .paths import resolve
 
 # The offline default (`make demo`, or `clipdg synth && clipdg pretrain-tiny`): synthetic data and a
@@ -30,7 +30,6 @@ METHODS = ("zeroshot", "linear_probe", "finetune", "flyp", "lp_ft", "vision_only
 TRAINED_METHODS = METHODS[1:]
 PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
 VISION_METHODS = ("vision_only", "vision_only_probe")
-EVAL_SPLITS = ("id_val", "id_test", "val", "test")
 LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
@@ -106,6 +105,7 @@ class RunConfig:
         self.eval_splits = tuple(self.eval_splits)
         for split in self.eval_splits:
             _choice("eval_splits", split, SPLITS)
+        self.eval_splits = dataset_splits(self.dataset, self.eval_splits)  # the default: the splits it has
         _integer("eval_batch_size", self.eval_batch_size, low=1)
         _integer("num_workers", self.num_workers)
         for name in ("download", "image_cache", "save_predictions"):

@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic  # noqa: E402
+from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic  # noqa: E402
 
 SMALL = SynthConfig(
     seed=0, image_size=32,
@@ -27,13 +27,13 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fmow(synth_root):
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
     return load_dataset("fmow", synth_root)
 
 
 @pytest.fixture(scope="session")
 def iwildcam(synth_root):
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
     return load_dataset("iwildcam", synth_root)
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import wilds
 
-from clipdg_nb import datasets as data
-from clipdg_nb.datasets import DatasetNotFoundError, fraction_indices, load_dataset, split_indices
+from clipdg_nb import data
+from clipdg_nb.data import DatasetNotFoundError, fraction_indices, load_dataset, split_indices
 
 
 @pytest.mark.parametrize("name", ["fmow", "iwildcam"])
@@ -48,7 +48,7 @@ def test_iwildcam_ood_locations_unseen_in_train(iwildcam):
 
 
 def test_mixed_fmow_timestamps_need_the_shim(tmp_path):
-    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic
     from wilds.datasets.fmow_dataset import FMoWDataset
     cfg = SynthConfig(fmow_sizes={"train": 62, "id_val": 5, "id_test": 5, "val": 5, "test": 5},
                       mixed_timestamps=True)
@@ -182,7 +182,7 @@ def test_class_names_and_templates():
 @pytest.fixture(scope="module")
 def door_root(tmp_path_factory):
     """A small intact copy of both datasets; each test corrupts its own copy of it."""
-    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic
     root = tmp_path_factory.mktemp("door")
     write_synthetic(root, cfg=SynthConfig(seed=2, image_size=8,
                                           fmow_sizes={"train": 20, "id_val": 4, "id_test": 4, "val": 4, "test": 4},
@@ -271,3 +271,54 @@ def test_unknown_fmow_category_and_empty_split(copy_of):
     assert "KeyError: 'castle'" in _door_error("fmow", folder.parent)
     meta.assign(split=meta["split"].replace({"val": "Val"})).to_csv(folder / "rgb_metadata.csv", index=False)
     assert "gives no rows to the split(s) ['id_val', 'val']" in _door_error("fmow", folder.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: specs, class names from the dataset's own files, the one data-present rule
+# ---------------------------------------------------------------------------------------------
+
+def test_a_spec_missing_a_required_field_fails_naming_it():
+    import dataclasses
+
+    from clipdg_nb.data.spec import DatasetSpec, SpecError
+    complete = {f.name: getattr(data.DATASETS["fmow"], f.name) for f in dataclasses.fields(DatasetSpec)}
+    for field in ("version", "required_columns", "image_paths", "class_names", "writer", "id_metric"):
+        with pytest.raises(SpecError, match=f"dataset spec 'fmow' lacks the required field '{field}'"):
+            DatasetSpec(**{k: v for k, v in complete.items() if k != field})
+    with pytest.raises(SpecError, match="splits \\['id_val', 'ood'\\] must include 'train'"):
+        DatasetSpec(**{**complete, "splits": ("id_val", "ood")})
+    assert DatasetSpec(**complete) == data.DATASETS["fmow"]
+
+
+def test_class_names_come_from_the_datasets_own_files(copy_of):
+    folder = copy_of("iwildcam")
+    categories = pd.read_csv(folder / "categories.csv")
+    assert list(categories.columns) == ["y", "category_id", "name"]  # the release's layout
+    assert data.class_names("iwildcam", folder) == data.class_names("iwildcam")  # same table as the bundled copy
+    # the folder's categories.csv decides the label order: swap two categories there and the names follow
+    swapped = categories.copy()
+    swapped.loc[[1, 2], ["category_id", "name"]] = categories.loc[[2, 1], ["category_id", "name"]].to_numpy()
+    swapped.to_csv(folder / "categories.csv", index=False)
+    names = data.class_names("iwildcam", load_dataset("iwildcam", folder.parent))
+    assert names[1] == "Central American agouti" and names[2] == "White-lipped peccary"
+    # a category the English table does not know keeps WILDS's scientific name
+    swapped.loc[3, ["category_id", "name"]] = [99999, "newus speciesus"]
+    swapped.to_csv(folder / "categories.csv", index=False)
+    assert data.class_names("iwildcam", folder)[3] == "newus speciesus"
+    # FMoW names come from WILDS's own list and never from another dataset's files
+    fmow_names = data.class_names("fmow", folder)
+    assert len(fmow_names) == 62 and fmow_names == data.class_names("fmow")
+
+
+def test_data_present_is_the_release_marker(copy_of):
+    folder = copy_of("fmow")
+    assert data.data_present(folder.parent, "fmow") and not data.data_present(folder.parent, "iwildcam")
+    (folder / "RELEASE_v1.1.txt").unlink()
+    assert not data.data_present(folder.parent, "fmow")
+    with pytest.raises(DatasetNotFoundError, match="RELEASE_v1.1.txt"):
+        load_dataset("fmow", folder.parent)
+
+
+def test_eval_splits_default_to_the_splits_a_dataset_has():
+    assert data.dataset_splits("fmow", data.EVAL_SPLITS) == ("id_val", "id_test", "val", "test")
+    assert data.dataset_splits("iwildcam", ["id_val", "test"]) == ("id_val", "test")

@@ -9,7 +9,7 @@ import pytest
 import sklearn.metrics
 import torch
 
-from clipdg_nb.datasets import split_indices
+from clipdg_nb.data import split_indices
 from clipdg_nb.evaluate import group_accuracy, prediction_frame, wilds_metrics
 
 

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
+from ..data import DATASETS, SPLIT_TITLES, headline_metric
 from ..paths import project_root
 from ..runs import Run, experiment_dir, load_records, read_json, write_bytes
 from .experiment import point_name
