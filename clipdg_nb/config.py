@@ -71,8 +71,8 @@ def _text(name: str, value, allow_none=False) -> None:
 class RunConfig:
     """What every run shares: which data, which model, where results go."""
     experiment: str = "scratch"  # runs land in {output_dir}/{experiment}/{run_id}/
-    dataset: str = "fmow"  # fmow | iwildcam
-    root_dir: str = DEMO_DATA  # folder holding fmow_v1.1/ or iwildcam_v2.0/ (default: `clipdg synth`)
+    dataset: str = "fmow"  # fmow | iwildcam | camelyon17 (clipdg_nb.data.DATASETS)
+    root_dir: str = DEMO_DATA  # folder holding the dataset's WILDS folder, e.g. fmow_v1.1/ (default: `clipdg synth`)
     download: bool = False  # True fetches the real dataset (54 GB FMoW, 12 GB iWildCam)
     model: str = TINY_MODEL  # open_clip model name, e.g. ViT-B-32; or local-dir:/path
     pretrained: str | None = TINY_CLIP_WEIGHTS  # open_clip tag ('openai'), a weights file, or None: random init

@@ -37,6 +37,23 @@ def iwildcam(synth_root):
     return load_dataset("iwildcam", synth_root)
 
 
+CAMELYON17 = SynthConfig(seed=0, image_size=16, camelyon17_sizes={"train": 120, "id_val": 30, "val": 30, "test": 40},
+                         camelyon17_slides_per_centre=2)
+
+
+@pytest.fixture(scope="session")
+def camelyon17_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("camelyon17")
+    write_synthetic(root, datasets=["camelyon17"], cfg=CAMELYON17)
+    return root
+
+
+@pytest.fixture(scope="session")
+def camelyon17(camelyon17_root):
+    from clipdg_nb.data import load_dataset
+    return load_dataset("camelyon17", camelyon17_root)
+
+
 EASY = SynthConfig(seed=1, image_size=32, shift=0.3,
                    fmow_sizes={"train": 620, "id_val": 186, "id_test": 310, "val": 124, "test": 124})
 

@@ -322,3 +322,67 @@ def test_data_present_is_the_release_marker(copy_of):
 def test_eval_splits_default_to_the_splits_a_dataset_has():
     assert data.dataset_splits("fmow", data.EVAL_SPLITS) == ("id_val", "id_test", "val", "test")
     assert data.dataset_splits("iwildcam", ["id_val", "test"]) == ("id_val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Camelyon17: one module, read by the unmodified WILDS loader, no id_test split
+# ---------------------------------------------------------------------------------------------
+
+def test_camelyon17_synthetic_is_the_wilds_format(camelyon17_root, camelyon17):
+    from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
+    folder = camelyon17_root / "camelyon17_v1.0"
+    header = (folder / "metadata.csv").read_text().splitlines()[0]
+    assert header == ",patient,node,x_coord,y_coord,tumor,slide,center,split"  # the release's, index unnamed
+    plain = Camelyon17Dataset(root_dir=str(camelyon17_root), download=False)  # unmodified WILDS reads it
+    assert len(plain) == len(camelyon17) == 220 and plain.n_classes == 2
+    first = plain._input_array[0]
+    assert first.startswith("patches/patient_") and (folder / first).is_file()
+    assert data.DATASETS["camelyon17"].image_paths(camelyon17, [0]) == [first]
+    # hospital shift: train and ID val from centres 0/3/4, OOD val centre 1, OOD test centre 2
+    hospital = data.metadata_column(camelyon17, "hospital")
+    assert {s: sorted(set(hospital[split_indices(camelyon17, s)].tolist())) for s in ("train", "id_val", "val", "test")} \
+        == {"train": [0, 3, 4], "id_val": [0, 3, 4], "val": [1], "test": [2]}
+    assert list(data.split_summary(camelyon17)["split"]) == ["train", "id_val", "val", "test"]
+    assert data.class_names("camelyon17", camelyon17) == ["normal", "tumor"]
+    assert data.prompt_templates("camelyon17") == ["a histopathology patch of {c} lymph node tissue"]
+    assert len(data.prompt_templates("camelyon17", "ensemble")) == 5
+
+
+def test_camelyon17_has_no_id_test_and_says_so(camelyon17):
+    with pytest.raises(ValueError, match=r"split='id_test': WILDS's camelyon17 has no such split; it has"):
+        split_indices(camelyon17, "id_test")
+    assert data.dataset_splits("camelyon17", data.EVAL_SPLITS) == ("id_val", "val", "test")
+    with pytest.raises(ValueError, match=r"dataset 'camelyon17' has no split\(s\) \['id_test'\]"):
+        data.dataset_splits("camelyon17", ["id_test", "test"])
+    from clipdg_nb.config import ZeroShotConfig
+    assert ZeroShotConfig(dataset="camelyon17").validate().eval_splits == ("id_val", "val", "test")
+    assert ZeroShotConfig(dataset="fmow").validate().eval_splits == ("id_val", "id_test", "val", "test")
+    sub = fraction_indices(camelyon17, 0.1, seed=0)
+    assert len(sub) == 12 and set(sub) <= set(split_indices(camelyon17, "train"))
+
+
+def test_camelyon17_at_the_door(camelyon17_root, tmp_path):
+    import shutil
+    folder = tmp_path / "camelyon17_v1.0"
+    shutil.copytree(camelyon17_root / folder.name, folder)
+    meta = pd.read_csv(folder / "metadata.csv", index_col=0, dtype={"patient": "str"})
+    meta.drop(columns=["center"]).to_csv(folder / "metadata.csv")
+    assert f"{folder / 'metadata.csv'} lacks the column(s) ['center']" in _door_error("camelyon17", tmp_path)
+    meta.to_csv(folder / "metadata.csv")
+    last = meta.iloc[-1]
+    image = (folder / f"patches/patient_{last.patient}_node_{last.node}/"
+             f"patch_patient_{last.patient}_node_{last.node}_x_{last.x_coord}_y_{last.y_coord}.png")
+    image.unlink()
+    msg = _door_error("camelyon17", tmp_path)
+    assert "names images that are not there" in msg and image.name in msg
+
+
+def test_a_new_datasets_synth_fields_stay_out_of_the_others_markers(door_root, camelyon17_root):
+    """Adding Camelyon17's SynthConfig fields left FMoW's and iWildCam's SYNTHETIC.json as they were
+    (so existing copies stay current and `clipdg synth` writes the same bytes)."""
+    import json
+    for name in ("fmow", "iwildcam"):
+        marker = json.loads((door_root / data.dataset_spec(name).folder / "SYNTHETIC.json").read_text())
+        assert not [k for k in marker if k.startswith("camelyon17")]
+    marker = json.loads((camelyon17_root / "camelyon17_v1.0" / "SYNTHETIC.json").read_text())
+    assert marker["camelyon17_slides_per_centre"] == 2 and "fmow_sizes" in marker

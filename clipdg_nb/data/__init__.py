@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checks, fmow, iwildcam
+from . import camelyon17, checks, fmow, iwildcam
 from .checks import DatasetFormatError
 from .prompts import TEMPLATE_SETS, prompt_functions, render_prompt
 from .samplers import SAMPLERS, EpochShuffleSampler, GroupUniformSampler
@@ -23,7 +23,7 @@ from .spec import DatasetSpec
 from .splits import (EVAL_SPLITS, ID_SPLITS, SPLIT_TITLES, SPLITS, TEST_SPLITS, VALIDATION_SPLITS, fraction_indices,
                      group_labels, metadata_column, split_indices)
 
-_MODULES = (fmow, iwildcam)
+_MODULES = (fmow, iwildcam, camelyon17)
 DATASETS: dict[str, DatasetSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
 DEMO_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.in_demo)  # the offline default's
 GROUP_FIELDS = tuple(dict.fromkeys(f for spec in DATASETS.values() for f in spec.eval_groups))

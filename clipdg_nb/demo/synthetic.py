@@ -41,6 +41,9 @@ class SynthConfig:
     iwildcam_sizes: dict = field(default_factory=lambda: {
         "train": 2000, "id_val": 300, "id_test": 300, "val": 300, "test": 400})
     iwildcam_locations: dict = field(default_factory=lambda: {"id": 16, "val": 5, "test": 6})
+    camelyon17_sizes: dict = field(default_factory=lambda: {"train": 1000, "id_val": 200, "val": 200, "test": 300},
+                                   metadata={"dataset": "camelyon17"})
+    camelyon17_slides_per_centre: int = field(default=4, metadata={"dataset": "camelyon17"})
     mixed_timestamps: bool = False  # write FMoW's real mix of ISO-8601 forms (plain pandas>=2 fails on it)
     profile: str = "default"  # "real": files at the real releases' sizes (each spec's real_size)
 
@@ -61,6 +64,9 @@ class SynthConfig:
             missing = set(spec.splits) - set(sizes)
             if missing or any(int(v) < 1 for v in sizes.values()):
                 raise ValueError(f"{attr}={sizes!r} needs a positive size for each of {', '.join(spec.splits)}")
+        if not isinstance(self.camelyon17_slides_per_centre, int) or not 1 <= self.camelyon17_slides_per_centre <= 20:
+            raise ValueError(f"camelyon17_slides_per_centre={self.camelyon17_slides_per_centre!r} must be an int in "
+                             "[1, 20] (the release has 20 patients a hospital)")
         if self.iwildcam_sizes["train"] < 182:
             raise ValueError("iwildcam_sizes['train'] must be >= 182 so that every iWildCam class occurs "
                              "(WILDS's loader requires labels 0..181 to be present)")
@@ -74,6 +80,8 @@ def real_profile_config(n_images: int = 300, n_eval: int | None = None, seed: in
                         render_size: int = 64, **fields) -> SynthConfig:
     """A `profile='real'` config: `n_images` train images per dataset (iWildCam: at least 182, so
     every class occurs) and `n_eval` (default n_images // 10, at least 5) in each other split."""
+    fields.setdefault("camelyon17_sizes", {"train": int(n_images), **{s: max(5, int(n_images) // 10) if n_eval is None
+                                                                       else int(n_eval) for s in ("id_val", "val", "test")}})
     n_train = int(n_images)
     n_eval = max(5, n_train // 10) if n_eval is None else int(n_eval)
     splits = ("id_val", "id_test", "val", "test")
