@@ -47,8 +47,8 @@ def machine() -> str:
 
 def synthetic_fmow(root: Path, image_size: int, train: int, eval_size: int = 62, seed: int = 0, shift: float = 1.0):
     """A synthetic FMoW (WILDS on-disk format) under `root`, written once; returns the loaded dataset."""
-    from clipdg_nb.datasets import load_dataset
-    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    from clipdg_nb.data import load_dataset
+    from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic
     sizes = {"train": train, "id_val": eval_size, "id_test": eval_size, "val": eval_size, "test": eval_size}
     cfg = SynthConfig(seed=seed, image_size=image_size, shift=shift, fmow_sizes=sizes)
     started = time.perf_counter()

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
 
-from clipdg_nb.datasets import SAMPLERS, metadata_column, split_indices  # noqa: E402
+from clipdg_nb.data import SAMPLERS, metadata_column, split_indices  # noqa: E402
 from clipdg_nb.images import ArrayImages, SplitCache, cached_images  # noqa: E402
 from clipdg_nb.images.cache import forget_verified  # noqa: E402
 from clipdg_nb.train import _whole_batch  # noqa: E402

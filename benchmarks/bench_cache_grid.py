@@ -28,8 +28,8 @@ from _common import DEFAULT_ROOT, machine, parse_args  # noqa: E402
 
 from clipdg_nb import images  # noqa: E402
 from clipdg_nb.images import decode  # noqa: E402  (the decoder the cache calls, instrumented below)
-from clipdg_nb.datasets import fraction_indices, load_dataset, split_indices  # noqa: E402
-from clipdg_nb.pipeline.synthetic import real_profile_config, write_synthetic  # noqa: E402
+from clipdg_nb.data import fraction_indices, load_dataset, split_indices  # noqa: E402
+from clipdg_nb.demo.synthetic import real_profile_config, write_synthetic  # noqa: E402
 
 FRACTIONS = (0.03, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SEEDS = (0, 1, 2)

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, batch_loader, machine, parse_args, synthetic_fmow  # noqa: E402
 
-from clipdg_nb.datasets import SAMPLERS, metadata_column, split_indices  # noqa: E402
+from clipdg_nb.data import SAMPLERS, metadata_column, split_indices  # noqa: E402
 from clipdg_nb.images import image_split  # noqa: E402
 
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, batch_loader, machine, parse_args, synthetic_fmow  # noqa: E402
 
 from clipdg_nb import methods  # noqa: E402
-from clipdg_nb.datasets import load_dataset  # noqa: E402
+from clipdg_nb.data import load_dataset  # noqa: E402
 from clipdg_nb.devices import resolve_device  # noqa: E402
 from clipdg_nb.config import FinetuneConfig  # noqa: E402
-from clipdg_nb.datasets import class_names, split_indices  # noqa: E402
+from clipdg_nb.data import class_names, split_indices  # noqa: E402
 from clipdg_nb.evaluate import predict_logits  # noqa: E402
 from clipdg_nb.images import Normalize  # noqa: E402
 from clipdg_nb.models import ClipClassifier, fit_linear_probe  # noqa: E402

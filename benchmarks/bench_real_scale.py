@@ -33,12 +33,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, machine, parse_args  # noqa: E402
 
-from clipdg_nb.datasets import class_names, load_dataset, prompt_functions, prompt_templates, split_indices  # noqa: E402
+from clipdg_nb.data import class_names, load_dataset, prompt_functions, prompt_templates, split_indices  # noqa: E402
 from clipdg_nb.evaluate import predict_logits  # noqa: E402
 from clipdg_nb.images import ArrayImages, Normalize, SplitCache  # noqa: E402
 from clipdg_nb.images.augment import BatchAugment  # noqa: E402
 from clipdg_nb.models import ClipClassifier, load_clip, save_weights  # noqa: E402
-from clipdg_nb.pipeline.synthetic import real_profile_config, write_synthetic  # noqa: E402
+from clipdg_nb.demo.synthetic import real_profile_config, write_synthetic  # noqa: E402
 from clipdg_nb.devices import autocast, resolve_device, resolve_precision  # noqa: E402
 
 # The real benchmarks (WILDS): images per split.

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_args  # noqa: E402
 
-from clipdg_nb.datasets import class_names, prompt_templates, render_prompt  # noqa: E402
+from clipdg_nb.data import class_names, prompt_templates, render_prompt  # noqa: E402
 from clipdg_nb.devices import autocast as autocast_for  # noqa: E402
 from clipdg_nb.images import Normalize  # noqa: E402
 from clipdg_nb.devices import resolve_device, resolve_precision  # noqa: E402

@@ -29,7 +29,7 @@ from _common import batch_loader, machine, parse_args  # noqa: E402
 from clipdg_nb import train  # noqa: E402
 from clipdg_nb.devices import resolve_device, resolve_precision  # noqa: E402
 from clipdg_nb.config import FinetuneConfig  # noqa: E402
-from clipdg_nb.datasets import class_names, prompt_templates, render_prompt  # noqa: E402
+from clipdg_nb.data import class_names, prompt_templates, render_prompt  # noqa: E402
 from clipdg_nb.devices import autocast as autocast_for  # noqa: E402
 from clipdg_nb.images import ArrayImages, Normalize  # noqa: E402
 from clipdg_nb.models import ClipClassifier, load_clip  # noqa: E402

@@ -197,7 +197,7 @@ def classifier(ctx: Ctx, n_prompts: int):
     """The study's classifier on `model` with random weights and `n_prompts` class prompts. The names
     come from the shipped iWildCam label file (no wilds needed); only their count and length matter."""
     import open_clip
-    from clipdg_nb.datasets import class_names, prompt_templates, render_prompt
+    from clipdg_nb.data import class_names, prompt_templates, render_prompt
     from clipdg_nb.images import Normalize
     from clipdg_nb.models import ClipClassifier, register_tiny_configs
     register_tiny_configs()

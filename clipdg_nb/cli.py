@@ -7,8 +7,8 @@ import time
 
 
 def _cmd_synth(args) -> int:
-    from .datasets import format_summary, load_dataset
-    from .pipeline.synthetic import SynthConfig, real_profile_config, write_synthetic
+    from .data import format_summary, load_dataset
+    from .demo.synthetic import SynthConfig, real_profile_config, write_synthetic
 
     if args.profile == "real":  # the real benchmarks' image sizes and formats, `--count` train images
         cfg = real_profile_config(args.count, seed=args.seed, shift=args.shift, mixed_timestamps=args.mixed_timestamps)
@@ -24,7 +24,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from .datasets import format_summary, load_dataset
+    from .data import format_summary, load_dataset
 
     for name in args.datasets:
         print(format_summary(name, load_dataset(name, args.root)), end="\n\n")
@@ -143,12 +143,16 @@ def _cmd_table(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS, DEMO_DATASETS  # the registry: one module per dataset
+
     parser = argparse.ArgumentParser(prog="clipdg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write small synthetic datasets in the WILDS on-disk formats")
-    synth.add_argument("--root", default="outputs/data", help="folder that will hold fmow_v1.1/ and iwildcam_v2.0/")
-    synth.add_argument("--datasets", nargs="+", default=["fmow", "iwildcam"], choices=["fmow", "iwildcam"])
+    synth.add_argument("--root", default="outputs/data",
+                       help=f"folder that will hold {' and '.join(DATASETS[n].folder + '/' for n in DEMO_DATASETS)}")
+    synth.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=list(DATASETS),
+                       help=f"default: the offline demo's ({', '.join(DEMO_DATASETS)})")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=32, help="pixels; 224 for real ViT-B/32 runs")
     synth.add_argument("--shift", type=float, default=1.0, help="strength of the domain shift (0 = none)")
@@ -162,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = sub.add_parser("summary", help="print what each split of a WILDS folder holds")
     summary.add_argument("--root", default="outputs/data")
-    summary.add_argument("--datasets", nargs="+", default=["fmow", "iwildcam"], choices=["fmow", "iwildcam"])
+    summary.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=list(DATASETS))
     summary.set_defaults(func=_cmd_summary)
     demo = sub.add_parser("demo", help="run the offline default end to end (synthetic data, tiny model)")
     demo.add_argument("--root", default="outputs/data", help="where the synthetic datasets are written")
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--experiment", action="append", metavar="NAME",
                        help="experiment under --output-dir (default demo); repeat to put experiments side by side, "
                        "with paired differences to the first where they share points")
-    table.add_argument("--dataset", choices=["fmow", "iwildcam"], help="only this dataset (default: a table per dataset)")
+    table.add_argument("--dataset", choices=list(DATASETS), help="only this dataset (default: a table per dataset)")
     table.add_argument("--format", choices=["text", "csv", "markdown"], default="text")
     table.add_argument("--all-lrs", action="store_true",
                        help="a row per learning rate instead of the one chosen on --select-split")

@@ -14,7 +14,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .datasets import DATASETS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS
+from .data import DATASETS, EVAL_SPLITS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS, dataset_splits
 from .paths import resolve
 
 # The offline default (`make demo`, or `clipdg synth && clipdg pretrain-tiny`): synthetic data and a
@@ -30,7 +30,6 @@ METHODS = ("zeroshot", "linear_probe", "finetune", "flyp", "lp_ft", "vision_only
 TRAINED_METHODS = METHODS[1:]
 PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
 VISION_METHODS = ("vision_only", "vision_only_probe")
-EVAL_SPLITS = ("id_val", "id_test", "val", "test")
 LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
@@ -72,8 +71,8 @@ def _text(name: str, value, allow_none=False) -> None:
 class RunConfig:
     """What every run shares: which data, which model, where results go."""
     experiment: str = "scratch"  # runs land in {output_dir}/{experiment}/{run_id}/
-    dataset: str = "fmow"  # fmow | iwildcam
-    root_dir: str = DEMO_DATA  # folder holding fmow_v1.1/ or iwildcam_v2.0/ (default: `clipdg synth`)
+    dataset: str = "fmow"  # fmow | iwildcam | camelyon17 (clipdg_nb.data.DATASETS)
+    root_dir: str = DEMO_DATA  # folder holding the dataset's WILDS folder, e.g. fmow_v1.1/ (default: `clipdg synth`)
     download: bool = False  # True fetches the real dataset (54 GB FMoW, 12 GB iWildCam)
     model: str = TINY_MODEL  # open_clip model name, e.g. ViT-B-32; or local-dir:/path
     pretrained: str | None = TINY_CLIP_WEIGHTS  # open_clip tag ('openai'), a weights file, or None: random init
@@ -106,6 +105,7 @@ class RunConfig:
         self.eval_splits = tuple(self.eval_splits)
         for split in self.eval_splits:
             _choice("eval_splits", split, SPLITS)
+        self.eval_splits = dataset_splits(self.dataset, self.eval_splits)  # the default: the splits it has
         _integer("eval_batch_size", self.eval_batch_size, low=1)
         _integer("num_workers", self.num_workers)
         for name in ("download", "image_cache", "save_predictions"):

@@ -1,6 +1,6 @@
 """Evaluation: batched prediction, WILDS's own metrics per split, prediction tables, accuracy per
 group, failure cases. Metric names and numbers are exactly `dataset.eval(...)`'s (no torch_scatter:
-see `wilds_compat`)."""
+see `data.wilds_compat`)."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import GROUP_FIELDS, dataset_spec, group_labels, metadata_column
+from .data import GROUP_FIELDS, dataset_spec, group_labels, metadata_column
 from .devices import autocast
 
 TOP_K = 5

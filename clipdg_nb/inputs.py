@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
-from .datasets import dataset_spec
+from .data import data_present, dataset_spec
 from .fingerprint import dataset_fingerprint, weights_identity
 from .models.weights import weight_shapes
 from .paths import project_root, resolve
@@ -141,7 +141,7 @@ def missing_inputs(cfg) -> list[str]:
     missing = []
     spec = dataset_spec(cfg.dataset)
     data = Path(cfg.root_dir)
-    if not getattr(cfg, "download", False) and not (data / spec.folder / f"RELEASE_v{spec.version}.txt").exists():
+    if not getattr(cfg, "download", False) and not data_present(data, cfg.dataset):
         missing.append(f"data: root_dir={str(cfg.root_dir)!r} holds no {spec.folder}/")
     for name, value in weight_files(cfg):
         if not resolve(value).is_file():

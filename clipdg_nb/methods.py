@@ -22,7 +22,7 @@ from . import devices
 from .averaging import wise_ft
 from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
-from .datasets import (dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
+from .data import (class_names, dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics
 from .images import Normalize, image_split
@@ -51,7 +51,7 @@ class Context:
 
     @property
     def classnames(self) -> list[str]:
-        return self.spec.class_names()
+        return class_names(self.cfg.dataset, self.dataset)  # from the dataset's own files where it has them
 
     @property
     def prompts(self) -> list[Callable[[str], str]]:

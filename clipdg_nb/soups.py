@@ -171,7 +171,7 @@ def make_soups(run_dirs, *, output_dir=None, experiment: str | None = None, devi
 
 def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], device: str | None) -> dict:
     from .config import config_of, from_params
-    from .datasets import load_dataset
+    from .data import load_dataset
     from .devices import resolve_device, resolve_precision
     from .evaluate import calibration_record, evaluate_logits, predict_logits
     from .images import Normalize

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint, devices
 from .averaging import EMA, RunningAverage, swa_epochs
-from .datasets import SAMPLERS
+from .data import SAMPLERS
 from .images.augment import BatchAugment
 from .devices import autocast, resolve_precision
 from .progress import EpochProgress, progress_mode

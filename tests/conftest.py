@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic  # noqa: E402
+from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic  # noqa: E402
 
 SMALL = SynthConfig(
     seed=0, image_size=32,
@@ -27,14 +27,31 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fmow(synth_root):
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
     return load_dataset("fmow", synth_root)
 
 
 @pytest.fixture(scope="session")
 def iwildcam(synth_root):
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
     return load_dataset("iwildcam", synth_root)
+
+
+CAMELYON17 = SynthConfig(seed=0, image_size=16, camelyon17_sizes={"train": 120, "id_val": 30, "val": 30, "test": 40},
+                         camelyon17_slides_per_centre=2)
+
+
+@pytest.fixture(scope="session")
+def camelyon17_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("camelyon17")
+    write_synthetic(root, datasets=["camelyon17"], cfg=CAMELYON17)
+    return root
+
+
+@pytest.fixture(scope="session")
+def camelyon17(camelyon17_root):
+    from clipdg_nb.data import load_dataset
+    return load_dataset("camelyon17", camelyon17_root)
 
 
 EASY = SynthConfig(seed=1, image_size=32, shift=0.3,

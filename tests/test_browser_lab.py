@@ -166,7 +166,7 @@ def prepare_offline_default(root: Path) -> None:
 
     from clipdg_nb.config import TINY_CLIP_WEIGHTS
     from clipdg_nb.models import load_clip, save_weights
-    from clipdg_nb.pipeline.synthetic import write_synthetic
+    from clipdg_nb.demo.synthetic import write_synthetic
 
     write_synthetic(root / "outputs" / "data", cfg=SMALL)
     save_weights(load_clip("clipdg-tiny-vit").model, root / TINY_CLIP_WEIGHTS)

@@ -36,7 +36,7 @@ def test_prepare_decodes_every_split_an_experiment_needs_once(synth_root, tmp_pa
     import yaml
 
     from clipdg_nb.images import SplitCache
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
     from clipdg_nb.pipeline.experiment import load_experiment
     from clipdg_nb.pipeline.prepare import plan
 

@@ -20,7 +20,7 @@ import torch
 
 from clipdg_nb import methods
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig
-from clipdg_nb.datasets import load_dataset, split_indices
+from clipdg_nb.data import load_dataset, split_indices
 from clipdg_nb.images import SplitCache, decode_split, image_path, resize_crop
 from clipdg_nb.runs import Run
 

@@ -56,7 +56,7 @@ def test_gap_by_coverage_without_coverage_column_says_what_to_do():
 
 def test_accuracy_by_naming_splits_classes_by_the_reference_captions(tmp_path):
     from clipdg_nb.analysis.coverage import accuracy_by_naming
-    from clipdg_nb.datasets import class_names
+    from clipdg_nb.data import class_names
     from clipdg_nb.paths import write_json
 
     names = class_names("fmow")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import wilds
 
-from clipdg_nb import datasets as data
-from clipdg_nb.datasets import DatasetNotFoundError, fraction_indices, load_dataset, split_indices
+from clipdg_nb import data
+from clipdg_nb.data import DatasetNotFoundError, fraction_indices, load_dataset, split_indices
 
 
 @pytest.mark.parametrize("name", ["fmow", "iwildcam"])
@@ -48,7 +48,7 @@ def test_iwildcam_ood_locations_unseen_in_train(iwildcam):
 
 
 def test_mixed_fmow_timestamps_need_the_shim(tmp_path):
-    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic
     from wilds.datasets.fmow_dataset import FMoWDataset
     cfg = SynthConfig(fmow_sizes={"train": 62, "id_val": 5, "id_test": 5, "val": 5, "test": 5},
                       mixed_timestamps=True)
@@ -182,7 +182,7 @@ def test_class_names_and_templates():
 @pytest.fixture(scope="module")
 def door_root(tmp_path_factory):
     """A small intact copy of both datasets; each test corrupts its own copy of it."""
-    from clipdg_nb.pipeline.synthetic import SynthConfig, write_synthetic
+    from clipdg_nb.demo.synthetic import SynthConfig, write_synthetic
     root = tmp_path_factory.mktemp("door")
     write_synthetic(root, cfg=SynthConfig(seed=2, image_size=8,
                                           fmow_sizes={"train": 20, "id_val": 4, "id_test": 4, "val": 4, "test": 4},
@@ -271,3 +271,118 @@ def test_unknown_fmow_category_and_empty_split(copy_of):
     assert "KeyError: 'castle'" in _door_error("fmow", folder.parent)
     meta.assign(split=meta["split"].replace({"val": "Val"})).to_csv(folder / "rgb_metadata.csv", index=False)
     assert "gives no rows to the split(s) ['id_val', 'val']" in _door_error("fmow", folder.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: specs, class names from the dataset's own files, the one data-present rule
+# ---------------------------------------------------------------------------------------------
+
+def test_a_spec_missing_a_required_field_fails_naming_it():
+    import dataclasses
+
+    from clipdg_nb.data.spec import DatasetSpec, SpecError
+    complete = {f.name: getattr(data.DATASETS["fmow"], f.name) for f in dataclasses.fields(DatasetSpec)}
+    for field in ("version", "required_columns", "image_paths", "class_names", "writer", "id_metric"):
+        with pytest.raises(SpecError, match=f"dataset spec 'fmow' lacks the required field '{field}'"):
+            DatasetSpec(**{k: v for k, v in complete.items() if k != field})
+    with pytest.raises(SpecError, match="splits \\['id_val', 'ood'\\] must include 'train'"):
+        DatasetSpec(**{**complete, "splits": ("id_val", "ood")})
+    assert DatasetSpec(**complete) == data.DATASETS["fmow"]
+
+
+def test_class_names_come_from_the_datasets_own_files(copy_of):
+    folder = copy_of("iwildcam")
+    categories = pd.read_csv(folder / "categories.csv")
+    assert list(categories.columns) == ["y", "category_id", "name"]  # the release's layout
+    assert data.class_names("iwildcam", folder) == data.class_names("iwildcam")  # same table as the bundled copy
+    # the folder's categories.csv decides the label order: swap two categories there and the names follow
+    swapped = categories.copy()
+    swapped.loc[[1, 2], ["category_id", "name"]] = categories.loc[[2, 1], ["category_id", "name"]].to_numpy()
+    swapped.to_csv(folder / "categories.csv", index=False)
+    names = data.class_names("iwildcam", load_dataset("iwildcam", folder.parent))
+    assert names[1] == "Central American agouti" and names[2] == "White-lipped peccary"
+    # a category the English table does not know keeps WILDS's scientific name
+    swapped.loc[3, ["category_id", "name"]] = [99999, "newus speciesus"]
+    swapped.to_csv(folder / "categories.csv", index=False)
+    assert data.class_names("iwildcam", folder)[3] == "newus speciesus"
+    # FMoW names come from WILDS's own list and never from another dataset's files
+    fmow_names = data.class_names("fmow", folder)
+    assert len(fmow_names) == 62 and fmow_names == data.class_names("fmow")
+
+
+def test_data_present_is_the_release_marker(copy_of):
+    folder = copy_of("fmow")
+    assert data.data_present(folder.parent, "fmow") and not data.data_present(folder.parent, "iwildcam")
+    (folder / "RELEASE_v1.1.txt").unlink()
+    assert not data.data_present(folder.parent, "fmow")
+    with pytest.raises(DatasetNotFoundError, match="RELEASE_v1.1.txt"):
+        load_dataset("fmow", folder.parent)
+
+
+def test_eval_splits_default_to_the_splits_a_dataset_has():
+    assert data.dataset_splits("fmow", data.EVAL_SPLITS) == ("id_val", "id_test", "val", "test")
+    assert data.dataset_splits("iwildcam", ["id_val", "test"]) == ("id_val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Camelyon17: one module, read by the unmodified WILDS loader, no id_test split
+# ---------------------------------------------------------------------------------------------
+
+def test_camelyon17_synthetic_is_the_wilds_format(camelyon17_root, camelyon17):
+    from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
+    folder = camelyon17_root / "camelyon17_v1.0"
+    header = (folder / "metadata.csv").read_text().splitlines()[0]
+    assert header == ",patient,node,x_coord,y_coord,tumor,slide,center,split"  # the release's, index unnamed
+    plain = Camelyon17Dataset(root_dir=str(camelyon17_root), download=False)  # unmodified WILDS reads it
+    assert len(plain) == len(camelyon17) == 220 and plain.n_classes == 2
+    first = plain._input_array[0]
+    assert first.startswith("patches/patient_") and (folder / first).is_file()
+    assert data.DATASETS["camelyon17"].image_paths(camelyon17, [0]) == [first]
+    # hospital shift: train and ID val from centres 0/3/4, OOD val centre 1, OOD test centre 2
+    hospital = data.metadata_column(camelyon17, "hospital")
+    assert {s: sorted(set(hospital[split_indices(camelyon17, s)].tolist())) for s in ("train", "id_val", "val", "test")} \
+        == {"train": [0, 3, 4], "id_val": [0, 3, 4], "val": [1], "test": [2]}
+    assert list(data.split_summary(camelyon17)["split"]) == ["train", "id_val", "val", "test"]
+    assert data.class_names("camelyon17", camelyon17) == ["normal", "tumor"]
+    assert data.prompt_templates("camelyon17") == ["a histopathology patch of {c} lymph node tissue"]
+    assert len(data.prompt_templates("camelyon17", "ensemble")) == 5
+
+
+def test_camelyon17_has_no_id_test_and_says_so(camelyon17):
+    with pytest.raises(ValueError, match=r"split='id_test': WILDS's camelyon17 has no such split; it has"):
+        split_indices(camelyon17, "id_test")
+    assert data.dataset_splits("camelyon17", data.EVAL_SPLITS) == ("id_val", "val", "test")
+    with pytest.raises(ValueError, match=r"dataset 'camelyon17' has no split\(s\) \['id_test'\]"):
+        data.dataset_splits("camelyon17", ["id_test", "test"])
+    from clipdg_nb.config import ZeroShotConfig
+    assert ZeroShotConfig(dataset="camelyon17").validate().eval_splits == ("id_val", "val", "test")
+    assert ZeroShotConfig(dataset="fmow").validate().eval_splits == ("id_val", "id_test", "val", "test")
+    sub = fraction_indices(camelyon17, 0.1, seed=0)
+    assert len(sub) == 12 and set(sub) <= set(split_indices(camelyon17, "train"))
+
+
+def test_camelyon17_at_the_door(camelyon17_root, tmp_path):
+    import shutil
+    folder = tmp_path / "camelyon17_v1.0"
+    shutil.copytree(camelyon17_root / folder.name, folder)
+    meta = pd.read_csv(folder / "metadata.csv", index_col=0, dtype={"patient": "str"})
+    meta.drop(columns=["center"]).to_csv(folder / "metadata.csv")
+    assert f"{folder / 'metadata.csv'} lacks the column(s) ['center']" in _door_error("camelyon17", tmp_path)
+    meta.to_csv(folder / "metadata.csv")
+    last = meta.iloc[-1]
+    image = (folder / f"patches/patient_{last.patient}_node_{last.node}/"
+             f"patch_patient_{last.patient}_node_{last.node}_x_{last.x_coord}_y_{last.y_coord}.png")
+    image.unlink()
+    msg = _door_error("camelyon17", tmp_path)
+    assert "names images that are not there" in msg and image.name in msg
+
+
+def test_a_new_datasets_synth_fields_stay_out_of_the_others_markers(door_root, camelyon17_root):
+    """Adding Camelyon17's SynthConfig fields left FMoW's and iWildCam's SYNTHETIC.json as they were
+    (so existing copies stay current and `clipdg synth` writes the same bytes)."""
+    import json
+    for name in ("fmow", "iwildcam"):
+        marker = json.loads((door_root / data.dataset_spec(name).folder / "SYNTHETIC.json").read_text())
+        assert not [k for k in marker if k.startswith("camelyon17")]
+    marker = json.loads((camelyon17_root / "camelyon17_v1.0" / "SYNTHETIC.json").read_text())
+    assert marker["camelyon17_slides_per_centre"] == 2 and "fmow_sizes" in marker

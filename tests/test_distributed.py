@@ -22,7 +22,7 @@ import yaml
 from clipdg_nb import methods, train
 from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig
-from clipdg_nb.datasets import EpochShuffleSampler, GroupUniformSampler, load_dataset, split_indices
+from clipdg_nb.data import EpochShuffleSampler, GroupUniformSampler, load_dataset, split_indices
 from clipdg_nb.config import from_params
 from clipdg_nb.devices import ShardedBatchSampler
 from clipdg_nb.evaluate import predict_logits

@@ -11,7 +11,7 @@ from open_clip.loss import ClipLoss
 
 from clipdg_nb import methods, train
 from clipdg_nb.config import FinetuneConfig, TRAINED_METHODS
-from clipdg_nb.datasets import load_dataset, split_indices
+from clipdg_nb.data import load_dataset, split_indices
 from clipdg_nb.flyp import MAX_LOGIT_SCALE, clamp_logit_scale, flyp_loss, flyp_objective
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.models import ClipClassifier, load_clip, vision_only

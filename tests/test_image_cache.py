@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from clipdg_nb.images import cache as image_cache, decode as image_decode
-from clipdg_nb.datasets import fraction_indices, load_dataset, split_indices
+from clipdg_nb.data import fraction_indices, load_dataset, split_indices
 from clipdg_nb.images import (CachedImages, ImageDecodeError, PILImages, SplitCache, decode_split, image_path,
                               image_split, prepare_splits, resize_crop)
 
@@ -151,7 +151,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
     from clipdg_nb.images import cache as image_cache, decode as image_decode, views as image_cache_views
-    from clipdg_nb.datasets import load_dataset, split_indices
+    from clipdg_nb.data import load_dataset, split_indices
     root, cache, log, go, out, lo, hi = sys.argv[1:8]
     image_cache.CHUNK, image_cache.HOLD_S = 8, 0.005  # many short holds of the lock, so the two processes interleave
     real = image_decode._decode_image
@@ -275,8 +275,9 @@ def test_disk_space_is_checked_before_creating_an_entry(fmow, tmp_path, monkeypa
 def test_real_profile_writes_real_sizes_and_keeps_the_default_marker(tmp_path):
     import json
 
-    from clipdg_nb.pipeline import synthetic
-    from clipdg_nb.pipeline.synthetic import SynthConfig, real_profile_config, synthetic_is_current, write_synthetic
+    from clipdg_nb.data import DATASETS
+    from clipdg_nb.demo import render
+    from clipdg_nb.demo.synthetic import SynthConfig, real_profile_config, synthetic_is_current, write_synthetic
     cfg = real_profile_config(12, n_eval=2)
     assert cfg.profile == "real" and cfg.iwildcam_sizes["train"] == 182 and cfg.fmow_sizes["val"] == 2
     write_synthetic(tmp_path, datasets=["fmow"], cfg=cfg)
@@ -285,8 +286,9 @@ def test_real_profile_writes_real_sizes_and_keeps_the_default_marker(tmp_path):
     assert img.format == "PNG" and img.size == (224, 224)
     assert synthetic_is_current(tmp_path, "fmow", cfg) and not synthetic_is_current(tmp_path, "fmow", SynthConfig())
     # iWildCam's files: 1920x1080 JPEGs (the writer's save step; a whole copy needs >= 182 of them)
-    grain = synthetic._Grain(0, "iwildcam", synthetic.REAL_SIZES["iwildcam"])
-    synthetic._save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "x.jpg", cfg, "iwildcam", 0, grain)
+    size = DATASETS["iwildcam"].real_size
+    grain = render.Grain(0, "iwildcam", size)
+    render.save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "x.jpg", cfg, "iwildcam", 0, grain, size)
     jpg = Image.open(tmp_path / "x.jpg")
     assert jpg.format == "JPEG" and jpg.size == (1920, 1080)
     # the default profile's marker is unchanged (no 'profile' field), so existing copies stay current

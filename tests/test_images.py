@@ -5,7 +5,7 @@ import numpy as np
 import open_clip
 import torch
 
-from clipdg_nb.datasets import split_indices
+from clipdg_nb.data import split_indices
 from clipdg_nb.images import ArrayImages, Normalize, PILImages, decode_split, image_split
 
 

@@ -9,7 +9,7 @@ import pytest
 import sklearn.metrics
 import torch
 
-from clipdg_nb.datasets import split_indices
+from clipdg_nb.data import split_indices
 from clipdg_nb.evaluate import group_accuracy, prediction_frame, wilds_metrics
 
 
@@ -73,6 +73,31 @@ def test_iwildcam_metrics_equal_wilds_and_sklearn(iwildcam):
     assert ours["F1-macro_all"] == pytest.approx(sklearn.metrics.f1_score(y, y_pred, average="macro", labels=labels))
     assert ours["recall-macro_all"] == pytest.approx(sklearn.metrics.recall_score(y, y_pred, average="macro", labels=labels))
     assert ours["acc_avg"] == pytest.approx(np.mean(y == y_pred))
+
+
+@pytest.mark.parametrize("split", ["id_val", "val", "test"])
+def test_camelyon17_metrics_equal_unmodified_wilds_eval(camelyon17, reference_torch_scatter, split):
+    from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
+    idx = split_indices(camelyon17, split)
+    y = np.asarray(camelyon17.y_array)[idx]
+    rng = np.random.default_rng(3)
+    y_pred = np.where(rng.random(len(idx)) < 0.7, y, 1 - y)
+    ours = wilds_metrics(camelyon17, idx, y_pred)
+    ref, _ = Camelyon17Dataset.eval(camelyon17, torch.as_tensor(y_pred), torch.as_tensor(y),
+                                    camelyon17.metadata_array[idx])
+    assert set(ours) == set(ref)
+    for k in ref:
+        assert ours[k] == pytest.approx(float(ref[k]), abs=1e-7), k
+    # by hand: accuracy over the split, and the worst slide among the slides the split holds
+    slide = np.asarray(camelyon17.metadata_array[idx, 1])
+    assert ours["acc_avg"] == pytest.approx(np.mean(y_pred == y))
+    assert ours["acc_wg"] == pytest.approx(min(np.mean(y_pred[slide == s] == y[slide == s]) for s in np.unique(slide)))
+
+
+def test_camelyon17_eval_does_not_need_torch_scatter(camelyon17, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_scatter", None)  # import torch_scatter now raises
+    idx = split_indices(camelyon17, "test")
+    assert set(wilds_metrics(camelyon17, idx, np.zeros(len(idx), dtype=int))) >= {"acc_avg", "acc_wg"}
 
 
 def test_group_accuracy_counts_accuracy_and_natural_order(fmow, iwildcam):

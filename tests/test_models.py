@@ -10,7 +10,7 @@ from open_clip.transformer import QuickGELU
 from torch import nn
 
 from clipdg_nb import models as M
-from clipdg_nb.datasets import prompt_functions, render_prompt
+from clipdg_nb.data import prompt_functions, render_prompt
 from clipdg_nb.models import ClipClassifier, fit_linear_probe
 
 CLASSNAMES = ["cat", "dog", "airport", "owl", "river"]

@@ -11,7 +11,7 @@ import papermill
 import pytest
 
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
-from clipdg_nb.datasets import VALIDATION_SPLITS
+from clipdg_nb.data import VALIDATION_SPLITS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]

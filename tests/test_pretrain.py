@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from clipdg_nb import methods
 from clipdg_nb.config import ZeroShotConfig
-from clipdg_nb.datasets import SPLITS, class_names, prompt_templates, render_prompt
+from clipdg_nb.data import SPLITS, class_names, prompt_templates, render_prompt
 from clipdg_nb.demo.pretrain import PretrainConfig, concepts, make_corpus, pretrain_tiny
 from clipdg_nb.runs import Run
 

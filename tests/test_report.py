@@ -358,7 +358,7 @@ def site(tmp_path_factory):
     """A fake `demo`: synthetic-data markers, a tiny model, zero-shot, a sweep (finetune with best /
     last / SWA weights, vision-only 0.1 + 0.002 * seed below it on every split), an ablation run with
     WiSE-FT variants in its own folder under a sweep run's id; rendered to outputs/reports."""
-    from clipdg_nb.datasets import DATASETS
+    from clipdg_nb.data import DATASETS
     from clipdg_nb.pipeline.report import render_reports
 
     tmp = tmp_path_factory.mktemp("site")

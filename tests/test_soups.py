@@ -156,7 +156,7 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     from safetensors.torch import load_file
 
     from clipdg_nb import evaluate, soups
-    from clipdg_nb.datasets import load_dataset
+    from clipdg_nb.data import load_dataset
 
     runs = _ingredient_runs(easy_root, run_kwargs, method, [3e-3, 1e-3, 3e-4])
     for record, run in runs:  # each kept its final weights, in float16

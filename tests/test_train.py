@@ -14,7 +14,7 @@ import torch
 from clipdg_nb import checkpoint, methods, train
 from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
-from clipdg_nb.datasets import load_dataset, prompt_templates, class_names, render_prompt, split_indices
+from clipdg_nb.data import load_dataset, prompt_templates, class_names, render_prompt, split_indices
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.evaluate import wilds_metrics
 from clipdg_nb.models import vision_only

@@ -16,7 +16,7 @@ import pandas as pd
 from .. import paths, runs
 from . import stats
 from .stats import logit, sigmoid
-from ..datasets import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
+from ..data import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
 from .tables import NO_LR, HEADLINE_COLUMNS, with_lr_key, headline_table
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]

@@ -58,7 +58,7 @@ def accuracy_by_naming(output_dir, experiment: str, dataset: str, reference: flo
     per (coverage, method, fraction, split), mean over seeds (from the saved predictions; the
     headline weights). `reference`: the smallest coverage above 0 in the experiment by default. Says
     whether a coverage's effect sits in the classes whose names were missing."""
-    from ..datasets import class_names
+    from ..data import class_names
 
     records = [r for r in runs.load_records(paths.experiment_dir(output_dir, experiment)) if r.get("dataset") == dataset]
     pretrained = {r["run_id"]: (r.get("params") or {}).get("pretrained") for r in records}

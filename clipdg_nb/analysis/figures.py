@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..datasets import ID_SPLITS, SPLIT_TITLES, SPLITS
+from ..data import ID_SPLITS, SPLIT_TITLES, SPLITS
 
 SPLIT_ORDER = list(SPLITS)
 SPLIT_COLORS = {"train": "#9d9d9d", "id_val": "#9ecae9", "id_test": "#4c78a8", "val": "#ffbf79", "test": "#e45756"}

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..datasets import GROUP_FIELDS
+from ..data import GROUP_FIELDS
 from .figures import require_columns  # one check for every figure's columns
 
 _PLOTLYJS_SENT = False

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import PROBE_METHODS
-from ..datasets import headline_metric
+from ..data import headline_metric
 
 
 NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
@@ -143,7 +143,7 @@ def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
 
 
 def _split_title(split: str) -> str:
-    from ..datasets import SPLIT_TITLES
+    from ..data import SPLIT_TITLES
 
     return SPLIT_TITLES.get(split, split)
 

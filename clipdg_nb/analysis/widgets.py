@@ -20,7 +20,7 @@ import pandas as pd
 from .comparison import B_SUFFIX, CATEGORIES, check_predictions, comparison_title, compare_runs
 from .figures import split_title, variant_title
 from .plots import thumbnail_png
-from ..datasets import GROUP_FIELDS
+from ..data import GROUP_FIELDS
 
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"

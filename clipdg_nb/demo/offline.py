@@ -17,12 +17,12 @@ DEMO_EXPERIMENT = Path("parameters") / "demo.yaml"
 def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", experiment: str | Path = DEMO_EXPERIMENT,
              jobs: int = 2, progress: bool = True, log=print) -> int:
     from ..analysis import apply_selection, findings, load_experiment_runs, select_lr
-    from ..datasets import format_summary, load_dataset
+    from ..data import DEMO_DATASETS, format_summary, load_dataset
     from .pretrain import pretrain_tiny
     from ..pipeline.report import render_reports
     from ..pipeline.experiment import load_experiment
     from ..pipeline.runner import run_experiment
-    from ..pipeline.synthetic import SynthConfig, write_synthetic
+    from .synthetic import SynthConfig, write_synthetic
 
     started, timings = time.perf_counter(), {}
 
@@ -32,7 +32,7 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
 
     t = time.perf_counter()
     write_synthetic(root, cfg=SynthConfig())
-    for name in ("fmow", "iwildcam"):
+    for name in DEMO_DATASETS:
         log(format_summary(name, load_dataset(name, root)) + "\n")
     t = lap("synthetic data", t)
     pretrained = pretrain_tiny(cache_dir, log=log)
@@ -44,7 +44,7 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
     t = lap("sweep", t)
     reports = render_reports(out_dir="outputs/reports", experiment=plan.name, only_changed=True)
     t = lap("reports", t)
-    for name in ("fmow", "iwildcam"):
+    for name in DEMO_DATASETS:
         runs = load_experiment_runs("outputs/runs", plan.name, name)
         if runs.empty:
             continue

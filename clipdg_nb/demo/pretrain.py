@@ -30,10 +30,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..datasets import class_names
+from ..data import class_names
 from ..models import TINY_MODELS, load_clip, save_weights
 from ..paths import write_json
-from ..pipeline.render import class_prototypes, random_scene, render
+from .render import class_prototypes, random_scene, render
 
 CAPTION_TEMPLATES = (
     "a photo of a {c}.", "a picture of the {c}.", "{c}", "an image containing {c}.", "a drawing of a {c}.",

@@ -11,6 +11,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from ..data import DATASETS
+
 DEFAULT_CACHE = Path("outputs") / "cache" / "decoded"
 
 # JPEG draft decoding (see `SplitCache`) is off by default. Measured with
@@ -51,22 +53,18 @@ def _geometry(image_size: int) -> T.Compose:
 # ---------------------------------------------------------------------------------------------
 
 def _relative_names(dataset, indices: np.ndarray) -> list[str] | None:
-    """Paths (relative to `dataset.data_dir`) the WILDS loader reads for these indices, or None when
-    the dataset is not one whose layout we know."""
-    name = getattr(dataset, "dataset_name", None)
-    if name == "fmow":  # FMoWDataset.get_input: root / 'images' / f'rgb_img_{full_idxs[idx]}.png'
-        return [f"images/rgb_img_{int(k)}.png" for k in np.asarray(dataset.full_idxs)[indices]]
-    if name == "iwildcam":  # IWildCamDataset.get_input: data_dir / 'train' / _input_array[idx]
-        return [f"train/{f}" for f in np.asarray(dataset._input_array)[indices]]
-    return None
+    """Paths (relative to `dataset.data_dir`) the WILDS loader reads for these indices (the dataset
+    spec's image path rule), or None when the dataset is not a registered one."""
+    spec = DATASETS.get(getattr(dataset, "dataset_name", None))
+    return None if spec is None else spec.image_paths(dataset, indices)
 
 
 def image_path(dataset, idx: int) -> Path:
-    """The file WILDS's `get_input(idx)` opens, for FMoW and iWildCam."""
+    """The file WILDS's `get_input(idx)` opens, for every registered dataset."""
     names = _relative_names(dataset, np.asarray([int(idx)]))
     if names is None:
         raise ValueError(f"no image_path for dataset {getattr(dataset, 'dataset_name', type(dataset).__name__)!r}: "
-                         "only fmow and iwildcam are known")
+                         f"only {', '.join(DATASETS)} are known")
     return Path(dataset.data_dir) / names[0]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..datasets import load_dataset
+from ..data import SPLITS, load_dataset
 from ..images import prepare_splits
 from ..methods import image_size
 from ..paths import rooted_at
@@ -48,7 +48,7 @@ def prepare(experiment: Experiment | str | os.PathLike, workers: int | None = No
         experiment = load_experiment(experiment)
     done = []
     for (dataset, root, cache, size), splits in sorted(plan(experiment).items()):
-        order = [s for s in ("train", "id_val", "id_test", "val", "test") if s in splits]
+        order = [s for s in SPLITS if s in splits]
         log(f"{dataset} at {size} px: {', '.join(order)} -> {cache}")
         result = prepare_splits(load_dataset(dataset, root), order, size, cache, workers=workers, progress=progress)
         done += [{"dataset": dataset, "image_size": size, "split": s, **r} for s, r in result.items()]

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
+from ..data import DATASETS, SPLIT_TITLES, headline_metric
 from ..paths import project_root
 from ..runs import Run, load_records
 from ..paths import experiment_dir, read_json, write_bytes

@@ -19,13 +19,13 @@ from markupsafe import Markup
 from .. import analysis
 from ..analysis import figures, plots
 from ..analysis.tables import results_table, variant_table
-from ..datasets import DATASETS, SPLIT_TITLES, headline_metric
+from ..data import DATASETS, SPLIT_TITLES, headline_metric
 from ..runs import tidy
 
 ID_SPLIT, OOD_SPLIT, SELECT_SPLIT, LEVEL = "id_test", "test", "id_val", 0.95
 CLIP_METHOD, VISION_METHOD = "finetune", "vision_only"
 TREND_METHODS = ("vision_only", "vision_only_probe")
-SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each dataset folder (pipeline.synthetic)
+SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each dataset folder (demo.synthetic)
 TINY_MODEL_PREFIX = "clipdg-tiny"  # the miniature open_clip configs `clipdg pretrain-tiny` trains
 FIGURE_HEIGHT = 430
 SWEEP_RUNS = "trained runs with ID and OOD test metrics (the sweep stage, 02_few_shot_sweep)"

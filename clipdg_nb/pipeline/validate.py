@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
-from ..datasets import DATASETS, SPLITS, VALIDATION_SPLITS, dataset_spec
+from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
 from ..paths import rooted_at
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
@@ -163,8 +163,8 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
                 problems.append(f"root_dir={cfg.root_dir!r}: no such folder ({data})")
         else:
             spec = dataset_spec(cfg.dataset)
-            if not (data / spec.folder / f"RELEASE_v{spec.version}.txt").is_file():
-                problems.append(f"root_dir={cfg.root_dir!r}: no WILDS dataset {spec.folder}/ (with RELEASE_v{spec.version}.txt) "
+            if not data_present(data, cfg.dataset):
+                problems.append(f"root_dir={cfg.root_dir!r}: no WILDS dataset {spec.folder}/ (with {spec.release_marker}) "
                                 f"in {data}; write a synthetic copy with `clipdg synth --root {cfg.root_dir}`, "
                                 "point root_dir at the folder holding it, or set download: true")
     for key in ("pretrained", "vision_weights"):

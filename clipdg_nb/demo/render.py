@@ -2,15 +2,14 @@
 default profile's small PNGs, or the real profile's full-size PNGs and JPEGs with sensor grain)."""
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REAL_SIZES = {"fmow": (224, 224), "iwildcam": (1920, 1080)}
-REAL_JPEG_QUALITY = 90
+DEFAULT_JPEG_QUALITY = 95
+REAL_JPEG_QUALITY = 90  # the real profile (sizes: each dataset spec's `real_size`)
 
 
 @dataclass(frozen=True)
@@ -72,15 +71,17 @@ def render(protos: dict, label: int, scene: Scene, rng: np.random.Generator, siz
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _image_rng(seed: int, namespace: str, index: int) -> np.random.Generator:
+def image_rng(seed: int, namespace: str, index: int) -> np.random.Generator:
+    """The random stream of one image (its pixels and its metadata), fixed by (seed, dataset, index)."""
     return np.random.default_rng([seed, sum(map(ord, namespace)), 11, index])
 
 
-def _output_size(cfg, name: str) -> tuple[int, int]:
-    return REAL_SIZES[name] if cfg.profile == "real" else (cfg.image_size, cfg.image_size)
+def output_size(cfg, spec) -> tuple[int, int]:
+    """(width, height) of the files written: the release's (`spec.real_size`) in the real profile."""
+    return tuple(spec.real_size) if cfg.profile == "real" else (cfg.image_size, cfg.image_size)
 
 
-class _Grain:
+class Grain:
     """Photographic grain for the real profile: a few precomputed full-size fields (fine noise plus
     coarse blotches), picked and shifted per image, so writing hundreds of 2 MP images stays fast."""
 
@@ -103,18 +104,20 @@ class _Grain:
         return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _save_image(pixels: np.ndarray, path: Path, cfg, name: str, index: int, grain) -> None:
-    """The default profile saves the render as is; the real profile upscales it and adds grain."""
+def save_image(pixels: np.ndarray, path: Path, cfg, namespace: str, index: int, grain, size: tuple[int, int]) -> None:
+    """The default profile saves the render as is; the real profile upscales it to `size` and adds
+    grain. JPEG or PNG by the file's suffix (the release's format)."""
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
     if cfg.profile != "real":
-        if name == "iwildcam":
-            Image.fromarray(pixels).save(path, quality=95)
+        if jpeg:
+            Image.fromarray(pixels).save(path, quality=DEFAULT_JPEG_QUALITY)
         else:
             Image.fromarray(pixels).save(path)
         return
-    img = Image.fromarray(pixels).resize(REAL_SIZES[name], Image.BICUBIC)
+    img = Image.fromarray(pixels).resize(tuple(size), Image.BICUBIC)
     # its own stream, so the metadata (drawn from the image's rng) is the same in both profiles
-    img = Image.fromarray(grain.apply(img, _image_rng(cfg.seed, name, index + 10_000_000)))
-    if name == "iwildcam":
+    img = Image.fromarray(grain.apply(img, image_rng(cfg.seed, namespace, index + 10_000_000)))
+    if jpeg:
         img.save(path, quality=REAL_JPEG_QUALITY)
     else:
         img.save(path)

@@ -10,17 +10,22 @@ Two things in `wilds==2.0.0` break on a current stack:
 2. Group metrics import `torch_scatter`, which has no wheels for current torch. Only
    `ElementwiseMetric._compute_group_wise` needs it (a scatter-mean); `ScatterFreeAccuracy` does the
    same mean with `index_add_`, and `CompatFMoW.eval` is FMoW's own `eval` using that metric.
-   iWildCam's `eval` never groups, so it runs unmodified.
+   Datasets whose `eval` is WILDS's `standard_group_eval` with `Accuracy` (Camelyon17) get it
+   through `ScatterFreeGroupEval`. iWildCam's `eval` never groups, so it runs unmodified.
 
 Metric names and numbers stay exactly WILDS's (tests compare against the unmodified classes).
 """
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import torch
 from wilds.common.metrics.all_metrics import Accuracy
+from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
 from wilds.datasets.fmow_dataset import FMoWDataset
 from wilds.datasets.iwildcam_dataset import IWildCamDataset
+from wilds.datasets.wilds_dataset import WILDSDataset
 
 
 def scatter_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int):
@@ -96,3 +101,23 @@ class CompatFMoW(FMoWDataset):
 
 class CompatIWildCam(IWildCamDataset):
     """iWildCam needs no fix; the subclass exists so both datasets load the same way."""
+
+
+class ScatterFreeGroupEval:
+    """Mixin: WILDS's `standard_group_eval` with its `Accuracy` computed group-wise without torch_scatter
+    (the dataset's own `eval` runs unmodified; only the metric object it passes is swapped)."""
+
+    @staticmethod
+    def standard_group_eval(metric, grouper, y_pred, y_true, metadata, aggregate=True):
+        if type(metric) is Accuracy:
+            metric = ScatterFreeAccuracy(prediction_fn=metric.prediction_fn)
+        return WILDSDataset.standard_group_eval(metric, grouper, y_pred, y_true, metadata, aggregate)
+
+
+class CompatCamelyon17(ScatterFreeGroupEval, Camelyon17Dataset):
+    """`Camelyon17Dataset` (split scheme 'official') whose per-slide eval needs no torch_scatter."""
+
+    def __init__(self, *args, **kwargs):
+        with warnings.catch_warnings():  # WILDS builds y from a read-only pandas column; nothing writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            super().__init__(*args, **kwargs)

@@ -1,0 +1,138 @@
+"""The WILDS datasets: a registry of one module per dataset, and what the rest of the package uses.
+
+Every per-dataset fact (loader, version, files and columns checked at the door, image path rule,
+group fields, headline metrics, class names, prompt templates, synthetic writer) sits in that
+dataset's module (`fmow.py`, `iwildcam.py`, ...) as its `SPEC`; `DATASETS` collects them and is read
+everywhere (WILDS `examples/configs/datasets.py` does the same). Adding a dataset is one module plus
+its line in `_MODULES`. Every dataset loads through the real `wilds` loader (with the shims of
+`wilds_compat`), so a synthetic folder and the real download take one code path. Nothing heavy is
+imported here: analysis code reads the table without torch or wilds.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import camelyon17, checks, fmow, iwildcam
+from .checks import DatasetFormatError
+from .prompts import TEMPLATE_SETS, prompt_functions, render_prompt
+from .samplers import SAMPLERS, EpochShuffleSampler, GroupUniformSampler
+from .spec import DatasetSpec
+from .splits import (EVAL_SPLITS, ID_SPLITS, SPLIT_TITLES, SPLITS, TEST_SPLITS, VALIDATION_SPLITS, fraction_indices,
+                     group_labels, metadata_column, split_indices)
+
+_MODULES = (fmow, iwildcam, camelyon17)
+DATASETS: dict[str, DatasetSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
+DEMO_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.in_demo)  # the offline default's
+GROUP_FIELDS = tuple(dict.fromkeys(f for spec in DATASETS.values() for f in spec.eval_groups))
+
+__all__ = ["DATASETS", "DEMO_DATASETS", "GROUP_FIELDS", "DatasetSpec", "DatasetFormatError", "DatasetNotFoundError",
+           "dataset_spec", "headline_metric", "data_present", "load_dataset", "class_names", "dataset_splits",
+           "TEMPLATE_SETS", "prompt_templates", "render_prompt", "prompt_functions",
+           "SAMPLERS", "GroupUniformSampler", "EpochShuffleSampler",
+           "SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
+           "split_indices", "fraction_indices", "metadata_column", "group_labels", "split_summary", "format_summary"]
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is not supported; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def headline_metric(dataset: str, split: str) -> str:
+    """The benchmark's number for a split: the ID metric on train/id_val/id_test, the OOD one on val/test."""
+    return dataset_spec(dataset).headline_metric(split)
+
+
+def data_present(root_dir: str | os.PathLike, name: str) -> bool:
+    """The one "data present" rule: `<root_dir>/<name>_v<version>/RELEASE_v<version>.txt` exists. WILDS
+    writes that marker last into a complete download (and checks it before downloading again); the
+    synthetic writer writes it last too."""
+    spec = dataset_spec(name)
+    return (Path(root_dir).expanduser() / spec.folder / spec.release_marker).is_file()
+
+
+def dataset_splits(name: str, requested) -> tuple:
+    """The evaluated splits for a dataset: `requested`, except that the package's default list
+    (`EVAL_SPLITS`) means "the default splits this dataset has" (Camelyon17 has no id_test). A split
+    asked for by name that the dataset lacks is an error naming the splits it has."""
+    spec = dataset_spec(name)
+    requested = tuple(requested)
+    if requested == EVAL_SPLITS:
+        return tuple(s for s in EVAL_SPLITS if s in spec.splits)
+    lacking = [s for s in requested if s in SPLITS and s not in spec.splits]
+    if lacking:
+        raise ValueError(f"eval_splits={list(requested)!r}: dataset {name!r} has no split(s) {lacking}; "
+                         f"WILDS's {spec.folder} has {list(spec.splits)}")
+    return requested
+
+
+def class_names(name: str, data=None) -> list[str]:
+    """Readable class names in WILDS label order. `data` (a loaded WILDS dataset or its folder) lets
+    the dataset's own files name them where it has them (iWildCam's categories.csv); without it the
+    dataset module's fallback (WILDS's list, or a bundled one) answers. Each dataset reads only its own."""
+    spec = dataset_spec(name)
+    folder = None if data is None else Path(getattr(data, "data_dir", data))
+    return list(spec.class_names(folder))
+
+
+def prompt_templates(name: str, kind: str = "paper") -> list[str]:
+    """A registered dataset's templates (`kind`: one of TEMPLATE_SETS), with `{c}` for the class name."""
+    return dataset_spec(name).templates(kind)
+
+
+def split_summary(dataset):
+    """One row per split the dataset has: size, classes present, and the groups it holds."""
+    import pandas as pd
+
+    spec = dataset_spec(dataset.dataset_name)
+    y = np.asarray(dataset.y_array)
+    rows = []
+    for split in spec.splits:
+        idx = split_indices(dataset, split)
+        row = {"split": split, "title": SPLIT_TITLES[split], "n": len(idx), "classes": int(len(np.unique(y[idx])))}
+        for field in spec.eval_groups:
+            names = group_labels(dataset, field, np.unique(metadata_column(dataset, field)[idx]))
+            row[field] = ", ".join(names) if len(names) <= 6 else f"{len(names)} {field}s"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(name: str, dataset) -> str:
+    table = split_summary(dataset)
+    return f"{name} ({dataset.data_dir}): {len(dataset)} images, {dataset.n_classes} classes\n" + table.to_string(index=False)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The WILDS folder is missing; the message says where it was expected and how to get it."""
+
+
+def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool = False):
+    """Load a registered dataset through the real WILDS loader (`download=False` by default).
+
+    The folder is checked at the door (`checks`, reading the spec's files and columns): a missing file
+    or column, or rows that no longer match their images, raise `DatasetFormatError` (a ValueError)
+    naming the file and what to do, instead of a pandas KeyError or silently relabelled images."""
+    from . import wilds_compat
+
+    spec = dataset_spec(name)
+    root = Path(root_dir).expanduser()
+    folder = root / spec.folder
+    present = data_present(root, name)
+    if not download and not present:
+        raise DatasetNotFoundError(
+            f"WILDS dataset '{name}' not found: expected {folder} with {spec.release_marker} inside "
+            f"(root_dir={str(root_dir)!r}, resolved from {Path.cwd()}). Point root_dir at the folder that holds "
+            f"'{spec.folder}', write a small synthetic copy with `clipdg synth --root {root}`, or pass "
+            f"download=True to fetch the real data ({spec.download_gb:.1f} GB).")
+    if present:  # a folder WILDS will not download into: checked at the door (checks.py)
+        checks.check_files(spec, folder)
+    try:
+        dataset = getattr(wilds_compat, spec.loader)(version=spec.version, root_dir=str(root), download=download)
+    except (KeyError, ValueError, AssertionError, TypeError, IndexError) as e:  # WILDS's own, on bad values
+        raise checks.loader_failure(spec, folder, e) from e
+    checks.check_loaded(spec, dataset, folder)
+    return dataset

@@ -1,0 +1,86 @@
+"""A WILDS folder checked at the door: the files and columns the loader reads, before it reads them,
+and what the loaded tables promise about the images, right after (no image is opened).
+
+Each check costs almost nothing, because the data is loaded in every notebook run: a CSV's header
+line, and a few `stat` calls for the images (the dataset module's `check_images`). A check that
+fails raises `DatasetFormatError`, naming the file, what is wrong with it and what to do. The files
+and columns come from the dataset's spec (`required_columns`): exactly those wilds 2.0.0's loader
+reads, so a missing one is not a bare pandas `KeyError` from inside WILDS.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetFormatError(ValueError):
+    """A WILDS folder is there but does not hold what the loader reads; the message names the file."""
+
+
+def remedy(folder: Path) -> str:
+    return (f"Replace {folder} with a fresh download (move it aside, then load with download=True), or "
+            f"write a synthetic copy with `clipdg synth --root {folder.parent}`.")
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file (its first line only), as pandas would read them."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh), [])
+
+
+def check_files(spec, folder: Path) -> None:
+    """Before the loader: every CSV it reads exists and has every column it reads."""
+    for file, columns in spec.required_columns.items():
+        path = folder / file
+        if not path.is_file():
+            raise DatasetFormatError(f"{path} is missing; WILDS's {spec.name} loader reads it. {remedy(folder)}")
+        try:
+            header = csv_header(path)
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DatasetFormatError(f"{path} is not a readable CSV file ({type(e).__name__}: {e}). "
+                                     f"{remedy(folder)}") from e
+        missing = [c for c in columns if c not in header]
+        if missing:
+            found = f"its columns are {header}" if header else "the file is empty"
+            raise DatasetFormatError(
+                f"{path} lacks the column(s) {missing} that WILDS's {spec.name} loader reads ({found}; it needs "
+                f"{list(columns)}). {remedy(folder)}")
+
+
+def loader_failure(spec, folder: Path, error: Exception) -> DatasetFormatError:
+    """WILDS's loader raised on values (not columns): the error in words, naming the files it read."""
+    files = ", ".join(str(folder / f) for f in spec.required_columns)
+    detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    extra = spec.diagnose(folder, error) if spec.diagnose is not None else ""
+    return DatasetFormatError(f"WILDS's {spec.name} loader could not read {files} ({detail}{extra}): a value in the "
+                              f"metadata is not what it expects ({spec.value_hint}). {remedy(folder)}")
+
+
+def check_loaded(spec, dataset, folder: Path) -> None:
+    """After the loader: the images the tables point at are there, every split is non-empty, and
+    the label space is the benchmark's."""
+    spec.check_images(dataset, folder)
+    split_array = np.asarray(dataset.split_array)
+    empty = [s for s in spec.splits if not (split_array == dataset.split_dict[s]).any()]
+    if empty:
+        raise DatasetFormatError(
+            f"{folder / spec.metadata_file} gives no rows to the split(s) {empty} (WILDS assigns splits from "
+            f"{spec.split_rule}). {remedy(folder)}")
+    if int(dataset.n_classes) != spec.n_classes:
+        raise DatasetFormatError(
+            f"{folder / spec.metadata_file} has labels for {int(dataset.n_classes)} classes, but {folder.name} has "
+            f"{spec.n_classes}: the class names and prompts would not match the labels. {remedy(folder)}")
+
+
+def check_first_and_last(spec, dataset, folder: Path, rule: str) -> None:
+    """The images of the first and last row exist (a missing one in between is named when it is
+    decoded): for datasets that name each image in their metadata. `rule` says where WILDS looks."""
+    n = len(dataset)
+    paths = spec.image_paths(dataset, sorted({0, n - 1}))
+    missing = [folder / p for p in paths if not (folder / p).is_file()]
+    if missing:
+        raise DatasetFormatError(
+            f"{folder / spec.metadata_file} names images that are not there: {', '.join(map(str, sorted(missing)))} "
+            f"(WILDS reads {rule}). {remedy(folder)}")

@@ -1,0 +1,125 @@
+"""What a WILDS dataset is to this package: one `DatasetSpec` per dataset module.
+
+A dataset module (`fmow.py`, `iwildcam.py`, `camelyon17.py`) holds every fact that differs between
+datasets and exports `SPEC`; the registry (`data/__init__.py`) collects them. Nothing here imports
+torch or wilds: analysis code reads the table without either. A spec missing a required field
+fails at import, naming the spec and the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+# WILDS's split names (every dataset uses a subset of them): ID = the training domains.
+ALL_SPLITS = ("train", "id_val", "id_test", "val", "test")
+ID_SPLITS = ("train", "id_val", "id_test")
+_MISSING = object()
+
+
+class SpecError(TypeError):
+    """A dataset spec lacks a required field or has one of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the package needs to know about one WILDS dataset.
+
+    name, version: WILDS's `dataset_name` and release (the folder is `<name>_v<version>`).
+    loader: class name in `clipdg_nb.data.wilds_compat` (imported only when the data is loaded).
+    splits: the WILDS splits this dataset has under its official split scheme, in order.
+    required_columns: {file: columns} the loader reads; checked before it reads them.
+    metadata_file: the CSV whose rows are the images (named in errors about splits and labels).
+    image_paths: (loaded WILDS dataset, indices) -> paths relative to `dataset.data_dir`, the files
+        its `get_input` opens (the decode cache reads them directly).
+    check_images: (loaded dataset, folder) -> None; raises `DatasetFormatError` when the tables
+        point at images that are not there (cheap: a few `stat` calls).
+    class_names: (folder or None) -> readable names in label order; read from the dataset's own
+        files when a folder is given and the dataset has them, else from WILDS or a bundled list.
+    sampler_field: the metadata group the uniform-over-groups sampler balances.
+    eval_groups: metadata fields reported per group, in display order.
+    id_metric, ood_metric: WILDS's headline metric on the ID and on the OOD splits.
+    n_classes, download_gb: the benchmark's label space and download size.
+    writer: (folder, SynthConfig) -> None, the synthetic copy in this dataset's exact on-disk
+        format (the generic part, staging and markers, is `demo.synthetic`).
+    real_size: (width, height) of the release's images (the synthetic `real` profile writes these).
+    value_hint: what a bad value in the metadata typically is (worded into loader failures).
+    diagnose: optional (folder, error) -> extra words for a loader failure.
+    split_rule: how WILDS assigns rows to splits (worded into the empty-split error).
+    in_demo: part of the offline default (`clipdg synth` and the demo write and run it by default).
+    """
+    name: str = _MISSING
+    version: str = _MISSING
+    loader: str = _MISSING
+    splits: tuple = _MISSING
+    required_columns: Mapping[str, tuple] = _MISSING
+    metadata_file: str = _MISSING
+    image_paths: Callable = _MISSING
+    check_images: Callable = _MISSING
+    class_names: Callable = _MISSING
+    sampler_field: str = _MISSING
+    eval_groups: tuple = _MISSING
+    id_metric: str = _MISSING
+    ood_metric: str = _MISSING
+    n_classes: int = _MISSING
+    download_gb: float = _MISSING
+    writer: Callable = _MISSING
+    real_size: tuple = _MISSING
+    value_hint: str = ""
+    diagnose: Callable | None = None
+    split_rule: str = "its 'split' column"
+    in_demo: bool = False
+
+    def __post_init__(self):
+        label = self.name if isinstance(self.name, str) else "<unnamed>"
+        for f in fields(self):
+            if getattr(self, f.name) is _MISSING:
+                raise SpecError(f"dataset spec {label!r} lacks the required field {f.name!r} (see clipdg_nb/data/spec.py)")
+        kinds = {"name": str, "version": str, "loader": str, "metadata_file": str, "sampler_field": str,
+                 "id_metric": str, "ood_metric": str, "splits": tuple, "eval_groups": tuple, "real_size": tuple}
+        for name, kind in kinds.items():
+            if not isinstance(getattr(self, name), kind):
+                raise SpecError(f"dataset spec {label!r}: field {name!r} must be a {kind.__name__}, "
+                                f"not {getattr(self, name)!r}")
+        for name in ("image_paths", "check_images", "class_names", "writer"):
+            if not callable(getattr(self, name)):
+                raise SpecError(f"dataset spec {label!r}: field {name!r} must be callable")
+        unknown = [s for s in self.splits if s not in ALL_SPLITS]
+        if unknown or "train" not in self.splits:
+            raise SpecError(f"dataset spec {label!r}: splits {list(self.splits)} must include 'train' and use only "
+                            f"WILDS's names {list(ALL_SPLITS)}")
+
+    @property
+    def folder(self) -> str:
+        return f"{self.name}_v{self.version}"
+
+    @property
+    def release_marker(self) -> str:
+        """The file WILDS writes last into a complete download (and checks before downloading again)."""
+        return f"RELEASE_v{self.version}.txt"
+
+    def headline_metric(self, split: str) -> str:
+        return self.id_metric if split in ID_SPLITS else self.ood_metric
+
+    def templates(self, kind: str = "paper") -> list[str]:
+        from .prompts import prompt_templates
+        return prompt_templates(self.name, kind)
+
+
+def relative_input_paths(prefix: str = "") -> Callable:
+    """The image path rule of loaders that keep relative file names in `_input_array`
+    (`get_input` opens `data_dir / prefix / _input_array[idx]`)."""
+    def paths(dataset, indices) -> list[str]:
+        return [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[np.asarray(indices)]]
+    return paths
+
+
+def csv_column_in_label_order(path: Path, column: str) -> list[str]:
+    """`column` of a CSV with a `y` column, ordered by y (e.g. iWildCam's categories.csv)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: int(r["y"]))
+    return [r[column] for r in rows]
