@@ -215,7 +215,7 @@ def classifier(ctx: Ctx, n_prompts: int):
 
 
 def make_train_step(ctx: Ctx, model, step_model, norm, x, y, channels_last: bool):
-    from clipdg_nb.precision import autocast
+    from clipdg_nb.devices import autocast
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-4)  # train.fit's "adam"
 
     def step():
@@ -307,7 +307,7 @@ def part_training(table: Table, ctx: Ctx):
     del model182
 
     # evaluation: the image tower, the text embedded once
-    from clipdg_nb.precision import autocast
+    from clipdg_nb.devices import autocast
     xe = torch.randint(0, 256, (s.eval_batch, 3, size, size), dtype=torch.uint8, generator=g).to(ctx.device)
     model.eval()
 
@@ -424,7 +424,7 @@ def _ddp_worker(rank: int, world: int, backend: str, sizes: Sizes, port: int, qu
     try:
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device.index if device.index is not None else 0)
             torch.backends.cuda.matmul.allow_tf32 = True
         ctx = Ctx(device, sizes, backend != "nccl", Path(tempfile.gettempdir()))
         model, norm, size = classifier(ctx, FMOW_PROMPTS)
@@ -500,7 +500,7 @@ def main(argv=None) -> int:
     smoke = args.smoke or device.type != "cuda"
     sizes = SMOKE if smoke else GPU
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index if device.index is not None else 0)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     started = time.perf_counter()
