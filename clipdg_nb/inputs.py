@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
+from .config import DEMO_DATA, METHODS, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS
 from .datasets import dataset_spec
 from .models.weights import weight_shapes
 from .paths import project_root, resolve
@@ -28,7 +28,7 @@ class MissingInputsError(FileNotFoundError):
 
 
 def _vision_method(cfg) -> bool:
-    return getattr(cfg, "method", "zeroshot") in VISION_METHODS
+    return METHODS[cfg.method].encoder == "vision"
 
 
 def clip_weights(cfg) -> str:

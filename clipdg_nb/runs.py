@@ -158,7 +158,7 @@ def run_id(identity: Mapping[str, Any]) -> str:
     """Readable and unique for the parameters that change the numbers: dataset, method, fraction,
     lr and seed spelled out, the rest of the identity as a short hash."""
     parts = [identity["dataset"], identity["method"]]
-    if identity["method"] == "zeroshot":
+    if "fraction" not in identity:  # zero-shot: nothing trained, no subset
         parts.append(identity["templates"])
     else:
         parts.append(f"f{identity['fraction']:g}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import METHODS
 from ..datasets import load_dataset
 from ..images import prepare_splits
 from ..methods import image_size
@@ -35,7 +36,7 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
                 root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
                 cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
                 splits = set(cfg.eval_splits)
-                if cfg.method != "zeroshot":
+                if METHODS[cfg.method].trains != "nothing":
                     splits |= {"train", cfg.select_split}
                 needs.setdefault((cfg.dataset, str(root), str(cache / "decoded"), image_size(cfg)), set()).update(splits)
     return needs
