@@ -10,6 +10,7 @@ finished run can be reused; where files live or how big an evaluation batch is n
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -103,6 +104,9 @@ class MethodSpec:
     # Its weight variants, the first the headline: zeroshot | best | last | averages (averaging.AVERAGES,
     # where enabled) | wise_ft (cfg.wise_alphas, from the initial weights: needs a zero-shot end point).
     variants: tuple = _REQUIRED
+    # Fields besides lr chosen on validation like it: 02 tries each value of its list `<field>s`
+    # (e.g. l2sp_alphas) and `analysis.select_lr` chooses among the runs' (lr, these) settings.
+    tuned: tuple = ()
     loss: str | None = None  # end_to_end: a name in losses.LOSSES
     after_step: str | None = None  # a name in losses.AFTER_STEP, called after each optimizer step
     text_mode: str | None = None  # forces the text tower's mode (FLYP: trainable); None: cfg.text_mode
@@ -358,6 +362,10 @@ def _check_reads() -> None:
         for name in spec.reads:
             if name not in known:
                 raise ValueError(f"MethodSpec {spec.name!r}: field 'reads' names {name!r}, not a FinetuneConfig field")
+        for name in spec.tuned:
+            if name not in spec.reads or name == "lr":
+                raise ValueError(f"MethodSpec {spec.name!r}: field 'tuned' names {name!r}; name fields it reads, "
+                                 "besides lr (swept by `lrs` already)")
 
 
 _check_reads()
@@ -379,9 +387,17 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
 
 
+def tuned_lists() -> dict[str, str]:
+    """`<field>s` -> field: the list parameters of 02_few_shot_sweep besides `lrs`, one per field
+    some method tunes on validation (MethodSpec.tuned)."""
+    return {f"{name}s": name for spec in METHODS.values() for name in spec.tuned}
+
+
 def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
-    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
-    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    """The FinetuneConfig of each (method, lr, tuned values) of one sweep point (02_few_shot_sweep),
+    in order. Probes have no learning rate (their L2 strength is chosen on validation), so they run
+    once; a method's tuned fields (MethodSpec.tuned) take each value of the namespace's `<field>s`
+    list (its scalar field, or the default, when that list is absent)."""
     if isinstance(methods, str) or not list(methods):
         raise ValueError(f"methods={methods!r} must be a non-empty list, e.g. ['linear_probe', 'finetune']")
     if isinstance(lrs, (str, int, float)) or not list(lrs):
@@ -390,8 +406,17 @@ def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
         if m not in TRAINED_METHODS:
             hint = f" ({m!r} runs in 01_zero_shot.ipynb)" if m in METHODS else ""
             raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
-    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
-            for m in dict.fromkeys(methods) for lr in (dict.fromkeys(lrs) if METHODS[m].has_lr else lrs[:1])]
+    configs = []
+    for m in dict.fromkeys(methods):
+        grid = {"lr": list(dict.fromkeys(lrs)) if METHODS[m].has_lr else lrs[:1]}
+        for name in METHODS[m].tuned:
+            values = namespace.get(f"{name}s", [namespace.get(name, getattr(FinetuneConfig, name))])
+            if isinstance(values, (str, int, float)) or not list(values):
+                raise ValueError(f"{name}s={values!r} must be a non-empty list, e.g. [{getattr(FinetuneConfig, name)!r}]")
+            grid[name] = list(dict.fromkeys(values))
+        configs += [from_namespace(FinetuneConfig, namespace, method=m, **dict(zip(grid, values)))
+                    for values in itertools.product(*grid.values())]
+    return configs
 
 
 def config_of(method: str):

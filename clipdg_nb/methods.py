@@ -330,7 +330,7 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
     record = {
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
         "fraction": cfg.fraction if spec.trains != "nothing" else 0.0, "seed": cfg.seed,
-        "lr": cfg.lr if spec.has_lr else None,
+        "lr": cfg.lr if spec.has_lr else None, "tuned": {k: getattr(cfg, k) for k in spec.tuned} or None,
         "root_dir": str(cfg.root_dir), "weights": weights_of(cfg),  # "random init" when pretrained=None
         "params": cfg.params(), "identity": cfg.identity(),
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},

@@ -291,7 +291,7 @@ def load_records(folder: str | os.PathLike) -> list[dict]:
     return records
 
 
-TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "fraction", "seed", "lr",
+TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "fraction", "seed", "lr", "tuned",
                 "variant", "headline", "split", "metric", "value")
 
 
@@ -303,6 +303,9 @@ def tidy(records: list[Mapping]) -> pd.DataFrame:
         headline = record["selection"].get("variant")
         base = {k: record.get(k) for k in ("run_id", "experiment", "dataset", "method", "fraction", "seed")}
         base["lr"] = record.get("lr")
+        # the other settings chosen on validation like lr (e.g. 'l2sp_alpha=0.1'); '' for none
+        base["tuned"] = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in sorted((record.get("tuned") or {}).items()))
         for variant, table in (record.get("variants") or {headline: record["metrics"]}).items():
             for split, metrics in table.items():
                 for metric, value in metrics.items():

@@ -12,7 +12,7 @@ import nbformat
 import papermill
 import pytest
 
-from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
+from clipdg_nb.config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, from_params, tuned_lists
 from clipdg_nb.datasets import VALIDATION_SPLITS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -25,23 +25,27 @@ FORCE = "force: bool = False  # rerun even if a finished run with the same ident
 GENERATED = {
     "01_zero_shot": dict(cls=ZeroShotConfig, skip=("method",), after=(
         "gallery_size: int = 12  # failures shown in the static gallery", FORCE)),
-    "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr"), before=(
-        "methods: list = ['finetune']  # methods trained at this point: linear_probe, finetune, flyp, lp_ft, "
-        "vision_only, vision_only_probe",
-        "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)"), after=(FORCE,)),
+    "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr", *tuned_lists().values()), before=(
+        f"methods: list = ['finetune']  # methods trained at this point: {', '.join(TRAINED_METHODS)}",
+        "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)",
+        *(f"{plural}: list = [{getattr(FinetuneConfig, name)!r}]  # {name} values tried like lrs, each chosen on "
+          "validation (by the methods that read it)" for plural, name in tuned_lists().items())), after=(FORCE,)),
     "03_swa_ablation": dict(cls=FinetuneConfig, after=(
         "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),
 }
 
 
 def field_help(cls) -> dict:
-    """name -> the comment ending the field's line in the class body (and its bases')."""
+    """name -> the comment ending the field's line in the class body (and its bases'); a trained
+    method's choices come from the registry, so a new method shows up without editing any help."""
     helps = {}
     for klass in reversed(cls.__mro__[:-1]):
         for line in inspect.getsource(klass).splitlines():
             match = re.match(r"^    (\w+): [^=]+ = .+?  # (.+)$", line)
             if match:
                 helps[match[1]] = match[2]
+    if cls is FinetuneConfig:
+        helps["method"] = " | ".join(TRAINED_METHODS)
     return helps
 
 
@@ -138,7 +142,8 @@ def test_zero_shot_mirrors_zero_shot_config():
 
 
 def test_sweep_mirrors_finetune_config_with_method_and_lr_lists():
-    params = _check_mirror("02_few_shot_sweep", FinetuneConfig, skip=("method", "lr"), extra=("methods", "lrs"))
+    params = _check_mirror("02_few_shot_sweep", FinetuneConfig, skip=("method", "lr", *tuned_lists().values()),
+                           extra=("methods", "lrs", *tuned_lists()))
     assert params["methods"] == [FinetuneConfig.method] and params["lrs"] == [FinetuneConfig.lr]
 
 
