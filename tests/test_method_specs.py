@@ -68,3 +68,54 @@ def test_run_ids_are_pinned():
 
 
 PINNED = {"lp_ft": "fmow-lp_ft-f1-lr0.0001-s0-39195a33", "vision_only_probe": "fmow-vision_only_probe-f1-s0-9233b9fc"}
+
+
+def test_a_spec_missing_a_required_field_names_the_spec_and_the_field():
+    from clipdg_nb.config import MethodSpec
+    with pytest.raises(TypeError, match=r"MethodSpec 'mine': required field 'reads' is missing"):
+        MethodSpec("mine", "my method", trains="end_to_end", init="zero_shot_head", encoder="clip",
+                   variants=("best",), loss="cross_entropy")
+    with pytest.raises(ValueError, match=r"MethodSpec 'mine': field 'loss' is required"):
+        MethodSpec("mine", "my method", trains="end_to_end", init="zero_shot_head", encoder="clip", reads=("lr",),
+                   variants=("best",))
+    with pytest.raises(ValueError, match=r"MethodSpec 'mine': init='probe'"):
+        MethodSpec("mine", "my method", trains="probe", init="probe", encoder="clip", reads=(), variants=("best",))
+
+
+def test_the_registry_is_checked_at_import(monkeypatch):
+    """A misspelt field in `reads`, or a loss / hook not in losses.py, fails when the module loads."""
+    import subprocess
+    import sys
+    import textwrap
+
+    def import_with(patch: str) -> str:
+        code = textwrap.dedent(f"""
+            import dataclasses, sys
+            import clipdg_nb.config as config
+            {patch}
+            """)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode != 0
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert "MethodSpec 'finetune': field 'reads' names 'lrr'" in import_with(
+        "config.METHODS['finetune'] = dataclasses.replace(config.METHODS['finetune'], reads=('lrr',)); "
+        "config._check_reads()")
+    assert "MethodSpec 'finetune': field 'loss' names 'ce'" in import_with(
+        "config.METHODS['finetune'] = dataclasses.replace(config.METHODS['finetune'], loss='ce'); "
+        "import clipdg_nb.methods")
+
+
+def test_every_place_reads_the_spec_not_a_name():
+    """No module of the package compares a method's name with a literal (the registry is the one place)."""
+    import re
+    from pathlib import Path
+
+    import clipdg_nb
+    root = Path(clipdg_nb.__file__).parent
+    pattern = re.compile(r"method\w*[\"'\]]*\s*(==|!=|in|not in)\s*[(\[{]?\s*\"(zeroshot|linear_probe|finetune|flyp|lp_ft|"
+                         r"vision_only|vision_only_probe|l2sp)\"")
+    hits = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    allowed = {"analysis/__init__.py"}  # the analysis filters the zero-shot reference rows of a results frame
+    assert not [h for h in hits if h.split(":")[0] not in allowed], hits
