@@ -162,6 +162,10 @@ METHODS: dict[str, MethodSpec] = _register(
                variants=("best", "last", "averages"), loss="cross_entropy"),
     MethodSpec("vision_only_probe", "a linear probe on frozen vision-only features", trains="probe",
                init="frozen_features", encoder="vision", reads=PROBE_FIELDS + VISION_FIELDS, variants=("best",)),
+    MethodSpec("l2sp", "CLIP end to end as finetune, pulled toward its pre-trained weights (L2-SP, Li et al. 2018)",
+               trains="end_to_end", init="zero_shot_head", encoder="clip",
+               reads=TRAINING_FIELDS + ("text_mode", "l2sp_alpha"), tuned=("l2sp_alpha",), variants=E2E_VARIANTS,
+               loss="l2sp"),
 )
 TRAINED_METHODS = tuple(name for name, spec in METHODS.items() if spec.trains != "nothing")
 
@@ -271,6 +275,7 @@ class FinetuneConfig(RunConfig):
     wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.0, 0.25, 0.5, 0.75] (0.0: the zero-shot end)
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | fp32 | bf16 | fp16
     grad_clip: float | None = None  # max gradient norm, None for no clipping
+    l2sp_alpha: float = 0.1  # l2sp: strength of the pull toward the pre-trained weights (Li et al. 2018)
     probe_cs: tuple = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried by the linear probe (on select_split)
     vision_arch: str = "clip-visual"  # vision-only baseline: clip-visual (model's image tower) | vit_b_32 | tiny
     vision_weights: str | None = TINY_VISION_WEIGHTS  # a file | imagenet (vit_b_32) | None: random (clip-visual: CLIP's)
@@ -316,6 +321,7 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"wise_alphas={list(self.wise_alphas)} has duplicates")
         _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _number("grad_clip", self.grad_clip, 0, low_open=True, allow_none=True)
+        _number("l2sp_alpha", self.l2sp_alpha, 0)
         self.probe_cs = tuple(self._sequence("probe_cs"))
         if not self.probe_cs:
             raise ValueError("probe_cs is empty; give inverse L2 strengths, e.g. [0.1, 1.0, 10.0]")

@@ -70,10 +70,38 @@ def clamp_logit_scale(model) -> None:
         model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
+def l2sp(model: torch.nn.Module, cfg) -> Callable[..., torch.Tensor]:
+    """L2-SP (Li et al. 2018, "Explicit inductive bias for transfer learning with convolutional
+    networks"): cross-entropy + alpha / 2 * ||w - w0||^2, alpha = `cfg.l2sp_alpha`, w0 the
+    pre-trained weights as the method built the model (before any step; also when `fit` resumes).
+
+    Pulled toward w0: every trainable parameter but the head, i.e. the pre-trained backbone: the
+    image tower, and in text_mode='trainable' the text tower and the temperature too. The linear
+    head of text_mode='frozen' (`head.*`, the zero-shot weights as a new layer) is not: Li et al.
+    treat new layers with plain L2 (their beta), which the optimizer's weight decay already is.
+    Frozen parameters (train_blocks) never move, so they are left out. alpha 0 is fine-tuning.
+    """
+    params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    anchors = [p.detach().float().clone() for p in params]
+    alpha = float(cfg.l2sp_alpha)
+
+    def loss_fn(step_model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if anchors and anchors[0].device != params[0].device:  # `fit` moved the model after it was built
+            anchors[:] = [a.to(p.device) for p, a in zip(params, anchors)]
+        return cross_entropy(step_model, x, y) + alpha / 2 * l2sp_penalty(params, anchors)
+    return loss_fn
+
+
+def l2sp_penalty(params, anchors) -> torch.Tensor:
+    """||w - w0||^2 summed over the parameters, in float32."""
+    return sum((p.float() - a).pow(2).sum() for p, a in zip(params, anchors))
+
+
 LossBuilder = Callable[[torch.nn.Module, object], Callable[..., torch.Tensor]]
 LOSSES: dict[str, LossBuilder] = {
     "cross_entropy": lambda model, cfg: cross_entropy,
     "flyp": lambda model, cfg: flyp_objective,
+    "l2sp": l2sp,
 }
 AFTER_STEP: dict[str, Callable[[torch.nn.Module], None]] = {
     "clamp_logit_scale": clamp_logit_scale,
