@@ -66,7 +66,6 @@ def _text(name: str, value, allow_none=False) -> None:
         raise ValueError(f"{name}={value!r} must be a non-empty string" + (" or None" if allow_none else ""))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The method registry: a method is one spec
 # ---------------------------------------------------------------------------------------------
