@@ -1,6 +1,9 @@
 """Weight averaging as small pure functions over state dicts: SWA, EMA and WiSE-FT.
 
-The training loop decides *when* to average; this module decides *how*. Float entries (including
+`AVERAGES` is the table of averaged weight variants `train.fit` produces, checkpoints and resumes:
+name -> which config field enables it, how it accumulates, per step or per epoch, from which epoch.
+A new variant is one entry. The training loop asks the table *when* to average; the accumulators
+decide *how*. Float entries (including
 float buffers, as `AveragedModel(use_buffers=True)`) are averaged in at least float32; non-float
 entries (`num_batches_tracked`, integer ids) follow the latest weights. Checked against
 `torch.optim.swa_utils` in the tests. Arguments are validated once, in `config.py`.
@@ -130,6 +133,39 @@ def wise_ft(zero_shot: StateDict, fine_tuned: StateDict, alphas: Iterable[float]
 def swa_epochs(n_epochs: int, swa_last_k: int) -> list[int]:
     """0-based epochs whose end-of-epoch weights go into the SWA average: the last K."""
     return list(range(n_epochs - swa_last_k, n_epochs))
+
+
+@dataclass(frozen=True)
+class Averaging:
+    """One averaged weight variant of `train.fit`.
+
+    enabled_by: the config field that turns it on (any truthy value: `swa=True`, `ema_decay=0.999`).
+    make(cfg, device): a fresh accumulator (its `kind` names it in checkpoints).
+    every: "step" (after each optimizer step) or "epoch" (at the end of each epoch).
+    first_epoch(cfg): the first 0-based epoch whose weights go in; every later epoch's do too.
+    """
+    enabled_by: str
+    make: Callable[[Any, torch.device], _Accumulator]
+    every: str
+    first_epoch: Callable[[Any], int]
+
+    def enabled(self, cfg) -> bool:
+        return bool(getattr(cfg, self.enabled_by))
+
+    def takes(self, cfg, epoch: int) -> bool:
+        return epoch >= self.first_epoch(cfg)
+
+
+AVERAGES: dict[str, Averaging] = {
+    # SWA (the study): the end-of-epoch weights of the last swa_last_k epochs, on the CPU.
+    "swa": Averaging("swa", lambda cfg, device: RunningAverage(), "epoch",
+                     lambda cfg: swa_epochs(cfg.epochs, cfg.swa_last_k)[0]),
+    # EMA: every step from the start, on the model's device (a CPU copy per step would dominate it).
+    "ema": Averaging("ema_decay", lambda cfg, device: EMA(cfg.ema_decay, device=device), "step", lambda cfg: 0),
+}
+for _name, _avg in AVERAGES.items():
+    if _avg.every not in ("step", "epoch"):
+        raise ValueError(f"AVERAGES[{_name!r}]: every={_avg.every!r}; choose 'step' or 'epoch'")
 
 
 # ---------------------------------------------------------------------------------------------

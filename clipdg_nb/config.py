@@ -1,4 +1,5 @@
-"""One dataclass per notebook family, with its choices, validated once at the boundary.
+"""One dataclass per notebook family, with its choices, validated once at the boundary; and the
+method registry `METHODS`, one `MethodSpec` per method, that everything else reads.
 
 Each notebook's `parameters` cell shows the fields of its dataclass that its users change, typed
 (a test keeps the two in step); papermill injects overrides and `from_namespace` turns the
@@ -9,6 +10,7 @@ finished run can be reused; where files live or how big an evaluation batch is n
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -26,10 +28,6 @@ TINY_CLIP_WEIGHTS = "outputs/cache/pretrain/tiny-clip.safetensors"
 TINY_VISION_WEIGHTS = "outputs/cache/pretrain/tiny-vision.safetensors"
 TINY_MODEL = "clipdg-tiny-vit"  # the model those weights belong to
 
-METHODS = ("zeroshot", "linear_probe", "finetune", "flyp", "lp_ft", "vision_only", "vision_only_probe")
-TRAINED_METHODS = METHODS[1:]
-PROBE_METHODS = ("linear_probe", "vision_only_probe")  # no learning rate: their L2 strength is chosen on val
-VISION_METHODS = ("vision_only", "vision_only_probe")
 LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
@@ -65,6 +63,119 @@ def _flag(name: str, value) -> None:
 def _text(name: str, value, allow_none=False) -> None:
     if not (isinstance(value, str) and value) and not (value is None and allow_none):
         raise ValueError(f"{name}={value!r} must be a non-empty string" + (" or None" if allow_none else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# The method registry: a method is one spec
+# ---------------------------------------------------------------------------------------------
+
+# Training knobs: read by the methods that train end to end, never by a probe.
+TRAINING_FIELDS = ("lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size", "gamma", "warmup_epochs",
+                   "sampler", "augment", "select_metric", "swa", "swa_last_k", "swa_lr", "ema_decay",
+                   "wise_alphas", "precision", "grad_clip", "batch_size", "train_blocks")
+PROBE_FIELDS = ("probe_cs",)  # the probe's L2 strengths (probes, and LP-FT's first stage)
+VISION_FIELDS = ("vision_arch", "vision_weights")  # the vision-only encoder
+# Read by every trained method (and so in every trained run's identity), besides RunConfig's fields.
+SHARED_FIELDS = ("method", "fraction", "stratify", "select_split")
+TRAINS = ("nothing", "probe", "end_to_end")
+INITS = ("zero_shot_head", "probe_first", "vision_tower", "frozen_features")
+ENCODERS = ("clip", "vision")
+VARIANT_KINDS = ("zeroshot", "best", "last", "averages", "wise_ft")
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the package knows about one method. `config.identity()`, validation, the sweep,
+    `methods.run`, the inputs check and the tables read it; nothing else branches on method names.
+
+    Declarative (names, not functions), so this module stays free of torch: `methods.py` resolves
+    `loss` in `losses.LOSSES` and `after_step` in `losses.AFTER_STEP` and checks them at import.
+    """
+    name: str = _REQUIRED
+    summary: str = _REQUIRED  # one line for the notebooks' help
+    trains: str = _REQUIRED  # nothing (zero-shot) | probe (on frozen features) | end_to_end (train.fit)
+    init: str = _REQUIRED  # zero_shot_head | probe_first (LP-FT) | vision_tower (new head) | frozen_features
+    encoder: str = _REQUIRED  # clip | vision (vision_arch / vision_weights)
+    # FinetuneConfig fields it reads beyond RunConfig's and SHARED_FIELDS: its identity keeps exactly these.
+    reads: tuple = _REQUIRED
+    # Its weight variants, the first the headline: zeroshot | best | last | averages (averaging.AVERAGES,
+    # where enabled) | wise_ft (cfg.wise_alphas, from the initial weights: needs a zero-shot end point).
+    variants: tuple = _REQUIRED
+    # Fields besides lr chosen on validation like it: 02 tries each value of its list `<field>s`
+    # (e.g. l2sp_alphas) and `analysis.select_lr` chooses among the runs' (lr, these) settings.
+    tuned: tuple = ()
+    loss: str | None = None  # end_to_end: a name in losses.LOSSES
+    after_step: str | None = None  # a name in losses.AFTER_STEP, called after each optimizer step
+    text_mode: str | None = None  # forces the text tower's mode (FLYP: trainable); None: cfg.text_mode
+
+    def __post_init__(self):
+        name = self.name if self.name is not _REQUIRED else "<unnamed>"
+        for f in fields(self):
+            if getattr(self, f.name) is _REQUIRED:
+                raise TypeError(f"MethodSpec {name!r}: required field {f.name!r} is missing")
+        for field_name, choices in (("trains", TRAINS), ("init", INITS), ("encoder", ENCODERS)):
+            if getattr(self, field_name) not in choices:
+                raise ValueError(f"MethodSpec {name!r}: {field_name}={getattr(self, field_name)!r}; choose one of "
+                                 f"{list(choices)}")
+        bad = [v for v in self.variants if v not in VARIANT_KINDS]
+        if not self.variants or bad:
+            raise ValueError(f"MethodSpec {name!r}: variants={self.variants!r}; name some of {list(VARIANT_KINDS)}")
+        if (self.loss is None) == (self.trains == "end_to_end"):
+            raise ValueError(f"MethodSpec {name!r}: field 'loss' is required for (and only for) end_to_end methods")
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.trains == "end_to_end"
+
+    @property
+    def has_lr(self) -> bool:
+        """Probes choose their L2 strength on validation instead; zero-shot trains nothing."""
+        return "lr" in self.reads
+
+
+def _register(*specs: MethodSpec) -> dict[str, MethodSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+E2E_VARIANTS = ("best", "last", "averages", "wise_ft")
+METHODS: dict[str, MethodSpec] = _register(
+    MethodSpec("zeroshot", "CLIP with the zero-shot prompt head, no training (01_zero_shot)", trains="nothing",
+               init="zero_shot_head", encoder="clip", reads=(), variants=("zeroshot",)),
+    MethodSpec("linear_probe", "a linear probe on frozen CLIP image features", trains="probe",
+               init="frozen_features", encoder="clip", reads=PROBE_FIELDS, variants=("best",)),
+    MethodSpec("finetune", "CLIP end to end from the zero-shot head, cross-entropy (the study)", trains="end_to_end",
+               init="zero_shot_head", encoder="clip", reads=TRAINING_FIELDS + ("text_mode",), variants=E2E_VARIANTS,
+               loss="cross_entropy"),
+    MethodSpec("flyp", "both towers with CLIP's contrastive loss against the class prompts", trains="end_to_end",
+               init="zero_shot_head", encoder="clip", reads=TRAINING_FIELDS, variants=E2E_VARIANTS, loss="flyp",
+               after_step="clamp_logit_scale", text_mode="trainable"),
+    MethodSpec("lp_ft", "a linear probe first, then CLIP's image tower and that head end to end", trains="end_to_end",
+               init="probe_first", encoder="clip", reads=TRAINING_FIELDS + ("text_mode",) + PROBE_FIELDS,
+               variants=E2E_VARIANTS, loss="cross_entropy"),
+    # text_mode and wise_alphas are not read (no text tower, no zero-shot end point) but stay in its
+    # identity, as they always were: its run ids must not change.
+    MethodSpec("vision_only", "a vision-only image tower with a new head, end to end", trains="end_to_end",
+               init="vision_tower", encoder="vision", reads=TRAINING_FIELDS + ("text_mode",) + VISION_FIELDS,
+               variants=("best", "last", "averages"), loss="cross_entropy"),
+    MethodSpec("vision_only_probe", "a linear probe on frozen vision-only features", trains="probe",
+               init="frozen_features", encoder="vision", reads=PROBE_FIELDS + VISION_FIELDS, variants=("best",)),
+    MethodSpec("l2sp", "CLIP end to end as finetune, pulled toward its pre-trained weights (L2-SP, Li et al. 2018)",
+               trains="end_to_end", init="zero_shot_head", encoder="clip",
+               reads=TRAINING_FIELDS + ("text_mode", "l2sp_alpha"), tuned=("l2sp_alpha",), variants=E2E_VARIANTS,
+               loss="l2sp"),
+)
+TRAINED_METHODS = tuple(name for name, spec in METHODS.items() if spec.trains != "nothing")
+
+
+def method_spec(name: str) -> MethodSpec:
+    _choice("method", name, METHODS)
+    return METHODS[name]
+
+
+def method_choices(trained: bool = True) -> str:
+    """The method names as the notebooks' help lists them."""
+    return ", ".join(TRAINED_METHODS if trained else METHODS)
 
 
 @dataclass
@@ -131,20 +242,14 @@ class ZeroShotConfig(RunConfig):
 
     def validate(self):
         super().validate()
-        _choice("method", self.method, ("zeroshot",))
+        _choice("method", self.method, [m for m in METHODS if METHODS[m].trains == "nothing"])
         return self
-
-
-# Training knobs a probe never reads: left out of a probe's identity.
-TRAINING_FIELDS = ("lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size", "gamma", "warmup_epochs",
-                   "sampler", "augment", "text_mode", "select_metric", "swa", "swa_last_k", "swa_lr", "ema_decay",
-                   "wise_alphas", "precision", "grad_clip", "batch_size", "train_blocks")
 
 
 @dataclass
 class FinetuneConfig(RunConfig):
     """02_few_shot_sweep and 03_swa_ablation: one (fraction, seed, method, lr) training run."""
-    method: str = "finetune"  # linear_probe | finetune | flyp | lp_ft | vision_only | vision_only_probe
+    method: str = "finetune"  # a trained method of config.METHODS: linear_probe, finetune, flyp, lp_ft, ...
     fraction: float = 1.0  # share of the WILDS train split, in (0, 1]
     stratify: bool = False  # keep every class in small subsets
     batch_size: int = 128  # training batch size (the study: 128)
@@ -169,6 +274,7 @@ class FinetuneConfig(RunConfig):
     wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.0, 0.25, 0.5, 0.75] (0.0: the zero-shot end)
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | fp32 | bf16 | fp16
     grad_clip: float | None = None  # max gradient norm, None for no clipping
+    l2sp_alpha: float = 0.1  # l2sp: strength of the pull toward the pre-trained weights (Li et al. 2018)
     probe_cs: tuple = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried by the linear probe (on select_split)
     vision_arch: str = "clip-visual"  # vision-only baseline: clip-visual (model's image tower) | vit_b_32 | tiny
     vision_weights: str | None = TINY_VISION_WEIGHTS  # a file | imagenet (vit_b_32) | None: random (clip-visual: CLIP's)
@@ -215,6 +321,7 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"wise_alphas={list(self.wise_alphas)} has duplicates")
         _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _number("grad_clip", self.grad_clip, 0, low_open=True, allow_none=True)
+        _number("l2sp_alpha", self.l2sp_alpha, 0)
         self.probe_cs = tuple(self._sequence("probe_cs"))
         if not self.probe_cs:
             raise ValueError("probe_cs is empty; give inverse L2 strengths, e.g. [0.1, 1.0, 10.0]")
@@ -225,7 +332,7 @@ class FinetuneConfig(RunConfig):
         _text("vision_weights", self.vision_weights, allow_none=True)
         if self.vision_weights == "imagenet" and self.vision_arch != "vit_b_32":
             raise ValueError("vision_weights='imagenet' exists only for vision_arch='vit_b_32'")
-        if (self.method in VISION_METHODS and self.vision_weights == TINY_VISION_WEIGHTS
+        if (METHODS[self.method].encoder == "vision" and self.vision_weights == TINY_VISION_WEIGHTS
                 and (self.vision_arch, self.model) != ("clip-visual", TINY_MODEL)):
             raise ValueError(f"vision_weights={self.vision_weights!r} (the default) is the offline demo's "
                              f"{TINY_MODEL} image tower: it needs vision_arch='clip-visual' and model={TINY_MODEL!r}. "
@@ -242,18 +349,32 @@ class FinetuneConfig(RunConfig):
         return value
 
     def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        if self.method in PROBE_METHODS:  # a probe reads no training knob
-            ident = {k: v for k, v in ident.items() if k not in TRAINING_FIELDS}
-        elif self.method != "lp_ft":  # only LP-FT's first stage is a probe
-            del ident["probe_cs"]
-        if self.method not in VISION_METHODS:
-            del ident["vision_arch"], ident["vision_weights"]
+        """RunConfig's identity, the fields every trained method reads and those its spec reads."""
+        reads = set(RUN_FIELDS) | set(SHARED_FIELDS) | set(METHODS[self.method].reads)
+        ident = {k: v for k, v in super().identity().items() if k in reads}
         if ident.get("train_blocks", 0) is None:  # the default (every block) keeps earlier run ids valid
             del ident["train_blocks"]
-        if self.method == "flyp":  # FLYP trains both towers by definition: text_mode is not read
-            ident.pop("text_mode", None)
         return ident
+
+
+RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
+
+
+def _check_reads() -> None:
+    """Each spec reads FinetuneConfig fields only (at import: a misspelt field would silently leave
+    a setting out of the run ids)."""
+    known = {f.name for f in fields(FinetuneConfig)}
+    for spec in METHODS.values():
+        for name in spec.reads:
+            if name not in known:
+                raise ValueError(f"MethodSpec {spec.name!r}: field 'reads' names {name!r}, not a FinetuneConfig field")
+        for name in spec.tuned:
+            if name not in spec.reads or name == "lr":
+                raise ValueError(f"MethodSpec {spec.name!r}: field 'tuned' names {name!r}; name fields it reads, "
+                                 "besides lr (swept by `lrs` already)")
+
+
+_check_reads()
 
 
 def from_params(cls, params: Mapping[str, Any]):
@@ -276,9 +397,17 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     return from_params(cls, {**{k: namespace[k] for k in names if k in namespace}, **overrides})
 
 
+def tuned_lists() -> dict[str, str]:
+    """`<field>s` -> field: the list parameters of 02_few_shot_sweep besides `lrs`, one per field
+    some method tunes on validation (MethodSpec.tuned)."""
+    return {f"{name}s": name for spec in METHODS.values() for name in spec.tuned}
+
+
 def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
-    """The FinetuneConfig of each (method, lr) of one sweep point (02_few_shot_sweep), in order.
-    Probes have no learning rate (their L2 strength is chosen on validation), so they run once."""
+    """The FinetuneConfig of each (method, lr, tuned values) of one sweep point (02_few_shot_sweep),
+    in order. Probes have no learning rate (their L2 strength is chosen on validation), so they run
+    once; a method's tuned fields (MethodSpec.tuned) take each value of the namespace's `<field>s`
+    list (its scalar field, or the default, when that list is absent)."""
     from .pipeline.notebook_params import check_injected
 
     check_injected(namespace)  # first: a typo, or `-p methods "[...]"` (text), named as such
@@ -288,12 +417,21 @@ def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
         raise ValueError(f"lrs={lrs!r} must be a non-empty list of learning rates, e.g. [1.0e-4, 1.0e-5]")
     for m in methods:
         if m not in TRAINED_METHODS:
-            hint = " ('zeroshot' runs in 01_zero_shot.ipynb)" if m == "zeroshot" else ""
+            hint = f" ({m!r} runs in 01_zero_shot.ipynb)" if m in METHODS else ""
             raise ValueError(f"methods: {m!r} is not a trained method; choose from {list(TRAINED_METHODS)}{hint}")
-    return [from_namespace(FinetuneConfig, namespace, method=m, lr=lr)
-            for m in dict.fromkeys(methods) for lr in (lrs[:1] if m in PROBE_METHODS else dict.fromkeys(lrs))]
+    configs = []
+    for m in dict.fromkeys(methods):
+        grid = {"lr": list(dict.fromkeys(lrs)) if METHODS[m].has_lr else lrs[:1]}
+        for name in METHODS[m].tuned:
+            values = namespace.get(f"{name}s", [namespace.get(name, getattr(FinetuneConfig, name))])
+            if isinstance(values, (str, int, float)) or not list(values):
+                raise ValueError(f"{name}s={values!r} must be a non-empty list, e.g. [{getattr(FinetuneConfig, name)!r}]")
+            grid[name] = list(dict.fromkeys(values))
+        configs += [from_namespace(FinetuneConfig, namespace, method=m, **dict(zip(grid, values)))
+                    for values in itertools.product(*grid.values())]
+    return configs
 
 
 def config_of(method: str):
     """The config class of a method's notebook family."""
-    return ZeroShotConfig if method == "zeroshot" else FinetuneConfig
+    return ZeroShotConfig if method_spec(method).trains == "nothing" else FinetuneConfig

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .config import DEMO_DATA, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS, VISION_METHODS
+from .config import DEMO_DATA, METHODS, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS
 from .data import data_present, dataset_spec
 from .fingerprint import dataset_fingerprint, weights_identity
 from .models.weights import weight_shapes
@@ -31,7 +31,7 @@ class MissingInputsError(FileNotFoundError):
 
 
 def _vision_method(cfg) -> bool:
-    return getattr(cfg, "method", "zeroshot") in VISION_METHODS
+    return METHODS[cfg.method].encoder == "vision"
 
 
 def clip_weights(cfg) -> str:
@@ -200,7 +200,6 @@ def weights_file_problem(cfg, what: str, value: str) -> Exception | None:
         return e
     if what == "pretrained" or cfg.vision_arch == "clip-visual":
         return clip_weights_mismatch(cfg.model, path, what, found)
-    from .methods import image_size
 
     return vision_weights_mismatch(found, path, cfg.vision_arch, dataset_spec(cfg.dataset).n_classes, image_size(cfg))
 
@@ -214,3 +213,18 @@ def preflight(cfg) -> Exception | None:
     except (OSError, ValueError) as e:
         return e
     return None
+
+
+def vision_image_size(cfg) -> int:
+    """The image size of a vision-only tower that is not CLIP's own (vit_b_32: 224; tiny: the tiny
+    CLIP config's)."""
+    from .models.clip import config_image_size
+    return 224 if cfg.vision_arch == "vit_b_32" else (config_image_size(cfg.model) or 32)
+
+
+def image_size(cfg) -> int:
+    """The image size a run decodes, read from configs without loading any weights (`clipdg prepare`)."""
+    from .models.clip import config_image_size
+    if METHODS[cfg.method].encoder == "vision" and cfg.vision_arch != "clip-visual":
+        return vision_image_size(cfg)
+    return config_image_size(cfg.model) or 224

@@ -1,8 +1,10 @@
-"""Every method by name, and `run(cfg)`: data -> model -> train / average -> evaluate -> run folder.
+"""How each method builds its weights, read from its spec, and `run(cfg)`: data -> model -> train /
+average -> evaluate -> run folder.
 
-`METHODS` maps a method name to how it builds its weights: zero-shot CLIP, linear probes on frozen
-features (CLIP or vision-only), and the end-to-end methods that go through `train.fit` (CLIP
-fine-tuning as the study, LP-FT, vision-only fine-tuning). Each returns the logits of its weight
+A method is one entry of `config.METHODS` (a `MethodSpec`): what it trains (nothing: zero-shot CLIP;
+a probe on frozen features, CLIP's or a vision-only tower's; or end to end through `train.fit`),
+how it initialises, its loss and hooks (`losses.py`) and its weight variants. The three builders
+here read the spec; none branches on a method's name. Each returns the logits of its weight
 variants per split; `run` does the rest once for all of them: reuse a finished run, claim the run
 with a file lock, evaluate with WILDS's metrics, write predictions and the record atomically.
 Under torchrun every rank calls `run`; rank 0 decides, prepares caches first, evaluates and writes.
@@ -20,22 +22,21 @@ import torch
 
 from . import devices
 from .averaging import wise_ft
-from .config import PROBE_METHODS, TRAINED_METHODS, FinetuneConfig
+from .config import METHODS, FinetuneConfig
 from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .data import (class_names, dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics
 from .images import Normalize, image_split
-from .inputs import up_front_problem, weights_location, weights_of
+from .inputs import up_front_problem, vision_image_size, weights_location, weights_of
 from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
 from .images.cache import decoded_identity
 from .models.features import cached_split_features, content_key, feature_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
-from .soups import save_weights
-from .flyp import clamp_logit_scale, flyp_objective
-from .train import cross_entropy, fit
+from .losses import AFTER_STEP, LOSSES
+from .train import fit
 
 
 @dataclass
@@ -48,6 +49,10 @@ class Context:
     @property
     def spec(self):
         return dataset_spec(self.cfg.dataset)
+
+    @property
+    def method(self):
+        return METHODS[self.cfg.method]
 
     @property
     def classnames(self) -> list[str]:
@@ -117,21 +122,8 @@ def _vision_model(cfg):
             torch.manual_seed(cfg.seed)
         return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu", weights_arg=what))
     torch.manual_seed(cfg.seed)
-    size = 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
+    size = vision_image_size(cfg)
     return vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights), image_size=size)
-
-
-def _tiny_image_size(model: str) -> int:
-    from .models.clip import config_image_size
-    return config_image_size(model) or 32
-
-
-def image_size(cfg) -> int:
-    """The image size a run decodes, read from configs without loading any weights (`clipdg prepare`)."""
-    from .models.clip import config_image_size
-    if cfg.method in ("vision_only", "vision_only_probe") and cfg.vision_arch != "clip-visual":
-        return 224 if cfg.vision_arch == "vit_b_32" else _tiny_image_size(cfg.model)
-    return config_image_size(cfg.model) or 224
 
 
 def _vision_preprocessing(cfg, model) -> dict:
@@ -169,8 +161,9 @@ def _probe(ctx: Context, encoder, pre: dict):
 
 
 def linear_probe(ctx: Context) -> Outcome:
+    """A linear probe on the frozen features of CLIP's or the vision-only image tower (spec.encoder)."""
     cfg = ctx.cfg
-    if cfg.method == "linear_probe":
+    if ctx.method.encoder == "clip":
         bundle = _clip(cfg)
         encoder, pre = bundle.model, _clip_preprocessing(cfg, bundle)
     else:
@@ -189,23 +182,13 @@ def selection_metric(cfg: FinetuneConfig) -> str:
 
 
 def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
-    """Fine-tuning through `train.fit`: CLIP (the study's method), FLYP (contrastive loss, `flyp`),
-    LP-FT or vision-only, on the image tower's last `train_blocks` blocks; the weight variants are
-    the best epoch on validation, the last epoch, SWA, EMA and WiSE-FT alphas."""
-    cfg, world = ctx.cfg, devices.info()
+    """Fine-tuning through `train.fit` from the spec's start (the zero-shot head, a linear probe
+    first, or a vision-only tower with a new head) with its loss and hooks, on the image tower's
+    last `train_blocks` blocks; the weight variants are the best epoch on validation, the last
+    epoch, the averages of `averaging.AVERAGES` the config enables and WiSE-FT alphas."""
+    cfg, world, method = ctx.cfg, devices.info(), ctx.method
     with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
-        if cfg.method == "vision_only":
-            model = _vision_model(cfg)
-            mean, std, size = model.mean, model.std, model.image_size
-        else:
-            bundle = _clip(cfg)
-            mean, std, size = bundle.mean, bundle.std, bundle.image_size
-            if cfg.method == "lp_ft":
-                probe, _ = _probe(ctx, bundle.model, _clip_preprocessing(cfg, bundle))
-                model = ClipClassifier.from_linear_probe(bundle.model, probe.W, probe.b)
-            else:
-                model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
-                                                 text_mode="trainable" if cfg.method == "flyp" else cfg.text_mode)
+        model, (mean, std, size) = initial_model(ctx)
         train_last_blocks(model, cfg.train_blocks)
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_idx = ctx.train_indices()
@@ -224,17 +207,15 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     trained = fit(model, train_images, metadata_column(ctx.dataset, ctx.spec.sampler_field)[train_idx], cfg,
                   normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=Run.of(cfg).checkpoint_dir,
                   progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}",
-                  loss_fn=flyp_objective if cfg.method == "flyp" else cross_entropy,
-                  after_step=clamp_logit_scale if cfg.method == "flyp" else None)
+                  loss_fn=LOSSES[method.loss](model, cfg),
+                  after_step=AFTER_STEP[method.after_step] if method.after_step else None)
     if not world.is_main:
         return None
     states = {"best": trained.best_state, "last": trained.last_state}
-    if trained.swa_state is not None:
-        states["swa"] = trained.swa_state
-    if trained.ema_state is not None:
-        states["ema"] = trained.ema_state
-    if cfg.wise_alphas and cfg.method == "vision_only":
-        warnings.warn("wise_alphas ignored for vision_only: it has no zero-shot end point", stacklevel=2)
+    if "averages" in method.variants:
+        states.update(trained.variants)
+    if cfg.wise_alphas and "wise_ft" not in method.variants:
+        warnings.warn(f"wise_alphas ignored for {cfg.method}: it has no zero-shot end point", stacklevel=2)
     elif cfg.wise_alphas:  # WiSE-FT: from the zero-shot (or LP) start to the final fine-tuned weights
         for alpha, state in wise_ft(initial_state, trained.last_state, cfg.wise_alphas).items():
             states[f"wise_ft_{alpha:g}"] = state
@@ -245,22 +226,50 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
     extra = {"history": trained.history, "n_train": int(len(train_idx)),
              "resumed_from_epoch": trained.resumed_from_epoch,
-             "kept_weights": save_weights(Run.of(cfg), trained.last_state) if cfg.keep_weights else None,
+             "kept_weights": Run.of(cfg).keep_weights(trained.last_state) if cfg.keep_weights else None,
              "timings": {"train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
     return Outcome(logits, selection, extra)
 
 
-METHODS: dict[str, Callable] = {
-    "zeroshot": zero_shot,
-    "linear_probe": linear_probe,
-    "vision_only_probe": linear_probe,
-    "finetune": end_to_end,
-    "flyp": end_to_end,
-    "lp_ft": end_to_end,
-    "vision_only": end_to_end,
-}
-END_TO_END = tuple(name for name, build in METHODS.items() if build is end_to_end)
-assert set(METHODS) == {"zeroshot", *TRAINED_METHODS}, "config.METHODS and methods.METHODS must agree"
+def initial_model(ctx: Context, fit_probe: bool = True):
+    """The model at the spec's start, with its image (mean, std, size). `fit_probe=False` gives a
+    probe-first method an untrained head of the right shape (`soups` load kept weights into it)."""
+    cfg, method = ctx.cfg, ctx.method
+    if method.init == "vision_tower":
+        model = _vision_model(cfg)
+        return model, (model.mean, model.std, model.image_size)
+    bundle = _clip(cfg)
+    if method.init == "probe_first":
+        if fit_probe:
+            probe, _ = _probe(ctx, bundle.model, _clip_preprocessing(cfg, bundle))
+            weight, bias = probe.W, probe.b
+        else:
+            n, dim = ctx.spec.n_classes, bundle.model.visual.output_dim
+            weight, bias = torch.zeros(n, dim), torch.zeros(n)
+        model = ClipClassifier.from_linear_probe(bundle.model, weight, bias)
+    else:
+        model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
+                                         text_mode=method.text_mode or cfg.text_mode)
+    return model, (bundle.mean, bundle.std, bundle.image_size)
+
+
+# The builder of each kind of training (config.MethodSpec.trains).
+BUILDERS: dict[str, Callable] = {"nothing": zero_shot, "probe": linear_probe, "end_to_end": end_to_end}
+
+
+def _check_specs() -> None:
+    """Every spec's loss and hook exist (at import: not after an hour of caching features)."""
+    for spec in METHODS.values():
+        for field, table in (("loss", LOSSES), ("after_step", AFTER_STEP)):
+            name = getattr(spec, field)
+            if name is not None and name not in table:
+                raise ValueError(f"MethodSpec {spec.name!r}: field {field!r} names {name!r}, not in "
+                                 f"losses.{'LOSSES' if field == 'loss' else 'AFTER_STEP'} ({sorted(table)})")
+        if spec.init == "probe_first" and spec.encoder != "clip" or spec.init == "vision_tower" and spec.encoder != "vision":
+            raise ValueError(f"MethodSpec {spec.name!r}: init={spec.init!r} does not go with encoder={spec.encoder!r}")
+
+
+_check_specs()
 
 
 def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
@@ -296,8 +305,7 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
             return {**target.record(), "reused": True} if world.is_main else None
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
-        build = METHODS[cfg.method]
-        outcome = build(ctx, progress=progress) if build is end_to_end else build(ctx)
+        outcome = end_to_end(ctx, progress=progress) if ctx.method.end_to_end else BUILDERS[ctx.method.trains](ctx)
         if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
             return None
         return _finish(target, ctx, outcome, time.perf_counter() - started)
@@ -310,7 +318,8 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
 def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict:
     """Metrics per variant and split, predictions, the record: built aside, renamed into place."""
     cfg = ctx.cfg
-    headline = "zeroshot" if cfg.method == "zeroshot" else "best"
+    spec = ctx.method
+    headline = spec.variants[0]
     variants = {}
     for variant, per_split in outcome.logits.items():
         variants[variant] = {}
@@ -326,8 +335,8 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
     timings = {**extra.pop("timings", {}), "total_s": seconds}
     record = {
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
-        "fraction": 0.0 if cfg.method == "zeroshot" else cfg.fraction, "seed": cfg.seed,
-        "lr": None if cfg.method in PROBE_METHODS + ("zeroshot",) else cfg.lr,
+        "fraction": cfg.fraction if spec.trains != "nothing" else 0.0, "seed": cfg.seed,
+        "lr": cfg.lr if spec.has_lr else None, "tuned": {k: getattr(cfg, k) for k in spec.tuned} or None,
         "root_dir": str(cfg.root_dir), "weights": weights_of(cfg),  # "random init" when pretrained=None
         "params": cfg.params(), "identity": target.identity, "inputs": target.inputs,
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},

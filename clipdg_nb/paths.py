@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 ENV_VAR = "CLIPDG_ROOT"
+MANIFEST_ENV = "CLIPDG_SWEEP_MANIFEST"  # where a notebook run by `clipdg run` lists its run folders
 MARKERS = ("pyproject.toml", "parameters", "clipdg_nb")
 
 

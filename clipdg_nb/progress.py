@@ -17,7 +17,7 @@ MODES = ("bars", "text", "off")
 
 def under_papermill() -> bool:
     """True in a kernel that papermill (or `clipdg run`) executes, as far as the kernel can tell."""
-    from .runs import MANIFEST_ENV
+    from .paths import MANIFEST_ENV
 
     if os.environ.get(MANIFEST_ENV):
         return True

@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 
 from .inputs import run_identity
-from .paths import atomic_path, experiment_dir, read_json, to_jsonable, write_json
+from .paths import MANIFEST_ENV, atomic_path, experiment_dir, read_json, to_jsonable, write_json
 
 RESULT_FILE = "result.json"
+WEIGHTS_FILE = "weights/last.safetensors"  # the final weights, kept where an experiment makes soups
 PREDICTION_COLUMNS = ("idx", "y_true", "y_pred", "p_top1")
 _VERSION_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open-clip-torch": "open_clip",
                      "wilds": "wilds", "clipdg-nb": "clipdg_nb", "numpy": "numpy", "pandas": "pandas"}
@@ -96,7 +97,7 @@ def run_id(identity: Mapping[str, Any]) -> str:
     """Readable and unique for the parameters that change the numbers: dataset, method, fraction,
     lr and seed spelled out, the rest of the identity as a short hash."""
     parts = [identity["dataset"], identity["method"]]
-    if identity["method"] == "zeroshot":
+    if "fraction" not in identity:  # zero-shot: nothing trained, no subset
         parts.append(identity["templates"])
     else:
         parts.append(f"f{identity['fraction']:g}")
@@ -184,6 +185,36 @@ class Run:
             frames.append(frame if "split" in frame.columns else frame.assign(split=s))
         return pd.concat(frames, ignore_index=True)
 
+    def keep_weights(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The final weights into the run being built (`partial`), float entries as float16 (an entry
+        that float16 cannot hold, |x| > 65504, stays float32), for soups across runs; returns what the
+        record says of them (`kept_weights`)."""
+        import torch
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for key, value in state.items():
+            value = value.detach().cpu()
+            if torch.is_floating_point(value):
+                half = value.to(torch.float16)
+                value = half if torch.isfinite(half).all() or not torch.isfinite(value).all() else value.float()
+            tensors[key] = value.contiguous().clone()  # tied weights must serialise independently
+        with atomic_path(self.partial / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp))
+        return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16",
+                "bytes": (self.partial / WEIGHTS_FILE).stat().st_size}
+
+    def kept_weights(self) -> dict[str, Any]:
+        """The run's kept weights, float entries as float32 (a soup is averaged in float32)."""
+        import torch
+        from safetensors.torch import load_file
+
+        path = self.path / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"run {self.id} kept no weights ({path} is missing): rerun it with "
+                                    "keep_weights=True and force=True, then make its soups")
+        return {k: v.float() if torch.is_floating_point(v) else v for k, v in load_file(str(path)).items()}
+
     def write_predictions(self, split: str, frame: pd.DataFrame, variant: str | None = None) -> Path:
         """Into the run being built (`partial`); they move into place with the record."""
         with atomic_path(self.prediction_path(split, variant, base=self.partial)) as tmp:
@@ -251,7 +282,8 @@ def setting_labels(records: list[Mapping]) -> list[str]:
     be averaged together (`analysis` groups by this label)."""
     idents = []
     for r in records:
-        ident = {k: v for k, v in (r.get("identity") or {}).items() if k not in _SETTING_SKIPS}
+        tuned = r.get("tuned") or {}  # chosen on validation like the lr (MethodSpec.tuned): a column of its own
+        ident = {k: v for k, v in (r.get("identity") or {}).items() if k not in _SETTING_SKIPS and k not in tuned}
         if r.get("inputs") is not None:  # the data and weights it read, by content
             ident["inputs"] = r["inputs"]
         idents.append(ident)
@@ -267,7 +299,7 @@ def setting_labels(records: list[Mapping]) -> list[str]:
     return labels
 
 
-TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "setting", "fraction", "seed", "lr",
+TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "setting", "fraction", "seed", "lr", "tuned",
                 "variant", "headline", "split", "metric", "value")
 
 
@@ -280,6 +312,9 @@ def tidy(records: list[Mapping]) -> pd.DataFrame:
         base = {k: record.get(k) for k in ("run_id", "experiment", "dataset", "method", "fraction", "seed")}
         base["setting"] = setting
         base["lr"] = record.get("lr")
+        # the other settings chosen on validation like lr (e.g. 'l2sp_alpha=0.1'); '' for none
+        base["tuned"] = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in sorted((record.get("tuned") or {}).items()))
         for variant, table in (record.get("variants") or {headline: record["metrics"]}).items():
             for split, metrics in table.items():
                 for metric, value in metrics.items():
@@ -322,7 +357,6 @@ def check_one_setting(df: pd.DataFrame, what: str) -> None:
 
 
 
-MANIFEST_ENV = "CLIPDG_SWEEP_MANIFEST"  # where a notebook run by `clipdg run` lists its run folders
 
 
 def note_runs(*runs) -> list[str]:

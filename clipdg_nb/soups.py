@@ -28,47 +28,20 @@ import numpy as np
 import torch
 
 from .averaging import SOUP_VARIANTS, soup_variants
-from .runs import Run, load_records
+from .config import METHODS
+from .runs import WEIGHTS_FILE, Run, load_records
 from .paths import atomic_path, experiment_dir, to_jsonable
 
-WEIGHTS_FILE = "weights/last.safetensors"
 # What must agree between ingredients: the same data subset rule and the same architecture and
 # starting point, so that their weights can be averaged (learning rate, seed, epochs... may differ).
 SHARED_FIELDS = ("dataset", "method", "fraction", "model", "pretrained", "templates", "text_mode", "train_blocks",
                  "vision_arch", "vision_weights", "select_split", "select_metric", "eval_splits", "stratify")
 
 
-def save_weights(run: Run, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The final weights into the run being built (`run.partial`), float entries as float16 (an entry
-    that float16 cannot hold, |x| > 65504, stays float32); returns what the record says of them."""
-    from safetensors.torch import save_file
-    tensors = {}
-    for key, value in state.items():
-        value = value.detach().cpu()
-        if torch.is_floating_point(value):
-            half = value.to(torch.float16)
-            value = half if torch.isfinite(half).all() or not torch.isfinite(value).all() else value.float()
-        tensors[key] = value.contiguous().clone()  # tied weights must serialise independently
-    with atomic_path(run.partial / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16",
-            "bytes": (run.partial / WEIGHTS_FILE).stat().st_size}
-
-
 def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
     """The size of a run's kept weights (float entries in float16), header aside: for the disk a
     soup experiment will take, printed before anything runs."""
     return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size()) for v in state.values())
-
-
-def load_weights(run: Run) -> dict[str, torch.Tensor]:
-    """A run's kept weights, float entries as float32 (a soup is averaged in float32)."""
-    from safetensors.torch import load_file
-    path = run.path / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"run {run.id} kept no weights ({path} is missing): rerun it with "
-                                "keep_weights=True and force=True, then make its soups")
-    return {k: v.float() if torch.is_floating_point(v) else v for k, v in load_file(str(path)).items()}
 
 
 def _common(records: list[dict], key: str):
@@ -88,9 +61,9 @@ def check_ingredients(records: list[Mapping]) -> None:
         if len({json.dumps(to_jsonable(v)) for v in values.values()}) > 1:
             raise ValueError(f"runs differ in {key!r} ({values}); a soup averages runs of one (dataset, method, "
                              f"fraction) with one architecture, start and selection rule")
-    from .methods import END_TO_END
-    if records[0]["method"] not in END_TO_END:
-        raise ValueError(f"method {records[0]['method']!r} trains no weights to average; soups are for {END_TO_END}")
+    if not METHODS[records[0]["method"]].end_to_end:
+        trained = [name for name, spec in METHODS.items() if spec.end_to_end]
+        raise ValueError(f"method {records[0]['method']!r} trains no weights to average; soups are for {trained}")
 
 
 def soup_identity(records: list[Mapping]) -> dict[str, Any]:
@@ -119,28 +92,6 @@ def soup_run(records: list[Mapping], output_dir=None, experiment: str | None = N
     return Run(soups_dir(output_dir or first["output_dir"], experiment or records[0]["experiment"]) / name)
 
 
-def _skeleton(ctx):
-    """The method's model as training built it, before training: the shape the kept weights load into,
-    and the normalisation its images get."""
-    # TODO(lead): methods.end_to_end builds this inline; a public methods.build_model(ctx) would
-    # serve both and drop these private names.
-    from .methods import _clip, _vision_model
-    from .models import ClipClassifier
-    cfg = ctx.cfg
-    if cfg.method == "vision_only":
-        model = _vision_model(cfg)
-        return model, (model.mean, model.std, model.image_size)
-    bundle = _clip(cfg)
-    if cfg.method == "lp_ft":  # the probe's values are replaced by the kept weights: only its shape matters
-        dim = bundle.model.visual.output_dim
-        model = ClipClassifier.from_linear_probe(bundle.model, torch.zeros(ctx.spec.n_classes, dim),
-                                                 torch.zeros(ctx.spec.n_classes))
-    else:
-        model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
-                                         text_mode="trainable" if cfg.method == "flyp" else cfg.text_mode)
-    return model, (bundle.mean, bundle.std, bundle.image_size)
-
-
 def make_soups(run_dirs, *, output_dir=None, experiment: str | None = None, device: str | None = None,
                force: bool = False) -> dict:
     """Uniform and greedy soups of the finished runs in `run_dirs` (kept with keep_weights=True),
@@ -158,7 +109,7 @@ def make_soups(run_dirs, *, output_dir=None, experiment: str | None = None, devi
     check_ingredients(records)
     for run in runs:
         if not (run.path / WEIGHTS_FILE).is_file():
-            load_weights(run)  # raises, naming the run and what to do
+            run.kept_weights()  # raises, naming the run and what to do
     target, identity = soup_run(records, output_dir, experiment), soup_identity(records)
     if not force and target.is_done(identity):
         return target.record()
@@ -175,13 +126,13 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
     from .devices import resolve_device, resolve_precision
     from .evaluate import calibration_record, evaluate_logits, predict_logits
     from .images import Normalize
-    from .methods import Context, selection_metric
+    from .methods import Context, initial_model, selection_metric
 
     started = time.perf_counter()
     params = dict(records[0]["params"], **({"device": device} if device else {}))
     cfg = from_params(config_of(params["method"]), params)
     ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir), resolve_device(cfg.device))
-    model, (mean, std, size) = _skeleton(ctx)
+    model, (mean, std, size) = initial_model(ctx, fit_probe=False)
     model.to(ctx.device)
     norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
     images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
@@ -195,7 +146,7 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
         return metrics[metric]
 
     # each ingredient's own score, with the same scorer and the same (float16-kept) weights as the soups
-    candidates = [(r["run_id"], lambda run=run: load_weights(run), None) for r, run in zip(records, runs)]
+    candidates = [(r["run_id"], lambda run=run: run.kept_weights(), None) for r, run in zip(records, runs)]
     candidates = [(name, load, score_on(load(), cfg.select_split)) for name, load, _ in candidates]
     soups = soup_variants(candidates, score_on, cfg.select_split)
 

@@ -18,14 +18,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint, devices
-from .averaging import EMA, RunningAverage, swa_epochs
+from .averaging import AVERAGES, swa_epochs
 from .data import SAMPLERS
 from .images.augment import BatchAugment
 from .devices import autocast, resolve_precision
+from .losses import cross_entropy
 from .progress import EpochProgress, progress_mode
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -33,11 +33,6 @@ CHECKPOINT = "checkpoint.safetensors"
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def cross_entropy(step_model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The default loss: cross-entropy over the model's logits (the study's fine-tuning)."""
-    return F.cross_entropy(step_model(x).float(), y)
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -74,13 +69,24 @@ class EpochSchedule:
 class FitResult:
     best_state: dict
     last_state: dict
-    swa_state: dict | None
-    ema_state: dict | None
+    variants: dict  # averaged weights by name (averaging.AVERAGES, those enabled and updated): swa, ema
     best_epoch: int
     best_score: float
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
     resumed_from_epoch: int | None = None
+
+
+@dataclass
+class Selection:
+    """What the epochs so far chose and logged: the history and the best epoch on validation."""
+    history: list = field(default_factory=list)
+    best_state: dict | None = None
+    best_score: float = -math.inf
+    best_epoch: int = -1
+
+    def meta(self) -> dict:
+        return {"history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch}
 
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
@@ -122,6 +128,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     and terminals, a line per epoch under papermill), or a mode name, or False.
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
     contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature).
+    The averaged variants are those of `averaging.AVERAGES` that `cfg` enables.
     """
     world = devices.info()
     precision = resolve_precision(cfg.precision, device)
@@ -129,42 +136,47 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     model.to(device).train()
     optimizer = make_optimizer(cfg, model.parameters())
     schedule = EpochSchedule(cfg, optimizer)
-    swa = RunningAverage() if cfg.swa else None
-    ema = EMA(cfg.ema_decay, device=device) if cfg.ema_decay else None  # updated every step: on the device
+    averages = {name: avg.make(cfg, device) for name, avg in AVERAGES.items() if avg.enabled(cfg)}
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     sampler = SAMPLERS[cfg.sampler](train_groups, cfg.seed)
     augment = BatchAugment() if cfg.augment else None  # on the device, after the transfer
     loader, shards = _loader(train_images, sampler, cfg, device, world)
-    history, best_state, best_score, best_epoch, start_epoch, resumed = [], None, -math.inf, -1, 0, None
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = json.dumps(cfg.identity(), sort_keys=True)
-
+    chosen, start_epoch, resumed = Selection(), 0, None
     if ckpt is not None and ckpt.exists():  # resume: every rank reads the same file
-        tensors, meta = checkpoint.load(ckpt)
-        if meta.get("params") == fingerprint:
-            model.load_state_dict({k: v.to(device) for k, v in checkpoint.take(tensors, "model").items()})
-            with warnings.catch_warnings():  # replaying the schedule without optimizer steps is the point
-                warnings.simplefilter("ignore", UserWarning)
-                for epoch in range(meta["epoch"] + 1):
-                    schedule.end_epoch(epoch)
-            checkpoint.restore_optimizer(optimizer, tensors, meta["optim_groups"])
-            for prefix, acc in (("swa", swa), ("ema", ema)):
-                if acc is not None and f"{prefix}_meta" in meta:
-                    acc.load_state(checkpoint.take(tensors, prefix), meta[f"{prefix}_meta"])
-            best_state = checkpoint.take(tensors, "best") or None
-            history, best_score, best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
-            checkpoint.restore_rng(tensors)
-            start_epoch = resumed = meta["epoch"] + 1
+        resumed = resume(ckpt, fingerprint, model, optimizer, schedule, averages, chosen, device)
+        start_epoch = resumed or 0
+    step_model = step_module(model, cfg, device, world)
 
-    # The module the steps call: DDP-wrapped and/or compiled; `model` (same parameters) is what is
-    # evaluated, averaged and saved.
-    step_model = model
-    if world.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-        step_model = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-                                             if device.type == "cuda" else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+    def train_step(x, y, epoch: int, step: int) -> torch.Tensor:
+        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP)."""
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
+        x = normalize(x)
+        with autocast(device, precision):
+            loss = loss_fn(step_model, x, y)
+        shown = loss
+        if world.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
+            loss = loss * shards.weight(step)
+            shown = world.mean(loss)
+        if not torch.isfinite(shown):
+            raise NonFiniteLossError(
+                f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
+                f"the last good checkpoint is kept{f' at {ckpt}' if ckpt else ''}. Lower lr, set grad_clip, "
+                "or use precision='fp32'.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if after_step is not None:
+            after_step(model)
+        update_averages(averages, "step", cfg, epoch, model)
+        return shown
 
     started = time.perf_counter()
     shown_progress = EpochProgress(progress_mode(progress) if world.is_main else "off", cfg.epochs, start_epoch, desc)
@@ -177,56 +189,79 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         losses = []
         bar = shown_progress.steps(loader, epoch)
         for step, (x, y, _) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if augment is not None:
-                x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
-            x = normalize(x)
-            with autocast(device, precision):
-                loss = loss_fn(step_model, x, y)
-            shown = loss
-            if world.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
-                loss = loss * shards.weight(step)
-                shown = world.mean(loss)
-            if not torch.isfinite(shown):
-                raise NonFiniteLossError(
-                    f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
-                    f"the last good checkpoint is kept{f' at {ckpt}' if ckpt else ''}. Lower lr, set grad_clip, "
-                    "or use precision='fp32'.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if after_step is not None:
-                after_step(model)
-            if ema is not None:
-                ema.update(model.state_dict())
-            losses.append(shown.item())
+            losses.append(train_step(x, y, epoch, step).item())
             if bar is not loader:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        # The end of an epoch: average, step the schedule, choose on validation, show, checkpoint.
         lr = optimizer.param_groups[0]["lr"]
-        if swa is not None and epoch in schedule.swa_set:
-            swa.update(model.state_dict())
+        update_averages(averages, "epoch", cfg, epoch, model)
         schedule.end_epoch(epoch)
-        score, metrics = evaluate(model)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                        "lr": lr, "select_score": score, **metrics})
-        if score > best_score:
-            best_score, best_epoch, best_state = score, epoch + 1, cpu_state(model)
-        shown_progress.end_epoch(epoch, history[-1]["train_loss"], score_name, score, best_score, best_epoch,
-                                 time.perf_counter() - epoch_started)
+        score = select(chosen, model, evaluate, epoch, losses, lr)
+        shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
+                                 chosen.best_epoch, time.perf_counter() - epoch_started)
         if ckpt is not None and world.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            checkpoint.save(ckpt, model, optimizer, {"swa": swa, "ema": ema}, best_state,
-                            {"epoch": epoch, "params": fingerprint, "history": history,
-                             "best_score": best_score, "best_epoch": best_epoch})
+            checkpoint.save(ckpt, model, optimizer, averages, chosen.best_state,
+                            {"epoch": epoch, "params": fingerprint, **chosen.meta()})
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
 
     return FitResult(
-        best_state=best_state if best_state is not None else cpu_state(model), last_state=cpu_state(model),
-        swa_state=swa.state_dict() if swa is not None and swa.n_averaged else None,
-        ema_state=ema.state_dict() if ema is not None and ema.n_averaged else None,
-        best_epoch=best_epoch, best_score=best_score, history=history,
+        best_state=chosen.best_state if chosen.best_state is not None else cpu_state(model),
+        last_state=cpu_state(model),
+        variants={name: acc.state_dict() for name, acc in averages.items() if acc.n_averaged},
+        best_epoch=chosen.best_epoch, best_score=chosen.best_score, history=chosen.history,
         train_seconds=time.perf_counter() - started, resumed_from_epoch=resumed)
+
+
+def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedule, averages: dict,
+           chosen: Selection, device: torch.device) -> int | None:
+    """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the
+    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's."""
+    tensors, meta = checkpoint.load(ckpt)
+    if meta.get("params") != fingerprint:
+        return None
+    model.load_state_dict({k: v.to(device) for k, v in checkpoint.take(tensors, "model").items()})
+    with warnings.catch_warnings():  # replaying the schedule without optimizer steps is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for epoch in range(meta["epoch"] + 1):
+            schedule.end_epoch(epoch)
+    checkpoint.restore_optimizer(optimizer, tensors, meta["optim_groups"])
+    for name, acc in averages.items():
+        if f"{name}_meta" in meta:
+            acc.load_state(checkpoint.take(tensors, name), meta[f"{name}_meta"])
+    chosen.best_state = checkpoint.take(tensors, "best") or None
+    chosen.history, chosen.best_score, chosen.best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
+    checkpoint.restore_rng(tensors)
+    return meta["epoch"] + 1
+
+
+def step_module(model: torch.nn.Module, cfg, device: torch.device, world: devices.DistInfo) -> torch.nn.Module:
+    """The module the steps call: DDP-wrapped and/or compiled; `model` (same parameters) is what is
+    evaluated, averaged and saved."""
+    step_model = model
+    if world.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+                                             if device.type == "cuda" else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    return step_model
+
+
+def update_averages(averages: dict, every: str, cfg, epoch: int, model: torch.nn.Module) -> None:
+    """Fold the current weights into each average updated `every` 'step' or 'epoch' from its first epoch on."""
+    for name, acc in averages.items():
+        avg = AVERAGES[name]
+        if avg.every == every and avg.takes(cfg, epoch):
+            acc.update(model.state_dict())
+
+
+def select(chosen: Selection, model: torch.nn.Module, evaluate: Callable, epoch: int, losses: list,
+           lr: float) -> float:
+    """Evaluate on the selection split, log the epoch, keep its weights if best so far; returns its score."""
+    score, metrics = evaluate(model)
+    chosen.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                           "lr": lr, "select_score": score, **metrics})
+    if score > chosen.best_score:
+        chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
+    return score

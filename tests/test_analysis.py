@@ -157,3 +157,22 @@ def test_worst_groups_fall_back_to_saved_predictions(tmp_path):
     df = runs.tidy(runs.load_records(tmp_path / "fake"))
     worst = analysis.worst_groups(df, "test", "location", k=None, output_dir=tmp_path)
     assert list(worst["group"]) == ["10", "2"] and list(worst["value"]) == [0.5, 1.0]
+
+
+def test_settings_tuned_like_lr_are_chosen_with_it_on_validation(tmp_path):
+    """A method that tunes another field like lr (MethodSpec.tuned, e.g. L2-SP's alpha): each
+    (lr, value) is one candidate; runs of other values are never pooled with the chosen one."""
+    records = []
+    for seed in range(2):
+        for alpha, dv, dt in ((0.1, 0.0, 0.1), (1.0, 0.05, 0.0)):  # alpha 1.0 wins on id_val, 0.1 on test
+            rec = _record("l2sp", 1.0, seed, 1e-4, {"best": _metrics(0.6 + dv, 0.4 + dt)})
+            rec.update(run_id=f"{rec['run_id']}-a{alpha:g}", tuned={"l2sp_alpha": alpha})
+            records.append(rec)
+    for rec in records:
+        runs.Run(tmp_path / rec["run_id"]).finish(rec)
+    df = runs.tidy(runs.load_records(tmp_path))
+    assert set(df["tuned"]) == {"l2sp_alpha=0.1", "l2sp_alpha=1"}
+    sel = analysis.select_lr(df, "id_val")
+    assert len(sel) == 1 and sel["tuned"].iloc[0] == "l2sp_alpha=1" and sel["n_seeds"].iloc[0] == 2
+    chosen = analysis.apply_selection(df, sel)
+    assert set(chosen["tuned"]) == {"l2sp_alpha=1"} and chosen["run_id"].nunique() == 2

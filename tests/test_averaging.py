@@ -211,3 +211,48 @@ def test_training_schedule_uses_torch_swalr_on_swa_epochs():
         ref_opt.step()
         (swalr if epoch >= 3 else step).step()
     assert lrs == pytest.approx(ref) and lrs[:3] == pytest.approx([0.1, 0.1, 0.05])
+
+
+def test_a_new_variant_is_one_table_entry(easy_root, tmp_path, monkeypatch):
+    """An entry added to averaging.AVERAGES is produced by fit (here: the mean of every epoch's
+    end weights, enabled by `swa`), checkpointed and resumed, with no other change."""
+    import numpy as np
+
+    from clipdg_nb import averaging, train
+    from clipdg_nb.images import Normalize
+    from test_train import _tiny_setup
+
+    monkeypatch.setitem(averaging.AVERAGES, "mean_all", averaging.Averaging(
+        "swa", lambda cfg, device: RunningAverage(), "epoch", lambda cfg: 0))
+    norm = Normalize((0.5,) * 3, (0.5,) * 3)
+    model, images, groups, cfg = _tiny_setup(easy_root, epochs=3, swa_last_k=1, ema_decay=None)
+    seen = []
+
+    def evaluate(m):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return 0.0, {}
+    whole = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"), evaluate=evaluate,
+                      progress=False)
+    assert set(whole.variants) == {"swa", "mean_all"}
+    for key, value in whole.variants["mean_all"].items():
+        if torch.is_floating_point(value):
+            assert torch.allclose(value, sum(s[key] for s in seen) / 3, atol=1e-6), key
+
+    calls = {"n": 0}
+
+    def dies_in_epoch_three(m):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return 0.0, {}
+    model, images, groups, cfg = _tiny_setup(easy_root, epochs=3, swa_last_k=1, ema_decay=None)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
+                  evaluate=dies_in_epoch_three, checkpoint_dir=tmp_path, progress=False)
+    model, images, groups, cfg = _tiny_setup(easy_root, epochs=3, swa_last_k=1, ema_decay=None)
+    resumed = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
+                        evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 2
+    for key, value in whole.variants["mean_all"].items():
+        assert torch.equal(value, resumed.variants["mean_all"][key]), key
+    assert np.isfinite(resumed.history[-1]["train_loss"])

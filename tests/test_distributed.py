@@ -89,7 +89,7 @@ def _ddp_worker(rank, world, port, root, out):
         # Each rank names its own folder; all follow rank 0's, and only rank 0 writes there.
         result = train.fit(model, images, groups, cfg, normalize=NORM, device=torch.device("cpu"), evaluate=evaluate,
                            checkpoint_dir=Path(out) / f"ckpt{rank}", progress=False)
-        torch.save({"last": result.last_state, "swa": result.swa_state, "ema": result.ema_state,
+        torch.save({"last": result.last_state, "swa": result.variants["swa"], "ema": result.variants["ema"],
                     "best_epoch": result.best_epoch, "history": result.history}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -116,7 +116,7 @@ def test_two_process_ddp_equals_one_process(easy_root, tmp_path):
                 proc.kill()
             pytest.fail("the DDP ranks did not finish in 240 s")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for name, ref in (("last", one.last_state), ("swa", one.swa_state), ("ema", one.ema_state)):
+    for name, ref in (("last", one.last_state), ("swa", one.variants["swa"]), ("ema", one.variants["ema"])):
         for r in ranks:
             for k, v in ref.items():
                 a, b = _comparable(k, r[name][k]), _comparable(k, v)

@@ -10,15 +10,15 @@ import nbformat
 import papermill
 import pytest
 
-from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
+from clipdg_nb.config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, from_params, tuned_lists
 from clipdg_nb.data import VALIDATION_SPLITS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis"]
 NOTEBOOK_ONLY = {"force": False}  # extra parameters a notebook may add beside its dataclass's
-# The generator lives in the package; `python tests/test_notebook_params.py --write` still runs it.
-from clipdg_nb.pipeline.notebook_params import (GENERATED, UnknownParameterError, check_injected,  # noqa: E402
-                                                render_parameters, write_parameters_cells)
+# The generator lives in the package (`python -m clipdg_nb.pipeline.parameter_cells --write`).
+from clipdg_nb.pipeline.notebook_params import UnknownParameterError, check_injected  # noqa: E402
+from clipdg_nb.pipeline.parameter_cells import GENERATED, render_parameters, write_parameters_cells  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -87,7 +87,8 @@ def test_zero_shot_mirrors_zero_shot_config():
 
 
 def test_sweep_mirrors_finetune_config_with_method_and_lr_lists():
-    params = _check_mirror("02_few_shot_sweep", FinetuneConfig, skip=("method", "lr"), extra=("methods", "lrs"))
+    params = _check_mirror("02_few_shot_sweep", FinetuneConfig, skip=("method", "lr", *tuned_lists().values()),
+                           extra=("methods", "lrs", *tuned_lists()))
     assert params["methods"] == [FinetuneConfig.method] and params["lrs"] == [FinetuneConfig.lr]
 
 

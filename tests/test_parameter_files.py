@@ -43,7 +43,7 @@ def test_paper_protocol(name):
 def test_every_point_builds_valid_configs_with_weights_for_its_model(path):
     """Each point's configs (its parameters over the notebook defaults) validate, and a file that
     names a real model never falls back on the offline demo's tiny weights (the notebooks' default)."""
-    from clipdg_nb.config import TINY_CLIP_WEIGHTS, TINY_MODEL, TINY_VISION_WEIGHTS, VISION_METHODS
+    from clipdg_nb.config import METHODS, TINY_CLIP_WEIGHTS, TINY_MODEL, TINY_VISION_WEIGHTS
     from clipdg_nb.pipeline.prepare import point_configs
 
     experiment = load_experiment(path, root=ROOT)
@@ -52,7 +52,7 @@ def test_every_point_builds_valid_configs_with_weights_for_its_model(path):
     for cfg in configs:
         if cfg.model != TINY_MODEL:
             assert cfg.pretrained not in (None, TINY_CLIP_WEIGHTS), (path.name, cfg.method, cfg.pretrained)
-            if cfg.method in VISION_METHODS:
+            if METHODS[cfg.method].encoder == "vision":
                 assert cfg.vision_weights != TINY_VISION_WEIGHTS and cfg.vision_arch == "vit_b_32", (
                     path.name, cfg.method, cfg.vision_arch, cfg.vision_weights)
         else:  # the offline files: pretrained tiny weights (any caption coverage), never a random CLIP by accident

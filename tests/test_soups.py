@@ -156,12 +156,13 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     from safetensors.torch import load_file
 
     from clipdg_nb import evaluate, soups
+    from clipdg_nb.runs import WEIGHTS_FILE
     from clipdg_nb.data import load_dataset
 
     runs = _ingredient_runs(easy_root, run_kwargs, method, [3e-3, 1e-3, 3e-4])
     for record, run in runs:  # each kept its final weights, in float16
-        kept = load_file(str(run.path / soups.WEIGHTS_FILE))
-        assert record["kept_weights"]["file"] == soups.WEIGHTS_FILE
+        kept = load_file(str(run.path / WEIGHTS_FILE))
+        assert record["kept_weights"]["file"] == WEIGHTS_FILE
         assert {v.dtype for v in kept.values() if torch.is_floating_point(v)} == {torch.float16}
         size = record["kept_weights"]["bytes"]
         assert 0 <= size - soups.kept_weights_bytes(kept) < 64 * 1024  # the estimate, less the header
@@ -209,7 +210,7 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     # the uniform soup's predictions are those of the hand-averaged kept weights
     hand = {}
     states = [{k: v.float() if torch.is_floating_point(v) else v for k, v in
-               load_file(str(run.path / soups.WEIGHTS_FILE)).items()} for _, run in runs]
+               load_file(str(run.path / WEIGHTS_FILE)).items()} for _, run in runs]
     for key, value in states[0].items():
         hand[key] = sum(s[key] for s in states) / 3 if torch.is_floating_point(value) else value
     params = dict(runs[0][0]["params"])
@@ -217,9 +218,9 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
     from clipdg_nb.devices import resolve_device
     from clipdg_nb.evaluate import predict_logits
     from clipdg_nb.images import Normalize
-    from clipdg_nb.methods import Context
+    from clipdg_nb.methods import Context, initial_model
     ctx = Context(from_params(FinetuneConfig, params), ds, resolve_device("cpu"))
-    model, (mean, std, size) = soups._skeleton(ctx)
+    model, (mean, std, size) = initial_model(ctx, fit_probe=False)
     model.load_state_dict(hand)
     logits = predict_logits(model, ctx.images(ctx.indices("test"), size), Normalize(mean, std), ctx.device)
     saved = soup_run.predictions("test", variant="uniform_soup")

@@ -147,7 +147,7 @@ def test_swa_equals_hand_average_of_epoch_weights(easy_root):
     result = train.fit(model, images, groups, cfg, normalize=Normalize((0.5,) * 3, (0.5,) * 3),
                        device=torch.device("cpu"), evaluate=evaluate, progress=False)
     last_two = seen[-2:]
-    for key, value in result.swa_state.items():
+    for key, value in result.variants["swa"].items():
         hand = (last_two[0][key] + last_two[1][key]) / 2
         assert torch.allclose(value, hand, atol=1e-6), key
     assert all(torch.equal(result.last_state[k], seen[-1][k]) for k in seen[-1])
@@ -180,8 +180,9 @@ def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
     resumed = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                         evaluate=lambda m: (next(rest), {}), checkpoint_dir=tmp_path, progress=False)
     assert resumed.resumed_from_epoch == 2
-    for name in ("last_state", "best_state", "swa_state", "ema_state"):
-        a, b = getattr(whole, name), getattr(resumed, name)
+    assert set(whole.variants) == set(resumed.variants) == {"swa", "ema"}
+    states = [(name, getattr(whole, name), getattr(resumed, name)) for name in ("last_state", "best_state")]
+    for name, a, b in states + [(name, whole.variants[name], resumed.variants[name]) for name in whole.variants]:
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert resumed.best_epoch == whole.best_epoch == 2
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]

@@ -100,10 +100,11 @@ def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant
 def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None = None,
               by: Sequence[str] = ("dataset", "method", "fraction")) -> pd.DataFrame:
     """The learning rate of each (dataset, method, fraction) with the best mean over seeds on a
-    validation split (ties go to the smaller lr). A test split is refused: choosing on it would
+    validation split (ties go to the smaller lr), together with the other settings its method tunes
+    like lr (column `tuned`, e.g. L2-SP's 'l2sp_alpha=0.1': each (lr, tuned) is one candidate). A test split is refused: choosing on it would
     report an optimistic number, the reference study's flaw.
 
-    Returns `by` + lr, select_split, select_metric, select_mean, n_seeds, n_lrs.
+    Returns `by` + lr, tuned, select_split, select_metric, select_mean, n_seeds, n_lrs.
     """
     if select_split in TEST_SPLITS:
         raise ValueError(f"select_split={select_split!r} is a test split; choose on a validation split "
@@ -113,13 +114,13 @@ def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None
     by = list(by)
     runs.check_one_setting(df, "select_lr")
     rows = with_lr_key(metric_rows(df, select_split, metric))
-    cols = [*by, "lr", "select_split", "select_metric", "select_mean", "n_seeds", "n_lrs"]
+    cols = [*by, "lr", "tuned", "select_split", "select_metric", "select_mean", "n_seeds", "n_lrs"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
-    means = (rows.groupby([*by, "_lr", "metric"], dropna=False)["value"]
+    means = (rows.groupby([*by, "_lr", "tuned", "metric"], dropna=False)["value"]
              .agg(select_mean="mean", n_seeds="count").reset_index())
     means["n_lrs"] = means.groupby(by, dropna=False)["_lr"].transform("nunique")
-    best = (means.sort_values([*by, "select_mean", "_lr"], ascending=[True] * len(by) + [False, True])
+    best = (means.sort_values([*by, "select_mean", "_lr", "tuned"], ascending=[True] * len(by) + [False, True, True])
             .groupby(by, dropna=False, sort=True).head(1))
     best = best.assign(lr=best["_lr"].where(best["_lr"] != NO_LR), select_split=select_split,
                        select_metric=best["metric"])
@@ -128,10 +129,11 @@ def select_lr(df: pd.DataFrame, select_split: str = "id_val", metric: str | None
 
 def apply_selection(df: pd.DataFrame, selected: pd.DataFrame,
                     by: Sequence[str] = ("dataset", "method", "fraction")) -> pd.DataFrame:
-    """The rows of `df` (every split, metric and variant) of the selected learning rates only."""
+    """The rows of `df` (every split, metric and variant) of the selected learning rates (and tuned
+    settings) only."""
     by = list(by)
-    keys = with_lr_key(selected)[[*by, "_lr"]].drop_duplicates()
-    out = with_lr_key(df).merge(keys, on=[*by, "_lr"], how="inner")
+    keys = with_lr_key(selected)[[*by, "_lr", "tuned"]].drop_duplicates()
+    out = with_lr_key(df).merge(keys, on=[*by, "_lr", "tuned"], how="inner")
     return out.drop(columns="_lr")[list(df.columns)].reset_index(drop=True)
 
 
@@ -191,16 +193,18 @@ def compare_methods(df: pd.DataFrame, a: str, b: str, split: str, metric: str | 
 
 
 def swa_gain(df: pd.DataFrame, split: str, metric: str | None = None, baseline: str = "last",
-             method: str = "finetune", level: float = 0.95) -> pd.DataFrame:
-    """The 'swa' weights minus `baseline` ('last' epoch, or 'best' = plain fine-tuning with
-    selection on validation) of the same runs of `method`, per (dataset, fraction), paired by seed."""
+             method: str = "finetune", level: float = 0.95, variant: str = "swa") -> pd.DataFrame:
+    """The `variant` weights ('swa', 'ema', any of averaging.AVERAGES) minus `baseline` ('last'
+    epoch, or 'best' = plain fine-tuning with selection on validation) of the same runs of `method`,
+    per (dataset, fraction), paired by seed."""
     runs.check_one_setting(df, "swa_gain")
     rows = df[df["method"] == method]
-    swa = metric_rows(rows, split, metric, variant="swa")
+    averaged = metric_rows(rows, split, metric, variant=variant)
     base = metric_rows(rows, split, metric, variant=baseline)
-    if swa.empty:
-        raise ValueError(f"no 'swa' variant for method={method!r} on split={split!r}; run with swa=True")
-    return paired_table(swa, base, f"swa - {baseline}", level)
+    if averaged.empty:
+        raise ValueError(f"no {variant!r} variant for method={method!r} on split={split!r}; run with it enabled "
+                         "(averaging.AVERAGES names the config field, e.g. swa=True)")
+    return paired_table(averaged, base, f"{variant} - {baseline}", level)
 
 
 def id_ood_points(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test",
@@ -370,15 +374,17 @@ def _empty_pairs(splits) -> pd.DataFrame:
                         pd.DataFrame(columns=["dataset", "fraction", "seed", "value"]), "").assign(split=None)
 
 
-def swa_gains(df: pd.DataFrame, splits: Sequence[str], method: str = "finetune", level: float = 0.95) -> pd.DataFrame:
-    """SWA minus the last epoch and minus the epoch chosen on validation, per split, paired by seed
-    (empty when the runs carry no SWA weights)."""
+def swa_gains(df: pd.DataFrame, splits: Sequence[str], method: str = "finetune", level: float = 0.95,
+              variant: str = "swa") -> pd.DataFrame:
+    """`variant` (SWA by default) minus the last epoch and minus the epoch chosen on validation, per
+    split, paired by seed (empty when the runs carry no such weights)."""
     tables = []
     for baseline in ("last", "best"):
         for split in splits:
             try:
-                tables.append(swa_gain(df, split, baseline=baseline, method=method, level=level).assign(split=split))
-            except ValueError:  # no swa variant in these runs
+                tables.append(swa_gain(df, split, baseline=baseline, method=method, level=level,
+                                       variant=variant).assign(split=split))
+            except ValueError:  # no such variant in these runs
                 pass
     return pd.concat(tables, ignore_index=True) if tables else _empty_pairs(splits)
 

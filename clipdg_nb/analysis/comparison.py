@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import METHODS
 from .figures import variant_title
 
 CATEGORIES = ("fixed", "broken", "both_wrong", "both_right")
@@ -58,7 +59,8 @@ def comparison_variants(record: Mapping, preferred: Sequence[tuple] = (("last", 
         if {a, b} <= have:
             return a, b
     raise ValueError(f"run {record['run_id']} ({record['method']}) has weight variants {sorted(have) or 'none'}; "
-                     "03_swa_ablation compares variants of a trained run (finetune, flyp, lp_ft, vision_only)")
+                     "03_swa_ablation compares variants of a run trained end to end ("
+                     f"{', '.join(name for name, spec in METHODS.items() if spec.end_to_end)})")
 
 
 def comparison_title(a: str, b: str) -> str:

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import PROBE_METHODS
+from ..config import METHODS
 from ..data import headline_metric
 
 
@@ -22,9 +22,10 @@ def with_lr_key(df: pd.DataFrame) -> pd.DataFrame:
 
 def plan_table(configs: Iterable) -> pd.DataFrame:
     """What a notebook is about to run: one row per config."""
-    return pd.DataFrame([{"method": c.method, "lr": None if c.method in PROBE_METHODS else c.lr,
-                          "fraction": c.fraction, "seed": c.seed, "epochs": None if c.method in PROBE_METHODS
-                          else c.epochs, "select_split": c.select_split} for c in configs])
+    return pd.DataFrame([{"method": c.method, "lr": c.lr if METHODS[c.method].has_lr else None,
+                          "fraction": c.fraction, "seed": c.seed,
+                          "epochs": c.epochs if METHODS[c.method].end_to_end else None,
+                          "select_split": c.select_split} for c in configs])
 
 
 def metrics_table(records: Mapping | Iterable[Mapping], splits: Sequence[str] | None = None) -> pd.DataFrame:

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ..paths import ENV_VAR
 from .kernel import IPCKernelManager
-from ..runs import MANIFEST_ENV, Run
-from ..paths import atomic_path, read_json, to_jsonable, write_json
+from ..runs import Run
+from ..paths import ENV_VAR, MANIFEST_ENV, atomic_path, read_json, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Point
 from .oserrors import describe_os_error, out_of_space, space_note
 

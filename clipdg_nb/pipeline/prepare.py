@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import METHODS
 from ..data import SPLITS, load_dataset
 from ..images import prepare_splits
-from ..methods import image_size
+from ..inputs import image_size
 from ..paths import rooted_at
 from .experiment import Experiment, load_experiment
 from .validate import VALIDATORS, declared_defaults
@@ -35,7 +36,7 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
                 root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
                 cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
                 splits = set(cfg.eval_splits)
-                if cfg.method != "zeroshot":
+                if METHODS[cfg.method].trains != "nothing":
                     splits |= {"train", cfg.select_split}
                 needs.setdefault((cfg.dataset, str(root), str(cache / "decoded"), image_size(cfg)), set()).update(splits)
     return needs

@@ -32,8 +32,8 @@ from typing import Callable
 import nbformat
 
 from ..paths import write_bytes
-from .report_index import (PLOTLYJS_FILE, TEMPLATES, grid_values, notebook_parts, notebook_title, point_info,
-                           read_page_meta, report_roots, stale_failed_pages, write_index)
+from .report_index import (PLOTLYJS_FILE, TEMPLATES, grid_values, notebook_parts, notebook_title, plotlyjs, point_info,
+                           read_page_meta, report_roots, stale_failed_pages, write_index, write_plotlyjs)
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -178,20 +178,6 @@ def _exporter():
     return exporter
 
 
-def _plotlyjs() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
-def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
-    """`<out_dir>/plotly.min.js`, the installed plotly.js (rewritten only when its size differs)."""
-    target, js = Path(out_dir) / PLOTLYJS_FILE, _plotlyjs().encode("utf-8")
-    if not (target.is_file() and target.stat().st_size == len(js)):
-        write_bytes(target, js)
-    return target
-
-
 def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
                     title: str | None = None, self_contained: bool = False, index: str | os.PathLike | None = None,
                     roots: list | None = None, neighbours: tuple[str | None, str | None] = (None, None)) -> Path:
@@ -225,7 +211,7 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
                       for c in nb.cells for o in c.get("outputs", []))
     plotly_src = plotly_inline = None
     if has_figures and self_contained:
-        plotly_inline = _plotlyjs()
+        plotly_inline = plotlyjs()
     elif has_figures:
         write_plotlyjs(index_path.parent)
         plotly_src = f"{root}{PLOTLYJS_FILE}"

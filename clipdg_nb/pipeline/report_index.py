@@ -177,10 +177,19 @@ def assets() -> dict:
             for name in ("site.css", "site.js", "notebook.css")}
 
 
-def _plotlyjs() -> str:
+def plotlyjs() -> str:
+    """The installed plotly.js itself (~4.8 MB): written once per report folder, or inline."""
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
+
+
+def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
+    """`<out_dir>/plotly.min.js`, the installed plotly.js (rewritten only when its size differs)."""
+    target, js = Path(out_dir) / PLOTLYJS_FILE, plotlyjs().encode("utf-8")
+    if not (target.is_file() and target.stat().st_size == len(js)):
+        write_bytes(target, js)
+    return target
 
 
 def render(template: str, **context) -> str:
@@ -457,7 +466,7 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
         "index.html": render("summary.html.j2", page_title="summary", meta="", root="", here="summary",
                              experiments=experiments, failed=failed, downloads=dl, rendered=rendered,
                              plotly_src=PLOTLYJS_FILE if has_figures and not self_contained else None,
-                             plotly_inline=Markup(_plotlyjs()) if has_figures and self_contained else None),
+                             plotly_inline=Markup(plotlyjs()) if has_figures and self_contained else None),
         "stages.html": render("stages.html.j2", page_title="stages", meta="", root="", here="stages",
                               experiments=[{"name": k, "stages": v} for k, v in stages.items()],
                               n_points=len(entries), n_failed=len(failed),
@@ -470,7 +479,6 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                _search_entry("Downloads", "downloads.html", "page", "results.csv results.json findings.csv "
                              "findings.json tidy results settings")]
     if has_figures and not self_contained:
-        from .report import write_plotlyjs
         write_plotlyjs(out)
     write_bytes(out / SEARCH_INDEX, ("window.CLIPDG_SEARCH = " + json.dumps(search, ensure_ascii=False, indent=0)
                                      + ";\n").encode("utf-8"))

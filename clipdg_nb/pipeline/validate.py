@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..config import FinetuneConfig, ZeroShotConfig, from_namespace
+from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
 from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
 from ..paths import rooted_at
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
@@ -83,7 +83,8 @@ class Validator:
 # Notebook file name -> how its parameters are checked. Other notebooks get the path checks only.
 VALIDATORS = {
     "01_zero_shot.ipynb": Validator(_zero_shot),
-    "02_few_shot_sweep.ipynb": Validator(_sweep, {"method": "methods", "lr": "lrs"}),
+    "02_few_shot_sweep.ipynb": Validator(_sweep, {"method": "methods", "lr": "lrs",
+                                                  **{name: plural for plural, name in tuned_lists().items()}}),
     "03_swa_ablation.ipynb": Validator(_finetune),
     "04_analysis.ipynb": Validator(_analysis),
 }

@@ -1,4 +1,13 @@
-"""FLYP (Goyal et al. 2023, "Finetune like you pretrain"): fine-tune both CLIP towers with the
+"""The training losses a method spec names (`config.MethodSpec.loss`), and their per-step hooks.
+
+`LOSSES` maps a name to a builder `(model, cfg) -> loss_fn`: the model as the method built it, at
+its initial weights (before any step, also when `fit` later resumes), and the run's config;
+`loss_fn(step_model, images, labels) -> loss` is what `train.fit` calls every step on the (DDP /
+compiled) module. `AFTER_STEP` maps a name to `hook(model)`, run after each optimizer step.
+
+Cross-entropy over the logits is the study's fine-tuning loss.
+
+FLYP (Goyal et al. 2023, "Finetune like you pretrain"): fine-tune both CLIP towers with the
 contrastive loss of pretraining, between each image and its class prompt, then classify with the
 zero-shot head rebuilt from the fine-tuned text tower (`ClipClassifier` in trainable mode).
 
@@ -23,7 +32,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from typing import Callable
+
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's training clamps logit_scale to [0, ln 100] after each step
+
+
+def cross_entropy(step_model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default loss: cross-entropy over the model's logits (the study's fine-tuning)."""
+    return F.cross_entropy(step_model(x).float(), y)
 
 
 def flyp_loss(image_features: torch.Tensor, class_features: torch.Tensor, targets: torch.Tensor,
@@ -52,3 +68,41 @@ def clamp_logit_scale(model) -> None:
     """`train.fit`'s after-step hook for FLYP: the temperature stays within CLIP's training range."""
     with torch.no_grad():
         model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def l2sp(model: torch.nn.Module, cfg) -> Callable[..., torch.Tensor]:
+    """L2-SP (Li et al. 2018, "Explicit inductive bias for transfer learning with convolutional
+    networks"): cross-entropy + alpha / 2 * ||w - w0||^2, alpha = `cfg.l2sp_alpha`, w0 the
+    pre-trained weights as the method built the model (before any step; also when `fit` resumes).
+
+    Pulled toward w0: every trainable parameter but the head, i.e. the pre-trained backbone: the
+    image tower, and in text_mode='trainable' the text tower and the temperature too. The linear
+    head of text_mode='frozen' (`head.*`, the zero-shot weights as a new layer) is not: Li et al.
+    treat new layers with plain L2 (their beta), which the optimizer's weight decay already is.
+    Frozen parameters (train_blocks) never move, so they are left out. alpha 0 is fine-tuning.
+    """
+    params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    anchors = [p.detach().float().clone() for p in params]
+    alpha = float(cfg.l2sp_alpha)
+
+    def loss_fn(step_model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if anchors and anchors[0].device != params[0].device:  # `fit` moved the model after it was built
+            anchors[:] = [a.to(p.device) for p, a in zip(params, anchors)]
+        return cross_entropy(step_model, x, y) + alpha / 2 * l2sp_penalty(params, anchors)
+    return loss_fn
+
+
+def l2sp_penalty(params, anchors) -> torch.Tensor:
+    """||w - w0||^2 summed over the parameters, in float32."""
+    return sum((p.float() - a).pow(2).sum() for p, a in zip(params, anchors))
+
+
+LossBuilder = Callable[[torch.nn.Module, object], Callable[..., torch.Tensor]]
+LOSSES: dict[str, LossBuilder] = {
+    "cross_entropy": lambda model, cfg: cross_entropy,
+    "flyp": lambda model, cfg: flyp_objective,
+    "l2sp": l2sp,
+}
+AFTER_STEP: dict[str, Callable[[torch.nn.Module], None]] = {
+    "clamp_logit_scale": clamp_logit_scale,
+}
