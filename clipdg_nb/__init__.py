@@ -1,8 +1,55 @@
-"""clipdg-nb: few-shot CLIP fine-tuning under WILDS distribution shift (FMoW, iWildCam).
+"""clipdg-nb: few-shot CLIP fine-tuning under WILDS distribution shift (FMoW, iWildCam, Camelyon17).
 
-The study's helper library under the numbered notebooks, read top to bottom:
-datasets -> images -> models -> train / averaging -> evaluate -> runs, with `config` (what a run
-is), `methods` (name -> how to run it) and `analysis` / `tables` / `plots` / `widgets` for the
-notebooks. The machinery that runs notebooks lives in `clipdg_nb.pipeline`.
+A map of the package, in the order data flows (`parameters/*.yaml -> pipeline -> notebook -> here`):
+
+    the study's core
+      config      what a run is: one dataclass per notebook family, and METHODS, one spec per method
+      methods     run(cfg): data -> model -> train / average -> evaluate -> the run folder
+      losses      cross-entropy, FLYP, L2-SP: every loss and per-step hook by name
+      train       fit(): one loop (resume, train an epoch, end the epoch) and its resumable checkpoint
+      averaging   SWA, EMA, WiSE-FT and soups as small pure functions; AVERAGES, the variants fit makes
+      soups       uniform and greedy soups across finished runs, chosen on ID validation
+      evaluate    predictions, WILDS's metrics, calibration, failure cases
+      runs        the run folder as one object: identity, record, predictions, kept weights, the tidy frame
+      inputs      what a run reads (data, weights): there, readable, fitting, and its content identity
+      fingerprint content digests: dataset folders, weights files, the warning a rebuilt cache gives
+      paths       the repository root, the experiment folder, writable folders, the one atomic writer
+      devices     device, precision and the torchrun primitives; progress: per-epoch progress
+    data/         one module per dataset (fmow, iwildcam, camelyon17) + the registry, splits, samplers
+    images/       the decode cache, tensors, batched augmentation;   models/  open_clip, heads, probes
+    analysis/     the experiment-level analysis, tables, figures, the failure browser, coverage
+    pipeline/     experiment files, validation, the papermill runner, reports, Slurm
+    demo/         synthetic WILDS-format data, the tiny pretraining, the offline demo
+
+The names below are what the notebooks use; `import clipdg_nb` itself stays light (each is imported
+on first use), so `clipdg --help` and the analysis do not pay for torch and open_clip.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "run": "methods", "sweep_configs": "config", "selection_metric": "methods",
+    "ZeroShotConfig": "config", "FinetuneConfig": "config", "from_namespace": "config", "METHODS": "config",
+    "Run": "runs", "note_runs": "runs", "say_reused": "runs", "tidy": "runs",
+    "load_dataset": "data", "dataset_spec": "data", "class_names": "data", "DATASETS": "data",
+    "failure_cases": "evaluate", "group_accuracy": "evaluate",
+    "title_suffix": "inputs", "weights_note": "inputs",
+    "make_soups": "soups",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value  # once looked up, an ordinary attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

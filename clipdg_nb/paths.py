@@ -109,18 +109,38 @@ class FolderNotWritableError(PermissionError):
     """A folder results or caches must go to cannot be written; the message names the setting."""
 
 
-def check_writable(folder: str | os.PathLike, what: str) -> Path:
-    """Create `folder` and a temporary file in it (removed again), or raise FolderNotWritableError
-    naming `what` (the setting, e.g. 'output_dir') and the path: before hours of computation, not after."""
-    folder = Path(folder)
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None: the one rule for a
+    writable folder. Writes and removes a temporary file in the nearest existing folder; creates nothing."""
+    folder = probe = Path(folder)
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"{folder} has no existing parent folder"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise FolderNotWritableError(
-            f"{what}: cannot write to {folder} ({type(e).__name__}: {e.strerror or e}). Choose a writable "
-            f"{what}, or fix the folder's permissions; nothing was computed.") from e
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".clipdg-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"cannot write in {probe} ({err.strerror or err})"
+    return None
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create `folder`, or raise FolderNotWritableError naming `what` (the setting, e.g. 'output_dir')
+    and the path: before hours of computation, not after."""
+    folder = Path(folder)
+    why = unwritable(folder)
+    if why is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = f"cannot create it ({type(e).__name__}: {e.strerror or e})"
+    if why is not None:
+        raise FolderNotWritableError(f"{what}: cannot write to {folder}: {why}. Choose a writable {what}, or fix "
+                                     "the folder's permissions; nothing was computed.")
     return folder
 
 

@@ -17,12 +17,10 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path

@@ -30,7 +30,7 @@ import torch
 from .averaging import SOUP_VARIANTS, soup_variants
 from .config import METHODS
 from .runs import WEIGHTS_FILE, Run, load_records
-from .paths import atomic_path, experiment_dir, to_jsonable
+from .paths import experiment_dir, to_jsonable
 
 # What must agree between ingredients: the same data subset rule and the same architecture and
 # starting point, so that their weights can be averaged (learning rate, seed, epochs... may differ).

@@ -18,14 +18,17 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint, devices
+from . import devices
 from .averaging import AVERAGES, swa_epochs
 from .data import SAMPLERS
 from .images.augment import BatchAugment
 from .devices import autocast, resolve_precision
 from .losses import cross_entropy
+from .paths import atomic_path
 from .progress import EpochProgress, progress_mode
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -200,7 +203,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
                                  chosen.best_epoch, time.perf_counter() - epoch_started)
         if ckpt is not None and world.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            checkpoint.save(ckpt, model, optimizer, averages, chosen.best_state,
+            save_checkpoint(ckpt, model, optimizer, averages, chosen.best_state,
                             {"epoch": epoch, "params": fingerprint, **chosen.meta()})
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
@@ -217,21 +220,21 @@ def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedu
            chosen: Selection, device: torch.device) -> int | None:
     """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the
     same run (same identity); returns the epoch to start from, None when the checkpoint is another run's."""
-    tensors, meta = checkpoint.load(ckpt)
+    tensors, meta = load_checkpoint(ckpt)
     if meta.get("params") != fingerprint:
         return None
-    model.load_state_dict({k: v.to(device) for k, v in checkpoint.take(tensors, "model").items()})
+    model.load_state_dict({k: v.to(device) for k, v in checkpoint_part(tensors, "model").items()})
     with warnings.catch_warnings():  # replaying the schedule without optimizer steps is the point
         warnings.simplefilter("ignore", UserWarning)
         for epoch in range(meta["epoch"] + 1):
             schedule.end_epoch(epoch)
-    checkpoint.restore_optimizer(optimizer, tensors, meta["optim_groups"])
+    restore_optimizer(optimizer, tensors, meta["optim_groups"])
     for name, acc in averages.items():
         if f"{name}_meta" in meta:
-            acc.load_state(checkpoint.take(tensors, name), meta[f"{name}_meta"])
-    chosen.best_state = checkpoint.take(tensors, "best") or None
+            acc.load_state(checkpoint_part(tensors, name), meta[f"{name}_meta"])
+    chosen.best_state = checkpoint_part(tensors, "best") or None
     chosen.history, chosen.best_score, chosen.best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
-    checkpoint.restore_rng(tensors)
+    restore_rng(tensors)
     return meta["epoch"] + 1
 
 
@@ -265,3 +268,62 @@ def select(chosen: Selection, model: torch.nn.Module, evaluate: Callable, epoch:
     if score > chosen.best_score:
         chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
     return score
+
+
+# ---------------------------------------------------------------------------------------------
+# The resumable checkpoint: one safetensors file per run holding the weights, the optimizer state,
+# the SWA / EMA averages, the best weights so far and the RNG state, with the JSON-able rest (epoch,
+# history, parameters) in its header. Written to a unique temporary name and renamed into place, so
+# a reader never sees half a checkpoint and two writers never collide.
+# ---------------------------------------------------------------------------------------------
+
+META_KEY = "clipdg_nb.train"
+
+
+def save_checkpoint(path: Path, model, optimizer, averages: dict, best_state: dict | None, meta: dict) -> None:
+    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    for pid, state in opt_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value).detach().cpu()
+    meta = dict(meta, optim_groups=opt_state["param_groups"])
+    for prefix, acc in averages.items():
+        if acc is not None and acc.n_averaged > 0:
+            acc_tensors, meta[f"{prefix}_meta"] = acc.state()
+            tensors.update({f"{prefix}.{k}": v for k, v in acc_tensors.items()})
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    # Contiguous clones: tensors sharing storage (tied weights) must serialise independently.
+    tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    with safe_open(str(path), "pt") as fh:
+        meta = json.loads(fh.metadata()[META_KEY])
+    return load_file(str(path)), meta
+
+
+def checkpoint_part(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
+    state: dict = {}
+    for key, value in checkpoint_part(tensors, "optim").items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for group in groups:  # JSON turned tuples into lists
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def restore_rng(tensors: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)

@@ -127,19 +127,19 @@ def test_run_reports_unwritable_output_and_cache_up_front(tmp_path, monkeypatch)
         methods.run(ZeroShotConfig(output_dir=str(blocker / "runs"), cache_dir=str(tmp_path / "cache")))
     msg = str(err.value)
     assert isinstance(err.value, PermissionError)
-    assert msg.startswith(f"output_dir: cannot write to {blocker / 'runs' / 'scratch'} (")
+    assert msg.startswith(f"output_dir: cannot write to {blocker / 'runs' / 'scratch'}: {blocker} is a file")
     assert "nothing was computed" in msg
-    with pytest.raises(FolderNotWritableError, match=rf"^cache_dir: cannot write to {blocker / 'cache'} \("):
+    with pytest.raises(FolderNotWritableError, match=rf"^cache_dir: cannot write to {blocker / 'cache'}: "):
         methods.run(ZeroShotConfig(output_dir=str(tmp_path / "runs"), cache_dir=str(blocker / "cache")))
     assert not list((tmp_path / "runs").rglob("*.lock"))  # not even the run was claimed
     # an existing folder that refuses files (what chmod 500 does to anyone but root)
-    import clipdg_nb.runs
+    import clipdg_nb.paths
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(clipdg_nb.runs.tempfile, "NamedTemporaryFile", refuse)
-    with pytest.raises(FolderNotWritableError, match=rf"^output_dir: cannot write to {tmp_path / 'runs' / 'scratch'} "
-                                                     r"\(PermissionError: Permission denied\)"):
+    monkeypatch.setattr(clipdg_nb.paths.tempfile, "mkstemp", refuse)
+    with pytest.raises(FolderNotWritableError, match=rf"^output_dir: cannot write to {tmp_path / 'runs' / 'scratch'}: "
+                                                     r"cannot write in .* \(Permission denied\)"):
         methods.run(ZeroShotConfig(output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache")))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipdg_nb.analysis import figures, plots
+from clipdg_nb.analysis import figures
 from clipdg_nb.evaluate import group_accuracy
 
 

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from clipdg_nb import methods, train

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdg_nb.images import cache as image_cache, decode as image_decode
+from clipdg_nb.images import decode as image_decode
 from clipdg_nb.data import fraction_indices, load_dataset, split_indices
 from clipdg_nb.images import (CachedImages, ImageDecodeError, PILImages, SplitCache, decode_split, image_path,
                               image_split, prepare_splits, resize_crop)

@@ -10,7 +10,7 @@ import nbformat
 import papermill
 import pytest
 
-from clipdg_nb.config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, from_params, tuned_lists
+from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params, tuned_lists
 from clipdg_nb.data import VALIDATION_SPLITS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

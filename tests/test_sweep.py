@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from clipdg_nb.pipeline import experiment as sweep_experiment, runner as sweep_runner, slurm as sweep_slurm
+from clipdg_nb.pipeline import experiment as sweep_experiment, runner as sweep_runner
 from clipdg_nb.cli import main
 
 PARAMS = '''x = 0  # the grid value

@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 
-from clipdg_nb import checkpoint, methods, train
+from clipdg_nb import methods, train
 from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
 from clipdg_nb.data import load_dataset, prompt_templates, class_names, render_prompt, split_indices
@@ -226,7 +226,7 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(easy_root, 
     with pytest.raises(train.NonFiniteLossError, match="lr=.*last good checkpoint"):
         train.fit(model, images, groups, cfg, normalize=Normalize((0.5,) * 3, (0.5,) * 3),
                   device=torch.device("cpu"), evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path, progress=False)
-    _, meta = checkpoint.load(tmp_path / train.CHECKPOINT)
+    _, meta = train.load_checkpoint(tmp_path / train.CHECKPOINT)
     assert meta["epoch"] == 0  # epoch 1 finished and was kept
 
 

@@ -18,7 +18,7 @@ import base64
 import html
 import io
 import json
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

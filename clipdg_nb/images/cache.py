@@ -413,7 +413,7 @@ class SplitCache:
             return 0
         sums, arr, bad = self.sums(), (self.open() if array is None else array), []
 
-        def check(part: np.ndarray) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
+        def check(part: np.ndarray, arr=arr) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
             if sums is None:
                 return np.zeros(len(part), dtype=bool)
             block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]

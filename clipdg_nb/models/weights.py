@@ -18,6 +18,16 @@ import torch
 from torch import nn
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
+
+
+def names_a_file(value) -> bool:
+    """Whether a `pretrained` / `vision_weights` value names a weights file (a path, or a name with a
+    weights suffix) rather than a tag ('openai', 'imagenet') or a scheme ('hf-hub:', 'local-dir:'):
+    the one rule for "is this a weights file" (validation, the loader's error, the missing-inputs check)."""
+    text = str(value)
+    return (isinstance(value, (str, Path)) and not _SCHEME.match(text)
+            and ("/" in text or os.sep in text or text.lower().endswith(WEIGHT_SUFFIXES + (".npz",))))
 
 
 class WeightsFileError(ValueError):

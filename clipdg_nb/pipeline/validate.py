@@ -18,20 +18,18 @@ import ast
 import numbers
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
 from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
-from ..paths import rooted_at
+from ..models.weights import names_a_file
+from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _KEY = re.compile(r"\s*([A-Za-z_]\w*)")
 _NAMED = re.compile(r"\b([A-Za-z_]\w*)=")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
 
 
 class ValidationError(ExperimentError):
@@ -129,30 +127,6 @@ def _resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written in `folder` (created if missing), or None. Writes and removes a
-    temporary file in the nearest existing folder; creates nothing."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            return f"{folder} has no existing parent folder"
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    try:
-        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".clipdg-write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        return f"cannot write in {probe} ({err.strerror or err})"
-    return None
-
-
-def looks_like_file(value) -> bool:
-    return (isinstance(value, str) and not _SCHEME.match(value)
-            and ("/" in value or os.sep in value or value.lower().endswith(WEIGHT_SUFFIXES)))
-
-
 def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | None]) -> list[str]:
     """The data a config reads, its weight files, and the folders it writes into. A value that was
     put back to its default after an error (`reset`) is not the user's and is not checked."""
@@ -182,7 +156,7 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
 
 def missing_file(key: str, value, root: Path) -> str | None:
     """The problem of a weights parameter naming a file that is not there, or None."""
-    if not looks_like_file(value) or _resolve(root, value).is_file():
+    if not names_a_file(value) or _resolve(root, value).is_file():
         return None
     cov = re.search(r"coverage-([0-9.]+)", str(value))
     make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
