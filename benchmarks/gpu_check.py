@@ -529,7 +529,7 @@ def main(argv=None) -> int:
     text = f"{head}\n\n{table.markdown()}\n"
     print("\n" + text)
     if args.out:
-        from clipdg_nb.runs import atomic_path
+        from clipdg_nb.paths import atomic_path
         rates = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ctx.rates.items()}
         record = json.dumps({"device": device_name(ctx), "torch": torch.__version__, "smoke": smoke,
                              "seconds": round(took, 1), "rates": rates, "rows": table.rows}, indent=1)

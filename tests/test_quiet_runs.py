@@ -77,7 +77,7 @@ def test_a_notebook_run_through_the_runner_prints_no_kernel_error(tmp_path, capf
 
 
 def test_pretraining_says_random_init_once_in_its_own_words(tmp_path, capfd, caplog):
-    from clipdg_nb.pipeline.pretrain import PretrainConfig, pretrain_tiny
+    from clipdg_nb.demo.pretrain import PretrainConfig, pretrain_tiny
     lines = []
     cfg = PretrainConfig(n_images=40, steps=1, batch_size=8, supervised_steps=1)
     with caplog.at_level(logging.WARNING):

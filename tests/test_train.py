@@ -85,8 +85,9 @@ def test_finished_run_is_not_redone(easy_root, run_kwargs):
     cfg = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", **run_kwargs)
     first = methods.run(cfg)
     stamp = (Run.of(cfg).path / "result.json").stat().st_mtime_ns
-    assert methods.run(cfg) == first
+    assert methods.run(cfg) == {**first, "reused": True}  # read back, and said so (not in result.json)
     assert (Run.of(cfg).path / "result.json").stat().st_mtime_ns == stamp
+    assert "reused" not in Run.of(cfg).record()
     methods.run(cfg, force=True)
     assert (Run.of(cfg).path / "result.json").stat().st_mtime_ns != stamp
 

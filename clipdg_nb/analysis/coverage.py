@@ -1,7 +1,7 @@
 """Does pre-training corpus coverage drive CLIP's robustness? The analysis of a coverage ablation.
 
 `clipdg pretrain-tiny --coverage C` pretrains the tiny CLIP on a corpus whose captions name a share
-C of the target concepts (`pipeline/pretrain.py`); its vision-only twin sees the same images with
+C of the target concepts (`demo/pretrain.py`); its vision-only twin sees the same images with
 the same labels at every coverage. A run's coverage is read from the weights it started from: the
 record's `params.pretrained` file sits in a pretraining folder whose `meta.json` holds the coverage
 (a folder named `coverage-C` says it too). Then, per coverage, CLIP minus vision-only on the OOD

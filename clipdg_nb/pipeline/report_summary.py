@@ -165,7 +165,7 @@ def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> D
     heads = runs[runs["headline"]].drop_duplicates("run_id")
     counts = {"runs": int(len(heads)), "seeds": int(heads["seed"].nunique()),
               "methods": sorted(map(str, heads["method"].unique())),
-              "fractions": sorted(float(f) for f in heads.loc[heads["method"] != "zeroshot", "fraction"].unique())}
+              "fractions": sorted(float(f) for f in heads.loc[heads["fraction"] > 0, "fraction"].unique())}  # 0: zero-shot
     interval = f"bars: {LEVEL:.0%} interval over seeds (none with one seed)"
 
     def curves(split):
@@ -264,7 +264,7 @@ def write_downloads(out_dir: Path, records: list[dict], findings: pd.DataFrame) 
     """`results.csv|json` and `findings.csv|json` in `out_dir` (written atomically). JSON is pandas'
     'split' form (columns once, then rows: `pd.read_json(path, orient="split")`), which keeps the
     results file about the size of the CSV. Returns {name: {"csv", "json", "rows", "what"}}."""
-    from ..runs import write_bytes
+    from ..paths import write_bytes
 
     out = {}
     for name, frame in (("results", results_table(records)), ("findings", findings)):
