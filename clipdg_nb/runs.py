@@ -301,6 +301,11 @@ TIDY_COLUMNS = ("run_id", "experiment", "dataset", "method", "setting", "fractio
                 "variant", "headline", "split", "metric", "value")
 
 
+def is_run_record(record) -> bool:
+    """Whether a parsed result.json is a run's record (a notebook may note folders holding other JSON)."""
+    return isinstance(record, Mapping) and "metrics" in record and "selection" in record
+
+
 def tidy(records: list[Mapping]) -> pd.DataFrame:
     """Run records as one tidy frame: a row per (run, weight variant, split, metric). `headline`
     marks the variant reported in `metrics` (filter on it for one number per run)."""

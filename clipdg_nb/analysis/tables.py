@@ -191,9 +191,9 @@ def results_table(records: Iterable[Mapping]) -> pd.DataFrame:
     already has (dataset, method, fraction, seed, lr) is not repeated."""
     import json
 
-    from ..runs import TIDY_COLUMNS, tidy
+    from ..runs import TIDY_COLUMNS, is_run_record, tidy
 
-    records = list(records)
+    records = [r for r in records if is_run_record(r)]
     # one record at a time, then the settings repeated by position: two output folders may hold runs
     # of one id (an ablation beside a sweep), so a join on run_id could pair a row with the wrong run
     parts = [tidy([rec]) for rec in records]

@@ -337,14 +337,14 @@ def stage_groups(group: list[dict], level: float = 0.95) -> list[dict]:
     """A stage's runs by dataset, method and fraction (and weight variant, lr): each dataset's ID and
     OOD headline metric, mean [interval] over seeds, and links to the points that ran them."""
     from ..analysis.tables import headline_table
-    from ..runs import tidy
+    from ..runs import is_run_record, tidy
 
-    records = [r for e in group for r in e["info"]["records"]]
+    records = [r for e in group for r in e["info"]["records"] if is_run_record(r)]
     if not records:
         return []
     pages = {}
     for e in group:
-        for r in e["info"]["records"]:
+        for r in filter(is_run_record, e["info"]["records"]):
             key = (r.get("dataset"), r.get("method"), _fmt(r.get("fraction")), _lr_label(r.get("lr")))
             if e["page"]:
                 pages.setdefault(key, {})[f"s{r.get('seed')}"] = e["page"].rsplit("/", 1)[-1]

@@ -20,7 +20,7 @@ from .. import analysis
 from ..analysis import figures, plots
 from ..analysis.tables import results_table, variant_table
 from ..data import DATASETS, SPLIT_TITLES, headline_metric
-from ..runs import tidy
+from ..runs import is_run_record, tidy
 
 ID_SPLIT, OOD_SPLIT, SELECT_SPLIT, LEVEL = "id_test", "test", "id_val", 0.95
 CLIP_METHOD, VISION_METHOD = "finetune", "vision_only"
@@ -234,7 +234,7 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
     """The summary of one experiment's (record, folder) pairs: per dataset findings and figures,
     data kind (synthetic / tiny), provenance. A dataset whose analysis fails gets its error shown
     (and warned), not a blank section."""
-    main, side = main_and_side(records)
+    main, side = main_and_side([(r, f) for r, f in records if is_run_record(r)])
     frame = tidy(main) if main else None
     all_records = [r for r, _ in records]
     datasets = []
