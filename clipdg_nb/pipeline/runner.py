@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,9 @@ from typing import Callable
 
 from ..runs import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
+from .kernel import preload_for, start_zygote, stop_zygote
 from .oserrors import describe_os_error
-from .point import PointResult, failure_info, is_done, run_point, set_env
+from .point import STAGES, PointResult, failure_info, is_done, run_point, set_env
 from .validate import validate_experiment
 
 __all__ = ["PointResult", "SweepSummary", "is_done", "run_experiment", "run_point", "select_stages", "visible_gpus"]
@@ -100,13 +102,19 @@ def watch_parent(parent: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
 
 
-def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
+def _init_worker(gpus, threads: dict, parent: int | None = None, preload=None) -> None:
     if parent is not None:
         watch_parent(parent)
     # Each worker process owns one GPU for its lifetime: the kernels it starts inherit the variable.
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ.update(threads)
+    if preload is not None and start_zygote(preload) is not None:
+        # its imports run while this worker gets going; waited for when the worker ends (pool
+        # workers skip atexit), so its kernels' CPU time counts in the runner's children
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, stop_zygote, exitpriority=10)
 
 
 def _run_point_job(point_json: dict, force: bool, wait: bool, since: float) -> PointResult:
@@ -147,7 +155,31 @@ class SweepSummary:
                      if p.is_file()] if r.output else []
             see = f" (see {' and the executed notebook '.join(map(str, files))})" if files else ""
             lines.append(f"  FAILED {r.stage}/{r.name}: {r.error}{see}")
-        return "\n".join(lines + self.format_warnings())
+        return "\n".join(lines + self.format_stages() + self.format_warnings())
+
+    def stage_totals(self) -> dict[str, float]:
+        """Seconds per stage (`point.STAGES`) summed over the points executed in this sweep."""
+        totals: dict[str, float] = {}
+        for r in self.results:
+            for k, v in (r.stages or {}).items():
+                totals[k] = totals.get(k, 0.0) + v
+        return totals
+
+    def format_stages(self) -> list[str]:
+        """Where the executed points' time went: each stage summed over them, the slowest stage and
+        the slowest point (the points overlap in time when they run in parallel)."""
+        timed = [r for r in self.results if r.stages]
+        totals = self.stage_totals()
+        if not timed or not totals.get("total_s"):
+            return []
+        total = totals["total_s"]
+        shown = [(k, totals[k]) for k in STAGES if totals.get(k, 0.0) >= 0.05]
+        worst_key, worst = max(shown, key=lambda kv: kv[1], default=("total_s", total))
+        slowest = max(timed, key=lambda r: r.seconds)
+        return [f"time per stage, summed over {len(timed)} executed point(s) ({total:.1f} s; points in parallel "
+                f"overlap): " + ", ".join(f"{STAGES[k]} {v:.1f}" for k, v in shown),
+                f"  slowest stage: {STAGES.get(worst_key, worst_key)} {worst:.1f} s ({worst / total:.0%}); "
+                f"slowest point: {slowest.stage}/{slowest.name} {slowest.seconds:.1f} s"]
 
     def warned(self) -> dict[str, list[str]]:
         """Each warning the points' kernels wrote -> the points (stage/name) that wrote it."""
@@ -236,7 +268,7 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
                 else:
                     todo.append(p)
             if jobs == 1 or len(todo) <= 1:
-                with set_env(**kernel_thread_env()):
+                with set_env(**kernel_thread_env()), _warm_kernels(todo):
                     deferred = []
                     for p in todo:
                         result = run_point(p, force=force, wait=False, since=since)
@@ -253,6 +285,17 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     return summary
 
 
+@contextmanager
+def _warm_kernels(points):
+    """This process's zygote (`kernel.Zygote`) for the points it runs itself, stopped after them."""
+    if points:
+        start_zygote(preload_for({p.notebook for p in points}))
+    try:
+        yield
+    finally:
+        stop_zygote()
+
+
 def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, record, since: float) -> None:
     import multiprocessing
 
@@ -264,7 +307,8 @@ def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, 
             queue.put(gpu)
     workers = min(jobs, len(points))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(queue, kernel_thread_env(), os.getpid()))
+                               initargs=(queue, kernel_thread_env(), os.getpid(),
+                                         preload_for({p.notebook for p in points})))
     futures = {pool.submit(_run_point_job, p.to_json(), force, False, since): p for p in points}
     try:
         pending = set(futures)
