@@ -15,7 +15,7 @@ from clipdg_nb.pipeline import kernel
 from clipdg_nb.pipeline.runner import run_experiment
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sweep_faults import make_project  # noqa: E402  (the tiny notebook those tests use)
+from test_sweep_faults import make_project  # the tiny notebook those tests use
 
 PROBE = '''import json, os, sys
 probe = {"pid": os.getpid(), "ppid": os.getppid(), "parent_env": os.environ.get("JPY_PARENT_PID"),

@@ -2,7 +2,7 @@
 renamed into place and marked done only on success.
 
     <point>.ipynb          the last successful execution (never half written)
-    <point>.done.json      its parameters and run folders; a rerun with the same ones skips it
+    <point>.done.json      its parameters, run folders and stage times; a rerun with the same ones skips it
     <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
     <point>.lock           held by the one process executing the point
 
