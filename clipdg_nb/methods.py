@@ -191,9 +191,10 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
         model, (mean, std, size) = initial_model(ctx)
         train_last_blocks(model, cfg.train_blocks)
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        train_idx = ctx.train_indices()
+        train_idx, data_started = ctx.train_indices(), time.perf_counter()
         train_images = ctx.images(train_idx, size)
         split_images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+        data_s = time.perf_counter() - data_started  # decoding (or reading the decode cache)
     norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
 
     def logits_of(m, split):
@@ -221,13 +222,19 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
             states[f"wise_ft_{alpha:g}"] = state
     started, logits = time.perf_counter(), {}
     for variant, state in states.items():
+        # weights equal to an earlier variant's (e.g. the best epoch is the last) give its logits
+        same = next((v for v in logits if states[v].keys() == state.keys()
+                     and all(torch.equal(states[v][k], state[k]) for k in state)), None)
+        if same is not None:
+            logits[variant] = logits[same]
+            continue
         model.load_state_dict(state)
         logits[variant] = {s: logits_of(model, s) for s in cfg.eval_splits}
     selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
     extra = {"history": trained.history, "n_train": int(len(train_idx)),
              "resumed_from_epoch": trained.resumed_from_epoch,
              "kept_weights": Run.of(cfg).keep_weights(trained.last_state) if cfg.keep_weights else None,
-             "timings": {"train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
+             "timings": {"data_s": data_s, "train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
     return Outcome(logits, selection, extra)
 
 
@@ -305,19 +312,22 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
             return {**target.record(), "reused": True} if world.is_main else None
         started = time.perf_counter()
         ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
+        load_s = time.perf_counter() - started
         outcome = end_to_end(ctx, progress=progress) if ctx.method.end_to_end else BUILDERS[ctx.method.trains](ctx)
         if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
             return None
-        return _finish(target, ctx, outcome, time.perf_counter() - started)
+        return _finish(target, ctx, outcome, time.perf_counter() - started, load_s)
     finally:
         if lock is not None:
             lock.release()
         world.barrier()
 
 
-def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict:
-    """Metrics per variant and split, predictions, the record: built aside, renamed into place."""
-    cfg = ctx.cfg
+def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float, load_s: float = 0.0) -> dict:
+    """Metrics per variant and split, predictions, the record: built aside, renamed into place.
+    `timings` (seconds): data_s (loading the dataset, decoding images), train_s and eval_s (logits)
+    where the method reports them, write_s (metrics, predictions, calibration, the record)."""
+    cfg, write_started = ctx.cfg, time.perf_counter()
     spec = ctx.method
     headline = spec.variants[0]
     variants = {}
@@ -333,6 +343,9 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float) -> dict
     extra["calibration"] = calibration_record(outcome.logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits},
                                               getattr(cfg, "select_split", None))
     timings = {**extra.pop("timings", {}), "total_s": seconds}
+    timings["data_s"] = load_s + timings.get("data_s", 0.0)
+    timings["write_s"] = time.perf_counter() - write_started
+    timings["total_s"] += timings["write_s"]
     record = {
         "run_id": target.id, "experiment": cfg.experiment, "dataset": cfg.dataset, "method": cfg.method,
         "fraction": cfg.fraction if spec.trains != "nothing" else 0.0, "seed": cfg.seed,

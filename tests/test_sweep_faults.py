@@ -419,4 +419,4 @@ def test_what_the_points_warned_is_printed_at_the_end_of_the_run(tmp_path, capsy
     assert out[0] == "3 done, 0 skipped (already done), 0 failed"
     assert out[1].startswith("1 warning(s) from the points")
     assert out[2] == "  WARNING CacheRebuiltWarning: decoded cache of point 1 was damaged; rebuilt [s/x-1]"
-    assert len(out) == 3
+    assert out[3].startswith("time per stage, summed over 3 executed point(s)") and len(out) == 5

@@ -7,7 +7,9 @@ not). `show` displays one output holding both: plotly's mimetype, which the jupy
 extension draws without trust, and HTML (a `<div>` plus the script that draws it), which nbconvert
 and `clipdg report` use. plotly.js itself (~4.8 MB) is put inline once per notebook
 (`setup_notebook()`, or the first `show`) for a plain `jupyter nbconvert`; `clipdg report` strips it
-and loads it once per report folder. Nothing comes from a CDN.
+and loads it once per report folder. Nothing comes from a CDN. Notebooks executed by `clipdg run`
+(which sets $CLIPDG_INLINE_PLOTLYJS=0) leave it out: it made each executed notebook ~5 MB, written
+again at every cell by papermill, only for the report to strip it.
 
 The failure gallery is static HTML (thumbnails as inline base64 PNG) for the same reason:
 widget callbacks do not run in an exported report.
@@ -18,6 +20,7 @@ import base64
 import html
 import io
 import json
+import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -28,6 +31,7 @@ from ..data import GROUP_FIELDS
 from .figures import require_columns  # one check for every figure's columns
 
 _PLOTLYJS_SENT = False
+INLINE_PLOTLYJS_ENV = "CLIPDG_INLINE_PLOTLYJS"  # "0": no plotly.js inline (set by the sweep runner)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -43,16 +47,23 @@ def plotlyjs_html() -> str:
     return f'<script type="text/javascript">{get_plotlyjs()}</script>'
 
 
+def inline_plotlyjs() -> bool:
+    """Whether plotly.js goes inline into the notebook (not under `clipdg run`: its reports load it)."""
+    return os.environ.get(INLINE_PLOTLYJS_ENV, "1").strip() != "0"
+
+
 def setup_notebook() -> None:
     """Put plotly.js inline in this cell's output; later `show(fig)` calls reuse it.
 
     Call it in the notebook's first code cell: re-running that cell re-sends plotly.js, so the
-    figures keep working after outputs were cleared in JupyterLab.
+    figures keep working after outputs were cleared in JupyterLab. Under `clipdg run` it displays
+    nothing (`inline_plotlyjs`).
     """
     global _PLOTLYJS_SENT
     from IPython.display import HTML, display
 
-    display(HTML(plotlyjs_html()))
+    if inline_plotlyjs():
+        display(HTML(plotlyjs_html()))
     _PLOTLYJS_SENT = True
 
 
@@ -80,7 +91,7 @@ def show(fig: go.Figure) -> None:
     global _PLOTLYJS_SENT
     from IPython.display import display
 
-    display(figure_bundle(fig, include_plotlyjs=not _PLOTLYJS_SENT), raw=True)
+    display(figure_bundle(fig, include_plotlyjs=not _PLOTLYJS_SENT and inline_plotlyjs()), raw=True)
     _PLOTLYJS_SENT = True
 
 

@@ -2,7 +2,7 @@
 renamed into place and marked done only on success.
 
     <point>.ipynb          the last successful execution (never half written)
-    <point>.done.json      its parameters and run folders; a rerun with the same ones skips it
+    <point>.done.json      its parameters, run folders and stage times; a rerun with the same ones skips it
     <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
     <point>.lock           held by the one process executing the point
 
@@ -24,13 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .kernel import IPCKernelManager
-from ..runs import Run
+from .kernel import WarmKernelManager
+from ..runs import RESULT_FILE, Run
 from ..paths import ENV_VAR, MANIFEST_ENV, atomic_path, read_json, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Point
 from .oserrors import describe_os_error, out_of_space, space_note
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# = analysis.plots.INLINE_PLOTLYJS_ENV (not imported: plotly stays out of the runner). "0": the
+# executed notebooks hold no plotly.js (~5 MB each, saved by papermill at every cell); the reports
+# load it once per folder, JupyterLab draws plotly's mimetype with its extension.
+INLINE_PLOTLYJS_ENV = "CLIPDG_INLINE_PLOTLYJS"
 
 
 @dataclass
@@ -42,6 +46,7 @@ class PointResult:
     error: str | None = None
     output: str | None = None
     warnings: list = field(default_factory=list)  # warning lines the notebook's kernel wrote to stderr
+    stages: dict = field(default_factory=dict)  # seconds per stage (`stage_times`), for executed points
 
 
 def is_done(point: Point) -> bool:
@@ -133,6 +138,72 @@ def notebook_warnings(nb) -> list[str]:
     return found
 
 
+# Where a point's time goes, in the order it is spent (seconds; `stage_times`).
+STAGES = {
+    "kernel_start_s": "kernel start",        # papermill's start to the first cell (a new kernel, ready)
+    "imports_s": "imports",                  # the cells up to the first one after the parameters (imports, setup)
+    "data_s": "data",                        # the runs: loading the dataset, decoding images (run records' timings)
+    "train_s": "training",                   # the runs: train.fit
+    "eval_s": "evaluation",                  # the runs: logits of every weight variant on every split
+    "write_s": "writing",                    # the runs: WILDS metrics, predictions, calibration, the record
+    "run_other_s": "models & features",      # the runs' other time: loading models, frozen features, probe fits
+    "cells_other_s": "other cells",          # the notebook's other cells (tables, figures, browsers)
+    "papermill_s": "notebook saves",         # papermill between cells (it saves the notebook at each cell's start and end)
+    "kernel_end_s": "kernel shutdown",       # the last cell's end to papermill's end
+    "outside_s": "runner",                   # the point's wall time outside papermill's clock (reading, marker, lock)
+}
+
+
+def _iso_seconds(value) -> float | None:
+    if not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def stage_times(nb, records=(), seconds: float | None = None) -> dict:
+    """Seconds per stage of one executed point (keys of STAGES, plus total_s), from what papermill
+    stores in the notebook (its start and end, each cell's start and end) and the `timings` of the
+    run records the point wrote (`records`); `seconds`: the point's wall time as the runner saw it.
+    Stages that cannot be told apart (a notebook without papermill's metadata) are left out."""
+    meta = (getattr(nb, "metadata", None) or {}).get("papermill") or {}
+    start, end = _iso_seconds(meta.get("start_time")), _iso_seconds(meta.get("end_time"))
+    cells = [(c, (c.get("metadata") or {}).get("papermill") or {}) for c in getattr(nb, "cells", [])]
+    ran = [(c, m, _iso_seconds(m.get("start_time")), _iso_seconds(m.get("end_time"))) for c, m in cells]
+    ran = [(c, m, a, b) for c, m, a, b in ran if a is not None and b is not None]
+    out: dict = {}
+    if start is None or end is None or not ran:
+        if seconds is not None:
+            out["total_s"] = round(seconds, 3)
+        return out
+    # the imports: every code cell up to and including the first one after the parameters cells
+    tags = [set((c.get("metadata") or {}).get("tags") or []) for c, *_ in ran]
+    after = max((i for i, t in enumerate(tags) if t & {"parameters", "injected-parameters"}), default=-1)
+    first = next((i for i in range(after + 1, len(ran)) if ran[i][0].get("cell_type") == "code"), after)
+    durations = [b - a for *_, a, b in ran]
+    imports = sum(durations[:first + 1])
+    runs = {k: 0.0 for k in ("data_s", "train_s", "eval_s", "write_s")}
+    runs_total = 0.0
+    for record in records:
+        timings = (record or {}).get("timings") or {}
+        for k in runs:
+            runs[k] += float(timings.get(k) or 0.0)
+        runs_total += float(timings.get("total_s") or 0.0)
+    known_runs = sum(runs.values())
+    cells_after = sum(durations[first + 1:])
+    out = {"kernel_start_s": ran[0][2] - start, "imports_s": imports, **runs,
+           "run_other_s": max(runs_total - known_runs, 0.0),
+           "cells_other_s": max(cells_after - max(runs_total, known_runs), 0.0),
+           "papermill_s": max((ran[-1][3] - ran[0][2]) - sum(durations), 0.0),
+           "kernel_end_s": max(end - ran[-1][3], 0.0)}
+    if seconds is not None:
+        out["outside_s"] = max(seconds - (end - start), 0.0)
+        out["total_s"] = seconds
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def _read_notebook(path: Path):
     """The notebook at `path`, parsed and checked against the schema; None if it does not parse."""
     import nbformat
@@ -202,17 +273,17 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
     fd, manifest = tempfile.mkstemp(dir=point.output.parent, prefix=f".{point.name}.runs.jsonl.")
     os.close(fd)
     manifest = Path(manifest)
-    start, found = time.perf_counter(), []
+    start, wall_start, found, nb = time.perf_counter(), time.time(), [], None
     try:
         try:
             # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
-            with set_env(**{MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root)}), \
+            with set_env(**{MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root), INLINE_PLOTLYJS_ENV: "0"}), \
                     atomic_path(point.output, suffix=".ipynb") as tmp:
                 try:
                     nb = papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
                                                     kernel_name="python3", cwd=str(point.root),
                                                     progress_bar=False, log_output=log_output,
-                                                    kernel_manager_class=IPCKernelManager)
+                                                    kernel_manager_class=WarmKernelManager)
                     found = notebook_warnings(nb)
                 except BaseException:
                     found = _keep_failed(tmp, point.failed_notebook_path)
@@ -230,7 +301,6 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
                           f"{werr.strerror or werr})")
             return PointResult(point.stage, point.name, "failed", time.perf_counter() - start,
                                error, str(point.output), found)
-        seconds = time.perf_counter() - start
         run_dirs = []
         for line in manifest.read_text(encoding="utf-8").splitlines():
             d = Path(json.loads(line))
@@ -240,14 +310,32 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
                 run_dirs.append(rel)
     finally:
         manifest.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    stages = stage_times(nb, _records_written(point, run_dirs, wall_start), seconds)
     write_json(point.done_path, {
         "experiment": point.experiment, "stage": point.stage, "point": point.name,
         "notebook": str(point.notebook), "parameters": point.parameters, "run_dirs": run_dirs,
-        "output": str(point.output), "seconds": seconds,
+        "output": str(point.output), "seconds": seconds, "stages": stages,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     point.failed_path.unlink(missing_ok=True)  # a success leaves no stale failure behind
     point.failed_notebook_path.unlink(missing_ok=True)
-    return PointResult(point.stage, point.name, "done", seconds, output=str(point.output), warnings=found)
+    return PointResult(point.stage, point.name, "done", seconds, output=str(point.output), warnings=found,
+                       stages=stages)
+
+
+def _records_written(point: Point, run_dirs: list[str], since: float) -> list[dict]:
+    """The records of the runs this execution wrote (a run reused from an earlier sweep took no time
+    here; its record holds the timings of the execution that wrote it)."""
+    records = []
+    for d in run_dirs:
+        run = Run(point.root / d)
+        try:
+            fresh = (run.path / RESULT_FILE).stat().st_mtime >= since
+        except OSError:
+            continue
+        if fresh:
+            records.append(run.record())
+    return records
 
 
 def _keep_failed(tmp: Path, target: Path) -> list[str]:

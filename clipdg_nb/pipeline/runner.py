@@ -18,6 +18,10 @@
   and each kernel watches its worker (ipykernel's parent poller), so nothing runs on orphaned;
 * never crashes on the OS: a full disk or a vanished folder fails the point, naming the path and
   the free space (`oserrors`), and the sweep goes on;
+* warm kernels: one set of workers for every stage, each with a zygote that imported the heavy
+  libraries once and forks a kernel per point (`kernel.Zygote`);
+* where the time goes: each point's stage times (`point.stage_times`) in its marker, and their sum
+  over the sweep printed at the end (`SweepSummary.format_stages`);
 * warnings reach the terminal: what the points' kernels warned (e.g. a cache found damaged and
   rebuilt) is collected from their notebooks and printed at the end (`SweepSummary.format`).
 """
@@ -38,8 +42,9 @@ from typing import Callable
 
 from ..paths import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
+from .kernel import preload_for, start_zygote, stop_zygote
 from .oserrors import describe_os_error
-from .point import PointResult, failure_info, is_done, run_point, set_env
+from .point import STAGES, PointResult, failure_info, is_done, run_point, set_env
 from .validate import validate_experiment
 
 __all__ = ["PointResult", "SweepSummary", "is_done", "run_experiment", "run_point", "select_stages", "visible_gpus"]
@@ -100,13 +105,19 @@ def watch_parent(parent: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
 
 
-def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
+def _init_worker(gpus, threads: dict, parent: int | None = None, preload=None) -> None:
     if parent is not None:
         watch_parent(parent)
     # Each worker process owns one GPU for its lifetime: the kernels it starts inherit the variable.
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ.update(threads)
+    if preload is not None and start_zygote(preload) is not None:
+        # its imports run while this worker gets going; waited for when the worker ends (pool
+        # workers skip atexit), so its kernels' CPU time counts in the runner's children
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, stop_zygote, exitpriority=10)
 
 
 def _run_point_job(point_json: dict, force: bool, wait: bool, since: float) -> PointResult:
@@ -147,7 +158,31 @@ class SweepSummary:
                      if p.is_file()] if r.output else []
             see = f" (see {' and the executed notebook '.join(map(str, files))})" if files else ""
             lines.append(f"  FAILED {r.stage}/{r.name}: {r.error}{see}")
-        return "\n".join(lines + self.format_warnings())
+        return "\n".join(lines + self.format_warnings() + self.format_stages())
+
+    def stage_totals(self) -> dict[str, float]:
+        """Seconds per stage (`point.STAGES`) summed over the points executed in this sweep."""
+        totals: dict[str, float] = {}
+        for r in self.results:
+            for k, v in (r.stages or {}).items():
+                totals[k] = totals.get(k, 0.0) + v
+        return totals
+
+    def format_stages(self) -> list[str]:
+        """Where the executed points' time went: each stage summed over them, the slowest stage and
+        the slowest point (the points overlap in time when they run in parallel)."""
+        timed = [r for r in self.results if r.stages]
+        totals = self.stage_totals()
+        if not timed or not totals.get("total_s"):
+            return []
+        total = totals["total_s"]
+        shown = [(k, totals[k]) for k in STAGES if totals.get(k, 0.0) >= 0.05]
+        worst_key, worst = max(shown, key=lambda kv: kv[1], default=("total_s", total))
+        slowest = max(timed, key=lambda r: r.seconds)
+        return [f"time per stage, summed over {len(timed)} executed point(s) ({total:.1f} s; points in parallel "
+                f"overlap): " + ", ".join(f"{STAGES[k]} {v:.1f}" for k, v in shown),
+                f"  slowest stage: {STAGES.get(worst_key, worst_key)} {worst:.1f} s ({worst / total:.0%}); "
+                f"slowest point: {slowest.stage}/{slowest.name} {slowest.seconds:.1f} s"]
 
     def warned(self) -> dict[str, list[str]]:
         """Each warning the points' kernels wrote -> the points (stage/name) that wrote it."""
@@ -210,9 +245,23 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
         print(f"jobs={jobs} but {len(gpus)} GPU(s) visible: running {len(gpus)} at once (one point per GPU)",
               file=sys.stderr)
         jobs = len(gpus)
+    since = time.time()  # markers newer than this were written by another process of this sweep
+    # One set of workers (or, with one job, one warm kernel process) for every stage: each zygote
+    # imports its libraries once per sweep, not once per stage.
+    preload = preload_for({s.notebook for s in stages})
+    workers = _Workers(jobs, gpus, min(jobs, max((len(s.points) for s in stages), default=1)), preload) if jobs > 1 else None
+    try:
+        _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload)
+    finally:
+        if workers is not None:
+            workers.close()
+        stop_zygote()
+    return summary
+
+
+def _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload) -> None:
     from tqdm.auto import tqdm
 
-    since = time.time()  # markers newer than this were written by another process of this sweep
     for stage in stages:
         bar = tqdm(total=len(stage.points), desc=f"{experiment.name}/{stage.name}", disable=not progress,
                    unit="point", file=sys.stderr)
@@ -235,8 +284,10 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
                     record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
                 else:
                     todo.append(p)
-            if jobs == 1 or len(todo) <= 1:
+            if workers is None:
                 with set_env(**kernel_thread_env()):
+                    if todo:
+                        start_zygote(preload)  # once; it inherits the thread variables
                     deferred = []
                     for p in todo:
                         result = run_point(p, force=force, wait=False, since=since)
@@ -246,25 +297,44 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
                             record(result)
                     for p in deferred:
                         record(run_point(p, force=force, wait=True, since=since))
-            else:
-                _run_parallel(todo, jobs, gpus, force, record, since)
+            elif todo:
+                _run_parallel(workers.pool(), todo, force, record, since)
         finally:
             bar.close()
-    return summary
 
 
-def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, record, since: float) -> None:
-    import multiprocessing
+class _Workers:
+    """The worker processes of a sweep, made at the first stage that needs them and kept for the
+    next stages (each worker's zygote imports once); made again after a worker died (a broken
+    pool takes no more points)."""
 
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
-    queue = None
-    if gpus:
-        queue = ctx.Queue()
-        for gpu in gpus[:jobs]:
-            queue.put(gpu)
-    workers = min(jobs, len(points))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(queue, kernel_thread_env(), os.getpid()))
+    def __init__(self, jobs: int, gpus: list[str], workers: int, preload):
+        self.jobs, self.gpus, self.workers, self.preload = jobs, gpus, workers, preload
+        self._pool = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        import multiprocessing
+
+        if self._pool is not None and getattr(self._pool, "_broken", False):
+            self.close()
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
+            queue = None
+            if self.gpus:
+                queue = ctx.Queue()
+                for gpu in self.gpus[:self.jobs]:
+                    queue.put(gpu)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(queue, kernel_thread_env(), os.getpid(), self.preload))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _run_parallel(pool: ProcessPoolExecutor, points: list[Point], force: bool, record, since: float) -> None:
     futures = {pool.submit(_run_point_job, p.to_json(), force, False, since): p for p in points}
     try:
         pending = set(futures)
@@ -288,5 +358,7 @@ def _run_parallel(points: list[Point], jobs: int, gpus: list[str], force: bool, 
                     pending.add(again)
                     continue
                 record(result)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an interrupted sweep (Ctrl-C, `on_result` raising): queued points are dropped
+        for fut in futures:
+            fut.cancel()
+        raise
