@@ -296,11 +296,14 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
     if not per_stage:
         return None
     every = [b for sizes_ in per_stage.values() for b in sizes_]
-    each = {round(b / 1e6, 1) for b in every}
-    each_text = f"{min(each):g}-{max(each):g}" if len(each) > 1 else f"{next(iter(each)):g}"
+    each_text = _size(every[0]) if len({_size(b) for b in every}) == 1 else f"{_size(min(every))} .. {_size(max(every))}"
     stages_text = ", ".join(f"stage {name}: {len(b)}" for name, b in per_stage.items())
-    return (f"keep_weights: {len(every)} runs x {each_text} MB = {sum(every) / 1e6:.1f} MB on disk "
+    return (f"keep_weights: {len(every)} runs x {each_text} = {_size(sum(every))} on disk "
             f"({stages_text}; final weights in float16, for model soups)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True,
