@@ -170,3 +170,17 @@ def test_kept_weights_plan_counts_the_runs_that_keep_weights(tmp_path):
     assert line == (f"keep_weights: 6 runs x {each / 1e6:.1f} MB = {6 * each / 1e6:.1f} MB on disk "
                     "(stage soups: 6; final weights in float16, for model soups)")
     assert kept_weights_plan(experiment, [experiment.stage("sweep")]) is None
+
+
+def test_soups_beside_their_runs_are_not_a_setting_of_their_own():
+    """A stage's records (its runs and their soups, as the report's stage page reads them) tidy into
+    one setting per method: a soup's identity (kind, ingredients) is not a setting that splits it off."""
+    records = [{**_run(seed, lr), "identity": {"lr": lr, "seed": seed, "epochs": 4}} for seed in (0, 1) for lr in (1e-3, 3e-4)]
+    soups = [{**_soup(seed), "identity": {"kind": "soup", "ingredients": {f"r{seed}": None}, "select_split": "id_val"}}
+             for seed in (0, 1)]
+    df = runs.tidy(records + soups)
+    assert set(df["setting"]) == {""}
+    runs.check_one_setting(df, "test")  # no error
+    # runs that do differ in a setting are still told apart
+    other = {**_run(2, 1e-3), "identity": {"lr": 1e-3, "seed": 2, "epochs": 8}}
+    assert set(runs.tidy(records + [other])["setting"]) == {"epochs=4", "epochs=8"}
