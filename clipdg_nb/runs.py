@@ -265,7 +265,8 @@ def load_records(folder: str | os.PathLike) -> list[dict]:
 
 # What the tidy frame's own columns already say; every other setting of a run's identity (and the
 # content it read, `inputs`) that differs between runs of one (dataset, method) goes into `setting`.
-_SETTING_SKIPS = ("dataset", "method", "fraction", "seed", "lr")
+# A soup's ingredients (run ids) differ by seed as a run's seed does: not a setting.
+_SETTING_SKIPS = ("dataset", "method", "fraction", "seed", "lr", "ingredients")
 
 
 def _setting_value(value) -> str:
@@ -287,7 +288,8 @@ def setting_labels(records: list[Mapping]) -> list[str]:
         idents.append(ident)
     groups: dict = {}
     for i, r in enumerate(records):
-        groups.setdefault((r.get("dataset"), r.get("method")), []).append(i)
+        # soups (kind 'soup') apart from runs: their identities hold other keys, not other settings
+        groups.setdefault((r.get("dataset"), r.get("method"), r.get("kind")), []).append(i)
     labels = [""] * len(records)
     for members in groups.values():
         keys = sorted({k for i in members for k in idents[i]})

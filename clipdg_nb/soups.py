@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .averaging import SOUP_VARIANTS, soup_variants
@@ -42,6 +43,80 @@ def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
     """The size of a run's kept weights (float entries in float16), header aside: for the disk a
     soup experiment will take, printed before anything runs."""
     return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size()) for v in state.values())
+
+
+def kept_weights_estimate(cfg) -> int:
+    """The bytes one run of `cfg` keeps with keep_weights=True (`kept_weights_bytes` of its final
+    state dict), from its model built on the meta device: nothing allocated, no weights read or
+    downloaded, so the disk an experiment will take can be printed before anything runs. Equal to
+    the kept file's tensors (tests/test_soups.py checks it); the safetensors header comes on top."""
+    import logging
+
+    import open_clip
+
+    from .config import method_spec
+    from .data import dataset_spec
+    from .inputs import vision_image_size
+    from .models.clip import register_tiny_configs
+
+    spec, n = method_spec(cfg.method), dataset_spec(cfg.dataset).n_classes
+    if spec.init == "vision_tower" and cfg.vision_arch != "clip-visual":
+        from .models.vision import vision_only
+        with torch.device("meta"):
+            return kept_weights_bytes(vision_only(n, arch=cfg.vision_arch, image_size=vision_image_size(cfg)).state_dict())
+    register_tiny_configs()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted here
+    try:
+        clip = open_clip.create_model(cfg.model, pretrained=None, device="meta")
+    finally:
+        logging.disable(previous)
+    # as methods.initial_model builds it: the whole CLIP when the text tower trains, else the image
+    # tower and a linear head (frozen text: the zero-shot head; LP-FT: the probe; vision-only: a new one)
+    text_mode = "head" if spec.init in ("probe_first", "vision_tower") else (spec.text_mode or cfg.text_mode)
+    if text_mode == "trainable":
+        return kept_weights_bytes(clip.state_dict())
+    dim = clip.visual.output_dim
+    head = {"head.weight": torch.empty(n, dim, device="meta"), "head.bias": torch.empty(n, device="meta")}
+    return kept_weights_bytes({**clip.visual.state_dict(), **head})
+
+
+def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:
+    """The runs one point of the soup stage (05_model_soups) trains, or reads back when finished:
+    the point's FinetuneConfig at each learning rate in `lrs`, keeping its final weights. Raises,
+    naming the parameter, unless there are 2+ distinct lrs and the method trains weights."""
+    from .config import FinetuneConfig, from_namespace
+    from .pipeline.notebook_params import check_injected
+
+    check_injected(namespace)
+    if isinstance(lrs, (str, int, float)) or len(dict.fromkeys(lrs)) < 2:
+        raise ValueError(f"lrs={lrs!r} must list at least 2 distinct learning rates: a soup averages the "
+                         "runs of one seed over them, e.g. [1.0e-3, 3.0e-4, 1.0e-4]")
+    configs = [from_namespace(FinetuneConfig, namespace, lr=lr, keep_weights=True) for lr in dict.fromkeys(lrs)]
+    if not METHODS[configs[0].method].end_to_end:
+        trained = [name for name, spec in METHODS.items() if spec.end_to_end]
+        raise ValueError(f"method={configs[0].method!r} trains no weights to average; soups are for {trained}")
+    return configs
+
+
+def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
+    """One soup record beside its ingredients, for the notebook: a row per model (each ingredient's
+    final weights, `last`, and both soups) and split, with the dataset's headline metric, whether the
+    greedy soup kept it, and its score on the selection split (the only split the choice read)."""
+    from .data import headline_metric
+
+    rows, greedy = [], set(record["soups"]["greedy_soup"]["ingredients"])
+    scores = record["selection"]["ingredient_scores"]
+    models = [(r["run_id"], f"lr={r['lr']:g}", (r.get("variants") or {}).get("last") or r["metrics"],
+               r["run_id"] in greedy, scores.get(r["run_id"])) for r in ingredients]
+    models += [(record["run_id"], v, record["variants"][v], None, record["soups"][v]["score"])
+               for v in ("uniform_soup", "greedy_soup")]
+    for run_id, model, metrics, kept, score in models:
+        for split, values in metrics.items():
+            metric = headline_metric(record["dataset"], split)
+            rows.append({"model": model, "split": split, "metric": metric, "value": values.get(metric),
+                         "in_greedy_soup": kept, f"{record['selection']['split']}_score": score})
+    return pd.DataFrame(rows)
 
 
 def _common(records: list[dict], key: str):

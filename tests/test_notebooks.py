@@ -1,8 +1,9 @@
-"""The four notebooks, executed by the sweep runner through papermill on tiny synthetic data.
+"""The five notebooks, executed by the sweep runner through papermill on tiny synthetic data.
 
 One small experiment (one point per stage) runs once per session: zero-shot, a sweep point
 (linear probe, fine-tune, tiny vision-only; one epoch), the ablation (which reuses the sweep's
-fine-tune run: same parameters, so the api reads its record back), and the analysis.
+fine-tune run: same parameters, so the api reads its record back), the soups (two lrs, in their own
+output_dir) and the analysis.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def executed(synth_root, tmp_path_factory):
              "params": {**TRAIN, "methods": ["linear_probe", "finetune", "vision_only"], "lrs": [1.0e-3]}},
             {"name": "ablation", "notebook": str(NOTEBOOKS / "03_swa_ablation.ipynb"),
              "params": {**TRAIN, "lr": 1.0e-3, "gallery_size": 2}},
+            {"name": "soups", "notebook": str(NOTEBOOKS / "05_model_soups.ipynb"),
+             "params": {**TRAIN, "lrs": [1.0e-3, 3.0e-4], "output_dir": "outputs/runs/soups"}},
             {"name": "analysis", "notebook": str(NOTEBOOKS / "04_analysis.ipynb")},
         ],
     }
@@ -56,8 +59,8 @@ def _outputs(nb_path: Path):
 def test_every_notebook_runs_without_error(executed):
     root, summary = executed
     failed = {r.name: r.error for r in summary.failed}
-    assert not failed and len(summary.done) == 4, failed
-    for stage in ("zero_shot", "sweep", "ablation", "analysis"):
+    assert not failed and len(summary.done) == 5, failed
+    for stage in ("zero_shot", "sweep", "ablation", "soups", "analysis"):
         outs = _outputs(root / f"outputs/notebooks/nbtest/{stage}/default.ipynb")
         assert not [o for o in outs if o.output_type == "error"]
 
@@ -78,6 +81,36 @@ def test_run_records_and_predictions_written(executed):
     # the ablation's run has the sweep's identity, so it is the same run, reused
     ablation = json.loads((root / "outputs/notebooks/nbtest/ablation/default.done.json").read_text())
     assert [Path(d).name for d in ablation["run_dirs"]] == [ids[0]]
+
+
+def test_the_soup_stage_through_its_notebook(executed):
+    """05 trained two runs that kept their weights, in its own folder, and wrote the soups: every soup
+    variant's numbers are WILDS's own eval on its saved predictions; 04 compared and calibrated them."""
+    from clipdg_nb import soups
+    from clipdg_nb.data import load_dataset
+    from clipdg_nb.evaluate import wilds_metrics
+
+    root, _ = executed
+    [soup] = soups.load_soups(root / "outputs/runs/soups", "nbtest")
+    ingredients = sorted(soup["soups"]["uniform_soup"]["ingredients"])
+    assert [i.rsplit("-", 1)[0] for i in ingredients] == ["fmow-finetune-f0.25-lr0.0003-s0", "fmow-finetune-f0.25-lr0.001-s0"]
+    assert all((root / "outputs/runs/soups/nbtest" / i / "weights/last.safetensors").is_file() for i in ingredients)
+    assert not list((root / "outputs/runs/nbtest").glob("*/weights"))  # the sweep's runs keep none
+    marker = json.loads((root / "outputs/notebooks/nbtest/soups/default.done.json").read_text())
+    assert sorted(Path(d).name for d in marker["run_dirs"]) == sorted([*ingredients, soup["run_id"]])
+    folder = Run(root / "outputs/runs/soups/nbtest/soups" / soup["run_id"])
+    dataset = load_dataset("fmow", soup["root_dir"])  # the session's synthetic folder (an absolute path)
+    for variant in ("greedy_soup", "uniform_soup"):
+        for split in ("id_val", "id_test", "test"):
+            preds = folder.predictions(split, variant=None if variant == "greedy_soup" else variant)
+            assert soup["variants"][variant][split] == pytest.approx(wilds_metrics(dataset, preds["idx"], preds["y_pred"]))
+    text = _text(root / "outputs/notebooks/nbtest/soups/default.ipynb")
+    assert "greedy soup of" in text
+    analysis = _text(root / "outputs/notebooks/nbtest/analysis/default.ipynb")
+    assert "not in the soup stage's runs, so not compared here: ema, wise_ft" in analysis  # the stage set neither
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in
+                   _outputs(root / "outputs/notebooks/nbtest/analysis/default.ipynb"))
+    assert "greedy_soup" in html and "ece_ts" in html  # the comparison and calibration tables
 
 
 def test_a_reused_run_is_said_on_screen(executed):

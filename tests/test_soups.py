@@ -166,6 +166,9 @@ def test_soup_stage_on_the_tiny_model(easy_root, run_kwargs, monkeypatch, method
         assert {v.dtype for v in kept.values() if torch.is_floating_point(v)} == {torch.float16}
         size = record["kept_weights"]["bytes"]
         assert 0 <= size - soups.kept_weights_bytes(kept) < 64 * 1024  # the estimate, less the header
+        # the estimate printed before anything runs (model built on the meta device) is the kept tensors' size
+        from clipdg_nb.config import FinetuneConfig, from_params
+        assert soups.kept_weights_estimate(from_params(FinetuneConfig, record["params"])) == soups.kept_weights_bytes(kept)
 
     read, state = [], {"choosing": False}
     real_evaluate, real_variants = evaluate.evaluate_logits, soups.soup_variants

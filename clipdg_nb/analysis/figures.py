@@ -390,3 +390,57 @@ def wise_ft_curve(variants: pd.DataFrame, id_split: str | None = None, ood_split
 # ---------------------------------------------------------------------------------------------
 # An experiment
 # ---------------------------------------------------------------------------------------------
+
+
+def reliability_diagram(bins_by_model: dict[str, pd.DataFrame], title: str = "Reliability") -> go.Figure:
+    """Reliability diagram(s): per confidence bin, accuracy against mean confidence (top; the
+    diagonal is perfect calibration) and the number of predictions in the bin (bottom), one series
+    per model. `bins_by_model`: {name: `analysis.weight_averaging.reliability_bins(...)`}."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
+    for i, (name, bins) in enumerate(bins_by_model.items()):
+        require_columns(bins, ["low", "high", "count", "confidence", "accuracy"], "reliability_diagram")
+        color = PALETTE[i % len(PALETTE)]
+        filled = bins[bins["count"] > 0]
+        fig.add_scatter(x=filled["confidence"], y=filled["accuracy"], mode="markers+lines", name=str(name),
+                        legendgroup=str(name), marker=dict(color=color), line=dict(color=color),
+                        customdata=filled[["low", "high", "count"]].to_numpy(),
+                        hovertemplate="bin (%{customdata[0]:.2f}, %{customdata[1]:.2f}]: confidence %{x:.3f}, "
+                                      "accuracy %{y:.3f}, n=%{customdata[2]}<extra>" + str(name) + "</extra>",
+                        row=1, col=1)
+        fig.add_bar(x=(bins["low"] + bins["high"]) / 2, y=bins["count"], width=(bins["high"] - bins["low"]) / max(1, len(bins_by_model)),
+                    offset=(-0.5 + i / max(1, len(bins_by_model))) * float((bins["high"] - bins["low"]).iloc[0]),
+                    name=str(name), legendgroup=str(name), showlegend=False, marker_color=color, row=2, col=1)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(color="grey", dash="dot"),
+                    row=1, col=1)
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    fig.update_xaxes(range=[0, 1], title_text="confidence (top-1 probability)", row=2, col=1)
+    fig.update_yaxes(range=[0, 1], title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="predictions", row=2, col=1)
+    fig.update_layout(title=title, height=520)
+    return fig
+
+
+def averaging_gains(comparison: pd.DataFrame, title: str = "Weight averaging against the best single run") -> go.Figure:
+    """Each weight-averaging variant minus the best single run, paired by seed, with its interval
+    (`analysis.weight_averaging.averaging_comparison`): one panel per split (and effective
+    robustness), the variants along x; zero as a grey line."""
+    require_columns(comparison, ["variant", "split", "metric", "diff", "diff_low", "diff_high"], "averaging_gains")
+    rows = comparison.dropna(subset=["diff"])
+    panels = list(dict.fromkeys(rows["split"]))
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), shared_yaxes=False,
+                        subplot_titles=[f"{split_title(s)}: {rows[rows['split'] == s]['metric'].iloc[0]}" if s in SPLITS
+                                        else f"effective robustness ({rows[rows['split'] == s]['metric'].iloc[0]})"
+                                        for s in panels])
+    for col, split in enumerate(panels, start=1):
+        sub = rows[rows["split"] == split]
+        for i, (fraction, part) in enumerate(sub.groupby("fraction", sort=True)):
+            fig.add_scatter(x=[variant_title(v) for v in part["variant"]], y=part["diff"], mode="markers",
+                            name=f"fraction {percent(fraction)}", legendgroup=str(fraction), showlegend=col == 1,
+                            marker=dict(color=PALETTE[i % len(PALETTE)], size=9),
+                            error_y=error_bars(part[["diff", "diff_low", "diff_high"]].set_axis(["diff", "low", "high"], axis=1), "diff"),
+                            hovertemplate="%{x}: %{y:+.4f}<extra>fraction " + percent(fraction) + "</extra>",
+                            row=1, col=col)
+        fig.add_hline(y=0, line_color="grey", row=1, col=col)
+    fig.update_yaxes(title_text="difference to the best single run (paired by seed)", row=1, col=1)
+    fig.update_layout(title=title, height=440)
+    return fig

@@ -1,6 +1,6 @@
 """The notebooks' `parameters` cells, generated from the config dataclasses and the method registry.
 
-`python -m clipdg_nb.pipeline.parameter_cells --write` rewrites the cells of 01-03 after a change in
+`python -m clipdg_nb.pipeline.parameter_cells --write` rewrites the cells of 01-03 and 05 after a change in
 `config.py`; tests/test_notebook_params.py fails while a cell differs. Each line is a typed
 assignment whose comment is the field's comment in config.py: `papermill --help-notebook` shows it as
 the parameter's help, so list parameters carry in it how to pass a list (`-y`, YAML; `-p` passes text).
@@ -41,6 +41,10 @@ GENERATED = {
           for plural, name in tuned_lists().items())), after=(FORCE,)),
     "03_swa_ablation": dict(cls=FinetuneConfig, after=(
         "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),
+    # keep_weights is not a knob here: the soup stage's runs always keep their final weights
+    "05_model_soups": dict(cls=FinetuneConfig, skip=("lr", "keep_weights"), before=(
+        "lrs: list = [0.001, 0.0003, 0.0001]  # learning rates of the runs averaged into the soups of this "
+        "(dataset, method, fraction, seed); 2 or more" + list_hint("lrs", "[1.0e-3, 3.0e-4, 1.0e-4]"),), after=(FORCE,)),
 }
 
 

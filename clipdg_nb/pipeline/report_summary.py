@@ -149,10 +149,12 @@ def _per_split_gain(table: pd.DataFrame, dataset: str) -> pd.DataFrame | None:
 
 
 def wise_ft_record(records: list[dict], dataset: str) -> dict | None:
-    """The newest run of `dataset` with WiSE-FT variants (the SWA ablation makes them), or None."""
-    found = [r for r in records if r.get("dataset") == dataset
-             and any(figures.wise_alpha(v) is not None for v in (r.get("variants") or {}))]
-    return max(found, key=lambda r: str(r.get("created_at", ""))) if found else None
+    """The run of `dataset` with the most WiSE-FT variants, the newest of those (the SWA ablation
+    draws the curve; a soup stage's runs may carry a single alpha), or None."""
+    def alphas(r):
+        return sum(figures.wise_alpha(v) is not None for v in (r.get("variants") or {}))
+    found = [r for r in records if r.get("dataset") == dataset and alphas(r)]
+    return max(found, key=lambda r: (alphas(r), str(r.get("created_at", "")))) if found else None
 
 
 def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> DatasetSummary:

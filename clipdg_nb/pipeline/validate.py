@@ -54,6 +54,12 @@ def _finetune(ns: Mapping) -> list:
     return [from_namespace(FinetuneConfig, ns)]
 
 
+def _soups(ns: Mapping) -> list:
+    from ..soups import ingredient_configs
+
+    return ingredient_configs(ns, ns.get("lrs"))
+
+
 def _analysis(ns: Mapping) -> list:
     if ns.get("select_split") not in VALIDATION_SPLITS:
         raise ValueError(f"select_split={ns.get('select_split')!r}: learning rates are chosen on a validation split "
@@ -85,6 +91,7 @@ VALIDATORS = {
                                                   **{name: plural for plural, name in tuned_lists().items()}}),
     "03_swa_ablation.ipynb": Validator(_finetune),
     "04_analysis.ipynb": Validator(_analysis),
+    "05_model_soups.ipynb": Validator(_soups, {"lr": "lrs"}),
 }
 
 
@@ -261,8 +268,50 @@ def experiment_problems(experiment: Experiment, stages: list[Stage] | None = Non
     return lines
 
 
-def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True) -> None:
-    """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages."""
+def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
+    """One line saying the disk the runs that keep their final weights (keep_weights, for model
+    soups) will take, per stage, estimated from each model built on the meta device
+    (`soups.kept_weights_estimate`); None when no run keeps weights. Runs already finished count too:
+    the line is the experiment's whole footprint."""
+    from ..soups import kept_weights_estimate
+
+    sizes: dict = {}
+    per_stage: dict[str, list[int]] = {}
+    for stage in stages if stages is not None else experiment.stages:
+        validator = VALIDATORS.get(stage.notebook.name)
+        if validator is None:
+            continue
+        defaults = declared_defaults(stage.notebook)
+        for point in stage.points:
+            with rooted_at(point.root):
+                try:
+                    configs = validator.check({**defaults, **point.parameters})
+                except (ValueError, TypeError):  # reported by validation
+                    continue
+            for cfg in (c for c in configs if getattr(c, "keep_weights", False)):
+                key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset)
+                if key not in sizes:
+                    sizes[key] = kept_weights_estimate(cfg)
+                per_stage.setdefault(stage.name, []).append(sizes[key])
+    if not per_stage:
+        return None
+    every = [b for sizes_ in per_stage.values() for b in sizes_]
+    each_text = _size(every[0]) if len({_size(b) for b in every}) == 1 else f"{_size(min(every))} .. {_size(max(every))}"
+    stages_text = ", ".join(f"stage {name}: {len(b)}" for name, b in per_stage.items())
+    return (f"keep_weights: {len(every)} runs x {each_text} = {_size(sum(every))} on disk "
+            f"({stages_text}; final weights in float16, for model soups)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True,
+                        say: Callable[[str], None] | None = print) -> None:
+    """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages; then
+    `say` the disk the kept weights will take (`kept_weights_plan`), before anything runs."""
     problems = experiment_problems(experiment, stages, paths)
     if problems:
         raise ValidationError(experiment.path, problems)
+    if say is not None and (line := kept_weights_plan(experiment, stages)):
+        say(line)

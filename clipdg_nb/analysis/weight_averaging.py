@@ -1,0 +1,234 @@
+"""Weight averaging compared across its kinds, and calibration: pure functions over run records.
+
+The soup stage (05_model_soups) trains each (dataset, method, fraction, seed) at several learning
+rates with `keep_weights`, in its own `output_dir`, and averages them into soups
+(`clipdg_nb.soups`). `averaging_comparison` puts side by side, per seed and paired by seed: the
+best single run (the learning rate chosen on validation, its epoch chosen on validation: `best`),
+its last epoch, its SWA / EMA / WiSE-FT weights where the runs made them, and the uniform and greedy
+soups; with each one's effective robustness against a trend line. `calibration_table` reads ECE and
+NLL before and after temperature scaling from the records; `reliability_bins` computes a reliability
+diagram from saved predictions (`p_top1`, `y_pred`, `y_true`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import paths, runs
+from ..evaluate import CALIBRATION_BINS
+from . import stats
+
+BASELINE = "best"  # the best single run: lr and epoch chosen on validation (plain fine-tuning)
+SOUPS = ("uniform_soup", "greedy_soup")
+COMPARISON_COLUMNS = ["dataset", "method", "fraction", "variant", "split", "metric", "mean", "low", "high", "n",
+                      "diff", "diff_low", "diff_high", "n_paired"]
+CALIBRATION_FIELDS = ("ece", "nll", "ece_ts", "nll_ts", "temperature")
+
+
+def variant_order(variants) -> list[str]:
+    """best, last, swa, ema, wise_ft_* (by alpha), other averages, then the soups."""
+    rank = {"best": 0, "last": 1, "swa": 2, "ema": 3, "uniform_soup": 8, "greedy_soup": 9}
+
+    def key(v):
+        wise = str(v).startswith("wise_ft_")
+        return (rank.get(v, 5 if wise else 6), float(str(v)[8:]) if wise else 0.0, str(v))
+    return sorted(dict.fromkeys(variants), key=key)
+
+
+def load_soup_stage(output_dir: str | Path, experiment: str, dataset: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ingredient runs, soups) of the soup stage, as tidy frames (`runs.tidy`), of one dataset if
+    given; two empty frames when the stage made nothing there. A soup's `setting` is cleared: its
+    identity is its ingredients, which differ by seed by design, not a setting that splits methods."""
+    folder = paths.experiment_dir(output_dir, experiment)
+    records = runs.load_records(folder) if folder.is_dir() else []
+    soups = runs.load_records(folder / "soups") if (folder / "soups").is_dir() else []
+    if dataset is not None:
+        records = [r for r in records if r.get("dataset") == dataset]
+        soups = [r for r in soups if r.get("dataset") == dataset]
+    return runs.split_settings(runs.tidy(records)), runs.tidy(soups).assign(setting="")
+
+
+def _headline_rows(df: pd.DataFrame, split: str, variant: str) -> pd.DataFrame:
+    from . import metric_rows
+    return metric_rows(df, split, variant=variant)
+
+
+def averaging_comparison(runs_df: pd.DataFrame, soups_df: pd.DataFrame, splits: Sequence[str] = ("id_test", "test"),
+                         method: str = "finetune", level: float = 0.95, select_split: str = "id_val",
+                         fit: Mapping | None = None, id_split: str | None = None,
+                         ood_split: str | None = None) -> pd.DataFrame:
+    """Every weight-averaging variant of the soup stage against the best single run, per (dataset,
+    fraction) and split: mean and `level` interval over seeds of the split's headline metric, and
+    the difference to the best single run (`best` of the lr chosen on `select_split`) paired by seed
+    (`analysis.paired_table`). Variants: those of the chosen runs (best, last, swa, ema, wise_ft_*)
+    and the soups of `soups_df`. With a trend `fit` (`analysis.fit_trend`), rows of split
+    'effective_robustness' add each variant's OOD minus the trend's prediction at its ID value
+    (`id_split`, `ood_split`: default the first and last of `splits`). Columns COMPARISON_COLUMNS."""
+    from . import apply_selection, effective_robustness, paired_table, select_lr
+
+    runs_df = runs_df[runs_df["method"] == method] if len(runs_df) else runs_df
+    soups_df = soups_df[soups_df["method"] == method] if len(soups_df) else soups_df
+    if runs_df.empty and soups_df.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    chosen = apply_selection(runs_df, select_lr(runs_df, select_split)) if len(runs_df) else runs_df
+    sources = [(v, chosen) for v in variant_order(chosen["variant"].unique())] if len(chosen) else []
+    sources += [(v, soups_df) for v in SOUPS if len(soups_df) and (soups_df["variant"] == v).any()]
+    keep = ["dataset", "fraction", "seed", "value"]
+
+    def rows_of(frame, variant, split):
+        return _headline_rows(frame, split, variant)[keep + ["metric"]]
+
+    per_split = {split: {v: rows_of(frame, v, split) for v, frame in sources} for split in splits}
+    if fit is not None:  # effective robustness of every variant, seed by seed
+        id_split, ood_split = id_split or splits[0], ood_split or splits[-1]
+        per_split["effective_robustness"] = {}
+        for variant, frame in sources:
+            a, b = rows_of(frame, variant, id_split), rows_of(frame, variant, ood_split)
+            points = a.merge(b, on=["dataset", "fraction", "seed"], suffixes=("_id", "_ood"))
+            points = points.rename(columns={"value_id": "id", "value_ood": "ood"})
+            per_split["effective_robustness"][variant] = points.assign(
+                value=effective_robustness(points, fit) if len(points) else [], metric=f"{ood_split} - trend")[keep + ["metric"]]
+    out = []
+    for split, by_variant in per_split.items():
+        base = by_variant.get(BASELINE, pd.DataFrame(columns=keep))
+        for variant, rows in by_variant.items():
+            if rows.empty:
+                continue
+            summary = stats.summarise(rows, by=["dataset", "fraction", "metric"], level=level)
+            paired = paired_table(rows, base, f"{variant} - {BASELINE}", level) if len(base) else None
+            for r in summary.itertuples(index=False):
+                p = paired[(paired["dataset"] == r.dataset) & (paired["fraction"] == r.fraction)] \
+                    if paired is not None else pd.DataFrame()
+                p = p.iloc[0] if len(p) else None
+                out.append({"dataset": r.dataset, "method": method, "fraction": r.fraction, "variant": variant,
+                            "split": split, "metric": r.metric, "mean": r.mean, "low": r.low, "high": r.high, "n": r.n,
+                            "diff": np.nan if p is None or variant == BASELINE else p["mean_diff"],
+                            "diff_low": np.nan if p is None or variant == BASELINE else p["low"],
+                            "diff_high": np.nan if p is None or variant == BASELINE else p["high"],
+                            "n_paired": 0 if p is None else int(p["n"])})
+    return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
+
+
+def missing_variants(comparison: pd.DataFrame, wanted: Sequence[str] = ("best", "last", "swa", "ema", "wise_ft",
+                                                                         "uniform_soup", "greedy_soup")) -> list[str]:
+    """The kinds of weights `averaging_comparison` found no rows of (`wise_ft`: any alpha)."""
+    have = set(comparison["variant"]) if len(comparison) else set()
+    return [w for w in wanted if not any(v == w or (w == "wise_ft" and str(v).startswith("wise_ft_")) for v in have)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+
+def calibration_rows(records: Sequence[Mapping]) -> pd.DataFrame:
+    """One row per (run or soup, weight variant, split) of the records' `calibration`: dataset,
+    method, fraction, seed, lr, kind (run | soup), variant, headline (the record's reported
+    variant), split, ece, nll, ece_ts, nll_ts, temperature, temperature_split. Records made before calibration was recorded give no rows."""
+    rows = []
+    for record in records:
+        base = {k: record.get(k) for k in ("run_id", "dataset", "method", "fraction", "seed", "lr")}
+        base["kind"] = record.get("kind", "run")
+        headline = (record.get("selection") or {}).get("variant")
+        for variant, per_split in (record.get("calibration") or {}).items():
+            for split, values in per_split.items():
+                rows.append({**base, "variant": variant, "headline": variant == headline, "split": split,
+                             **{k: values.get(k) for k in (*CALIBRATION_FIELDS, "temperature_split")}})
+    columns = ["run_id", "dataset", "method", "fraction", "seed", "lr", "kind", "variant", "headline", "split",
+               *CALIBRATION_FIELDS, "temperature_split"]
+    return pd.DataFrame(rows, columns=columns).astype({k: float for k in CALIBRATION_FIELDS})
+
+
+def calibration_table(rows: pd.DataFrame, level: float = 0.95, splits: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and `level` interval over seeds of ECE and NLL, before (`ece`, `nll`) and after
+    temperature scaling (`ece_ts`, `nll_ts`, the temperature fitted on ID validation), per
+    (dataset, method, fraction, variant, split). Long rows: ..., quantity, mean, low, high, n."""
+    columns = ["dataset", "method", "fraction", "variant", "split", "quantity", "mean", "low", "high", "n"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    if splits is not None:
+        rows = rows[rows["split"].isin(list(splits))]
+    long = rows.melt(id_vars=["dataset", "method", "fraction", "seed", "variant", "split"],
+                     value_vars=list(CALIBRATION_FIELDS), var_name="quantity", value_name="value")
+    table = stats.summarise(long, by=["dataset", "method", "fraction", "variant", "split", "quantity"], level=level)
+    return table[columns]
+
+
+def reliability_bins(predictions: pd.DataFrame, n_bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """A reliability diagram's numbers from saved predictions (`p_top1`, `y_pred`, `y_true`): per
+    equal-width confidence bin ((b-1)/M, b/M], as `evaluate.expected_calibration_error` bins them,
+    the count, the mean confidence and the accuracy (NaN for an empty bin), and `gap` = accuracy -
+    confidence. Their count-weighted mean |gap| is the ECE of the saved top-1 probabilities."""
+    missing = [c for c in ("p_top1", "y_pred", "y_true") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"reliability_bins: the predictions lack {missing}; pass a saved predictions frame "
+                         "(runs.Run(...).predictions(split))")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins={n_bins!r} must be a positive integer")
+    conf = predictions["p_top1"].to_numpy(dtype=float)
+    correct = (predictions["y_pred"].to_numpy() == predictions["y_true"].to_numpy()).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(bins, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / count
+    edges = np.arange(n_bins + 1) / n_bins
+    return pd.DataFrame({"bin": np.arange(n_bins), "low": edges[:-1], "high": edges[1:], "count": count,
+                         "confidence": confidence, "accuracy": accuracy, "gap": accuracy - confidence})
+
+
+def bins_ece(bins: pd.DataFrame) -> float:
+    """The ECE of `reliability_bins`: sum over bins of count / N * |accuracy - confidence|."""
+    filled = bins[bins["count"] > 0]
+    return float((filled["count"] * filled["gap"].abs()).sum() / filled["count"].sum())
+
+
+def soup_stage_records(output_dir: str | Path, experiment: str, dataset: str | None = None) -> list[dict]:
+    """The soup stage's run records and soup records (for `calibration_rows`), of one dataset if given."""
+    folder = paths.experiment_dir(output_dir, experiment)
+    records = [*(runs.load_records(folder) if folder.is_dir() else []),
+               *(runs.load_records(folder / "soups") if (folder / "soups").is_dir() else [])]
+    return [r for r in records if dataset is None or r.get("dataset") == dataset]
+
+
+def averaging_calibration(records: Sequence[Mapping], runs_df: pd.DataFrame, method: str = "finetune",
+                          select_split: str = "id_val") -> pd.DataFrame:
+    """`calibration_rows` of the weights `averaging_comparison` compares: every variant of the runs of
+    the learning rate chosen on `select_split` (per dataset and fraction), and the soups."""
+    from . import select_lr
+
+    rows = calibration_rows(records)
+    rows = rows[rows["method"] == method]
+    if rows.empty or runs_df.empty:
+        return rows[rows["kind"] == "soup"].reset_index(drop=True)
+    chosen = select_lr(runs_df[runs_df["method"] == method], select_split)[["dataset", "fraction", "lr"]]
+    runs_part = rows[rows["kind"] != "soup"].merge(chosen, on=["dataset", "fraction", "lr"])
+    return pd.concat([runs_part, rows[rows["kind"] == "soup"]], ignore_index=True)
+
+
+def variant_predictions(output_dir: str | Path, experiment: str, rows: pd.DataFrame, split: str, seed,
+                        fraction: float, variants: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """{variant: saved predictions on `split`} for one seed and fraction, from the rows of
+    `averaging_calibration` (a run's variant from its folder, a soup's from the soups folder);
+    variants without saved predictions are left out."""
+    folder = paths.experiment_dir(output_dir, experiment)
+    out = {}
+    for variant in variants:
+        match = rows[(rows["variant"] == variant) & (rows["seed"] == seed) & (rows["fraction"] == fraction)
+                     & (rows["split"] == split)]
+        if match.empty:
+            continue
+        row = match.iloc[0]
+        run = runs.Run(folder / ("soups" if row["kind"] == "soup" else "") / row["run_id"])
+        path = run.prediction_path(split, None if row["headline"] else variant)
+        if path.is_file():
+            out[variant] = run.predictions(split, variant=None if row["headline"] else variant)
+    return out
+
+
+def records_of(output_dir: str | Path, experiment: str, run_ids) -> list[dict]:
+    """The run records of `experiment` whose ids are in `run_ids` (e.g. the runs 04 chose)."""
+    wanted = set(run_ids)
+    return [r for r in runs.load_records(paths.experiment_dir(output_dir, experiment)) if r.get("run_id") in wanted]
