@@ -252,7 +252,15 @@ def test_make_lab_opens_notebooks_with_the_project_kernel(lab_browser, tmp_path_
             while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert path.stat().st_mtime_ns != before, "the notebook was not saved"
-            assert nbformat.read(str(path), as_version=4).metadata["kernelspec"]["name"] == "python3"
+            while True:  # the server writes the file in place: read it once the write is whole
+                try:
+                    saved = nbformat.read(str(path), as_version=4)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            assert saved.metadata["kernelspec"]["name"] == "python3"
         finally:
             context.close()
 

@@ -182,7 +182,9 @@ def test_figures_and_gallery_survive_as_html(executed):
     root, _ = executed
     html = ["".join(o.get("data", {}).get("text/html", "")) for o in
             _outputs(root / "outputs/notebooks/nbtest/zero_shot/default.ipynb")]
-    assert sum("plotly.js v" in h for h in html) == 1  # plotly.js inline exactly once
+    # executed by the runner: plotly.js left out (the report loads it once; JupyterLab draws plotly's
+    # own mimetype); a plain papermill / nbconvert run keeps it inline once (tests/test_report.py)
+    assert sum("plotly.js v" in h for h in html) == 0
     assert any("Plotly.newPlot" in h for h in html)
     assert any("data:image/png;base64," in h and "clipdg-gallery" in h for h in html)
     analysis = ["".join(o.get("data", {}).get("text/html", "")) for o in
