@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             count[0] += 1
         return real(*args, **kwargs)
 
-    decode._decode_image = counted  # the module global the cache's `_load_uint8` looks up at each call
+    decode._decode_image = counted  # the module global the cache's `load_uint8` looks up at each call
     try:
         started = time.perf_counter()
         for f, s, idx in grid:

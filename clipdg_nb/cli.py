@@ -101,7 +101,8 @@ def _cmd_train(args) -> int:
 
     from . import devices
     from .config import from_params
-    from .methods import config_of, run
+    from .config import config_of
+    from .methods import run
     from .runs import Run
 
     params = yaml.safe_load(open(args.config, encoding="utf-8")) or {}

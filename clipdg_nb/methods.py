@@ -23,7 +23,6 @@ import torch
 from . import devices
 from .averaging import wise_ft
 from .config import METHODS, FinetuneConfig
-from .config import config_of, sweep_configs  # noqa: F401  (the notebooks and the CLI import them from here)
 from .data import (class_names, dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
                        prompt_functions, split_indices)
 from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics

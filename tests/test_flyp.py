@@ -9,7 +9,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from clipdg_nb import methods, train
-from clipdg_nb.config import METHODS, FinetuneConfig, TRAINED_METHODS
+from clipdg_nb.config import METHODS, TRAINED_METHODS, FinetuneConfig, sweep_configs
 from clipdg_nb.data import load_dataset, split_indices
 from clipdg_nb.losses import MAX_LOGIT_SCALE, clamp_logit_scale, flyp_loss, flyp_objective
 from clipdg_nb.images import Normalize, image_split
@@ -105,7 +105,7 @@ def test_flyp_learns_and_writes_every_variant(easy_root, run_kwargs):
 
 def test_flyp_is_a_sweep_method():
     assert "flyp" in TRAINED_METHODS and METHODS["flyp"].end_to_end and METHODS["flyp"].loss == "flyp"
-    cfgs = methods.sweep_configs({"epochs": 2, "swa_last_k": 1}, ["finetune", "flyp"], [1e-4, 1e-5])
+    cfgs = sweep_configs({"epochs": 2, "swa_last_k": 1}, ["finetune", "flyp"], [1e-4, 1e-5])
     assert [(c.method, c.lr) for c in cfgs] == [("finetune", 1e-4), ("finetune", 1e-5), ("flyp", 1e-4), ("flyp", 1e-5)]
 
 

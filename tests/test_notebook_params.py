@@ -106,7 +106,7 @@ def test_analysis_chooses_on_validation_by_default():
 
 
 def test_finetune_configs_expand_methods_and_lrs():
-    from clipdg_nb.methods import sweep_configs as finetune_configs
+    from clipdg_nb.config import sweep_configs as finetune_configs
 
     namespace = {"epochs": 2, "swa_last_k": 1, "fraction": 0.1, "seed": 1, "methods": "ignored", "force": True}
     cfgs = finetune_configs(namespace, ["linear_probe", "finetune"], [1e-3, 1e-4])

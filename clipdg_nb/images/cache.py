@@ -61,7 +61,7 @@ import numpy as np
 from filelock import FileLock
 
 from ..fingerprint import CacheRebuiltWarning
-from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, _load_uint8, _relative_names
+from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, load_uint8, relative_names
 
 CHUNK = 256  # rows decoded (and marked) in the first hold of the lock; later holds aim at HOLD_S
 HOLD_S = 2.0  # seconds a decoder holds the lock at a time, so others needing other rows get turns
@@ -157,7 +157,7 @@ class SplitCache:
         self.dataset_name, self.split = dataset.dataset_name, split
         self.image_size, self.draft = int(image_size), bool(draft)
         self.indices = _split_members(dataset, split)
-        names = _relative_names(dataset, self.indices)
+        names = relative_names(dataset, self.indices)
         if names is None:
             raise ValueError(f"the decoded-image cache knows where the images of fmow and iwildcam are, not of "
                              f"{self.dataset_name!r}; use cache_dir=None (decode into memory) or image_cache=False")
@@ -372,7 +372,7 @@ class SplitCache:
         """Decode the rows into the file; returns their checksums, taken from the decoded pixels."""
         # PIL releases the GIL while decoding and resizing, so threads scale on the cores there are.
         def one(r):
-            return _load_uint8(None, self.indices[r], self.image_size, self.draft, path=self.paths[r])
+            return load_uint8(None, self.indices[r], self.image_size, self.draft, path=self.paths[r])
         sums = np.empty(len(rows), dtype=np.uint64)
         out = np.load(self.path, mmap_mode="r+")
         try:

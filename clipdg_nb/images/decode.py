@@ -52,7 +52,7 @@ def _geometry(image_size: int) -> T.Compose:
 # Where the images are, and decoding one
 # ---------------------------------------------------------------------------------------------
 
-def _relative_names(dataset, indices: np.ndarray) -> list[str] | None:
+def relative_names(dataset, indices: np.ndarray) -> list[str] | None:
     """Paths (relative to `dataset.data_dir`) the WILDS loader reads for these indices (the dataset
     spec's image path rule), or None when the dataset is not a registered one."""
     spec = DATASETS.get(getattr(dataset, "dataset_name", None))
@@ -61,7 +61,7 @@ def _relative_names(dataset, indices: np.ndarray) -> list[str] | None:
 
 def image_path(dataset, idx: int) -> Path:
     """The file WILDS's `get_input(idx)` opens, for every registered dataset."""
-    names = _relative_names(dataset, np.asarray([int(idx)]))
+    names = relative_names(dataset, np.asarray([int(idx)]))
     if names is None:
         raise ValueError(f"no image_path for dataset {getattr(dataset, 'dataset_name', type(dataset).__name__)!r}: "
                          f"only {', '.join(DATASETS)} are known")
@@ -79,11 +79,11 @@ def _decode_image(path: str, image_size: int, draft: bool = False, draft_factor:
     return np.array(_geometry(image_size)(rgb), dtype=np.uint8)
 
 
-def _load_uint8(dataset, idx: int, image_size: int, draft: bool = False, path: str | None = None) -> np.ndarray:
+def load_uint8(dataset, idx: int, image_size: int, draft: bool = False, path: str | None = None) -> np.ndarray:
     """Decode dataset[idx]'s image; errors name the file and the index."""
     idx = int(idx)
     if path is None:
-        names = _relative_names(dataset, np.asarray([idx]))
+        names = relative_names(dataset, np.asarray([idx]))
         path = None if names is None else os.path.join(dataset.data_dir, names[0])
     try:
         if path is None:  # a dataset we know nothing about: its own loader, no draft

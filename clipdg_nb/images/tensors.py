@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from .views import decode_split
-from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, _load_uint8
+from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, load_uint8
 
 
 def reference_augmentation() -> T.Compose:
@@ -75,7 +75,7 @@ class PILImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int):
-        arr = _load_uint8(self.dataset, self.indices[k], self.image_size, self.draft)
+        arr = load_uint8(self.dataset, self.indices[k], self.image_size, self.draft)
         return torch.from_numpy(arr).permute(2, 0, 1), self.labels[k], torch.tensor(int(self.indices[k]))
 
 

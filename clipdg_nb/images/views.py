@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .cache import SplitCache
-from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, _load_uint8
+from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, load_uint8
 
 
 def _resolve(dataset, indices: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -150,6 +150,6 @@ def decode_split(dataset, indices: Sequence[int], image_size: int, cache_dir: st
     indices = np.asarray(indices, dtype=np.int64)
     out = np.empty((len(indices), image_size, image_size, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for k, arr in enumerate(pool.map(lambda i: _load_uint8(dataset, i, image_size, draft), indices)):
+        for k, arr in enumerate(pool.map(lambda i: load_uint8(dataset, i, image_size, draft), indices)):
             out[k] = arr
     return out

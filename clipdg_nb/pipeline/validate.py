@@ -3,7 +3,7 @@ folders it writes.
 
 `clipdg run` (and `--dry-run`, and `--slurm`) calls `validate_experiment` before its first point.
 Each point's parameters, over the defaults its notebook declares, go through the same code the
-notebook will run (`config.from_namespace`, `methods.sweep_configs`); every problem of every point
+notebook will run (`config.from_namespace`, `config.sweep_configs`); every problem of every point
 is collected and raised together, each naming the experiment file, the stage, the point and the
 key, and nothing runs. Which notebook is checked how is the one table `VALIDATORS`.
 
@@ -45,7 +45,7 @@ def _zero_shot(ns: Mapping) -> list:
 
 
 def _sweep(ns: Mapping) -> list:
-    from ..methods import sweep_configs
+    from ..config import sweep_configs
 
     return sweep_configs(ns, ns.get("methods"), ns.get("lrs"))
 
