@@ -40,10 +40,12 @@ from .train import fit
 
 @dataclass
 class Context:
-    """What every method reads: the config, the WILDS dataset, the device, names and prompts."""
+    """What every method reads: the config, the WILDS dataset, the device, names and prompts, and
+    the run folder being built (its checkpoint and kept weights; None where no run is written)."""
     cfg: object
     dataset: object
     device: torch.device
+    run: Run | None = None  # `Run.of` hashes the inputs (a dataset scan): computed once, in `run`
 
     @property
     def spec(self):
@@ -205,7 +207,7 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
         return metrics[metric], {f"{cfg.select_split}/{k}": v for k, v in metrics.items() if not k.startswith("count_")}
 
     trained = fit(model, train_images, metadata_column(ctx.dataset, ctx.spec.sampler_field)[train_idx], cfg,
-                  normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=Run.of(cfg).checkpoint_dir,
+                  normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=ctx.run.checkpoint_dir,
                   progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}",
                   loss_fn=LOSSES[method.loss](model, cfg),
                   after_step=AFTER_STEP[method.after_step] if method.after_step else None)
@@ -232,7 +234,7 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     selection = {"split": cfg.select_split, "metric": metric, "epoch": trained.best_epoch, "score": trained.best_score}
     extra = {"history": trained.history, "n_train": int(len(train_idx)),
              "resumed_from_epoch": trained.resumed_from_epoch,
-             "kept_weights": Run.of(cfg).keep_weights(trained.last_state) if cfg.keep_weights else None,
+             "kept_weights": ctx.run.keep_weights(trained.last_state) if cfg.keep_weights else None,
              "timings": {"data_s": data_s, "train_s": trained.train_seconds, "eval_s": time.perf_counter() - started}}
     return Outcome(logits, selection, extra)
 
@@ -310,7 +312,8 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
         if world.broadcast(not force and target.is_done()):
             return {**target.record(), "reused": True} if world.is_main else None
         started = time.perf_counter()
-        ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device))
+        ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device),
+                      target)
         load_s = time.perf_counter() - started
         outcome = end_to_end(ctx, progress=progress) if ctx.method.end_to_end else BUILDERS[ctx.method.trains](ctx)
         if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
