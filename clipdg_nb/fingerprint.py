@@ -20,15 +20,17 @@ Weights digest (`file_digest`): the sha256 of the file's bytes, memoised in a sm
 the cache folder (`digests.json`, written only where that folder exists), keyed by (real path, size, mtime_ns, ctime_ns, inode), so a
 600 MB file is hashed once per change, and any change (even one that restores the mtime) re-hashes.
 
-No imports from the rest of the package: anything may import this module.
+It imports only `paths` (the one atomic writer), so anything may import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
+
+from .paths import atomic_path
 
 DIGEST_MEMO = "digests.json"
 MEMO_LIMIT = 2000  # entries kept in the memo (the most recent)
@@ -64,15 +66,8 @@ def _write_memo(memo: Path, data: dict) -> None:
     """Atomically (temporary name, rename); a lost race with another writer only costs a re-hash."""
     if not memo.parent.is_dir():  # never create a cache folder just to remember a digest
         return
-    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with contextlib.suppress(OSError), atomic_path(memo) as tmp:  # read-only or full: hash again next time
         tmp.write_text(json.dumps(dict(list(data.items())[-MEMO_LIMIT:])), encoding="utf-8")
-        os.replace(tmp, memo)
-    except OSError:  # a read-only or full cache folder: hash again next time
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def file_digests(paths, memo_dir: str | os.PathLike | None = None) -> dict[str, str]:
