@@ -12,19 +12,25 @@ from nbformat.v4 import new_code_cell, new_notebook
 from clipdg_nb.pipeline.kernel import IPCKernelManager
 
 
+def _spied_manager(sent: list) -> IPCKernelManager:
+    """A kernel manager that records every signal it sends its kernel (then sends it)."""
+    km = IPCKernelManager(kernel_name="python3")
+    real = km._async_signal_kernel
+
+    async def spy(signum):
+        sent.append(signum)
+        await real(signum)
+    km._async_signal_kernel = spy
+    return km
+
+
 def test_a_normal_shutdown_sends_the_kernel_no_sigint():
     """jupyter_client interrupts (SIGINT) a kernel before asking it to shut down; a kernel inside a
     message handler then logs "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel."."""
     sent = []
 
     async def run():
-        km = IPCKernelManager(kernel_name="python3")
-        real = km._async_signal_kernel
-
-        async def spy(signum):
-            sent.append(signum)
-            await real(signum)
-        km._async_signal_kernel = spy
+        km = _spied_manager(sent)
         await km.start_kernel()
         try:
             client = km.client()
@@ -45,13 +51,7 @@ def test_interrupting_a_running_kernel_still_works():
     sent = []
 
     async def run():
-        km = IPCKernelManager(kernel_name="python3")
-        real = km._async_signal_kernel
-
-        async def spy(signum):
-            sent.append(signum)
-            await real(signum)
-        km._async_signal_kernel = spy
+        km = _spied_manager(sent)
         await km.start_kernel()
         try:
             await km.interrupt_kernel()
