@@ -17,7 +17,6 @@ from typing import Iterable
 from .config import DEMO_DATA, METHODS, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS
 from .data import data_present, dataset_spec
 from .fingerprint import dataset_fingerprint, weights_identity
-from .models.weights import weight_shapes
 from .paths import project_root, resolve
 from .paths import check_writable, experiment_dir
 
@@ -185,6 +184,14 @@ def up_front_problem(cfg) -> Exception | None:
     except (OSError, ValueError) as e:  # MissingInputsError is a FileNotFoundError
         return e
     return preflight(cfg)
+
+
+def weight_shapes(path, what: str = "weights file") -> dict:
+    """`models.weights.weight_shapes`, imported when first called: this module is imported by the
+    runner's pool workers (through `runs`), which need neither torch nor open_clip."""
+    from .models.weights import weight_shapes as shapes
+
+    return shapes(path, what)
 
 
 def weights_file_problem(cfg, what: str, value: str) -> Exception | None:

@@ -160,3 +160,31 @@ def test_coverage_pretraining_is_cached_in_its_own_folder(tmp_path):
     assert out.clip.parent == tmp_path / "pretrain" / "coverage-0.5"
     assert out.meta["coverage"] == 0.5 and len(out.meta["named_concepts"]) == 122
     assert coverage_of(out.clip) == 0.5 and coverage_of(out.vision) == 0.5
+
+
+def test_pretraining_threads_are_fixed_whatever_the_callers(tmp_path, monkeypatch):
+    """The pretrained weights must not depend on the core count (float sums split over threads):
+    pretraining runs with PRETRAIN_THREADS intra-op threads whatever the caller set, and gives the
+    caller's count back."""
+    import torch
+
+    from clipdg_nb.demo import pretrain
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*_args, **_kw):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(pretrain, "pretrain_clip", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(Stop):
+            pretrain_tiny(tmp_path, PretrainConfig(n_images=20), log=lambda *_: None)
+        assert seen == [pretrain.PRETRAIN_THREADS] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

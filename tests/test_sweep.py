@@ -175,3 +175,59 @@ def test_kernels_use_ipc_sockets_and_print_no_tcp_warning(project, capfd):
     assert len(summary.done) == 2
     assert "TCP without encryption" not in capfd.readouterr().err
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "clipdg-kernel-*"))) == before
+
+
+TIMED_PARAMS = '''x = 0  # the grid value
+wait = 0.0  # seconds this point takes
+'''
+TIMED_BODY = '''import time, pathlib
+start = time.time()
+time.sleep(wait)
+with open("times.txt", "a") as fh:
+    fh.write(f"{x} {start} {time.time()}\\n")
+'''
+
+
+def test_after_defaults_to_every_stage_above_and_rejects_later_or_unknown_stages(project):
+    stages = [{"name": "a", "notebook": "nb.ipynb"}, {"name": "b", "notebook": "nb.ipynb", "after": []},
+              {"name": "c", "notebook": "nb.ipynb", "after": "a"}, {"name": "d", "notebook": "nb.ipynb"}]
+    exp = sweep_experiment.load_experiment(write_experiment(project, stages), root=project)
+    assert [s.after for s in exp.stages] == [(), (), ("a",), ("a", "b", "c")]
+    for after, message in ([["d"], r"'d' is not a stage above this one"], [["a", "zz"], "'zz' is not a stage"],
+                           [{"a": 1}, "must be a list of names of stages above"]):
+        bad = [{"name": "a", "notebook": "nb.ipynb"}, {"name": "b", "notebook": "nb.ipynb", "after": after},
+               {"name": "d", "notebook": "nb.ipynb"}]
+        with pytest.raises(sweep_experiment.ExperimentError, match=r"stages\[1\] \(b\)\.after: " + message):
+            sweep_experiment.load_experiment(write_experiment(project, bad), root=project)
+
+
+def test_independent_stages_share_the_workers_and_a_dependent_stage_waits(tmp_path, capsys):
+    """`after: []` lets a stage's points start while an earlier stage still runs (two workers: the
+    short points of `quick` fill the worker `slow` leaves idle); a stage without `after` waits for
+    every stage above it."""
+    write_notebook(tmp_path / "nb.ipynb", TIMED_PARAMS, TIMED_BODY)
+    path = write_experiment(tmp_path, [
+        {"name": "slow", "notebook": "nb.ipynb", "grid": {"x": [0]}, "params": {"wait": 4.0}},
+        {"name": "quick", "notebook": "nb.ipynb", "after": [], "grid": {"x": [1, 2]}, "params": {"wait": 0.2}},
+        {"name": "last", "notebook": "nb.ipynb", "grid": {"x": [3]}}])
+    assert main(["run", str(path), "--root", str(tmp_path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "quick] nb.ipynb: 2 point(s), starts with the first stage" in plan
+    assert "last] nb.ipynb: 1 point(s), after every stage above it" in plan
+    summary = sweep_runner.run_experiment(path, root=tmp_path, jobs=2, progress=False)
+    assert len(summary.done) == 4
+    times = {int(x): (float(a), float(b)) for x, a, b in
+             (line.split() for line in (tmp_path / "times.txt").read_text().splitlines())}
+    assert times[1][1] < times[0][1] and times[2][1] < times[0][1]  # quick ran beside slow, not after it
+    assert times[3][0] >= max(end for _, end in times.values() if _ != times[3][0])  # last waited for all
+
+
+def test_slurm_stages_depend_on_the_stages_they_run_after(project):
+    path = write_experiment(project, [{"name": "a", "notebook": "nb.ipynb"},
+                                      {"name": "b", "notebook": "nb.ipynb", "after": []},
+                                      {"name": "c", "notebook": "nb.ipynb"}])
+    assert main(["run", str(path), "--root", str(project), "--slurm"]) == 0
+    submit = (project / "outputs/slurm/t-submit.sh").read_text()
+    assert "jid0=$(sbatch --parsable " + str(project / "outputs/slurm/t-a.sh") in submit
+    assert "jid1=$(sbatch --parsable " + str(project / "outputs/slurm/t-b.sh") in submit  # no dependency
+    assert "jid2=$(sbatch --parsable --dependency=afterany:$jid0:$jid1 " in submit

@@ -2,6 +2,7 @@
 resume reproduces, selection never reads a test split."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -291,3 +292,36 @@ def test_run_identity_is_the_science_not_where_files_live(easy_root, run_kwargs,
     assert Run.of(elsewhere).id == Run.of(cfg).id
     assert methods.run(elsewhere)["created_at"] == first["created_at"]  # reused, not recomputed
     assert not (tmp_path / "c2").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_optimizer_is_the_fast_form_with_bit_identical_weights(optimizer):
+    """make_optimizer asks for the multi-tensor (foreach) Adam, which on CPU is several times fewer
+    Python calls than the per-tensor loop torch picks there by default; the weights after a few
+    steps must be bit-identical to that loop's (every run record of earlier sweeps stays valid)."""
+    from clipdg_nb.models import load_clip
+
+    torch.manual_seed(0)
+    base = load_clip("clipdg-tiny-vit", None).model
+    cfg = FinetuneConfig(dataset="fmow", optimizer=optimizer, lr=1e-3, weight_decay=1e-4)
+
+    def trained(make):
+        model = copy.deepcopy(base)
+        opt = make(model.parameters())
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(8, 3, 32, 32, generator=gen)
+            tokens = torch.randint(0, 49408, (8, model.context_length), generator=gen)
+            loss = (model.encode_image(x) @ model.encode_text(tokens).T).logsumexp(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return opt, model.state_dict()
+
+    opt, fast = trained(lambda params: train.make_optimizer(cfg, params))
+    assert opt.param_groups[0]["foreach"] is True
+    loop_class = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+    _, loop = trained(lambda params: loop_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False))
+    changed = [k for k in loop if not torch.equal(fast[k], loop[k])]
+    assert not changed, f"foreach Adam differs from the per-tensor loop in {changed[:5]}"
+    assert not torch.equal(fast["visual.conv1.weight"], base.state_dict()["visual.conv1.weight"])  # it trained

@@ -206,6 +206,23 @@ def pretrain_supervised(cfg: PretrainConfig, images, concept_ids, log=print):
     return bundle  # the full CLIP state with a supervised image tower (its text tower is untrained)
 
 
+# Intra-op threads of the pretraining, whatever the core count: float sums split over threads, so
+# the weights (and every number of the demo after them) would otherwise depend on how many cores the
+# machine has (measured here: other weights with 1 thread than with 2). 2 is what the demo's 2-core
+# machines always used, so their weights and run records stay as they were.
+PRETRAIN_THREADS = 2
+
+
+@contextlib.contextmanager
+def _fixed_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class PretrainedTiny:
     clip: Path  # weights file for `pretrained=` of the CLIP model
@@ -231,8 +248,9 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
     log(f"pretraining {cfg.model} from random weights on a synthetic caption corpus ({cfg.n_images} images, {len(concepts())} concepts,"
         f" captions naming {len(named)}: coverage {cfg.coverage:g})")
     images, concept_ids, captions = make_corpus(cfg)
-    clip = pretrain_clip(cfg, images, captions, log)
-    supervised = pretrain_supervised(cfg, images, concept_ids, log)
+    with _fixed_threads(PRETRAIN_THREADS):
+        clip = pretrain_clip(cfg, images, captions, log)
+        supervised = pretrain_supervised(cfg, images, concept_ids, log)
     meta_path.unlink(missing_ok=True)  # the meta file is the completion marker: written last
     save_weights(clip.model, clip_path)
     save_weights(supervised.model, vision_path)

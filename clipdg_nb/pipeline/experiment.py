@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from ..paths import to_jsonable
 
 TOP_KEYS = ("experiment", "description", "defaults", "stages")
-STAGE_KEYS = ("name", "notebook", "grid", "params", "description")
+STAGE_KEYS = ("name", "notebook", "grid", "params", "after", "description")
 FORCE_PARAM = "force"  # a notebook declaring it gets force=True under --force (not part of the marker)
 
 
@@ -82,6 +82,10 @@ class Stage:
     grid: dict
     params: dict
     points: list = field(default_factory=list)
+    # the stages whose points must all have ended before this one's start: by default every stage
+    # above it in the file; `after: [...]` in the file names fewer, so that independent stages
+    # (ones that train their own runs) share the workers instead of waiting for each other
+    after: tuple = ()
 
 
 @dataclass
@@ -183,6 +187,24 @@ def _check_mapping(fail, key, value) -> dict:
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def _check_after(fail, key, raw: Mapping, earlier: list[str]) -> tuple:
+    """A stage's `after`: names of stages above it (a name alone is a list of one; [] starts it
+    with the first stage). Absent: every stage above it. Only earlier stages, so the file's order
+    is always one that satisfies every `after`, and no two stages wait for each other."""
+    if "after" not in raw:
+        return tuple(earlier)
+    value = raw["after"]
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        fail(key, f"must be a list of names of stages above this one ([] to start with the first stage), "
+             f"got {raw['after']!r}")
+        return tuple(earlier)
+    for name in value:
+        if name not in earlier:
+            fail(key, f"{name!r} is not a stage above this one; it can run after {earlier or 'no stage (it is the first)'}")
+    return tuple(name for name in earlier if name in value)  # in file order, each once
+
+
 def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = None,
                     output_dir: str | os.PathLike = "outputs/notebooks") -> Experiment:
     """Read and validate an experiment YAML; expand every stage's grid into points.
@@ -223,6 +245,7 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
     out_root = (root / output_dir).resolve()
 
     stages, seen, used_defaults, declared_anywhere = [], set(), set(), True
+    earlier: list[str] = []  # the names of the stages above the current one
     for i, raw in enumerate(stages_raw):
         where = f"stages[{i}]"
         if not isinstance(raw, Mapping):
@@ -240,6 +263,8 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
             fail(f"{where}.name", f"stage name {sname!r} is used twice")
         seen.add(sname)
         where = f"stages[{i}] ({sname})"
+        after = _check_after(fail, f"{where}.after", raw, earlier)
+        earlier.append(sname)
         grid = _check_mapping(fail, f"{where}.grid", raw.get("grid"))
         params = _check_mapping(fail, f"{where}.params", raw.get("params"))
         for key, values in list(grid.items()):
@@ -273,7 +298,7 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
         used_defaults.update(base)
         if "experiment" in declared:
             base["experiment"] = name
-        stage = Stage(sname, notebook, grid, params)
+        stage = Stage(sname, notebook, grid, params, after=after)
         names = set()
         for values in expand_grid(grid):
             pname = point_name(values)

@@ -12,6 +12,8 @@
   onto it only on success; a failed execution is kept as `<point>.failed.ipynb` with
   `<point>.failed.json` (cell, error), and the point's earlier successful outputs stay as they were;
 * parallel: `jobs` points at once in worker processes, one point per GPU when GPUs are visible;
+  a stage's points start once the stages it runs `after` have ended (by default every stage above
+  it), so independent stages share the workers (`_run_scheduled`);
   every kernel gets a fixed intra-op thread count (`KERNEL_THREADS`, or $OMP_NUM_THREADS), never
   one derived from the core count or `jobs`, so the numbers do not depend on either;
 * workers end with their runner, even a `kill -9`ed one: each watches its parent (`watch_parent`),
@@ -45,7 +47,6 @@ from .experiment import Experiment, Point, Stage, load_experiment
 from .kernel import preload_for, start_zygote, stop_zygote
 from .oserrors import describe_os_error
 from .point import STAGES, PointResult, failure_info, is_done, run_point, set_env
-from .validate import validate_experiment
 
 __all__ = ["PointResult", "SweepSummary", "is_done", "run_experiment", "run_point", "select_stages", "visible_gpus"]
 
@@ -215,15 +216,20 @@ def select_stages(experiment: Experiment, only) -> list[Stage]:
 def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1, only=None, force: bool = False,
                    dry_run: bool = False, progress: bool = True, root=None,
                    on_result: Callable[[PointResult], None] | None = None) -> SweepSummary:
-    """Run every stage's points in order (a stage finishes before the next starts).
+    """Run every stage's points; a stage starts once the stages it runs `after` (by default: every
+    stage above it) have ended, so with ``jobs`` > 1 independent stages share the workers.
 
     Every point of the chosen stages is validated first (`validate.validate_experiment`): any
     problem raises one `ValidationError` listing all of them, before anything runs or is touched.
     ``jobs`` points run at once in worker processes; with GPUs visible each worker gets its own
-    (``jobs`` is capped at the number of GPUs). Points another process holds are left for the end
-    of their stage, then waited for. ``on_result`` is called after each point (the tests use it to
+    (``jobs`` is capped at the number of GPUs). Points another process holds are left for later,
+    then waited for. ``on_result`` is called after each point (the tests use it to
     interrupt a sweep). ``dry_run`` validates, prints the plan and executes nothing.
     """
+    # here, not at the top: the pool workers import this module, and validation imports the model
+    # registry (torch, open_clip: ~3 s that each worker would pay before its first point)
+    from .validate import validate_experiment
+
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment, root=root)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -233,23 +239,20 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     validate_experiment(experiment, stages)
     if dry_run:
         for stage in stages:
-            print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s)")
+            print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s), "
+                  f"{_after_text(experiment, stage)}")
             for p in stage.points:
                 status = "skipped" if (not force and is_done(p)) else "planned"
                 summary.results.append(PointResult(stage.name, p.name, status, output=str(p.output)))
                 shown = {k: v for k, v in p.parameters.items() if k in stage.grid or k in stage.params}
                 print(f"  {'done, skip' if status == 'skipped' else 'would run'}: {p.name} {json.dumps(to_jsonable(shown))}")
         return summary
-    gpus = visible_gpus()
-    if gpus and jobs > len(gpus):
-        print(f"jobs={jobs} but {len(gpus)} GPU(s) visible: running {len(gpus)} at once (one point per GPU)",
-              file=sys.stderr)
-        jobs = len(gpus)
     since = time.time()  # markers newer than this were written by another process of this sweep
     # One set of workers (or, with one job, one warm kernel process) for every stage: each zygote
     # imports its libraries once per sweep, not once per stage.
     preload = preload_for({s.notebook for s in stages})
-    workers = _Workers(jobs, gpus, min(jobs, max((len(s.points) for s in stages), default=1)), preload) if jobs > 1 else None
+    workers = _make_workers(stages, jobs, preload)
+    jobs = workers.jobs if workers is not None else 1
     try:
         _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload)
     finally:
@@ -259,48 +262,167 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     return summary
 
 
+def _make_workers(stages: list[Stage], jobs: int, preload) -> "_Workers | None":
+    """The worker processes for `jobs` points at once (None for one job: it runs in this process),
+    one per visible GPU at most."""
+    gpus = visible_gpus()
+    if gpus and jobs > len(gpus):
+        print(f"jobs={jobs} but {len(gpus)} GPU(s) visible: running {len(gpus)} at once (one point per GPU)",
+              file=sys.stderr)
+        jobs = len(gpus)
+    if jobs <= 1:
+        return None
+    return _Workers(jobs, gpus, min(jobs, max(sum(len(s.points) for s in stages), 1)), preload)
+
+
+class _StageBars:
+    """One progress bar per stage, opened when the stage starts and closed when its last point
+    ends; what each point ended as goes to the summary and `on_result`."""
+
+    def __init__(self, experiment, summary, progress: bool, on_result):
+        self.experiment, self.summary, self.progress, self.on_result = experiment, summary, progress, on_result
+        self.bars: dict = {}
+
+    def open(self, stage: Stage) -> None:
+        from tqdm.auto import tqdm
+
+        self.bars[stage.name] = tqdm(total=len(stage.points), desc=f"{self.experiment.name}/{stage.name}",
+                                     disable=not self.progress, unit="point", file=sys.stderr)
+
+    def record(self, result: PointResult) -> None:
+        self.summary.results.append(result)
+        bar = self.bars[result.stage]
+        bar.update(1)
+        # counts of this stage only (not carried over from the other stages)
+        counts = Counter(r.status for r in self.summary.results if r.stage == result.stage)
+        bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
+        if result.status == "failed":
+            bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def todo(self, stage: Stage, force: bool) -> list[Point]:
+        """The stage's points to execute; those already done are recorded as skipped (cheap, here)."""
+        todo = []
+        for p in stage.points:
+            if not force and is_done(p):
+                self.record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
+            else:
+                todo.append(p)
+        return todo
+
+    def close(self, name: str | None = None) -> None:
+        for key in [name] if name is not None else list(self.bars):
+            bar = self.bars.pop(key, None)
+            if bar is not None:
+                bar.close()
+
+
+def _after_text(experiment: Experiment, stage: Stage) -> str:
+    above = [s.name for s in experiment.stages[:experiment.stages.index(stage)]]
+    if not stage.after:
+        return "starts with the first stage" if above else "the first stage"
+    return "after every stage above it" if list(stage.after) == above else f"after {', '.join(stage.after)}"
+
+
 def _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload) -> None:
-    from tqdm.auto import tqdm
+    bars = _StageBars(experiment, summary, progress, on_result)
+    try:
+        if workers is not None:
+            _run_scheduled(stages, force, bars, since, workers)
+            return
+        # one at a time: stage by stage in the file's order, which satisfies every stage's `after`
+        for stage in stages:
+            bars.open(stage)
+            todo = bars.todo(stage, force)
+            with set_env(**kernel_thread_env()):
+                if todo:
+                    start_zygote(preload)  # once; it inherits the thread variables
+                deferred = []
+                for p in todo:
+                    result = run_point(p, force=force, wait=False, since=since)
+                    if result.status == "busy":  # another process runs it: come back at the end
+                        deferred.append(p)
+                    else:
+                        bars.record(result)
+                for p in deferred:
+                    bars.record(run_point(p, force=force, wait=True, since=since))
+            bars.close(stage.name)
+    finally:
+        bars.close()
 
-    for stage in stages:
-        bar = tqdm(total=len(stage.points), desc=f"{experiment.name}/{stage.name}", disable=not progress,
-                   unit="point", file=sys.stderr)
 
-        def record(result: PointResult):
-            summary.results.append(result)
-            bar.update(1)
-            # counts of this stage only (not carried over from the stages before it)
-            counts = Counter(r.status for r in summary.results if r.stage == stage.name)
-            bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
-            if result.status == "failed":
-                bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
-            if on_result is not None:
-                on_result(result)
+def _run_scheduled(stages: list[Stage], force: bool, bars: _StageBars, since: float, workers: "_Workers") -> None:
+    """Every chosen stage's points through one set of workers. A stage opens once the stages it
+    runs `after` have ended (every point done, skipped or failed; a stage not chosen counts as
+    ended); its points join the queue in file order, and a worker that frees up takes the first
+    queued point. So independent stages share the workers: no worker idles while one stage's last
+    point runs and another stage has points waiting. A point another process holds goes back to
+    the end of the queue, to be waited for."""
+    chosen = {s.name for s in stages}
+    closed, ended = list(stages), set()
+    left: dict[str, int] = {}
+    queue: list[tuple[Point, bool]] = []  # (point, wait for its lock)
+    running: dict = {}  # future -> point
 
-        try:
-            todo = []
-            for p in stage.points:  # cheap skips first, in the main process
-                if not force and is_done(p):
-                    record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
-                else:
-                    todo.append(p)
-            if workers is None:
-                with set_env(**kernel_thread_env()):
-                    if todo:
-                        start_zygote(preload)  # once; it inherits the thread variables
-                    deferred = []
-                    for p in todo:
-                        result = run_point(p, force=force, wait=False, since=since)
-                        if result.status == "busy":  # another process runs it: come back at the end
-                            deferred.append(p)
-                        else:
-                            record(result)
-                    for p in deferred:
-                        record(run_point(p, force=force, wait=True, since=since))
-            elif todo:
-                _run_parallel(workers.pool(), todo, force, record, since)
-        finally:
-            bar.close()
+    def end(stage_name: str) -> None:
+        ended.add(stage_name)
+        bars.close(stage_name)
+
+    def open_ready() -> None:
+        opened = True
+        while opened:  # a stage with nothing to execute ends at once and may open others
+            opened = False
+            for stage in [s for s in closed if all(a in ended or a not in chosen for a in s.after)]:
+                closed.remove(stage)
+                bars.open(stage)
+                todo = bars.todo(stage, force)
+                left[stage.name] = len(todo)
+                queue.extend((p, False) for p in todo)
+                if not todo:
+                    end(stage.name)
+                    opened = True
+
+    def finished(point: Point, result: PointResult) -> None:
+        bars.record(result)
+        left[point.stage] -= 1
+        if left[point.stage] == 0:
+            end(point.stage)
+            open_ready()
+
+    open_ready()
+    try:
+        while queue or running:
+            while queue and len(running) < workers.workers:
+                point, wait_for_lock = queue.pop(0)
+                # a pool a dead worker broke is replaced here: the queued points still run
+                running[workers.pool().submit(_run_point_job, point.to_json(), force, wait_for_lock, since)] = point
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                point = running.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as err:  # the worker itself died
+                    result = _worker_died(point, err)
+                if result.status == "busy":  # another process runs it: queued again, behind the rest, waiting
+                    queue.append((point, True))
+                    continue
+                finished(point, result)
+    except BaseException:  # an interrupted sweep (Ctrl-C, `on_result` raising): queued points are dropped
+        for fut in running:
+            fut.cancel()
+        raise
+
+
+def _worker_died(point: Point, err: BaseException) -> PointResult:
+    result = PointResult(point.stage, point.name, "failed", error=f"{type(err).__name__}: {err}",
+                         output=str(point.output))
+    try:
+        write_json(point.failed_path, failure_info(point, err))
+    except OSError as werr:  # a full disk: the sweep still goes on
+        result.error += (f" (and its failure record {point.failed_path.name} could not be written "
+                         f"either: {describe_os_error(werr, [point.failed_path.parent])})")
+    return result
 
 
 class _Workers:
@@ -333,32 +455,3 @@ class _Workers:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-
-def _run_parallel(pool: ProcessPoolExecutor, points: list[Point], force: bool, record, since: float) -> None:
-    futures = {pool.submit(_run_point_job, p.to_json(), force, False, since): p for p in points}
-    try:
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                p = futures.pop(fut)
-                try:
-                    result = fut.result()
-                except Exception as err:  # the worker itself died
-                    result = PointResult(p.stage, p.name, "failed", error=f"{type(err).__name__}: {err}",
-                                         output=str(p.output))
-                    try:
-                        write_json(p.failed_path, failure_info(p, err))
-                    except OSError as werr:  # a full disk: the sweep still goes on
-                        result.error += (f" (and its failure record {p.failed_path.name} could not be written "
-                                         f"either: {describe_os_error(werr, [p.failed_path.parent])})")
-                if result.status == "busy":  # another process runs it: queued again, behind the rest, waiting
-                    again = pool.submit(_run_point_job, p.to_json(), force, True, since)
-                    futures[again] = p
-                    pending.add(again)
-                    continue
-                record(result)
-    except BaseException:  # an interrupted sweep (Ctrl-C, `on_result` raising): queued points are dropped
-        for fut in futures:
-            fut.cancel()
-        raise

@@ -33,14 +33,16 @@ ${{CLIPDG_PYTHON:-{python}}} -m clipdg_nb.pipeline.slurm {points} "$SLURM_ARRAY_
 def write_slurm(experiment: Experiment | str | os.PathLike, *, only=None, force: bool = False, jobs: int | None = None,
                 out_dir: str | os.PathLike = "outputs/slurm", root=None) -> list[Path]:
     """Write ``<out_dir>/<experiment>-<stage>.sh`` (a job array) + ``.points.json`` per stage, and a
-    ``<experiment>-submit.sh`` that submits the stages in order (each after the previous ends)."""
+    ``<experiment>-submit.sh`` that submits the stages in order, each once the stages it runs `after`
+    have ended (afterany: a failed point does not hold the next stages back, as with `clipdg run`)."""
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment, root=root)
     out = (experiment.root / out_dir).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     written, submit = [], ["#!/bin/bash", f"# Submit the stages of {experiment.name} in order.", "set -euo pipefail",
-                           f"cd {shlex.quote(str(experiment.root))}", "dep="]
-    for stage in select_stages(experiment, only):
+                           f"cd {shlex.quote(str(experiment.root))}"]
+    chosen = select_stages(experiment, only)
+    for i, stage in enumerate(chosen):
         stem = out / f"{experiment.name}-{stage.name}"
         points = stem.with_suffix(".points.json")
         write_json(points, [p.to_json() for p in stage.points])
@@ -53,8 +55,10 @@ def write_slurm(experiment: Experiment | str | os.PathLike, *, only=None, force:
             points=shlex.quote(str(points)), force=" --force" if force else "")
         write_bytes(script, text.encode())
         script.chmod(0o755)
-        submit.append(f'jid=$(sbatch --parsable ${{dep:+--dependency=afterany:$dep}} {shlex.quote(str(script))})')
-        submit.append('echo "submitted ' + stage.name + ' as $jid"; dep=$jid')
+        deps = ":".join(f"$jid{j}" for j, s in enumerate(chosen) if s.name in stage.after)
+        submit.append(f"jid{i}=$(sbatch --parsable {'--dependency=afterany:' + deps + ' ' if deps else ''}"
+                      f"{shlex.quote(str(script))})")
+        submit.append(f'echo "submitted {stage.name} as $jid{i}"')
         written += [script, points]
     submit_path = out / f"{experiment.name}-submit.sh"
     write_bytes(submit_path, ("\n".join(submit) + "\n").encode())
