@@ -252,9 +252,8 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     # imports its libraries once per sweep, not once per stage.
     preload = preload_for({s.notebook for s in stages})
     workers = _make_workers(stages, jobs, preload)
-    jobs = workers.jobs if workers is not None else 1
     try:
-        _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload)
+        _run_stages(experiment, stages, force, progress, since, summary, on_result, workers, preload)
     finally:
         if workers is not None:
             workers.close()
@@ -325,7 +324,7 @@ def _after_text(experiment: Experiment, stage: Stage) -> str:
     return "after every stage above it" if list(stage.after) == above else f"after {', '.join(stage.after)}"
 
 
-def _run_stages(experiment, stages, jobs, force, progress, since, summary, on_result, workers, preload) -> None:
+def _run_stages(experiment, stages, force, progress, since, summary, on_result, workers, preload) -> None:
     bars = _StageBars(experiment, summary, progress, on_result)
     try:
         if workers is not None:
