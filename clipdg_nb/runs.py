@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .fingerprint import file_digest, weights_identity
 from .inputs import run_identity
 from .paths import MANIFEST_ENV, atomic_path, experiment_dir, read_json, to_jsonable, write_json
 
@@ -186,7 +187,7 @@ class Run:
     def keep_weights(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """The final weights into the run being built (`partial`), float entries as float16 (an entry
         that float16 cannot hold, |x| > 65504, stays float32), for soups across runs; returns what the
-        record says of them (`kept_weights`)."""
+        record says of them (`kept_weights`: bytes and sha256, checked by `kept_weights_digest`)."""
         import torch
         from safetensors.torch import save_file
 
@@ -199,19 +200,29 @@ class Run:
             tensors[key] = value.contiguous().clone()  # tied weights must serialise independently
         with atomic_path(self.partial / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp))
-        return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16",
-                "bytes": (self.partial / WEIGHTS_FILE).stat().st_size}
+            return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16", **weights_identity(tmp)}
+
+    def kept_weights_digest(self) -> str:
+        """The sha256 of the run's kept weights, checked against its record's (memoised by the file's stat
+        under the run's cache_dir, `fingerprint.file_digest`); raises, naming the run and the remedy."""
+        path, record = self.path / WEIGHTS_FILE, self.record() or {}
+        expected, remake = (record.get("kept_weights") or {}).get("sha256"), (
+            "rerun it with keep_weights=True and force=True (clipdg run --force), then make its soups")
+        if not path.is_file():
+            raise FileNotFoundError(f"run {self.id} kept no weights ({path} is missing): {remake}")
+        if (digest := file_digest(path, (record.get("params") or {}).get("cache_dir"))) != expected:
+            why = "damaged or replaced since the run" if expected else "its record holds no digest of them"
+            raise ValueError(f"run {self.id}: the kept weights {path} are not the run's ({why}): {remake}")
+        return digest
 
     def kept_weights(self) -> dict[str, Any]:
-        """The run's kept weights, float entries as float32 (a soup is averaged in float32)."""
+        """The run's kept weights, checked (`kept_weights_digest`), float entries as float32 (to average)."""
         import torch
         from safetensors.torch import load_file
 
-        path = self.path / WEIGHTS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"run {self.id} kept no weights ({path} is missing): rerun it with "
-                                    "keep_weights=True and force=True, then make its soups")
-        return {k: v.float() if torch.is_floating_point(v) else v for k, v in load_file(str(path)).items()}
+        self.kept_weights_digest()
+        state = load_file(str(self.path / WEIGHTS_FILE))
+        return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
 
     def write_predictions(self, split: str, frame: pd.DataFrame, variant: str | None = None) -> Path:
         """Into the run being built (`partial`); they move into place with the record."""

@@ -11,16 +11,17 @@ evaluated split with WILDS's metrics and calibration, and writes them as one run
                          greedy_soup}, each soup's ingredients (run ids) and the greedy trace
         predictions/...  greedy soup; variants/uniform_soup/predictions/... the uniform one
 
-Its identity is its ingredients (run ids and when each finished) and the selection rule. Soups
-live in their own folder (`soups_dir`), so `runs.load_records` of the experiment never mixes them
-into the runs' learning-rate selection; `load_soups` reads them. `Run.of_record` does not find a
-soup's folder: use `soup_run` or `soups_dir`.
+Its identity is its ingredients by content (run ids and kept weights' sha256, checked before they are
+read) and its rule: other ingredients make another soup. Soups live in their own folder (`soups_dir`),
+apart from the runs' learning-rate selection; `load_soups` reads the current ones. `Run.of_record` does
+not find a soup's folder: use `soup_run` or `soups_dir`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +31,7 @@ import torch
 
 from .averaging import SOUP_VARIANTS, soup_variants
 from .config import METHODS
-from .runs import WEIGHTS_FILE, Run, load_records
+from .runs import Run, load_records
 from .paths import experiment_dir, to_jsonable
 
 # What must agree between ingredients: the same data subset rule and the same architecture and
@@ -142,52 +143,51 @@ def check_ingredients(records: list[Mapping]) -> None:
 
 
 def soup_identity(records: list[Mapping]) -> dict[str, Any]:
+    """What a soup is made of: its ingredients' run ids and kept weights' sha256, and its rule."""
     first = records[0]["params"]
     return {"kind": "soup", "dataset": first["dataset"], "method": first["method"], "fraction": first["fraction"],
             "select_split": first["select_split"], "select_metric": first.get("select_metric"),
-            "ingredients": {r["run_id"]: r.get("created_at") for r in sorted(records, key=lambda r: r["run_id"])}}
+            "rule": list(SOUP_VARIANTS), "ingredients": {r["run_id"]: r["kept_weights"]["sha256"] for r in records}}
 
 
 def soups_dir(output_dir, experiment: str) -> Path:
-    """`<output_dir>/<experiment>/soups/`: apart from the experiment's runs, so that a soup (no single
-    learning rate or seed) never enters their learning-rate selection or seed intervals unasked."""
+    """`<output_dir>/<experiment>/soups/`: apart from the runs, never in their lr selection or seed intervals."""
     return experiment_dir(output_dir, experiment) / "soups"
 
 
 def load_soups(output_dir, experiment: str) -> list[dict]:
-    """Every finished soup record of an experiment (`runs.tidy` takes them like run records)."""
-    return load_records(soups_dir(output_dir, experiment))
+    """The experiment's soups whose every ingredient is still one of its runs with the weights averaged
+    (`runs.tidy` takes them like run records); soups of runs since remade, superseded or gone are skipped."""
+    soups = load_records(folder := soups_dir(output_dir, experiment))
+    kept = {r["run_id"]: (r.get("kept_weights") or {}).get("sha256") for r in load_records(folder.parent)}
+    if stale := [s["run_id"] for s in soups if any(kept.get(k) != v for k, v in s["identity"]["ingredients"].items())]:
+        warnings.warn(f"skipping {len(stale)} soups of runs that are no longer the experiment's (remade, superseded or "
+                      f"gone): {stale}; rerun the soup stage for the soups of its current runs", stacklevel=2)
+    return [s for s in soups if s["run_id"] not in stale]
 
 
-def soup_run(records: list[Mapping], output_dir=None, experiment: str | None = None) -> Run:
+def soup_run(records: list[Mapping]) -> Run:
     identity, first = soup_identity(records), records[0]["params"]
     seed = _common(records, "seed")
     digest = hashlib.sha256(json.dumps(to_jsonable(identity), sort_keys=True).encode()).hexdigest()[:8]
     name = f"{first['dataset']}-{first['method']}-f{first['fraction']:g}-soup-s{'all' if seed is None else seed}-{digest}"
-    return Run(soups_dir(output_dir or first["output_dir"], experiment or records[0]["experiment"]) / name)
+    return Run(soups_dir(first["output_dir"], records[0]["experiment"]) / name)
 
 
-def make_soups(run_dirs, *, output_dir=None, experiment: str | None = None, device: str | None = None,
-               force: bool = False) -> dict:
+def make_soups(run_dirs, *, device: str | None = None, force: bool = False) -> dict:
     """Uniform and greedy soups of the finished runs in `run_dirs` (kept with keep_weights=True),
     chosen on their selection split only, evaluated on every evaluated split; returns the record.
-    A finished soup of the same ingredients is returned as it is unless `force`."""
+    A finished soup of the same ingredients (by content) is returned as it is unless `force`."""
     from filelock import FileLock
 
     runs = [Run(d) for d in run_dirs]
-    records = []
-    for run in runs:
-        record = run.record()
-        if record is None:
-            raise FileNotFoundError(f"{run.path} holds no finished run (no result.json); finish it first")
-        records.append(record)
+    if None in (records := [run.record() for run in runs]):
+        raise FileNotFoundError(f"{runs[records.index(None)].path} holds no finished run (no result.json); "
+                                "finish it first")
     check_ingredients(records)
     for run in runs:
-        if not (run.path / WEIGHTS_FILE).is_file():
-            run.kept_weights()  # raises, naming the run and what to do
-    target, identity = soup_run(records, output_dir, experiment), soup_identity(records)
-    if not force and target.is_done(identity):
-        return target.record()
+        run.kept_weights_digest()  # raises, naming the run and how to remake its weights
+    target, identity = soup_run(records), soup_identity(records)
     target.path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.lock_path)):  # a second process waits, then reads the finished soups
         if not force and target.is_done(identity):
@@ -221,8 +221,8 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
         return metrics[metric]
 
     # each ingredient's own score, with the same scorer and the same (float16-kept) weights as the soups
-    candidates = [(r["run_id"], lambda run=run: run.kept_weights(), None) for r, run in zip(records, runs)]
-    candidates = [(name, load, score_on(load(), cfg.select_split)) for name, load, _ in candidates]
+    candidates = [(r["run_id"], run.kept_weights, score_on(run.kept_weights(), cfg.select_split))
+                  for r, run in zip(records, runs)]
     soups = soup_variants(candidates, score_on, cfg.select_split)
 
     headline, variants, logits = "greedy_soup", {}, {}

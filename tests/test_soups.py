@@ -266,3 +266,67 @@ def test_soup_stage_names_what_is_wrong(easy_root, run_kwargs, tmp_path):
         soups.make_soups([kept.path])
     with pytest.raises(FileNotFoundError, match="no finished run"):
         soups.make_soups([kept.path, tmp_path / "nothing"])
+
+
+def _record(run_id, sha256, created_at="2024-01-01T00:00:00+00:00"):
+    params = {"dataset": "fmow", "method": "finetune", "fraction": 0.5, "select_split": "id_val", "select_metric": None,
+              "seed": 0, "output_dir": "/nowhere"}
+    return {"run_id": run_id, "experiment": "e", "created_at": created_at, "kept_weights": {"sha256": sha256},
+            "params": params}
+
+
+def test_a_soup_is_named_by_its_ingredients_content_and_rule():
+    from clipdg_nb import soups
+
+    a, b = _record("a", "1" * 64), _record("b", "2" * 64)
+    name = soups.soup_run([a, b]).path.name
+    assert soups.soup_identity([b, a])["ingredients"] == {"a": "1" * 64, "b": "2" * 64}
+    assert soups.soup_identity([a, b])["rule"] == ["uniform_soup", "greedy_soup"]
+    # remade with the same bytes: the same soup (no timestamp in its identity); with other bytes: another soup
+    assert soups.soup_run([b, {**a, "created_at": "2025-06-01T00:00:00+00:00"}]).path.name == name
+    assert soups.soup_run([a, {**b, "kept_weights": {"sha256": "3" * 64}}]).path.name != name
+
+
+def test_damaged_kept_weights_make_no_soup_and_a_remade_ingredient_retires_its_soups(easy_root, run_kwargs):
+    import hashlib
+
+    from clipdg_nb import soups
+    from clipdg_nb.analysis import weight_averaging as wa
+    from clipdg_nb.paths import write_json
+    from clipdg_nb.runs import RESULT_FILE, WEIGHTS_FILE
+
+    runs = _ingredient_runs(easy_root, run_kwargs, "vision_only", [3e-3, 1e-3], epochs=1, eval_splits=["id_val"],
+                            save_predictions=False)
+    (record, run), out = runs[1], run_kwargs["output_dir"]
+    path = run.path / WEIGHTS_FILE
+    good = path.read_bytes()
+    assert record["kept_weights"]["sha256"] == hashlib.sha256(good).hexdigest()
+    flipped = bytearray(good)
+    for i in range(16):  # one bit of 16 float16 values near the end (tensor data, past the header)
+        flipped[-2 * (97 * i + 1)] ^= 0x40
+    for damaged in (bytes(flipped), good[: len(good) // 2]):  # flipped bits; truncated
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"run {record['run_id']}: .*damaged.*force=True"):
+            soups.make_soups([r.path for _, r in runs])
+        assert not soups.soups_dir(out, "scratch").exists()  # no soup, not even its folder
+
+    path.write_bytes(good)
+    first = soups.make_soups([r.path for _, r in runs])
+    assert [s["run_id"] for s in soups.load_soups(out, "scratch")] == [first["run_id"]]
+    # the ingredient remade with other weights (its file and its record's digest): the old soup is not
+    # current any more, for load_soups and 04's readers alike, and the same runs now make another soup
+    other = {k: v * 0.5 for k, v in run.kept_weights().items()}
+    from safetensors.torch import save_file
+    save_file({k: v.half() for k, v in other.items()}, str(path))
+    write_json(run.path / RESULT_FILE, {**record, "kept_weights": {**record["kept_weights"],
+                                                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}})
+    with pytest.warns(UserWarning, match=f"skipping 1 soups .*{first['run_id']}"):
+        assert soups.load_soups(out, "scratch") == []
+    with pytest.warns(UserWarning, match="remade, superseded or gone"):
+        assert wa.load_soup_stage(out, "scratch")[1].empty
+    second = soups.make_soups([r.path for _, r in runs])
+    assert second["run_id"] != first["run_id"]
+    with pytest.warns(UserWarning, match=first["run_id"]):
+        assert set(wa.load_soup_stage(out, "scratch")[1]["run_id"]) == {second["run_id"]}
+    with pytest.warns(UserWarning, match=first["run_id"]):
+        assert {r["run_id"] for r in wa.soup_stage_records(out, "scratch") if r.get("kind") == "soup"} == {second["run_id"]}

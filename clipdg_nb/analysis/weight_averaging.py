@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import paths, runs
 from ..evaluate import CALIBRATION_BINS
+from ..soups import load_soups
 from . import stats
 
 BASELINE = "best"  # the best single run: lr and epoch chosen on validation (plain fine-tuning)
@@ -39,21 +40,11 @@ def variant_order(variants) -> list[str]:
 
 
 def load_soup_stage(output_dir: str | Path, experiment: str, dataset: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(ingredient runs, soups) of the soup stage, as tidy frames (`runs.tidy`), of one dataset if
-    given; two empty frames when the stage made nothing there. A soup's `setting` is cleared: its
-    identity is its ingredients, which differ by seed by design, not a setting that splits methods."""
-    folder = paths.experiment_dir(output_dir, experiment)
-    records = runs.load_records(folder) if folder.is_dir() else []
-    soups = runs.load_records(folder / "soups") if (folder / "soups").is_dir() else []
-    if dataset is not None:
-        records = [r for r in records if r.get("dataset") == dataset]
-        soups = [r for r in soups if r.get("dataset") == dataset]
-    return runs.split_settings(runs.tidy(records)), runs.tidy(soups).assign(setting="")
-
-
-def _headline_rows(df: pd.DataFrame, split: str, variant: str) -> pd.DataFrame:
-    from . import metric_rows
-    return metric_rows(df, split, variant=variant)
+    """(ingredient runs, current soups) of the soup stage (`soup_stage_records`) as tidy frames, empty if none. A
+    soup's `setting` is cleared: its ingredients differ by seed by design, not by a setting that splits methods."""
+    records = soup_stage_records(output_dir, experiment, dataset)
+    trained, soups = ([r for r in records if (r.get("kind") == "soup") is soup] for soup in (False, True))
+    return runs.split_settings(runs.tidy(trained)), runs.tidy(soups).assign(setting="")
 
 
 def averaging_comparison(runs_df: pd.DataFrame, soups_df: pd.DataFrame, splits: Sequence[str] = ("id_test", "test"),
@@ -67,7 +58,7 @@ def averaging_comparison(runs_df: pd.DataFrame, soups_df: pd.DataFrame, splits: 
     and the soups of `soups_df`. With a trend `fit` (`analysis.fit_trend`), rows of split
     'effective_robustness' add each variant's OOD minus the trend's prediction at its ID value
     (`id_split`, `ood_split`: default the first and last of `splits`). Columns COMPARISON_COLUMNS."""
-    from . import apply_selection, effective_robustness, paired_table, select_lr
+    from . import apply_selection, effective_robustness, metric_rows, paired_table, select_lr
 
     runs_df = runs_df[runs_df["method"] == method] if len(runs_df) else runs_df
     soups_df = soups_df[soups_df["method"] == method] if len(soups_df) else soups_df
@@ -79,7 +70,7 @@ def averaging_comparison(runs_df: pd.DataFrame, soups_df: pd.DataFrame, splits: 
     keep = ["dataset", "fraction", "seed", "value"]
 
     def rows_of(frame, variant, split):
-        return _headline_rows(frame, split, variant)[keep + ["metric"]]
+        return metric_rows(frame, split, variant=variant)[keep + ["metric"]]
 
     per_split = {split: {v: rows_of(frame, v, split) for v, frame in sources} for split in splits}
     if fit is not None:  # effective robustness of every variant, seed by seed
@@ -186,10 +177,8 @@ def bins_ece(bins: pd.DataFrame) -> float:
 
 
 def soup_stage_records(output_dir: str | Path, experiment: str, dataset: str | None = None) -> list[dict]:
-    """The soup stage's run records and soup records (for `calibration_rows`), of one dataset if given."""
-    folder = paths.experiment_dir(output_dir, experiment)
-    records = [*(runs.load_records(folder) if folder.is_dir() else []),
-               *(runs.load_records(folder / "soups") if (folder / "soups").is_dir() else [])]
+    """The soup stage's run records and current soups (`soups.load_soups`), of one dataset if given."""
+    records = [*runs.load_records(paths.experiment_dir(output_dir, experiment)), *load_soups(output_dir, experiment)]
     return [r for r in records if dataset is None or r.get("dataset") == dataset]
 
 
