@@ -108,13 +108,18 @@ class MethodSpec:
     loss: str | None = None  # end_to_end: a name in losses.LOSSES
     after_step: str | None = None  # a name in losses.AFTER_STEP, called after each optimizer step
     text_mode: str | None = None  # forces the text tower's mode (FLYP: trainable); None: cfg.text_mode
+    # What the optimizer's weight decay acts on: every trainable parameter ('all', the study), or
+    # the head only ('head': L2-SP as published, whose loss pulls the backbone toward its start
+    # instead of toward zero). Not 'all' is in the run's identity (`weight_decay_on`).
+    weight_decay_on: str = "all"
 
     def __post_init__(self):
         name = self.name if self.name is not _REQUIRED else "<unnamed>"
         for f in fields(self):
             if getattr(self, f.name) is _REQUIRED:
                 raise TypeError(f"MethodSpec {name!r}: required field {f.name!r} is missing")
-        for field_name, choices in (("trains", TRAINS), ("init", INITS), ("encoder", ENCODERS)):
+        for field_name, choices in (("trains", TRAINS), ("init", INITS), ("encoder", ENCODERS),
+                                    ("weight_decay_on", ("all", "head"))):
             if getattr(self, field_name) not in choices:
                 raise ValueError(f"MethodSpec {name!r}: {field_name}={getattr(self, field_name)!r}; choose one of "
                                  f"{list(choices)}")
@@ -163,7 +168,7 @@ METHODS: dict[str, MethodSpec] = _register(
     MethodSpec("l2sp", "CLIP end to end as finetune, pulled toward its pre-trained weights (L2-SP, Li et al. 2018)",
                trains="end_to_end", init="zero_shot_head", encoder="clip",
                reads=TRAINING_FIELDS + ("text_mode", "l2sp_alpha"), tuned=("l2sp_alpha",), variants=E2E_VARIANTS,
-               loss="l2sp"),
+               loss="l2sp", weight_decay_on="head"),
 )
 TRAINED_METHODS = tuple(name for name, spec in METHODS.items() if spec.trains != "nothing")
 
@@ -171,11 +176,6 @@ TRAINED_METHODS = tuple(name for name, spec in METHODS.items() if spec.trains !=
 def method_spec(name: str) -> MethodSpec:
     _choice("method", name, METHODS)
     return METHODS[name]
-
-
-def method_choices(trained: bool = True) -> str:
-    """The method names as the notebooks' help lists them."""
-    return ", ".join(TRAINED_METHODS if trained else METHODS)
 
 
 @dataclass
@@ -354,6 +354,8 @@ class FinetuneConfig(RunConfig):
         ident = {k: v for k, v in super().identity().items() if k in reads}
         if ident.get("train_blocks", 0) is None:  # the default (every block) keeps earlier run ids valid
             del ident["train_blocks"]
+        if METHODS[self.method].weight_decay_on != "all":  # runs of the earlier rule are other runs
+            ident["weight_decay_on"] = METHODS[self.method].weight_decay_on
         return ident
 
 

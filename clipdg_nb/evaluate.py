@@ -55,12 +55,23 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
     return torch.cat(out) if out else torch.empty(0)
 
 
+def top_classes(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """The `k` best classes per row of logits or probabilities [N, C], best first: the one rule by
+    which a class is predicted (metrics, saved predictions, ECE, reliability bins, the failure
+    browser, the probe's choice). Ties go to the lowest class index, on any device (a stable sort;
+    `topk` breaks ties arbitrarily). Ranking the logits, not their softmax, keeps two logits that
+    float32 rounds to one probability apart. Classes with identical prompts tie on every image
+    (`models.identical_prompt_classes`): the lowest of them is always the one predicted."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+
+
 def prediction_frame(dataset, indices, logits: torch.Tensor, split: str, k: int = TOP_K) -> pd.DataFrame:
     """The predictions contract: idx, y_true, y_pred, p_top1, p_true, top-k labels / probs, group fields."""
     indices = np.asarray(indices, dtype=np.int64)
     y_true = np.asarray(dataset.y_array)[indices].astype(np.int64)
     probs = torch.softmax(logits.float(), dim=1)
-    top_p, top_l = probs.topk(min(k, probs.shape[1]), dim=1)
+    top_l = top_classes(logits, min(k, probs.shape[1]))
+    top_p = probs.gather(1, top_l)
     frame = pd.DataFrame({
         "idx": indices, "y_true": y_true,
         "y_pred": top_l[:, 0].numpy().astype(np.int64),
@@ -146,7 +157,7 @@ def _is_probs(x: torch.Tensor) -> bool:
 
 
 def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BINS, *, kind: str = "auto") -> float:
-    """Expected calibration error of the top-1 prediction (Guo et al. 2017):
+    """Expected calibration error of the top-1 prediction (`top_classes`) (Guo et al. 2017):
     `sum_b |B_b| / N * |acc(B_b) - conf(B_b)|` over `n_bins` equal-width confidence bins
     ((b-1)/M, b/M]. `kind`: 'logits' (softmax in float64, so confident logits do not saturate to
     1.0 early), 'probs', or 'auto': rows that are non-negative and sum to 1 are probabilities,
@@ -164,7 +175,8 @@ def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BIN
         raise ValueError("kind='probs' but the rows are not non-negative with sum 1; pass kind='logits'")
     probs = x if kind == "probs" or (kind == "auto" and _is_probs(x)) else torch.softmax(x, dim=1)
     y = _labels(y, len(x), x.shape[1])
-    conf, pred = probs.max(dim=1)
+    pred = top_classes(x)[:, 0]  # the class the saved predictions and the metrics have
+    conf = probs[torch.arange(len(x)), pred]
     correct = (pred == y).to(torch.float64)
     # bin b holds ((b-1)/M, b/M]: ceil(conf * M) - 1, with conf = 0 (impossible for a top-1) in bin 0
     bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)

@@ -142,10 +142,14 @@ def missing_inputs(cfg) -> list[str]:
     data = Path(cfg.root_dir)
     if not getattr(cfg, "download", False) and not data_present(data, cfg.dataset):
         missing.append(f"data: root_dir={str(cfg.root_dir)!r} holds no {spec.folder}/")
+    from .models.weights import folder_problem
     for name, value in weight_files(cfg):
-        if not resolve(value).is_file():
-            missing.append(f"weights: {name}={value!r} is not a file (looked at {resolve(value)}) nor a tag "
-                           f"open_clip knows for {cfg.model!r}")
+        path = resolve(value)
+        if path.is_dir():
+            missing.append(f"weights: {folder_problem(path, name)}")
+        elif not path.is_file():
+            missing.append(f"weights: {name}={value!r} is not a file (looked at {path}) nor a tag open_clip knows "
+                           f"for {cfg.model!r}")
     return missing
 
 

@@ -75,13 +75,13 @@ def l2sp(model: torch.nn.Module, cfg) -> Callable[..., torch.Tensor]:
     networks"): cross-entropy + alpha / 2 * ||w - w0||^2, alpha = `cfg.l2sp_alpha`, w0 the
     pre-trained weights as the method built the model (before any step; also when `fit` resumes).
 
-    Pulled toward w0: every trainable parameter but the head, i.e. the pre-trained backbone: the
-    image tower, and in text_mode='trainable' the text tower and the temperature too. The linear
-    head of text_mode='frozen' (`head.*`, the zero-shot weights as a new layer) is not: Li et al.
-    treat new layers with plain L2 (their beta), which the optimizer's weight decay already is.
-    Frozen parameters (train_blocks) never move, so they are left out. alpha 0 is fine-tuning.
+    Pulled toward w0: `backbone_parameters`. The linear head of text_mode='frozen' (`head.*`, the
+    zero-shot weights as a new layer) is not: Li et al. treat new layers with plain L2 (their beta),
+    the optimizer's weight decay, which acts on the head only (the spec's `weight_decay_on='head'`),
+    so the backbone is pulled toward w0 and not also toward zero. alpha 0 is fine-tuning without
+    weight decay on the backbone.
     """
-    params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    params = backbone_parameters(model)
     anchors = [p.detach().float().clone() for p in params]
     alpha = float(cfg.l2sp_alpha)
 
@@ -90,6 +90,12 @@ def l2sp(model: torch.nn.Module, cfg) -> Callable[..., torch.Tensor]:
             anchors[:] = [a.to(p.device) for p, a in zip(params, anchors)]
         return cross_entropy(step_model, x, y) + alpha / 2 * l2sp_penalty(params, anchors)
     return loss_fn
+
+
+def backbone_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable pre-trained parameters: all but the new head (`head.*`): the image tower, and in
+    text_mode='trainable' the text tower and the temperature too. Frozen ones (train_blocks) never move."""
+    return [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
 
 
 def l2sp_penalty(params, anchors) -> torch.Tensor:

@@ -23,18 +23,19 @@ import torch
 from . import devices
 from .averaging import wise_ft
 from .config import METHODS, FinetuneConfig
-from .data import (class_names, dataset_spec, fraction_indices, headline_metric, load_dataset, metadata_column,
-                       prompt_functions, split_indices)
+from .data import (CLASS_NAMES_FILE, class_names, dataset_spec, fraction_indices, headline_metric, load_dataset,
+                   metadata_column, prompt_functions, split_indices)
 from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics
 from .images import Normalize, image_split
 from .inputs import up_front_problem, vision_image_size, weights_location, weights_of
-from .models import ClipClassifier, encode_images, fit_linear_probe, load_clip, vision_only
+from .models import (ClipClassifier, encode_images, fit_linear_probe, identical_prompt_classes, load_clip,
+                     vision_only)
 from .images.cache import decoded_identity
 from .models.features import cached_split_features, content_key, feature_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
-from .losses import AFTER_STEP, LOSSES
+from .losses import AFTER_STEP, LOSSES, backbone_parameters
 from .train import fit
 
 
@@ -46,6 +47,7 @@ class Context:
     dataset: object
     device: torch.device
     run: Run | None = None  # `Run.of` hashes the inputs (a dataset scan): computed once, in `run`
+    identical_prompts: list | None = None  # classes whose prompts are the same (the record's field)
 
     @property
     def spec(self):
@@ -62,6 +64,20 @@ class Context:
     @property
     def prompts(self) -> list[Callable[[str], str]]:
         return prompt_functions(self.spec.templates(self.cfg.templates))
+
+    def zero_shot_classifier(self, bundle, text_mode: str) -> ClipClassifier:
+        """The zero-shot classifier. Classes whose prompts are identical tie on every image (the lowest
+        wins): said once, with the remedy, and kept for the record (a warning: real iWildCam has four)."""
+        names = self.classnames
+        groups = identical_prompt_classes(bundle.tokenizer, names, self.prompts)
+        if groups:
+            self.identical_prompts = [[{"y": y, "name": names[y]} for y in g] for g in groups]
+            warnings.warn(f"{self.cfg.dataset}: classes with identical prompts, so their logits tie on every image and "
+                          "only the lowest y of each group is ever predicted: " + "; ".join(" = ".join(
+                              f"{y} {names[y]!r}" for y in g) for g in groups) + ". To tell them apart, name them "
+                          f"differently in {Path(self.dataset.data_dir) / CLASS_NAMES_FILE} (rows y,name; part of "
+                          "the data fingerprint, so runs are redone)", UserWarning, stacklevel=2)
+        return ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, names, self.prompts, text_mode=text_mode)
 
     def indices(self, split: str) -> np.ndarray:
         return split_indices(self.dataset, split)
@@ -137,7 +153,7 @@ def zero_shot(ctx: Context) -> Outcome:
     """CLIP with open_clip's zero-shot head (prompts from the templates) on every split."""
     cfg = ctx.cfg
     bundle = _clip(cfg)
-    clf = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts, text_mode="frozen")
+    clf = ctx.zero_shot_classifier(bundle, "frozen")
     pre = _clip_preprocessing(cfg, bundle)
     with torch.no_grad():
         logits = {s: clf.head(torch.nn.functional.normalize(ctx.features(bundle.model, pre, s), dim=-1)).float()
@@ -210,7 +226,8 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
                   normalize=norm, device=ctx.device, evaluate=evaluate, checkpoint_dir=ctx.run.checkpoint_dir,
                   progress=progress, score_name=f"{cfg.select_split}/{metric}", desc=f"{cfg.method} lr={cfg.lr:g}",
                   loss_fn=LOSSES[method.loss](model, cfg),
-                  after_step=AFTER_STEP[method.after_step] if method.after_step else None)
+                  after_step=AFTER_STEP[method.after_step] if method.after_step else None,
+                  no_decay=backbone_parameters(model) if method.weight_decay_on == "head" else ())
     if not world.is_main:
         return None
     states = {"best": trained.best_state, "last": trained.last_state}
@@ -256,8 +273,7 @@ def initial_model(ctx: Context, fit_probe: bool = True):
             weight, bias = torch.zeros(n, dim), torch.zeros(n)
         model = ClipClassifier.from_linear_probe(bundle.model, weight, bias)
     else:
-        model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, ctx.classnames, ctx.prompts,
-                                         text_mode=method.text_mode or cfg.text_mode)
+        model = ctx.zero_shot_classifier(bundle, method.text_mode or cfg.text_mode)
     return model, (bundle.mean, bundle.std, bundle.image_size)
 
 
@@ -355,5 +371,6 @@ def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float, load_s:
         "root_dir": str(cfg.root_dir), "weights": weights_of(cfg),  # "random init" when pretrained=None
         "params": cfg.params(), "identity": target.identity, "inputs": target.inputs,
         "metrics": variants[headline], "selection": {**outcome.selection, "variant": headline},
-        "variants": variants if len(variants) > 1 else None, "timings": timings, **extra}
+        "variants": variants if len(variants) > 1 else None, "timings": timings,
+        "identical_prompts": ctx.identical_prompts, **extra}
     return target.finish({k: v for k, v in record.items() if v is not None or k == "lr"})

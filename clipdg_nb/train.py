@@ -35,11 +35,17 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint, if one was written, is kept."""
 
 
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg, params, no_decay=()) -> torch.optim.Optimizer:
+    """Adam or AdamW over the trainable `params`, with `cfg.weight_decay` on all of them but those
+    in `no_decay` (a second group, weight decay 0: L2-SP's backbone)."""
+    exempt = {id(p) for p in no_decay}
     params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in exempt]},
+              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    params = [g for g in groups if g["params"]]  # one group when nothing is exempt (earlier checkpoints)
     # foreach: on CPU torch otherwise picks the per-tensor Python loop (a quarter of the demo's
     # training time); its multi-tensor form runs the same elementwise ops per tensor, so the
     # weights are bit-identical (tests/test_train.py checks), unlike fused=True (another kernel).
@@ -125,7 +131,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         device: torch.device, evaluate: Callable[[torch.nn.Module], tuple[float, dict]],
         checkpoint_dir: str | None = None, progress: bool | str = True, score_name: str = "score",
         desc: str = "training", loss_fn: Callable = cross_entropy,
-        after_step: Callable[[torch.nn.Module], None] | None = None) -> FitResult:
+        after_step: Callable[[torch.nn.Module], None] | None = None, no_decay=()) -> FitResult:
     """Train `model` on `train_images` (items: uint8 image, label, idx) and return its weight variants.
 
     `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
@@ -134,14 +140,15 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
     and terminals, a line per epoch under papermill), or a mode name, or False.
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
-    contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature).
+    contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature);
+    the parameters in `no_decay` get no weight decay (L2-SP's backbone).
     The averaged variants are those of `averaging.AVERAGES` that `cfg` enables.
     """
     world = devices.info()
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model.parameters(), no_decay)
     schedule = EpochSchedule(cfg, optimizer)
     averages = {name: avg.make(cfg, device) for name, avg in AVERAGES.items() if avg.enabled(cfg)}
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
@@ -169,10 +176,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
             loss = loss * shards.weight(step)
             shown = world.mean(loss)
         if not torch.isfinite(shown):
+            kept = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.is_file()
+                    else "no checkpoint was written before it")
             raise NonFiniteLossError(
                 f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
-                f"the last good checkpoint is kept{f' at {ckpt}' if ckpt else ''}. Lower lr, set grad_clip, "
-                "or use precision='fp32'.")
+                f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip:

@@ -180,3 +180,37 @@ def test_run_record_holds_calibration_of_its_saved_predictions(easy_root, run_kw
     fitted = calib["best"][select_split]
     assert fitted["nll_ts"] <= fitted["nll"] + 1e-12
     assert not set(fitted) & set(record["metrics"][select_split])  # no clash with WILDS's names
+
+
+def test_ties_give_one_predicted_class_to_metrics_predictions_and_ece(iwildcam):
+    """Identical prompts make identical logit columns; every number then reads the same class per
+    row (the lowest of the tied ones): the metrics, the saved predictions, the ECE of the record,
+    the ECE and reliability bins of the saved predictions, and torchmetrics' ECE."""
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    from clipdg_nb.analysis.weight_averaging import bins_ece, reliability_bins
+    from clipdg_nb.data import split_indices
+    from clipdg_nb.evaluate import evaluate_logits
+    idx = split_indices(iwildcam, "id_test")
+    y = torch.as_tensor(np.asarray(iwildcam.y_array)[idx])
+    n, g = len(idx), torch.Generator().manual_seed(0)
+    logits = 2 * torch.randn(n, 182, generator=g)
+    # on 80 % of the rows the true class ties with another at the top, lower or higher than it
+    partner = (y + 1 + torch.randint(0, 181, (n,), generator=g)) % 182
+    rows = torch.nonzero(torch.rand(n, generator=g) < 0.8).squeeze(1)
+    top = logits.max(1).values + 3 * torch.rand(n, generator=g)
+    logits[rows, y[rows]] = logits[rows, partner[rows]] = top[rows]
+    metrics, frame = evaluate_logits(iwildcam, idx, logits, "id_test")
+    tied_pred = torch.minimum(y, partner)[rows].numpy()
+    assert (frame["y_pred"].to_numpy()[rows.numpy()] == tied_pred).all()  # the lowest class index
+    assert all(labels[0] == pred for labels, pred in zip(frame["topk_labels"], frame["y_pred"]))
+    assert metrics["acc_avg"] == pytest.approx((frame["y_pred"] == frame["y_true"]).mean())
+    ece = calibration_metrics({"id_test": logits}, {"id_test": y}, fit_split=None)["id_test"]["ece"]
+    conf = frame["p_top1"].to_numpy()
+    assert np.abs(conf * 15 - np.round(conf * 15)).min() > 1e-5  # no confidence on a bin edge
+    saved = _hand_ece(conf, (frame["y_pred"] == frame["y_true"]).to_numpy(dtype=float))
+    assert ece == pytest.approx(saved, abs=1e-5)
+    assert bins_ece(reliability_bins(frame)) == pytest.approx(ece, abs=1e-5)
+    theirs = float(MulticlassCalibrationError(num_classes=182, n_bins=15, norm="l1")(logits.double().softmax(1), y))
+    assert ece == pytest.approx(theirs, abs=1e-5)
+    assert 0.05 < ece < 1

@@ -153,3 +153,64 @@ def test_run_reports_read_only_output_up_front(tmp_path, monkeypatch):
             methods.run(ZeroShotConfig(output_dir=str(locked), cache_dir=str(tmp_path / "cache")))
     finally:
         locked.chmod(0o700)
+
+
+def test_identical_prompts_are_named_at_the_door_and_a_names_file_tells_them_apart(tmp_path, synth_root, run_kwargs):
+    """iWildCam names four pairs of classes alike up to case (3 'Lowland paca' / 148 'lowland paca',
+    two scientific names for one species): CLIP's tokenizer lowercases, so their prompts and logits
+    are identical. The run says so once, naming them, records them, and a class_names.csv in the
+    dataset folder (part of the data fingerprint) tells them apart."""
+    import shutil
+    import warnings
+
+    from clipdg_nb.data import CLASS_NAMES_FILE, DatasetFormatError, class_names
+    shutil.copytree(synth_root / "iwildcam_v2.0", tmp_path / "data" / "iwildcam_v2.0")
+    cfg = dict(dataset="iwildcam", root_dir=str(tmp_path / "data"), eval_splits=("id_val",), **run_kwargs)
+    for key in ("vision_arch", "vision_weights", "batch_size"):
+        cfg.pop(key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = methods.run(ZeroShotConfig(**cfg))
+    said = [str(w.message) for w in caught if "identical prompts" in str(w.message)]
+    assert len(said) == 1
+    assert "3 'Lowland paca' = 148 'lowland paca'; 19 'Jaguarundi' = 174 'jaguarundi'" in said[0]
+    assert str(tmp_path / "data" / "iwildcam_v2.0" / CLASS_NAMES_FILE) in said[0]
+    assert [[c["y"] for c in group] for group in record["identical_prompts"]] == [[3, 148], [19, 174], [82, 178],
+                                                                                 [153, 181]]
+    assert record["identical_prompts"][0][1] == {"y": 148, "name": "lowland paca"}
+    names_file = tmp_path / "data" / "iwildcam_v2.0" / CLASS_NAMES_FILE
+    names_file.write_text("y,name\n148,agouti paca\n174,puma yagoroundi\n178,ave desconocida\n181,mazama temama\n")
+    folder = tmp_path / "data" / "iwildcam_v2.0"
+    assert class_names("iwildcam", folder)[146:149] == class_names("iwildcam")[146:148] + ["agouti paca"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        renamed = methods.run(ZeroShotConfig(**cfg))
+    assert not [w for w in caught if "identical prompts" in str(w.message)]
+    assert renamed["run_id"] != record["run_id"] and "identical_prompts" not in renamed
+    for text, match in (("y,label\n3,x\n", "columns y,name"), ("y,name\n182,x\n", r"y=\[182\]"),
+                        ("y,name\n3,a\n3,b\n", r"y=\[3\]"), ("y,name\n3,\n", r"y=\[3\]")):
+        names_file.write_text(text)
+        with pytest.raises(DatasetFormatError, match=match):
+            class_names("iwildcam", folder)
+
+
+def test_a_weights_folder_is_named_as_a_folder(tmp_path, files, synth_root):
+    from clipdg_nb.pipeline.validate import missing_file
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, hint in ((files, f"one of the weights files in it, e.g. '{files}/"), (empty, "this folder holds none")):
+        for load, what in ((lambda: M.load_clip("clipdg-tiny-vit", folder), "pretrained"),
+                           (lambda: M.vision_only(5, arch="tiny", weights=folder, image_size=32), "vision_weights"),
+                           (lambda: M.read_state_dict(folder), "weights file")):
+            with pytest.raises(FileNotFoundError) as err:
+                load()
+            assert str(err.value).startswith(f"{what}='{folder}' is a folder, not a weights file: pass ")
+            assert hint in str(err.value)
+        assert missing_file("pretrained", str(folder), tmp_path).startswith(f"pretrained='{folder}' is a folder")
+    common = dict(root_dir=str(synth_root), output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=rf"pretrained='{empty}' is a folder, not a weights file"):
+        methods.run(ZeroShotConfig(pretrained=str(empty), **common))
+    M.save_local_dir(M.load_clip("clipdg-tiny-vit"), tmp_path / "model_dir")
+    with pytest.raises(FileNotFoundError, match=r"is an open_clip model folder, not a weights file: pass "
+                                                r"model='local-dir:.*model_dir' and pretrained=None"):
+        M.load_clip("clipdg-tiny-vit", tmp_path / "model_dir")

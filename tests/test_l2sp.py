@@ -5,13 +5,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from clipdg_nb import methods, train
 from clipdg_nb.config import METHODS, FinetuneConfig, sweep_configs
 from clipdg_nb.images import Normalize
-from clipdg_nb.losses import LOSSES, cross_entropy
+from clipdg_nb.losses import LOSSES, backbone_parameters, cross_entropy
 from test_train import _tiny_setup
 
 
@@ -87,9 +88,51 @@ def test_alphas_are_swept_like_lrs():
         sweep_configs({"l2sp_alphas": 0.1}, ["l2sp"], [1e-4])
 
 
-def test_l2sp_run_with_alpha_zero_equals_finetune(easy_root, run_kwargs):
-    common = dict(root_dir=str(easy_root), lr=1e-3, epochs=2, swa_last_k=1, fraction=0.5, **run_kwargs)
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_weight_decay_on_the_head_only_and_one_step_by_hand(optimizer):
+    """L2-SP as published: the backbone is pulled toward w0 by the loss, not also toward zero by the
+    optimizer's weight decay, which acts on the new head only."""
+    model = Toy()
+    cfg = SimpleNamespace(optimizer=optimizer, lr=0.1, weight_decay=0.5, l2sp_alpha=0.3)
+    loss_fn = LOSSES["l2sp"](model, cfg)
+    opt = train.make_optimizer(cfg, model.parameters(), backbone_parameters(model))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay == {id(model.visual.weight): 0.0, id(model.head.weight): 0.5}
+    with torch.no_grad():
+        model.visual.weight += torch.tensor([[0.5, -1.0], [0.0, 2.0]])
+    w0 = torch.eye(2)
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    visual, head = model.visual.weight.detach().clone(), model.head.weight.detach().clone()
+    ce_visual, ce_head = torch.autograd.grad(cross_entropy(model, x, y), [model.visual.weight, model.head.weight])
+    opt.zero_grad()
+    loss_fn(model, x, y).backward()
+    opt.step()
+    # Adam's first step is lr * g / (|g| + eps) (bias-corrected moments: m = g, v = g^2); L2 (adam)
+    # adds wd * w to the head's gradient, decoupled decay (adamw) shrinks the head by lr * wd first.
+    g_visual = ce_visual + 0.3 * (visual - w0)
+    g_head = ce_head + (0.5 * head if optimizer == "adam" else 0)
+    shrink = 1 - 0.1 * 0.5 if optimizer == "adamw" else 1
+    assert torch.allclose(model.visual.weight, visual - 0.1 * g_visual / (g_visual.abs() + 1e-8), atol=1e-6)
+    assert torch.allclose(model.head.weight, shrink * head - 0.1 * g_head / (g_head.abs() + 1e-8), atol=1e-6)
+
+
+def test_l2sp_run_decays_the_head_only(easy_root, run_kwargs, monkeypatch):
+    made = []
+    real = train.make_optimizer
+
+    def spy(cfg, params, no_decay=()):
+        made.append(real(cfg, params, no_decay))
+        return made[-1]
+    monkeypatch.setattr(train, "make_optimizer", spy)
+    # text_mode='frozen': a head (the zero-shot weights as a new layer); 'trainable' has none, so nothing decays
+    common = dict(root_dir=str(easy_root), lr=1e-3, epochs=1, swa=False, fraction=0.5, weight_decay=0.05,
+                  text_mode="frozen", **run_kwargs)
     plain = methods.run(FinetuneConfig(method="finetune", **common), progress=False)
     l2sp = methods.run(FinetuneConfig(method="l2sp", l2sp_alpha=0.0, **common), progress=False)
     assert l2sp["run_id"] != plain["run_id"] and l2sp["tuned"] == {"l2sp_alpha": 0.0}
-    assert l2sp["variants"] == plain["variants"]
+    assert l2sp["identity"]["weight_decay_on"] == "head" and "weight_decay_on" not in plain["identity"]
+    assert [g["weight_decay"] for g in made[0].param_groups] == [0.05]  # finetune: everything decays
+    head, backbone = made[1].param_groups
+    assert head["weight_decay"] == 0.05 and backbone["weight_decay"] == 0.0
+    assert len(head["params"]) == 2 and all(p.ndim in (1, 2) for p in head["params"])  # head.weight, head.bias
+    assert len(backbone["params"]) == sum(len(g["params"]) for g in made[0].param_groups) - 2

@@ -120,3 +120,17 @@ def test_group_accuracy_counts_accuracy_and_natural_order(fmow, iwildcam):
         members = [k for k in range(len(frame)) if frame["location"][k] == row.group]
         assert row.n == len(members)
         assert row.value == pytest.approx(np.mean([frame["y_pred"][k] == frame["y_true"][k] for k in members]))
+
+
+def test_top_classes_break_ties_toward_the_lowest_class(iwildcam):
+    from clipdg_nb.evaluate import top_classes
+    scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 1.0, 5.0, 5.0, 1.0]])
+    assert top_classes(scores, 3).tolist() == [[1, 2, 4], [0, 1, 2], [0, 2, 3]]
+    assert top_classes(scores.softmax(1)).tolist() == [[1], [0], [0]]
+    # iWildCam's classes 3 and 148 share a name: identical logits, the prediction is always 3
+    idx = split_indices(iwildcam, "train")
+    logits = torch.randn(len(idx), 182, generator=torch.Generator().manual_seed(0))
+    logits[:, 3] = logits[:, 148] = 10.0
+    frame = prediction_frame(iwildcam, idx, logits, "train")
+    assert (frame["y_pred"] == 3).all()
+    assert all(list(labels[:2]) == [3, 148] for labels in frame["topk_labels"])

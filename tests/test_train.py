@@ -230,6 +230,13 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(easy_root, 
                   device=torch.device("cpu"), evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path, progress=False)
     _, meta = train.load_checkpoint(tmp_path / train.CHECKPOINT)
     assert meta["epoch"] == 0  # epoch 1 finished and was kept
+    # in the first epoch no checkpoint exists yet: the message names none
+    model, images, groups, cfg = _tiny_setup(easy_root)
+    model.forward = lambda x: original(x) * float("nan")
+    with pytest.raises(train.NonFiniteLossError, match="epoch 1 .* no checkpoint was written before it") as err:
+        train.fit(model, images, groups, cfg, normalize=Normalize((0.5,) * 3, (0.5,) * 3), device=torch.device("cpu"),
+                  evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path / "fresh", progress=False)
+    assert str(tmp_path / "fresh") not in str(err.value)
 
 
 def test_selection_never_reads_a_test_split(easy_root, run_kwargs, monkeypatch):

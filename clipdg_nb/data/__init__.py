@@ -29,7 +29,8 @@ DEMO_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.in_demo)  
 GROUP_FIELDS = tuple(dict.fromkeys(f for spec in DATASETS.values() for f in spec.eval_groups))
 
 __all__ = ["DATASETS", "DEMO_DATASETS", "GROUP_FIELDS", "DatasetSpec", "DatasetFormatError", "DatasetNotFoundError",
-           "dataset_spec", "headline_metric", "data_present", "load_dataset", "class_names", "dataset_splits",
+           "dataset_spec", "headline_metric", "data_present", "load_dataset", "class_names", "CLASS_NAMES_FILE",
+           "dataset_splits",
            "TEMPLATE_SETS", "prompt_templates", "render_prompt", "prompt_functions",
            "SAMPLERS", "GroupUniformSampler", "EpochShuffleSampler",
            "SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
@@ -70,13 +71,32 @@ def dataset_splits(name: str, requested) -> tuple:
     return requested
 
 
+CLASS_NAMES_FILE = "class_names.csv"  # in a dataset folder: rows `y,name` renaming those classes
+
+
 def class_names(name: str, data=None) -> list[str]:
-    """Readable class names in WILDS label order. `data` (a loaded WILDS dataset or its folder) lets
-    the dataset's own files name them where it has them (iWildCam's categories.csv); without it the
-    dataset module's fallback (WILDS's list, or a bundled one) answers. Each dataset reads only its own."""
+    """Readable class names in WILDS label order (the prompts' names). `data` (a loaded WILDS dataset
+    or its folder) lets the dataset's own files name them where it has them (iWildCam's
+    categories.csv), and a `class_names.csv` there (columns y,name; only the classes to rename)
+    overrides those names: a top-level file of the folder, so it is part of the data fingerprint and
+    of every run id. Without `data` the dataset module's fallback (WILDS's list, or a bundled one) answers."""
     spec = dataset_spec(name)
     folder = None if data is None else Path(getattr(data, "data_dir", data))
-    return list(spec.class_names(folder))
+    names = list(spec.class_names(folder))
+    override = None if folder is None else folder / CLASS_NAMES_FILE
+    if override is None or not override.is_file():
+        return names
+    import pandas as pd
+    try:
+        table = pd.read_csv(override, dtype={"name": str}, keep_default_na=False)
+        ys, given = table["y"].astype(int), table["name"].str.strip()
+        bad = sorted(set(ys[ys.duplicated() | ~ys.between(0, len(names) - 1) | (given == "")]))
+        if bad:
+            raise ValueError(f"the rows for y={bad} are outside [0, {len(names)}), repeated or without a name")
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetFormatError(f"{override}: {e}; write one row `y,name` (columns y,name) per class to rename, "
+                                 "or remove the file") from e
+    return [dict(zip(ys, given)).get(y, n) for y, n in enumerate(names)]
 
 
 def prompt_templates(name: str, kind: str = "paper") -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from .weights import WEIGHT_SUFFIXES, mismatch_error, names_a_file, save_weights, shape_differences, weight_shapes
+from .weights import WEIGHT_SUFFIXES, folder_problem, mismatch_error, names_a_file, save_weights, shape_differences, weight_shapes
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "data_files" / "model_configs"
 TINY_MODELS = ("clipdg-tiny-vit", "clipdg-tiny-vit-64")
@@ -142,9 +142,9 @@ def _resolve_source(model_name: str, pretrained, weights_arg: str = "pretrained"
     if os.path.isfile(pretrained):
         return name, "file", {}
     tags = open_clip.list_pretrained_tags_by_model(name)
-    if names_a_file(pretrained):
-        raise FileNotFoundError(f"{weights_arg}={str(pretrained)!r}: no such file (resolved from {Path.cwd()}); "
-                                f"nor is it a known tag for {name!r} ({tags})")
+    if names_a_file(pretrained) or os.path.isdir(pretrained):
+        raise FileNotFoundError(folder_problem(pretrained, weights_arg) or f"{weights_arg}={str(pretrained)!r}: no "
+                                f"such file (resolved from {Path.cwd()}); nor is it a known tag for {name!r} ({tags})")
     raise ValueError(f"{weights_arg}={str(pretrained)!r} is neither a known tag for {name!r} "
                      f"({tags}) nor an existing weights file")
 

@@ -36,6 +36,17 @@ def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[C
     return trim_tokens(tokenizer([template(c) for c in classnames for template in templates]))
 
 
+def identical_prompt_classes(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> list[list[int]]:
+    """Groups of classes (lowest first) whose prompts are token for token the same, e.g. names equal
+    up to case (CLIP's tokenizer lowercases): their logits tie on every image, so only the lowest of
+    each group is ever predicted (`evaluate.top_classes`)."""
+    tokens = tokenize_prompts(tokenizer, classnames, templates).reshape(len(classnames), -1)
+    groups: dict[int, list[int]] = {}
+    for y, group in enumerate(torch.unique(tokens, dim=0, return_inverse=True)[1].tolist()):
+        groups.setdefault(group, []).append(y)
+    return sorted(g for g in groups.values() if len(g) > 1)
+
+
 def class_text_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Class embeddings [C, D]: each prompt L2-normalised, averaged over templates, renormalised
     (open_clip's zero-shot recipe). Differentiable, so the trainable head can back-propagate."""

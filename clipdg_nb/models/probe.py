@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import top_classes
+
 
 @dataclass
 class LinearProbe:
@@ -83,7 +85,7 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
         lam = 1.0 / (C * len(y))
         _fit_lbfgs(x, y, W, b, lam, absent, max_iter)
         with torch.no_grad():
-            pred = (xv @ W.T + b).argmax(dim=1).cpu()
+            pred = top_classes(xv @ W.T + b)[:, 0].cpu()
         scores[C] = float(score_fn(yv, pred))
         if best is None or scores[C] > scores[best[0]]:
             best = (C, lam, W.detach().clone(), b.detach().clone())

@@ -42,8 +42,23 @@ def _where(path: str | os.PathLike, what: str) -> str:
     return f"{what}={str(path)!r}"
 
 
+def folder_problem(path: str | os.PathLike, what: str) -> str | None:
+    """For a weights parameter naming a folder: that it is one and what to pass instead (the weights
+    files in it, or `local-dir:` for an open_clip model folder); None for anything else."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / "open_clip_config.json").is_file():
+        return (f"{_where(path, what)} is an open_clip model folder, not a weights file: pass "
+                f"model='local-dir:{folder}' and pretrained=None (the folder holds its weights)")
+    files = sorted(str(f) for f in folder.iterdir() if f.name.lower().endswith(WEIGHT_SUFFIXES))
+    return (f"{_where(path, what)} is a folder, not a weights file: pass "
+            + (f"one of the weights files in it, e.g. {files[0]!r}" if files else
+               f"a weights file ({', '.join(WEIGHT_SUFFIXES)}); this folder holds none"))
+
+
 def _missing(path: str | os.PathLike, what: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{_where(path, what)}: no such file (resolved from {Path.cwd()})")
+    return FileNotFoundError(folder_problem(path, what) or f"{_where(path, what)}: no such file (resolved from {Path.cwd()})")
 
 
 def _unreadable(path, what: str, error: Exception) -> WeightsFileError:

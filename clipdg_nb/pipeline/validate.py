@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
 from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
-from ..models.weights import names_a_file
+from ..models.weights import folder_problem, names_a_file
 from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
@@ -165,6 +165,8 @@ def missing_file(key: str, value, root: Path) -> str | None:
     """The problem of a weights parameter naming a file that is not there, or None."""
     if not names_a_file(value) or _resolve(root, value).is_file():
         return None
+    if folder := folder_problem(_resolve(root, value), key):
+        return folder
     cov = re.search(r"coverage-([0-9.]+)", str(value))
     make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
     return (f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
