@@ -135,3 +135,34 @@ def test_the_greedy_block_counts_the_kept_runs(tmp_path):
     rows = [line for line in body.splitlines() if line.startswith("| fmow")]
     assert [r.split("|")[5].strip() for r in rows] == ["2 of 2", "1 of 2", "2 of 2"]
     assert rows[1].split("|")[6].strip() == "0.0003"
+
+
+def test_the_coverage_block_pairs_clip_with_its_twin_per_coverage(tmp_path):
+    """Records of a coverage ablation written by hand (each run's weights beside a pretraining's
+    meta.json): the gap cell is the paired t-interval of finetune - vision_only at that coverage."""
+    ood = {0: 0.05, 1: 0.09, 2: 0.06}
+    weights = {}
+    for coverage in (1.0, 0.5):
+        folder = tmp_path / f"pretrain-{coverage:g}"
+        folder.mkdir()
+        (folder / "meta.json").write_text(json.dumps({"config": {}, "coverage": coverage}))
+        weights[coverage] = str(folder / "tiny-clip.safetensors")
+
+    def run(method, coverage, seed, value, fraction=0.1, lr=3e-4):
+        metrics = {"id_val": {"acc_avg": 0.5}, "id_test": {"acc_avg": 0.5}, "test": {"acc_worst_region": value}}
+        return {"run_id": f"fmow-{method}-c{coverage:g}-s{seed}", "experiment": "coverage_demo", "dataset": "fmow",
+                "method": method, "fraction": fraction, "seed": seed, "lr": lr, "params": {"pretrained": weights[coverage]},
+                "identity": {"pretrained": weights[coverage]}, "selection": {"variant": "best"}, "metrics": metrics}
+    folder = tmp_path / "runs" / "coverage_demo"
+    for coverage in (1.0, 0.5):
+        _write(folder, run("zeroshot", coverage, 0, 0.01 * coverage, fraction=0.0, lr=None))
+        for seed in (0, 1, 2):
+            _write(folder, run("finetune", coverage, seed, 0.2 * coverage + ood[seed] * seed))
+            _write(folder, run("vision_only", coverage, seed, 0.1 + ood[seed]))
+    body = rn.coverage_block(tmp_path / "runs").body
+    for coverage in (1.0, 0.5):
+        d = np.array([0.2 * coverage + ood[s] * s - 0.1 - ood[s] for s in (0, 1, 2)])
+        half = st.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+        assert _cells(body, f"{coverage:g}") == [f"{0.01 * coverage:.3f}",
+                                                 f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"]
+    assert "twin (the whole interval above zero): none; below it: none." in body  # both intervals straddle zero

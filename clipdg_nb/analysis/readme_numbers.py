@@ -80,17 +80,17 @@ def findings_block(output_dir, experiment: str, datasets, level: float = 0.95) -
     return Block(markdown_table(table) + "\n\n" + text, tuple(r for r in records if r.get("dataset") in datasets))
 
 
-def _soup_stage(output_dir, soups_dir, experiment, dataset, level):
+def _comparison(output_dir, soups_dir, experiment, dataset, level) -> pd.DataFrame:
+    """04_analysis's weight-averaging table: effective robustness against the sweep's vision-only trend."""
     chosen = _chosen(output_dir, experiment, dataset)
     fit = analysis.fit_trend(analysis.id_ood_points(chosen), TREND_METHODS) if len(chosen) else None
-    soup_runs, soups = wa.load_soup_stage(soups_dir, experiment, dataset)
-    return chosen, soup_runs, soups, wa.averaging_comparison(soup_runs, soups, level=level, fit=fit)
+    return wa.averaging_comparison(*wa.load_soup_stage(soups_dir, experiment, dataset), level=level, fit=fit)
 
 
 def soups_block(output_dir, soups_dir, experiment: str, datasets, level: float = 0.95) -> Block | None:
     """Every weight-averaging variant against the best single run, paired by seed (`averaging_comparison`),
     and the variants whose paired intervals lie above zero on both ID and OOD test."""
-    comparisons = {d: _soup_stage(output_dir, soups_dir, experiment, d, level)[3] for d in datasets}
+    comparisons = {d: _comparison(output_dir, soups_dir, experiment, d, level) for d in datasets}
     comparisons = {d: c for d, c in comparisons.items() if len(c)}
     if not comparisons:
         return None
@@ -150,9 +150,9 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
     soup stage and per fraction of the sweep's fine-tuned runs; how many variants it lowers / raises."""
     columns, sentences, records, labels = {}, [], [], []
     for d in datasets:
-        chosen, soup_runs, _, _ = _soup_stage(output_dir, soups_dir, experiment, d, level)
+        chosen = _chosen(output_dir, experiment, d)
         recs = wa.soup_stage_records(soups_dir, experiment, d)
-        stage = wa.averaging_calibration(recs, soup_runs)
+        stage = wa.averaging_calibration(recs, wa.load_soup_stage(soups_dir, experiment, d)[0])
         sweep_recs = wa.records_of(output_dir, experiment, chosen["run_id"]) if len(chosen) else []
         sweep = wa.calibration_rows(sweep_recs)
         sweep = sweep[sweep["headline"] & (sweep["method"] == "finetune")]
@@ -169,8 +169,8 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
             part = table.xs(split, level="split")
             columns[f"{d} {title} ECE"] = {k: f"{r['ece']:.3f} -> {r['ece_ts']:.3f}" for k, r in part.iterrows()}
             labels += list(part.index)
-        lowered = {s: int((lambda x: x["ece_ts"] < x["ece"])(table.xs(s, level="split")).sum()) for s in ("id_test", "test")}
-        n = len(table.xs("id_test", level="split"))
+        lowered = {s: int((x["ece_ts"] < x["ece"]).sum()) for s in ("id_test", "test") for x in [table.xs(s, level="split")]}
+        n = len(order)
         t = pd.concat([stage, sweep])["temperature"]
         sentences.append(f"On {d}, temperature scaling fitted on ID val (temperatures {t.min():.2f}-{t.max():.2f}) lowers "
                          f"the mean ID ECE in {lowered['id_test']} of {n} rows and the mean OOD ECE in "
@@ -204,7 +204,10 @@ def coverage_block(output_dir, experiment: str = "coverage_demo", level: float =
             col = dict(zip(sub["coverage"], [ci_text(m, lo, hi, 3, True) for m, lo, hi in zip(sub["mean_gap"], sub["low"], sub["high"])]))
             wide[f"finetune - vision_only at {f:g}"] = [col.get(c, "") for c in sorted(zero, reverse=True)]
         named = coverage.accuracy_by_naming(output_dir, experiment, d, splits=("test",))
-        parts.append(f"{d}, OOD test:\n\n" + markdown_table(wide))
+        side = {h: [f"coverage {c:g} at fraction {f:g}" for c, f, lo, hi in gaps[["coverage", "fraction", "low", "high"]].itertuples(index=False)
+                    if analysis.interval_verdict(lo, hi) == h] for h in (True, False)}
+        parts.append(f"{d}, OOD test:\n\n" + markdown_table(wide) + f"\n\nCLIP fine-tuned above its vision-only twin (the "
+                     f"whole interval above zero): {_names(side[True])}; below it: {_names(side[False])}.")
         if len(named):
             acc = named.pivot_table(index=["coverage", "method", "fraction"], columns="named", values="accuracy").reset_index()
             acc = acc.sort_values(["coverage", "method", "fraction"], ascending=[False, True, True])
