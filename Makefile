@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clipdg-installed
 
-.PHONY: demo test lab install clean-outputs bench gpu-check
+.PHONY: demo test lab install clean-outputs bench gpu-check readme-numbers
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/clipdg demo
+
+# README.md's number tables, rewritten from the demo's run records (after make demo; `--check` in the tests).
+readme-numbers: $(STAMP)
+	$(VENV)/bin/clipdg readme-numbers
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -17,7 +17,7 @@ A map of the package, in the order data flows (`parameters/*.yaml -> pipeline ->
       devices     device, precision and the torchrun primitives; progress: per-epoch progress
     data/         one module per dataset (fmow, iwildcam, camelyon17) + the registry, splits, samplers
     images/       the decode cache, tensors, batched augmentation;   models/  open_clip, heads, probes
-    analysis/     the experiment-level analysis, tables, figures, the failure browser, coverage
+    analysis/     experiment-level analysis, tables, figures, failure browser, coverage, README numbers
     pipeline/     experiment files, validation, the papermill runner, reports, Slurm
     demo/         synthetic WILDS-format data, the tiny pretraining, the offline demo
 

@@ -140,10 +140,10 @@ def test_findings_answer_each_question_with_a_measured_number(tidy):
 
 
 def test_interval_verdict_is_three_way():
-    assert analysis._interval_verdict(0.01, 0.2) is True
-    assert analysis._interval_verdict(-0.2, -0.01) is False
-    assert analysis._interval_verdict(-0.1, 0.1) is None
-    assert analysis._interval_verdict(float("nan"), float("nan")) is None
+    assert analysis.interval_verdict(0.01, 0.2) is True
+    assert analysis.interval_verdict(-0.2, -0.01) is False
+    assert analysis.interval_verdict(-0.1, 0.1) is None
+    assert analysis.interval_verdict(float("nan"), float("nan")) is None
 
 
 def test_worst_groups_fall_back_to_saved_predictions(tmp_path):

@@ -139,4 +139,4 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(tmp_path, capsys):
 
 def test_one_seed_interval_reads_na_not_nan():
     assert analysis._fmt_ci(0.05, float("nan"), float("nan"), 1) == "+0.050, interval n/a (1 seed)"
-    assert tables._ci_text(0.3, float("nan"), float("nan"), 3, False) == "0.300 [n/a (1 seed)]"
+    assert tables.ci_text(0.3, float("nan"), float("nan"), 3, False) == "0.300 [n/a (1 seed)]"

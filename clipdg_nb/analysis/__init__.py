@@ -283,7 +283,7 @@ def verdict(holds, measured: bool = True) -> str:
     return VERDICTS[None if holds is None else bool(holds)] if measured else NOT_MEASURED
 
 
-def _interval_verdict(low: float, high: float):
+def interval_verdict(low: float, high: float):
     """True when a paired interval lies above zero, False below, None when it straddles zero."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return None
@@ -342,7 +342,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
             continue
         for _, r in table.sort_values("fraction").iterrows():
             add(f"{clip_method} - {vision_method} on {split}, fraction {r['fraction']:g}",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), _interval_verdict(r["low"], r["high"]), r)
+                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
     for baseline in ("best", "last"):
         try:
             gain = swa_gain(df, ood_split, baseline=baseline, method=clip_method, level=level)
@@ -352,7 +352,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
         gain = gain[gain["dataset"] == dataset]
         for _, r in gain.sort_values("fraction").iterrows():
             add(f"SWA - {baseline} on {ood_split}, fraction {r['fraction']:g} (paired, {level:.0%})",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), _interval_verdict(r["low"], r["high"]), r)
+                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
     # object dtype keeps True / False / None as they are (a bool column would turn None into False)
     columns = ["question", "measured", "holds", "verdict", "value", "low", "high", "n"]
     return pd.DataFrame(rows, columns=columns).astype({"holds": object, "value": float, "low": float, "high": float,

@@ -104,7 +104,7 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
     return table.replace({"lr": {NO_LR: np.nan}}).sort_values(HEADLINE_KEYS, kind="stable").reset_index(drop=True)
 
 
-def _ci_text(mean, low, high, digits: int, signed: bool) -> str:
+def ci_text(mean, low, high, digits: int, signed: bool) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
@@ -132,7 +132,7 @@ def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
         prefix = f"{row.column} " if len(names) > 1 else ""
         if not by_lr and not row.paired:
             cells[f"{prefix}lr"] = _lr_text(row.lr)
-        cells[f"{prefix}{_split_title(row.split)}"] = _ci_text(row.mean, row.low, row.high, digits, row.paired)
+        cells[f"{prefix}{_split_title(row.split)}"] = ci_text(row.mean, row.low, row.high, digits, row.paired)
         cells[f"{prefix}{'pairs' if row.paired else 'seeds'}"] = str(int(row.n))
     order = [f"{p}{c}" for name in names for p in [f"{name} " if len(names) > 1 else ""]
              for c in (["lr"] if not by_lr and name in experiments else [])
@@ -161,9 +161,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def format_headline(table: pd.DataFrame, fmt: str = "text", digits: int = 3, level: float = 0.95,
-                    selection: str | None = None) -> str:
+                    selection: str | None = None, headings: bool = True) -> str:
     """`headline_table` / `analysis.compare_experiments` rows as text (one table per dataset),
-    markdown (a section per dataset) or CSV (the numbers, long, every dataset)."""
+    markdown (a section per dataset; `headings=False`: a caption line instead of a heading) or CSV
+    (the numbers, long, every dataset)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     table = table if "paired" in table.columns else table.assign(paired=False)
@@ -176,7 +177,8 @@ def format_headline(table: pd.DataFrame, fmt: str = "text", digits: int = 3, lev
                    + ("; 'A - B' columns: paired by seed over the seeds both share" if part["paired"].any() else "")
                    + (f"; {selection}" if selection else ""))
         wide = _wide(part, digits)
-        blocks.append(f"### {dataset}\n\n{caption}\n\n{markdown_table(wide)}" if fmt == "markdown"
+        title = f"### {dataset}\n\n{caption}" if headings else f"{dataset}: {caption}"
+        blocks.append(f"{title}\n\n{markdown_table(wide)}" if fmt == "markdown"
                       else f"{dataset}: {caption}\n{wide.to_string(index=False)}")
     return "\n\n".join(blocks) + "\n"
 
