@@ -173,11 +173,6 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def method_choices(trained: bool = True) -> str:
-    """The method names as the notebooks' help lists them."""
-    return ", ".join(TRAINED_METHODS if trained else METHODS)
-
-
 @dataclass
 class RunConfig:
     """What every run shares: which data, which model, where results go."""
