@@ -16,6 +16,9 @@ computed from other pixels than the record says. The price: a copy that resets m
 without `-p`) is other data to us and its runs are recomputed (correct, only slower); copy with
 `cp -a`, `rsync -a` or `tar`, which keep them. Whole seconds, because some copies keep only those.
 
+Inside `one_scan_per_folder()` each folder is scanned once and taken as it was then: the sweep
+runner's done checks of many points over one dataset (the data is read, never written, by a sweep).
+
 Weights digest (`file_digest`): the sha256 of the file's bytes, memoised in a small JSON file under
 the cache folder (`digests.json`, written only where that folder exists), keyed by (real path, size, mtime_ns, ctime_ns, inode), so a
 600 MB file is hashed once per change, and any change (even one that restores the mtime) re-hashes.
@@ -25,6 +28,7 @@ It imports only `paths` (the one atomic writer), so anything may import this mod
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -35,6 +39,19 @@ from .paths import atomic_path
 DIGEST_MEMO = "digests.json"
 MEMO_LIMIT = 2000  # entries kept in the memo (the most recent)
 _READ = 1 << 20
+
+
+_SCANS: contextvars.ContextVar[dict] = contextvars.ContextVar("dataset_scans")  # folder -> fingerprint
+
+
+@contextlib.contextmanager
+def one_scan_per_folder():
+    """Within the block `dataset_fingerprint` scans each folder once (nested blocks share the outer's)."""
+    token = _SCANS.set(_SCANS.get({}))
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
 
 
 class CacheRebuiltWarning(RuntimeWarning):
@@ -129,9 +146,11 @@ def dataset_fingerprint(folder: str | os.PathLike, memo_dir: str | os.PathLike |
     """The content of a dataset folder (e.g. `<root_dir>/fmow_v1.1`), see the module's docstring:
     {'metadata': {name: sha256}, 'images': {'files', 'bytes', 'listing'}, 'digest'}; `digest`
     covers the rest and is what a run id holds. {'missing': True} when the folder is not there."""
-    folder = os.fspath(folder)
+    folder, scans = os.fspath(folder), _SCANS.get({})
     if not os.path.isdir(folder):
         return {"missing": True}
+    if os.path.realpath(folder) in scans:
+        return scans[os.path.realpath(folder)]
     top = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
     digests = file_digests([os.path.join(folder, n) for n in top], memo_dir)
     metadata = {n: digests[os.path.join(folder, n)] for n in top}
@@ -141,4 +160,5 @@ def dataset_fingerprint(folder: str | os.PathLike, memo_dir: str | os.PathLike |
         h.update(f"{name}\t{size}\t{mtime}\n".encode())
     images = {"files": len(listing), "bytes": sum(s for _, s, _ in listing), "listing": h.hexdigest()}
     digest = hashlib.sha256(json.dumps([metadata, images], sort_keys=True).encode()).hexdigest()
-    return {"metadata": metadata, "images": images, "digest": digest}
+    scans[os.path.realpath(folder)] = {"metadata": metadata, "images": images, "digest": digest}
+    return scans[os.path.realpath(folder)]

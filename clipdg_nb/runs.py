@@ -6,6 +6,8 @@ frame of many runs for the analysis (with the settings that tell runs of one met
                                      names), selection and its split, timings, versions, git commit
     predictions/<split>.parquet      idx (in the full WILDS dataset), y_true, y_pred, p_top1, ...
     variants/<v>/predictions/...     other weights of the same training run (last, swa, ema, ...)
+    superseded.json                  only when a newer run of its point replaced it (by whom, when, why):
+                                     kept on disk, read by no table, figure, soup, download or report
 
 A run is built in `<run_id>.partial/` (its resumable checkpoint included) and renamed into place
 only when complete, so a finished run is replaced only by a successful new one, and a forced rerun
@@ -17,6 +19,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +37,7 @@ from .inputs import run_identity
 from .paths import MANIFEST_ENV, atomic_path, experiment_dir, read_json, to_jsonable, write_json
 
 RESULT_FILE = "result.json"
+SUPERSEDED_FILE = "superseded.json"  # in a run folder that a newer run of its point replaced
 WEIGHTS_FILE = "weights/last.safetensors"  # the final weights, kept where an experiment makes soups
 PREDICTION_COLUMNS = ("idx", "y_true", "y_pred", "p_top1")
 _VERSION_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open-clip-torch": "open_clip",
@@ -159,6 +163,17 @@ class Run:
         record = self.record()
         return record is not None and (identity is None or record.get("identity") == to_jsonable(identity))
 
+    def mark_superseded(self, by, reason: str) -> None:
+        """Keep the run on disk but out of every table, figure, soup, download and report: `by` (the
+        run ids, or the point, that replaced it) and why. Noting the run again (`note_runs`) lifts it."""
+        write_json(self.path / SUPERSEDED_FILE, {"by": [by] if isinstance(by, str) else list(by),
+                                                  "at": utc_now(), "reason": reason})
+
+    def superseded(self) -> dict | None:
+        """What `mark_superseded` wrote, or None for a current run."""
+        found = read_json(self.path / SUPERSEDED_FILE)
+        return found if isinstance(found, dict) else None
+
     def prediction_path(self, split: str, variant: str | None = None, base: Path | None = None) -> Path:
         base = base if base is not None else self.path
         folder = base if variant is None else base / "variants" / variant
@@ -262,15 +277,21 @@ class Run:
         return self.record()
 
 
-def load_records(folder: str | os.PathLike) -> list[dict]:
-    """Every finished run record directly under `folder` (unreadable ones skipped with a warning)."""
-    records = []
+def load_records(folder: str | os.PathLike, include_superseded: bool = False) -> list[dict]:
+    """Every finished run record directly under `folder` (unreadable ones skipped with a warning),
+    less the superseded ones (`Run.mark_superseded`; counted in one line of this module's log)."""
+    records, superseded = [], 0
     for path in sorted(Path(folder).glob(f"*/{RESULT_FILE}")):
+        if not include_superseded and (path.parent / SUPERSEDED_FILE).exists():
+            superseded += 1
+            continue
         record = read_json(path)
         if not isinstance(record, dict) or "metrics" not in record:
             warnings.warn(f"skipping {path}: not a readable run record", stacklevel=2)
             continue
         records.append(record)
+    if superseded:
+        logging.getLogger(__name__).info("%d superseded run(s) under %s left out", superseded, folder)
     return records
 
 
@@ -372,14 +393,13 @@ def check_one_setting(df: pd.DataFrame, what: str) -> None:
                          "apart, or keep the runs of one setting (df[df['setting'] == ...])")
 
 
-
-
-
 def note_runs(*runs) -> list[str]:
     """Tell the sweep runner which run folders this notebook produced (records or folders). Under
     `clipdg run` they are appended to the manifest named by $CLIPDG_SWEEP_MANIFEST; elsewhere this
     only returns them."""
     dirs = [str(Run.of_record(r).path if isinstance(r, Mapping) else r) for r in runs]
+    for d in dirs:  # a run this notebook made or reused now is current again
+        Path(d, SUPERSEDED_FILE).unlink(missing_ok=True)
     manifest = os.environ.get(MANIFEST_ENV)
     if manifest:
         with open(manifest, "a", encoding="utf-8") as fh:

@@ -8,6 +8,7 @@ another path, or a moved data folder, are the same run."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import warnings
@@ -263,3 +264,93 @@ def test_g_a_moved_data_folder_is_reused_and_a_copy_with_new_mtimes_is_not(synth
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
     assert Run.of(dataclasses.replace(cfg, root_dir=str(copied)).validate()).id != first["run_id"]
+
+
+# --- a sweep point is done by content (issue 26, item 1) -------------------------------------
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def zero_shot_project(synth_root, tmp_path) -> tuple[Path, Path, Path]:
+    """A one-point experiment over 01_zero_shot reading its own copy of FMoW and its own weights
+    file, both changed in place by the tests. Returns the experiment file, the data and the weights."""
+    import yaml
+
+    root = copy_fmow(synth_root, tmp_path / "data")
+    weights = save_tiny_clip(tmp_path / "w" / "tiny.safetensors", seed=0)
+    doc = {"experiment": "t", "defaults": {"dataset": "fmow", "root_dir": str(root), "model": "clipdg-tiny-vit",
+                                           "pretrained": str(weights), "output_dir": "outputs/runs",
+                                           "cache_dir": "outputs/cache", "eval_splits": ["id_test", "test"]},
+           "stages": [{"name": "zero_shot", "notebook": str(NOTEBOOKS / "01_zero_shot.ipynb"),
+                       "params": {"gallery_size": 0}}]}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, root / FOLDER, weights
+
+
+def sweep(path: Path, capsys) -> str:
+    from clipdg_nb.cli import main
+
+    assert main(["run", str(path), "--root", str(path.parent), "--no-progress"]) == 0
+    return capsys.readouterr().out
+
+
+def table(path: Path, capsys) -> str:
+    from clipdg_nb.cli import main
+
+    assert main(["table", "--experiment", "t", "--output-dir", str(path.parent / "outputs/runs"), "--all-lrs"]) == 0
+    return capsys.readouterr().out
+
+
+def current_and_superseded(path: Path) -> tuple[list[dict], list[dict]]:
+    from clipdg_nb.runs import load_records
+
+    every = load_records(path.parent / "outputs/runs/t", include_superseded=True)
+    current = load_records(path.parent / "outputs/runs/t")
+    ids = {r["run_id"] for r in current}
+    return current, [r for r in every if r["run_id"] not in ids]
+
+
+def rerun_replaces(path: Path, capsys, first_out: str) -> dict:
+    """The rerun after an in-place change executes the point; the old run is kept, marked
+    superseded by the point, and out of `load_records` and `clipdg table`; a rerun after that skips."""
+    assert "1 done, 0 skipped" in sweep(path, capsys)
+    current, old = current_and_superseded(path)
+    assert len(current) == 1 and len(old) == 1 and current[0]["run_id"] != old[0]["run_id"]
+    mark = Run(path.parent / "outputs/runs/t" / old[0]["run_id"]).superseded()
+    assert mark["by"] == ["t/zero_shot/default"] and mark["reason"] and mark["at"]
+    marker = json.loads((path.parent / "outputs/notebooks/t/zero_shot/default.done.json").read_text())
+    assert [Path(d).name for d in marker["run_dirs"]] == [current[0]["run_id"]]
+    out = table(path, capsys)
+    assert out != first_out
+    assert "0 done, 1 skipped" in sweep(path, capsys)
+    return current[0]
+
+
+@pytest.mark.slow
+def test_a_sweep_point_runs_again_when_its_weights_file_changed_in_place(synth_root, tmp_path, capsys):
+    from clipdg_nb.fingerprint import sha256_of_file
+
+    path, _, weights = zero_shot_project(synth_root, tmp_path)
+    assert "1 done, 0 skipped" in sweep(path, capsys)
+    first_table = table(path, capsys)
+    assert "0 done, 1 skipped" in sweep(path, capsys)  # (c) nothing changed: skipped
+    save_tiny_clip(weights, seed=1)  # a retrained checkpoint saved over the old file
+    new = rerun_replaces(path, capsys, first_table)
+    assert new["inputs"]["weights"]["pretrained"]["sha256"] == sha256_of_file(weights)
+
+
+@pytest.mark.slow
+def test_b_a_sweep_point_runs_again_when_its_metadata_was_relabelled_in_place(synth_root, tmp_path, capsys):
+    from clipdg_nb.fingerprint import sha256_of_file
+
+    path, data, _ = zero_shot_project(synth_root, tmp_path)
+    assert "1 done, 0 skipped" in sweep(path, capsys)
+    first_table = table(path, capsys)
+    meta = pd.read_csv(data / "rgb_metadata.csv")
+    test = meta["split"] == "test"
+    meta.loc[test, "category"] = meta.loc[test, "category"].to_numpy()[::-1]  # the OOD test labels relabelled
+    assert (meta.loc[test, "category"] != pd.read_csv(data / "rgb_metadata.csv").loc[test, "category"]).any()
+    meta.to_csv(data / "rgb_metadata.csv", index=False)
+    new = rerun_replaces(path, capsys, first_table)
+    assert new["inputs"]["dataset"]["metadata"]["rgb_metadata.csv"] == sha256_of_file(data / "rgb_metadata.csv")

@@ -65,6 +65,14 @@ def test_every_notebook_runs_without_error(executed):
         assert not [o for o in outs if o.output_type == "error"]
 
 
+def test_a_second_run_skips_every_point_by_the_runs_each_notebook_made(executed):
+    """`is_done` computes each point's runs from the parameters (validate's configs, by content): they
+    must be the runs the notebooks made and noted, or every sweep would run every point again."""
+    root, _ = executed
+    summary = run_experiment(root / "nbtest.yaml", root=root, progress=False)
+    assert len(summary.skipped) == 5 and not summary.done, summary.format()
+
+
 def test_run_records_and_predictions_written(executed):
     root, _ = executed
     runs = root / "outputs/runs/nbtest"

@@ -45,7 +45,7 @@ def experiments_with_runs(output_dir: str | Path) -> pd.DataFrame:
     rows = {}
     for path in runs.experiment_dir(output_dir, ".").glob(f"*/*/{runs.RESULT_FILE}"):
         record = runs.read_json(path)
-        if not isinstance(record, dict) or "metrics" not in record:
+        if not isinstance(record, dict) or "metrics" not in record or (path.parent / runs.SUPERSEDED_FILE).exists():
             continue
         row = rows.setdefault(path.parent.parent.name, {"datasets": set(), "runs": 0, "mtime": 0.0})
         row["datasets"].add(str(record.get("dataset")))

@@ -113,4 +113,3 @@ def relative_input_paths(prefix: str = "") -> Callable:
     def paths(dataset, indices) -> list[str]:
         return [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[np.asarray(indices)]]
     return paths
-

@@ -135,7 +135,6 @@ class IPCKernelManager(AsyncKernelManager):
             shutil.rmtree(os.path.dirname(self.ip), ignore_errors=True)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The warm kernel: a zygote process that forks kernels
 # ---------------------------------------------------------------------------------------------
@@ -342,13 +341,6 @@ class WarmKernelManager(IPCKernelManager):
 
 
 # ---- inside the zygote ----------------------------------------------------------------------
-
-def _os_threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
 
 def _reap(*_) -> None:
     """Collect ended kernels (their CPU time then counts in this process's children, as a kernel

@@ -2,7 +2,8 @@
 renamed into place and marked done only on success.
 
     <point>.ipynb          the last successful execution (never half written)
-    <point>.done.json      its parameters, run folders and stage times; a rerun with the same ones skips it
+    <point>.done.json      its parameters, run folders and stage times; a rerun skips it while they are
+                           the runs it would make now (`is_done`); runs it no longer makes are superseded
     <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
     <point>.lock           held by the one process executing the point
 
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Mapping
 
 from .kernel import WarmKernelManager
-from ..runs import RESULT_FILE, Run
-from ..paths import ENV_VAR, MANIFEST_ENV, atomic_path, read_json, to_jsonable, write_json
+from ..fingerprint import one_scan_per_folder
+from ..runs import RESULT_FILE, SUPERSEDED_FILE, Run, utc_now
+from ..paths import ENV_VAR, MANIFEST_ENV, atomic_path, experiment_dir, read_json, rooted_at, to_jsonable, write_json
 from .experiment import FORCE_PARAM, Point
 from .oserrors import describe_os_error, out_of_space, space_note
 
@@ -50,14 +52,45 @@ class PointResult:
 
 
 def is_done(point: Point) -> bool:
-    """True when the point's marker holds the same parameters, its executed notebook is there and
-    its run records still exist."""
+    """True when the point's marker holds the same parameters, its executed notebook is there, the
+    runs it lists are finished and not superseded, and among them are the runs it would make now, by
+    content (`Run.of` of `validate.point_configs`: settings, the data's fingerprint, the weights'
+    digests): a checkpoint retrained over its file or a relabelled metadata CSV makes it run again.
+    A point that makes no runs (04_analysis) is done while no run it reads is newer than its marker."""
+    from .validate import point_configs  # here, not at the top: validate imports the config registry
+
     if not point.output.is_file():
         return False
     marker = read_json(point.done_path)
     if not isinstance(marker, Mapping) or marker.get("parameters") != to_jsonable(point.parameters):
         return False
-    return all(Run(point.root / d).is_done() for d in marker.get("run_dirs", []))
+    listed = [Run(point.root / d) for d in marker.get("run_dirs", [])]
+    if not all(run.is_done() and run.superseded() is None for run in listed):
+        return False
+    try:
+        configs = point_configs(point)
+    except (ValueError, TypeError):  # validation says why; such a point is not done
+        return False
+    with rooted_at(point.root), one_scan_per_folder():
+        if configs == [] and not listed:
+            return not _newer_runs(point)
+        have = {run.path.resolve() for run in listed}
+        return all(run.path.resolve() in have and run.is_done() for run in map(Run.of, configs or []))
+
+
+def _newer_runs(point: Point) -> bool:
+    """A run record (or a superseded mark) of the experiment the point reads is newer than its marker."""
+    from .validate import declared_defaults
+
+    ns = {**declared_defaults(point.notebook), **point.parameters}
+    folders = [experiment_dir(ns[k], ns["experiment"]) for k in ("output_dir", "soups_output_dir")
+               if isinstance(ns.get(k), str) and isinstance(ns.get("experiment"), str)]
+    try:
+        since = point.done_path.stat().st_mtime
+        return any(f.stat().st_mtime > since for folder in folders for pattern in ("*/", "soups/*/")
+                   for name in (RESULT_FILE, SUPERSEDED_FILE) for f in folder.glob(pattern + name))
+    except OSError:  # a file gone while we looked: look again next time
+        return True
 
 
 @contextmanager
@@ -236,29 +269,30 @@ def run_point(point: Point, force: bool = False, log_output: bool = False, wait:
     """
     from filelock import FileLock, Timeout
 
-    if not force and is_done(point):
-        return PointResult(point.stage, point.name, "skipped", output=str(point.output))
-    point.output.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(point.lock_path))
-    try:
-        lock.acquire(blocking=wait)
-    except Timeout:
-        return PointResult(point.stage, point.name, "busy", output=str(point.output))
-    try:
-        if (not force or _newer(point.done_path, since)) and is_done(point):
+    with one_scan_per_folder():  # its done checks (before and after the lock) scan the data once
+        if not force and is_done(point):
             return PointResult(point.stage, point.name, "skipped", output=str(point.output))
-        if _newer(point.failed_path, since):  # failed in another process during this sweep
-            info = read_json(point.failed_path) or {}
-            return PointResult(point.stage, point.name, "failed",
-                               error=f"{info.get('ename')}: {info.get('evalue')} (in process {info.get('pid')})",
-                               output=str(point.output))
-        for leftover in point.leftovers():  # of attempts that were killed; we hold the lock
-            leftover.unlink(missing_ok=True)
-        return _execute(point, force, log_output)
-    except OSError as err:  # the disk, not the notebook (a marker, the manifest): the sweep goes on
-        return failed_result(point, err)
-    finally:
-        lock.release()
+        point.output.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(point.lock_path))
+        try:
+            lock.acquire(blocking=wait)
+        except Timeout:
+            return PointResult(point.stage, point.name, "busy", output=str(point.output))
+        try:
+            if (not force or _newer(point.done_path, since)) and is_done(point):
+                return PointResult(point.stage, point.name, "skipped", output=str(point.output))
+            if _newer(point.failed_path, since):  # failed in another process during this sweep
+                info = read_json(point.failed_path) or {}
+                return PointResult(point.stage, point.name, "failed",
+                                   error=f"{info.get('ename')}: {info.get('evalue')} (in process {info.get('pid')})",
+                                   output=str(point.output))
+            for leftover in point.leftovers():  # of attempts that were killed; we hold the lock
+                leftover.unlink(missing_ok=True)
+            return _execute(point, force, log_output)
+        except OSError as err:  # the disk, not the notebook (a marker, the manifest): the sweep goes on
+            return failed_result(point, err)
+        finally:
+            lock.release()
 
 
 def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
@@ -267,6 +301,7 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
     parses) and the point's earlier outputs are left as they are."""
     import papermill
 
+    before = read_json(point.done_path)  # the runs of its last execution: those it does not make now are superseded
     parameters = dict(point.parameters)
     if force and point.force_param:
         parameters[FORCE_PARAM] = True
@@ -317,10 +352,25 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
         "notebook": str(point.notebook), "parameters": point.parameters, "run_dirs": run_dirs,
         "output": str(point.output), "seconds": seconds, "stages": stages,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    supersede(point, before, run_dirs)
     point.failed_path.unlink(missing_ok=True)  # a success leaves no stale failure behind
     point.failed_notebook_path.unlink(missing_ok=True)
     return PointResult(point.stage, point.name, "done", seconds, output=str(point.output), warnings=found,
                        stages=stages)
+
+
+def supersede(point: Point, before, run_dirs: list[str]) -> list[str]:
+    """Mark superseded (kept on disk) the runs the point's previous marker (`before`) listed that its
+    new execution did not make, unless another point of the experiment lists them still."""
+    gone = set(before.get("run_dirs", []) if isinstance(before, Mapping) else []) - set(run_dirs)
+    for m in point.output.parent.parent.glob("*/*.done.json"):  # every stage's points
+        gone -= set((read_json(m) or {}).get("run_dirs", [])) if m != point.done_path else set()
+    name = f"{point.experiment}/{point.stage}/{point.name}"
+    for run in (Run(point.root / d) for d in sorted(gone)):
+        if run.record() is not None:
+            run.mark_superseded(name, f"{name} ran again ({utc_now()}) and made other runs: its parameters, "
+                                      "data or weights changed")
+    return sorted(gone)
 
 
 def _records_written(point: Point, run_dirs: list[str], since: float) -> list[dict]:

@@ -54,7 +54,7 @@ def _record(run_dir: str, roots: list[Path]) -> tuple[dict, Path] | None:
 def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
     """status (done | failed | unknown), failure (the failed marker), parameters (as given),
     records (the run records its done marker lists that exist), folders (theirs, resolved),
-    missing (the others)."""
+    missing (the others: gone, or superseded)."""
     notebook = Path(notebook)
     if notebook.name.endswith(".failed.ipynb"):  # the runner keeps a failed execution beside the point's
         notebook = notebook.with_name(notebook.name[:-len(".failed.ipynb")] + ".ipynb")
@@ -71,7 +71,7 @@ def point_info(notebook: str | os.PathLike, roots: list[Path]) -> dict:
     records, folders, missing = [], [], []
     for d in (done or {}).get("run_dirs", []) if status == "done" else []:
         found = _record(d, roots)
-        if found is None:
+        if found is None or Run(found[1]).superseded():  # a newer run of its point replaced it
             missing.append(d)
         else:
             records.append(found[0])
@@ -225,7 +225,7 @@ def provenance_rows(info: dict, nb=None) -> tuple[list[dict], str]:
     out.append({"label": "parameters as given", "lines": True,
                 "items": [(f"{k} = {json.dumps(v)}", "") for k, v in given.items()]})
     items = [(str(r.get("run_id")), f"({r.get('created_at', '')})") for r in info["records"]]
-    items += [(str(d), "missing") for d in info["missing"]]
+    items += [(str(d), "missing or superseded") for d in info["missing"]]
     if not info["records"] and info.get("read"):
         items.append(("", f"none written; it read {len(info['read'])} run record(s) under {info['read_from']} "
                           "(the rows above are theirs)"))

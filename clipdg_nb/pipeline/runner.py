@@ -4,7 +4,7 @@
   (`validate.validate_experiment`); any problem stops the command before a point runs;
 * resumable: after a point succeeds, `<point>.done.json` (parameters + the run folders the notebook
   reported through `runs.note_runs`) is written atomically; a rerun skips points whose marker holds
-  the same parameters and whose run records still exist;
+  the same parameters and whose runs are those the point would make now, by content (`point.is_done`);
 * safe to run twice at once: a point is claimed with a file lock (`<point>.lock`); a point another
   process holds is left for later, then waited for, so two `clipdg run` of one experiment split
   the work and each point executes once;
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..fingerprint import one_scan_per_folder
 from ..paths import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
 from .kernel import preload_for, start_zygote, stop_zygote
@@ -239,10 +240,12 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     validate_experiment(experiment, stages)
     if dry_run:
         for stage in stages:
+            with one_scan_per_folder():
+                done = [not force and is_done(p) for p in stage.points]
             print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s), "
                   f"{_after_text(experiment, stage)}")
-            for p in stage.points:
-                status = "skipped" if (not force and is_done(p)) else "planned"
+            for p, skip in zip(stage.points, done):
+                status = "skipped" if skip else "planned"
                 summary.results.append(PointResult(stage.name, p.name, status, output=str(p.output)))
                 shown = {k: v for k, v in p.parameters.items() if k in stage.grid or k in stage.params}
                 print(f"  {'done, skip' if status == 'skipped' else 'would run'}: {p.name} {json.dumps(to_jsonable(shown))}")
@@ -302,13 +305,12 @@ class _StageBars:
 
     def todo(self, stage: Stage, force: bool) -> list[Point]:
         """The stage's points to execute; those already done are recorded as skipped (cheap, here)."""
-        todo = []
-        for p in stage.points:
-            if not force and is_done(p):
+        with one_scan_per_folder():  # each dataset folder is scanned once per stage, not once per point
+            done = [not force and is_done(p) for p in stage.points]
+        for p, skip in zip(stage.points, done):
+            if skip:
                 self.record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
-            else:
-                todo.append(p)
-        return todo
+        return [p for p, skip in zip(stage.points, done) if not skip]
 
     def close(self, name: str | None = None) -> None:
         for key in [name] if name is not None else list(self.bars):

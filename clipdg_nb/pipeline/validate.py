@@ -24,7 +24,6 @@ from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
 from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
-from ..models.weights import folder_problem, names_a_file
 from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
@@ -106,6 +105,17 @@ def declared_defaults(notebook) -> dict:
     return out
 
 
+def point_configs(point: Point) -> list | None:
+    """The configs a point's notebook builds from its parameters, relative paths from its root (as
+    in its kernel); None for a notebook `VALIDATORS` does not know. Raises ValueError / TypeError
+    as validation reports them."""
+    validator = VALIDATORS.get(point.notebook.name)
+    if validator is None:
+        return None
+    with rooted_at(point.root):
+        return validator.check({**declared_defaults(point.notebook), **point.parameters})
+
+
 def check_values(validator: Validator, namespace: Mapping, defaults: Mapping) -> tuple[list[str], list, set]:
     """Every problem of one point's values, not only the first: the value an error names is put
     back to the notebook's default and the check runs again. Returns the errors, the configs built
@@ -163,6 +173,8 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
 
 def missing_file(key: str, value, root: Path) -> str | None:
     """The problem of a weights parameter naming a file that is not there, or None."""
+    from ..models.weights import folder_problem, names_a_file  # here: torch, which the runner's done checks do without
+
     if not names_a_file(value) or _resolve(root, value).is_file():
         return None
     if folder := folder_problem(_resolve(root, value), key):
@@ -280,16 +292,11 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
     sizes: dict = {}
     per_stage: dict[str, list[int]] = {}
     for stage in stages if stages is not None else experiment.stages:
-        validator = VALIDATORS.get(stage.notebook.name)
-        if validator is None:
-            continue
-        defaults = declared_defaults(stage.notebook)
         for point in stage.points:
-            with rooted_at(point.root):
-                try:
-                    configs = validator.check({**defaults, **point.parameters})
-                except (ValueError, TypeError):  # reported by validation
-                    continue
+            try:
+                configs = point_configs(point) or []
+            except (ValueError, TypeError):  # reported by validation
+                continue
             for cfg in (c for c in configs if getattr(c, "keep_weights", False)):
                 key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset)
                 if key not in sizes:
