@@ -160,7 +160,9 @@ def load_soups(output_dir, experiment: str) -> list[dict]:
     (`runs.tidy` takes them like run records); soups of runs since remade, superseded or gone are skipped."""
     soups = load_records(folder := soups_dir(output_dir, experiment))
     kept = {r["run_id"]: (r.get("kept_weights") or {}).get("sha256") for r in load_records(folder.parent)}
-    if stale := [s["run_id"] for s in soups if any(kept.get(k) != v for k, v in s["identity"]["ingredients"].items())]:
+    # a soup without ingredient digests (made before they were recorded) cannot be checked: not current
+    if stale := [s["run_id"] for s in soups if not (made_of := s["identity"].get("ingredients"))
+                 or any(kept.get(k) != v for k, v in made_of.items())]:
         warnings.warn(f"skipping {len(stale)} soups of runs that are no longer the experiment's (remade, superseded or "
                       f"gone): {stale}; rerun the soup stage for the soups of its current runs", stacklevel=2)
     return [s for s in soups if s["run_id"] not in stale]
@@ -184,6 +186,9 @@ def make_soups(run_dirs, *, device: str | None = None, force: bool = False) -> d
     if None in (records := [run.record() for run in runs]):
         raise FileNotFoundError(f"{runs[records.index(None)].path} holds no finished run (no result.json); "
                                 "finish it first")
+    if stale := [run.id for run in runs if run.superseded()]:
+        raise ValueError(f"runs {stale} were superseded by a newer run of their point; make soups of the point's "
+                         "current runs (rerun its soup stage)")
     check_ingredients(records)
     for run in runs:
         run.kept_weights_digest()  # raises, naming the run and how to remake its weights

@@ -93,11 +93,12 @@ def _soup_stage(tmp_path) -> Path:
             variants = {v: {s: {m: _value(seed, lr, v, s)} for s, m in SPLITS.items()} for v in ("best", "last", "swa")}
             ids.append(f"fmow-finetune-f0.1-lr{lr:g}-s{seed}")
             _write(soups_dir / "demo", {**common, "run_id": ids[-1], "seed": seed, "lr": lr, "identity": {"seed": seed},
-                                        "selection": {"variant": "best"}, "metrics": variants["best"], "variants": variants})
+                                        "kept_weights": {"sha256": f"digest-{lr:g}-{seed}"}, "selection": {"variant": "best"}, "metrics": variants["best"], "variants": variants})
         variants = {v: {s: {m: _soup_value(seed, v, s)} for s, m in SPLITS.items()} for v in ("uniform_soup", "greedy_soup")}
         kept = ids[1:] if seed == 1 else ids
         _write(soups_dir / "demo" / "soups", {
-            **common, "run_id": f"soup-s{seed}", "seed": seed, "lr": None, "kind": "soup", "identity": {},
+            **common, "run_id": f"soup-s{seed}", "seed": seed, "lr": None, "kind": "soup",
+            "identity": {"ingredients": {i: f"digest-{lr:g}-{seed}" for i, lr in zip(ids, (1e-3, 3e-4))}},
             "selection": {"variant": "greedy_soup"}, "metrics": variants["greedy_soup"],
             "variants": variants, "soups": {"greedy_soup": {"ingredients": kept}, "uniform_soup": {"ingredients": ids}}})
     (tmp_path / "runs" / "demo").mkdir(parents=True)  # the sweep's folder, with no runs: no trend line

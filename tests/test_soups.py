@@ -330,3 +330,10 @@ def test_damaged_kept_weights_make_no_soup_and_a_remade_ingredient_retires_its_s
         assert set(wa.load_soup_stage(out, "scratch")[1]["run_id"]) == {second["run_id"]}
     with pytest.warns(UserWarning, match=first["run_id"]):
         assert {r["run_id"] for r in wa.soup_stage_records(out, "scratch") if r.get("kind") == "soup"} == {second["run_id"]}
+    # a soup stage rerun with other lrs supersedes the runs it no longer makes: their soups are not
+    # current any more, and no soup is made of them
+    run.mark_superseded("scratch/soups/point", "rerun with other learning rates")
+    with pytest.warns(UserWarning, match=second["run_id"]):
+        assert soups.load_soups(out, "scratch") == []
+    with pytest.raises(ValueError, match="superseded"):
+        soups.make_soups([r.path for _, r in runs])
