@@ -15,6 +15,10 @@ replaced in place by one of the same byte size changes its mtime, and a number i
 computed from other pixels than the record says. The price: a copy that resets mtimes (`cp -r`
 without `-p`) is other data to us and its runs are recomputed (correct, only slower); copy with
 `cp -a`, `rsync -a` or `tar`, which keep them. Whole seconds, because some copies keep only those.
+What it cannot see: an image replaced by one of the same size with its old mtime put back (`rsync -t`,
+restore tools). For data edited that way, `CLIPDG_CONTENT_FINGERPRINT=1` (`content_fingerprint`)
+puts each image's sha256 in place of its mtime, here and in the decode cache's key (`image_digests`,
+memoised by (path, size, mtime_ns, ctime_ns, inode), so only new or changed files are read).
 
 Inside `one_scan_per_folder()` each folder is scanned once and taken as it was then: the sweep
 runner's done checks of many points over one dataset (the data is read, never written, by a sweep).
@@ -37,6 +41,7 @@ from pathlib import Path
 from .paths import atomic_path
 
 DIGEST_MEMO = "digests.json"
+CONTENT_ENV = "CLIPDG_CONTENT_FINGERPRINT"  # an environment variable: every process touching the data must agree
 MEMO_LIMIT = 2000  # entries kept in the memo (the most recent)
 _READ = 1 << 20
 
@@ -57,6 +62,24 @@ def one_scan_per_folder():
 class CacheRebuiltWarning(RuntimeWarning):
     """A cache entry failed its check (damaged, or not what its checksum says) and was rebuilt.
     The message names the file. The sweep runner collects these from the points it runs."""
+
+
+def identity_mismatch(holds, expected: dict) -> str | None:
+    """None when a cache file's stated identity (`holds`, read from inside it) is `expected`;
+    otherwise which fields differ, for the rebuild warning."""
+    expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
+    if not isinstance(holds, dict):
+        return "it does not say what it holds (written by an older version)"
+    wrong = [f"{k}={holds.get(k)!r}, expected {v!r}" for k, v in expected.items() if holds.get(k) != v]
+    return "it holds " + "; ".join(wrong) if wrong else None
+
+
+def content_fingerprint() -> bool:
+    """Whether image identities read the images' bytes (`CLIPDG_CONTENT_FINGERPRINT=1`; off by default)."""
+    value = os.environ.get(CONTENT_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{CONTENT_ENV}={value!r}: 1 fingerprints the images' bytes, 0 (the default) their names, sizes and mtimes")
+    return value == "1"
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
@@ -84,7 +107,7 @@ def _write_memo(memo: Path, data: dict) -> None:
     if not memo.parent.is_dir():  # never create a cache folder just to remember a digest
         return
     with contextlib.suppress(OSError), atomic_path(memo) as tmp:  # read-only or full: hash again next time
-        tmp.write_text(json.dumps(dict(list(data.items())[-MEMO_LIMIT:])), encoding="utf-8")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
 
 
 def file_digests(paths, memo_dir: str | os.PathLike | None = None) -> dict[str, str]:
@@ -105,7 +128,7 @@ def file_digests(paths, memo_dir: str | os.PathLike | None = None) -> dict[str, 
                 changed = True
         out[str(p)] = digest
     if changed and memo is not None:
-        _write_memo(memo, known)
+        _write_memo(memo, dict(list(known.items())[-MEMO_LIMIT:]))
     return out
 
 
@@ -114,16 +137,44 @@ def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
     return file_digests([path], memo_dir)[str(path)]
 
 
-def weights_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict:
-    """{'sha256', 'bytes'} of a weights file; {'missing': True} when there is no such file."""
-    if not os.path.isfile(path):
-        return {"missing": True}
-    return {"sha256": file_digest(path, memo_dir), "bytes": os.path.getsize(path)}
+_IMAGE_DIGESTS: dict[str, dict] = {}  # real data folder -> {name: [size, mtime_ns, ctime_ns, inode, sha256]}
+_MEMO_FILES: set[Path] = set()  # image memo files this process has read
 
 
-def _listing(folder: str) -> list[tuple[str, int, int]]:
-    """(path relative to `folder`, size, mtime in whole seconds) of every file below `folder`'s
-    subfolders (dotfiles skipped), sorted. One stat per file, no file is opened."""
+def image_digests(folder: str | os.PathLike, entries, memo_dir: str | os.PathLike | None = None) -> list[str]:
+    """sha256 of each file of `entries` ((name relative to `folder`, its os.stat_result)), memoised
+    by (size, mtime_ns, ctime_ns, inode) in this process and in `<memo_dir>/images-<folder>.json` (read
+    at the first file this process does not know): a second check reads no image byte. ctime is in
+    the key because no tool can set it back."""
+    folder = os.path.realpath(folder)
+    known = _IMAGE_DIGESTS.setdefault(folder, {})
+    memo = None if memo_dir is None else Path(memo_dir) / f"images-{hashlib.sha256(folder.encode()).hexdigest()[:16]}.json"
+    out, write = [], False
+    for name, st in entries:
+        sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = known.get(name)
+        if (entry is None or entry[:4] != sig) and memo is not None and memo not in _MEMO_FILES:
+            _MEMO_FILES.add(memo)
+            on_disk = _read_memo(memo)
+            write = not on_disk
+            for other, found in on_disk.items():
+                known.setdefault(other, found)
+            entry = known.get(name)
+        if entry is None or entry[:4] != sig:
+            path, write = os.path.join(folder, name), True
+            entry = sig + [sha256_of_file(path)]
+            after = os.stat(path)
+            if [after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino] == sig:  # not changed while read
+                known[name] = entry
+        out.append(entry[4])
+    if write and memo is not None:
+        _write_memo(memo, known)
+    return out
+
+
+def _listing(folder: str) -> list[tuple[str, os.stat_result]]:
+    """(path relative to `folder`, its stat) of every file below `folder`'s subfolders (dotfiles
+    skipped), sorted. One stat per file, no file is opened."""
     out = []
     stack = [(folder, "")]
     while stack:
@@ -136,16 +187,16 @@ def _listing(folder: str) -> list[tuple[str, int, int]]:
                 if entry.is_dir(follow_symlinks=True):
                     stack.append((entry.path, name + "/"))
                 elif rel:  # top-level files are digested whole (metadata)
-                    st = entry.stat(follow_symlinks=True)
-                    out.append((name, st.st_size, st.st_mtime_ns // 1_000_000_000))
-    out.sort()
+                    out.append((name, entry.stat(follow_symlinks=True)))
+    out.sort(key=lambda item: item[0])
     return out
 
 
 def dataset_fingerprint(folder: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict:
     """The content of a dataset folder (e.g. `<root_dir>/fmow_v1.1`), see the module's docstring:
-    {'metadata': {name: sha256}, 'images': {'files', 'bytes', 'listing'}, 'digest'}; `digest`
-    covers the rest and is what a run id holds. {'missing': True} when the folder is not there."""
+    {'metadata': {name: sha256}, 'images': {'files', 'bytes', 'listing'[, 'content']}, 'digest'};
+    `digest` covers the rest and is what a run id holds. {'missing': True} when the folder is not there.
+    With `content_fingerprint()` on, each image's sha256 stands where its mtime stood ('content': True)."""
     folder, scans = os.fspath(folder), _SCANS.get({})
     if not os.path.isdir(folder):
         return {"missing": True}
@@ -154,11 +205,13 @@ def dataset_fingerprint(folder: str | os.PathLike, memo_dir: str | os.PathLike |
     top = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
     digests = file_digests([os.path.join(folder, n) for n in top], memo_dir)
     metadata = {n: digests[os.path.join(folder, n)] for n in top}
-    listing = _listing(folder)
+    listing, content = _listing(folder), content_fingerprint()
+    stamps = image_digests(folder, listing, memo_dir) if content else [st.st_mtime_ns // 1_000_000_000 for _, st in listing]
     h = hashlib.sha256()
-    for name, size, mtime in listing:
-        h.update(f"{name}\t{size}\t{mtime}\n".encode())
-    images = {"files": len(listing), "bytes": sum(s for _, s, _ in listing), "listing": h.hexdigest()}
+    for (name, st), stamp in zip(listing, stamps):
+        h.update(f"{name}\t{st.st_size}\t{stamp}\n".encode())
+    images = {"files": len(listing), "bytes": sum(st.st_size for _, st in listing), "listing": h.hexdigest(),
+              **({"content": True} if content else {})}
     digest = hashlib.sha256(json.dumps([metadata, images], sort_keys=True).encode()).hexdigest()
     scans[os.path.realpath(folder)] = {"metadata": metadata, "images": images, "digest": digest}
     return scans[os.path.realpath(folder)]

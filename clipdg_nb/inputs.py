@@ -16,7 +16,7 @@ from typing import Iterable
 
 from .config import DEMO_DATA, METHODS, TINY_CLIP_WEIGHTS, TINY_VISION_WEIGHTS
 from .data import data_present, dataset_spec
-from .fingerprint import dataset_fingerprint, weights_identity
+from .fingerprint import dataset_fingerprint, file_digest
 from .paths import project_root, resolve
 from .paths import check_writable, experiment_dir
 
@@ -116,7 +116,7 @@ def run_inputs(cfg) -> dict:
             continue
         path = resolve(value)
         if path.is_file():
-            weights[param] = {"path": str(path), **weights_identity(path, memo)}
+            weights[param] = {"path": str(path), "sha256": file_digest(path, memo), "bytes": path.stat().st_size}
     return {"dataset": dataset, "weights": weights}
 
 

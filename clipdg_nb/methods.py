@@ -26,12 +26,11 @@ from .config import METHODS, FinetuneConfig
 from .data import (CLASS_NAMES_FILE, class_names, dataset_spec, fraction_indices, headline_metric, load_dataset,
                    metadata_column, prompt_functions, split_indices)
 from .evaluate import calibration_record, evaluate_logits, image_batches, predict_logits, wilds_metrics
-from .images import Normalize, image_split
+from .images import Normalize, SplitCache, image_split
 from .inputs import up_front_problem, vision_image_size, weights_location, weights_of
 from .models import (ClipClassifier, encode_images, fit_linear_probe, identical_prompt_classes, load_clip,
                      vision_only)
-from .images.cache import decoded_identity
-from .models.features import cached_split_features, content_key, feature_key, subset_rows
+from .models.features import cached_split_features, content_key, subset_rows
 from .models.partial import train_last_blocks
 from .devices import resolve_device, resolve_precision
 from .runs import Run
@@ -94,9 +93,9 @@ class Context:
         the given indices of it: a subset is an index into its split's features."""
         cfg, split_idx = self.cfg, self.indices(split)
         # by content: the weights' digest and the identity of the decoded images, not their paths
-        key = feature_key([content_key(preprocessing, cfg.cache_dir), cfg.dataset, self.dataset.version,
-                           decoded_identity(self.dataset, split, preprocessing["image_size"]), split])
-        path = Path(cfg.cache_dir) / "features" / f"{cfg.dataset}-{split}-{key}.pt"
+        decoded = SplitCache(self.dataset, split, preprocessing["image_size"], Path(cfg.cache_dir) / "decoded").key
+        identity = {"dataset": cfg.dataset, "version": self.dataset.version, "split": split, "decoded": decoded,
+                    "preprocessing": content_key(preprocessing, cfg.cache_dir)}
 
         def compute():
             images = self.images(split_idx, preprocessing["image_size"])
@@ -104,7 +103,7 @@ class Context:
             batches = image_batches(images, cfg.eval_batch_size, cfg.num_workers, self.device)
             return encode_images(encoder, (norm(x) for x, _, _ in batches), device=self.device, normalize=False)
 
-        feats = cached_split_features(path, compute)
+        feats = cached_split_features(Path(cfg.cache_dir) / "features", identity, compute)
         return feats if indices is None else feats[torch.as_tensor(subset_rows(split_idx, np.asarray(indices)))]
 
 

@@ -26,6 +26,7 @@ from clipdg_nb.images import SplitCache, decode_split, image_path, resize_crop
 from clipdg_nb.runs import Run
 
 FOLDER = "fmow_v1.1"
+CONTENT_ENV = "CLIPDG_CONTENT_FINGERPRINT"  # the opt-in content fingerprint (issue 26)
 
 
 def flip(path: Path, offset: int, n: int) -> None:
@@ -126,9 +127,9 @@ def test_a_swapped_page_or_a_lost_checksum_file_is_found_too(fmow, tmp_path):
         out = decode_split(fmow, idx, 64, cache_dir=tmp_path)
     assert rebuilt(caught) and np.array_equal(np.asarray(out), direct(fmow, idx, 64))
     from clipdg_nb.images.cache import forget_verified
-    cache.sums_path.unlink()
+    cache.meta_path.unlink()
     forget_verified()  # a new process
-    with pytest.warns(RuntimeWarning, match="checksum file is missing"):
+    with pytest.warns(RuntimeWarning, match="meta file .* is missing"):
         out = decode_split(fmow, idx, 64, cache_dir=tmp_path)
     assert np.array_equal(np.asarray(out), direct(fmow, idx, 64)) and cache.sums() is not None
 
@@ -354,3 +355,109 @@ def test_b_a_sweep_point_runs_again_when_its_metadata_was_relabelled_in_place(sy
     meta.to_csv(data / "rgb_metadata.csv", index=False)
     new = rerun_replaces(path, capsys, first_table)
     assert new["inputs"]["dataset"]["metadata"]["rgb_metadata.csv"] == sha256_of_file(data / "rgb_metadata.csv")
+
+
+# --- issue 26 (3): a cache file says what it holds ------------------------------------------
+
+def test_a_feature_file_copied_under_another_splits_name_is_recomputed(synth_root, tmp_path, common):
+    cfg = random_zero_shot(synth_root, common, experiment="fresh")  # id_test and test: 62 images each
+    run(cfg)
+    features = Path(common["cache_dir"]) / "features"
+    (target,), (source,) = features.glob("fmow-id_test-*.pt"), features.glob("fmow-test-*.pt")
+    shutil.copyfile(source, target)  # the OOD-test features under the ID-test name: a valid file
+    again, caught = run(cfg, experiment="again")
+    messages = rebuilt(caught)
+    assert len(messages) == 1 and str(target) in messages[0] and "split='test', expected 'id_test'" in messages[0]
+    truth, _ = run(cfg, experiment="truth", output_dir=str(tmp_path / "truth"), cache_dir=str(tmp_path / "c2"))
+    (reference,) = (tmp_path / "c2" / "features").glob("fmow-id_test-*.pt")
+    assert torch.equal(torch.load(target)["features"], torch.load(reference)["features"])  # the served tensor
+    assert again["metrics"] == truth["metrics"]
+
+
+def test_pretrained_weights_copied_over_each_other_are_pretrained_again(tmp_path):
+    from clipdg_nb.demo.pretrain import PretrainConfig, pretrain_tiny
+    from clipdg_nb.fingerprint import sha256_of_file
+    cfg = PretrainConfig(n_images=64, steps=2, supervised_steps=2, batch_size=32)
+    first = pretrain_tiny(tmp_path, cfg, log=lambda *a: None)
+    clip_digest = sha256_of_file(first.clip)
+    shutil.copyfile(first.vision, first.clip)  # a weights file under the other's name
+    with pytest.warns(RuntimeWarning, match=r"pretrain.*clip=") as caught:
+        again = pretrain_tiny(tmp_path, cfg, log=lambda *a: None)
+    assert rebuilt(caught) and sha256_of_file(again.clip) == clip_digest  # deterministic: the same bytes again
+
+
+# --- issue 26 (4): the opt-in content fingerprint -------------------------------------------
+
+def replace_keeping_size_and_mtime(target: Path, other: Path) -> None:
+    """Other pixels in `target`'s file (same inode), padded to its byte size (PIL ignores bytes after
+    a PNG's IEND), with its mtime put back: what `rsync -t` or a restore tool can leave."""
+    st, data = target.stat(), other.read_bytes()
+    assert len(data) <= st.st_size
+    with open(target, "r+b") as fh:
+        fh.write(data + b"\0" * (st.st_size - len(data)))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_an_image_replaced_with_size_and_mtime_kept_is_seen_only_with_the_content_fingerprint(
+        synth_root, tmp_path, common, monkeypatch):
+    root = copy_fmow(synth_root, tmp_path / "data")
+    cfg = random_zero_shot(root, common, experiment="e").validate()
+    ds = load_dataset("fmow", root)
+    paths = sorted((image_path(ds, int(i)) for i in split_indices(ds, "id_test")), key=lambda p: p.stat().st_size)
+    target, other = paths[-1], paths[0]  # the largest file, and a smaller one to pad
+    cache = Path(common["cache_dir"]) / "decoded"
+    off = Run.of(cfg).id
+    monkeypatch.setenv(CONTENT_ENV, "1")
+    on = Run.of(cfg).id
+    on_key = SplitCache(ds, "id_test", 16, cache).key
+    assert on != off
+    decode_split(ds, split_indices(ds, "id_test"), 16, cache)
+    replace_keeping_size_and_mtime(target, other)
+    monkeypatch.delenv(CONTENT_ENV)
+    assert Run.of(cfg).id == off  # off (the default), the fingerprint reads no byte: not seen (documented)
+    monkeypatch.setenv(CONTENT_ENV, "1")
+    assert Run.of(cfg).id != on and SplitCache(ds, "id_test", 16, cache).key != on_key
+    served = decode_split(ds, split_indices(ds, "id_test"), 16, cache)
+    assert np.array_equal(np.asarray(served), direct(ds, split_indices(ds, "id_test"), 16))
+
+
+def test_the_content_fingerprint_reads_each_image_once_per_change(synth_root, tmp_path, monkeypatch):
+    from clipdg_nb import fingerprint
+    folder = copy_fmow(synth_root, tmp_path / "data") / FOLDER
+    memo = tmp_path / "cache"
+    memo.mkdir()
+    monkeypatch.setenv(CONTENT_ENV, "1")
+    hashed = []
+    real = fingerprint.sha256_of_file
+    monkeypatch.setattr(fingerprint, "sha256_of_file", lambda p: hashed.append(Path(p).name) or real(p))
+    first = fingerprint.dataset_fingerprint(folder, memo)
+    images = first["images"]["files"]
+    assert first["images"]["content"] and len(hashed) >= images
+    for process_memo in (fingerprint._IMAGE_DIGESTS, fingerprint._MEMO_FILES):
+        process_memo.clear()  # a new process: only the memo file under the cache folder is left
+    hashed.clear()
+    assert fingerprint.dataset_fingerprint(folder, memo) == first and len(hashed) == 0
+    one = next((folder / "images").iterdir())
+    st = one.stat()
+    one.write_bytes(one.read_bytes())  # the same bytes rewritten: read again, same fingerprint
+    os.utime(one, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint.dataset_fingerprint(folder, memo) == first and hashed == [one.name]
+
+
+def test_by_default_the_fingerprint_and_so_the_run_ids_are_what_they_were(synth_root, monkeypatch):
+    """The default fingerprint, recomputed here as it was specified before the content option
+    (names, sizes, whole-second mtimes; metadata files by sha256), so no run id changes."""
+    import hashlib
+    import json
+
+    from clipdg_nb import fingerprint
+    monkeypatch.delenv(CONTENT_ENV, raising=False)
+    folder = synth_root / FOLDER
+    metadata = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    lines = sorted(f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns // 10**9}\n"
+                   for p in folder.rglob("*") if p.is_file() and p.parent != folder)
+    images = {"files": len(lines), "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.parent != folder),
+              "listing": hashlib.sha256("".join(lines).encode()).hexdigest()}
+    digest = hashlib.sha256(json.dumps([metadata, images], sort_keys=True).encode()).hexdigest()
+    assert fingerprint.dataset_fingerprint(folder) == {"metadata": metadata, "images": images, "digest": digest}

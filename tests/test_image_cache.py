@@ -77,8 +77,8 @@ def test_small_jpegs_are_the_same_with_draft(iwildcam, tmp_path):
     drafted = decode_split(iwildcam, idx, 24, cache_dir=tmp_path, draft=True)
     # 32 px files are below 2 x 24 px: draft cannot shrink them; but the mode is part of the key
     assert np.array_equal(np.asarray(full), np.asarray(drafted))
-    assert len(list(tmp_path.glob("iwildcam-id_val-24px-full-*.filled.npy"))) == 1
-    assert len(list(tmp_path.glob("iwildcam-id_val-24px-draft-*.filled.npy"))) == 1
+    assert len(list(tmp_path.glob("iwildcam-id_val-24px-full-*.meta.npz"))) == 1
+    assert len(list(tmp_path.glob("iwildcam-id_val-24px-draft-*.meta.npz"))) == 1
 
 
 def test_draft_on_a_large_jpeg_is_close_and_keeps_the_geometry(tmp_path):
@@ -109,8 +109,8 @@ def test_a_second_subset_decodes_only_its_missing_images(fmow, tmp_path, decodes
     assert sum(decodes.values()) == 0  # every row is there
     assert np.array_equal(np.asarray(arr_b), direct(fmow, b, 16))
     assert np.array_equal(np.asarray(again), direct(fmow, np.union1d(a, b), 16))
-    # the old per-subset files are gone: one entry (rows + bitmap + checksums + lock) for the split
-    assert len(list(tmp_path.glob("*.npy"))) == 3 and no_tmp(tmp_path)
+    # the old per-subset files are gone: one entry (rows + meta + lock) for the split
+    assert len(list(tmp_path.glob("*.np[yz]"))) == 2 and no_tmp(tmp_path)
 
 
 def test_request_spanning_several_splits(fmow, tmp_path, decodes):
@@ -121,7 +121,7 @@ def test_request_spanning_several_splits(fmow, tmp_path, decodes):
     assert np.array_equal(np.asarray(arr), direct(fmow, idx, 16))
     assert np.array_equal(arr[2:5], direct(fmow, idx[2:5], 16)) and np.array_equal(arr[3], direct(fmow, idx[3:4], 16)[0])
     assert sum(decodes.values()) == len(idx)
-    assert len(list(tmp_path.glob("fmow-*.filled.npy"))) == 3
+    assert len(list(tmp_path.glob("fmow-*.meta.npz"))) == 3
 
 
 def test_image_split_items_and_pickling(iwildcam, tmp_path):
@@ -310,3 +310,21 @@ def test_a_full_disk_while_reserving_the_file_leaves_nothing(fmow, tmp_path, mon
     with pytest.raises(OSError, match="image_cache=False"):
         decode_split(fmow, split_indices(fmow, "val")[:3], 16, cache_dir=tmp_path)
     assert not list(tmp_path.glob("*.npy")) and no_tmp(tmp_path)
+
+
+def test_an_entry_copied_under_another_splits_name_is_rebuilt(fmow, tmp_path):
+    """Issue 26 (3): id_test and test have the same number of rows, so the test entry's files copied
+    over id_test's have the right shape; the meta file says whose rows they are, and is checked."""
+    from clipdg_nb.images.cache import forget_verified
+    ids, other = split_indices(fmow, "id_test"), split_indices(fmow, "test")
+    assert len(ids) == len(other)
+    decode_split(fmow, ids, 16, cache_dir=tmp_path)
+    decode_split(fmow, other, 16, cache_dir=tmp_path)
+    target, source = SplitCache(fmow, "id_test", 16, tmp_path), SplitCache(fmow, "test", 16, tmp_path)
+    for src in tmp_path.glob(source.path.name[:-len(".npy")] + ".*"):  # every file of the entry but its lock
+        if not src.name.endswith(".lock"):
+            shutil.copyfile(src, target.path.with_name(target.path.name[:-len(".npy")] + src.name[len(source.path.name) - 4:]))
+    forget_verified()  # a new process
+    with pytest.warns(RuntimeWarning, match=rf"{target.path.name}.*split='test', expected 'id_test'"):
+        served = decode_split(fmow, ids, 16, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(served), direct(fmow, ids, 16))

@@ -23,16 +23,16 @@ def test_decoded_and_normalised_equals_open_clip_preprocess(fmow, tmp_path):
 def test_cache_is_reused_and_keyed_by_size(fmow, tmp_path):
     idx = split_indices(fmow, "id_val")[:5]
     a = decode_split(fmow, idx, 16, cache_dir=tmp_path)
-    entries = sorted(tmp_path.glob("*.npy"))
-    # one entry: bitmap, rows, checksums
-    assert [f.name.rsplit("-", 1)[1].split(".", 1)[1] for f in entries] == ["filled.npy", "npy", "sums.npy"]
+    entries = sorted(tmp_path.glob("*.np[yz]"))
+    # one entry: meta (identity, bitmap, checksums), rows
+    assert [f.name.rsplit("-", 1)[1].split(".", 1)[1] for f in entries] == ["meta.npz", "npy"]
     assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir())
     mtimes = [f.stat().st_mtime_ns for f in entries]
     b = decode_split(fmow, idx, 16, cache_dir=tmp_path)
     assert np.array_equal(a, b) and [f.stat().st_mtime_ns for f in entries] == mtimes
     decode_split(fmow, idx, 20, cache_dir=tmp_path)  # another size: another entry
     decode_split(fmow, idx[:3], 16, cache_dir=tmp_path)  # a subset of the same split: the same entry
-    assert len(list(tmp_path.glob("*.npy"))) == 6 and [f.stat().st_mtime_ns for f in entries] == mtimes
+    assert len(list(tmp_path.glob("*.np[yz]"))) == 4 and [f.stat().st_mtime_ns for f in entries] == mtimes
 
 
 def test_pil_path_equals_cached_path(iwildcam, tmp_path):

@@ -7,7 +7,9 @@ that name the concept but never use the target prompts ("a centered satellite ph
 "this is a photo of ..."). Zero-shot transfer to the synthetic WILDS splits is then real but
 imperfect. The vision-only counterpart is the same image tower trained with supervised labels
 (one per concept) on the same corpus. Both are cached under `outputs/cache/pretrain/`, keyed by
-their settings, and are deterministic for a seed.
+their settings, and are deterministic for a seed; the entry's `meta.json` names the sha256 of each
+weights file, checked on reuse (a file copied over from another entry is pretrained again, with a
+`CacheRebuiltWarning`).
 
 `coverage` < 1 (`clipdg pretrain-tiny --coverage C`): the captions name only a seeded share C of the
 concepts (the same share of each dataset); images of the others stay, with a generic caption. The
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import class_names
+from ..fingerprint import CacheRebuiltWarning, file_digest, identity_mismatch
 from ..models import TINY_MODELS, load_clip, save_weights
 from ..paths import write_json
 from .render import class_prototypes, random_scene, render
@@ -238,10 +242,15 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
         raise ValueError(f"model={cfg.model!r}: the miniature pretraining is for {TINY_MODELS}")
     folder = cfg.folder(cache_dir)
     clip_path, vision_path, meta_path = folder / "tiny-clip.safetensors", folder / "tiny-vision.safetensors", folder / "meta.json"
+    files = {"clip": clip_path, "vision": vision_path}
     if not force and meta_path.exists() and clip_path.exists() and vision_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == cfg.key():
-            return PretrainedTiny(clip_path, vision_path, meta)
+            wrong = identity_mismatch(meta.get("sha256"), {n: file_digest(p, cache_dir) for n, p in files.items()})
+            if wrong is None:
+                return PretrainedTiny(clip_path, vision_path, meta)
+            warnings.warn(f"pretraining cache {meta_path} does not name the weights files beside it ({wrong}); "
+                          "pretraining again", CacheRebuiltWarning, stacklevel=2)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     named = named_concepts(cfg)
@@ -256,7 +265,8 @@ def pretrain_tiny(cache_dir: str | os.PathLike = "outputs/cache", cfg: PretrainC
     save_weights(supervised.model, vision_path)
     meta = {"key": cfg.key(), "config": asdict(cfg), "coverage": cfg.coverage,
             "named_concepts": [f"{concepts()[k][0]}:{concepts()[k][2]}" for k in named],
-            "seconds": round(time.perf_counter() - start, 1), "example_captions": captions[:5]}
+            "seconds": round(time.perf_counter() - start, 1), "example_captions": captions[:5],
+            "sha256": {n: file_digest(p, cache_dir) for n, p in files.items()}}
     write_json(meta_path, meta)
     log(f"pretrained in {meta['seconds']} s -> {folder}")
     return PretrainedTiny(clip_path, vision_path, meta)

@@ -5,8 +5,11 @@ grid (fractions x seeds) draws many overlapping subsets of one train split. So t
 *split*, not per subset: one uint8 array `[N_split, H, W, 3]` memory-mapped under
 `outputs/cache/decoded/`, holding every image of the split in split order (ascending dataset index),
 each resized exactly as open_clip's eval preprocessing does (shorter side to the model's size,
-bicubic, centre crop). A companion bitmap (`<entry>.filled.npy`, bool `[N_split]`) says which rows
-are decoded. The cache fills lazily: a request decodes only its own missing rows. (The file's
+bicubic, centre crop). A companion file (`<entry>.meta.npz`) says what the rows are (dataset,
+version, split, size, decoding, key), which are decoded (a bitmap) and their checksums; it is checked
+whenever the entry is opened, so an entry under another's name (a copied file) is rebuilt, with a
+`CacheRebuiltWarning` naming what it holds. The cache fills lazily: a request decodes only its own
+missing rows. (The file's
 blocks are reserved when it is created, after checking the free space, so a full disk is an
 OSError then, not a crash in the middle of a memory-mapped write.) A subset is an
 index into the array (`CachedImages`), never a copy. Normalising the pixels reproduces open_clip's
@@ -15,14 +18,13 @@ index into the array (`CachedImages`), never a copy. Normalising the pixels repr
 Layout of one entry, for (dataset, split, image size, draft mode) and a key over everything the
 pixels depend on (`SplitCache` documents the key):
 
-    <dataset>-<split>-<size>px-<full|draft>-<key>.npy         the rows (a .npy file, memory-mapped)
-    <dataset>-<split>-<size>px-<full|draft>-<key>.filled.npy  which rows are decoded
-    <dataset>-<split>-<size>px-<full|draft>-<key>.lock        a `filelock.FileLock`
-
-    <dataset>-<split>-<size>px-<full|draft>-<key>.sums.npy    a checksum of each decoded row
+    <dataset>-<split>-<size>px-<full|draft>-<key>.npy       the rows (a .npy file, memory-mapped)
+    <dataset>-<split>-<size>px-<full|draft>-<key>.meta.npz  identity (JSON), filled (bitmap), sums (checksums)
+    <dataset>-<split>-<size>px-<full|draft>-<key>.lock      a `filelock.FileLock`
 
 Checksums: each row's is taken from the decoded pixels in memory when the row is decoded, and is
-written (beside the bitmap, before it) in the same hold of the lock. A process verifies the rows it
+written with the bitmap that marks the row, in one file, in the same hold of the lock. Rows of
+another entry copied under this one's name fail them. A process verifies the rows it
 asks for the first time it asks for them (`verify`, called by `cached_images`; remembered per
 process while the file is unchanged), so a damaged row (a flipped block, a zeroed page) is found
 before any pixel of it is trained on; it is decoded again, with a `CacheRebuiltWarning` naming the
@@ -33,8 +35,8 @@ reading the cache, see benchmarks/bench_cache_check.py) and catches any change c
 block, a zeroed or misplaced page, and flipped ranges; it is not a defence against deliberate edits.
 
 Processes sharing a cache coordinate through the lock: whoever decodes holds it (one chunk of rows at
-a time), writes the rows in place, flushes them, and only then marks them in the bitmap (written to a
-unique temporary name and `os.replace`d). A crash leaves rows unmarked, to be decoded again; it never
+a time), writes the rows in place, flushes them, and only then marks them in the meta file (written
+to a unique temporary name and `os.replace`d). A crash leaves rows unmarked, to be decoded again; it never
 leaves rows marked that were not written. New entries are created the same way (temporary name, then
 `os.replace`, under the lock). A reader whose rows are all marked reads without taking the lock.
 
@@ -50,7 +52,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import time
 import warnings
@@ -60,7 +61,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ..fingerprint import CacheRebuiltWarning
+from ..fingerprint import CacheRebuiltWarning, content_fingerprint, identity_mismatch, image_digests
+from ..paths import atomic_path
 from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, load_uint8, relative_names
 
 CHUNK = 256  # rows decoded (and marked) in the first hold of the lock; later holds aim at HOLD_S
@@ -123,26 +125,15 @@ def _split_members(dataset, split: str) -> np.ndarray:
 # The per-split cache
 # ---------------------------------------------------------------------------------------------
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _npy_header(path: Path) -> tuple[tuple, np.dtype, bool, int]:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
-        shape, fortran, dtype = reader(f)
-        return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
-
-
 class SplitCache:
     """The decoded images of one split of one dataset at one size and decode mode, on disk.
 
     The key (in the file name) covers: dataset name and version, the split and its member indices,
     the image size, the preprocessing (`PREPROCESS`), the draft mode, the checksum (`CHECKSUM`), and
     every image file of the split: name relative to the data folder, size and mtime (stat'ed once,
-    when the object is made). Replacing or touching an image therefore gives a new entry; the old
-    one stays until removed. The data folder's own path is not in it: a moved folder (`mv` keeps
+    when the object is made; with `fingerprint.content_fingerprint()` on, its sha256 in place of the
+    mtime). Replacing or touching an image therefore gives a new entry; the old one stays until
+    removed. The data folder's own path is not in it: a moved folder (`mv` keeps
     mtimes) is the same content and shares the entry. `key` is also the identity of the decoded
     images that frozen features are keyed by.
 
@@ -164,28 +155,34 @@ class SplitCache:
         data_dir = Path(dataset.data_dir).resolve()
         self.paths = [os.path.join(data_dir, n) for n in names]
         self.shape = (len(self.indices), self.image_size, self.image_size, 3)
-        self.key = self._key(dataset, names)
         self.cache_dir = Path(cache_dir)
+        self.key = self._key(dataset, names, data_dir)
         stem = f"{self.dataset_name}-{split}-{self.image_size}px-{'draft' if self.draft else 'full'}-{self.key}"
         self.path = self.cache_dir / f"{stem}.npy"
-        self.filled_path = self.cache_dir / f"{stem}.filled.npy"
+        self.meta_path = self.cache_dir / f"{stem}.meta.npz"
         self.lock_path = self.cache_dir / f"{stem}.lock"
-        self.sums_path = self.cache_dir / f"{stem}.sums.npy"
+        # what the rows are, stated inside the meta file and checked on every open
+        self.identity = {"dataset": self.dataset_name, "version": str(getattr(dataset, "version", "")), "split": split,
+                         "rows": len(self.indices), "image_size": self.image_size, "draft": self.draft,
+                         "preprocess": PREPROCESS, "checksum": CHECKSUM, "key": self.key}
 
-    def _key(self, dataset, names: list[str]) -> str:
-        sizes = np.empty(len(names), dtype=np.int64)
-        mtimes = np.empty(len(names), dtype=np.int64)
+    def _key(self, dataset, names: list[str], data_dir: Path) -> str:
+        stats = []
         for k, path in enumerate(self.paths):
             try:
-                st = os.stat(path)
+                stats.append(os.stat(path))
             except OSError as e:
                 raise ImageDecodeError(f"image {path} (dataset index {int(self.indices[k])}) of split {self.split!r} "
                                        f"cannot be read: {e}", path=path, index=int(self.indices[k])) from e
-            sizes[k], mtimes[k] = st.st_size, st.st_mtime_ns
+        sizes = np.array([st.st_size for st in stats], dtype=np.int64)
+        if content_fingerprint():  # the images' bytes (memoised beside the entries), not their mtimes
+            stamps = "\n".join(image_digests(data_dir, zip(names, stats), self.cache_dir)).encode()
+        else:
+            stamps = np.array([st.st_mtime_ns for st in stats], dtype=np.int64).tobytes()
         head = json.dumps([self.dataset_name, str(getattr(dataset, "version", "")), self.split,
                            self.image_size, PREPROCESS, self.draft, DRAFT_FACTOR if self.draft else None, CHECKSUM])
         digest = hashlib.sha256(head.encode())
-        for part in (self.indices.astype(np.int64).tobytes(), "\n".join(names).encode(), sizes.tobytes(), mtimes.tobytes()):
+        for part in (self.indices.astype(np.int64).tobytes(), "\n".join(names).encode(), sizes.tobytes(), stamps):
             digest.update(len(part).to_bytes(8, "little"))
             digest.update(part)
         return digest.hexdigest()[:20]
@@ -211,56 +208,44 @@ class SplitCache:
     def _problem(self) -> str | None:
         """None when the entry is sound; 'missing'; or what is wrong with it."""
         try:
-            size = self.path.stat().st_size
+            size, arr = self.path.stat().st_size, np.load(self.path, mmap_mode="r")  # reads the header only
         except FileNotFoundError:
             return "missing"
+        except Exception as e:  # truncated, or an overwritten header
+            return f"unreadable .npy file ({type(e).__name__}: {e})"
+        if (arr.shape, arr.dtype, arr.flags.c_contiguous, size) != (self.shape, np.uint8, True, arr.offset + self.nbytes):
+            return f"it holds {arr.shape} {arr.dtype} in {size} bytes, expected {self.shape} uint8 in {arr.offset + self.nbytes}"
+        meta = self._meta()
+        return meta if isinstance(meta, str) else identity_mismatch(meta["identity"], self.identity)
+
+    def _meta(self) -> dict | str:
+        """{'identity', 'filled', 'sums'} from the meta file, or what is wrong with it."""
         try:
-            shape, dtype, fortran, offset = _npy_header(self.path)
-        except Exception as e:  # truncated or overwritten header
-            return f"unreadable .npy header ({type(e).__name__}: {e})"
-        if shape != self.shape or dtype != np.uint8 or fortran:
-            return f"header says {shape} {dtype}{' fortran-order' if fortran else ''}, expected {self.shape} uint8"
-        if size != offset + self.nbytes:
-            return f"{size} bytes, expected {offset + self.nbytes}"
-        return None
+            with np.load(self.meta_path, allow_pickle=False) as z:
+                meta = {"identity": json.loads(str(z["identity"])), "filled": z["filled"], "sums": z["sums"]}
+        except FileNotFoundError:
+            return f"its meta file {self.meta_path.name} (what it holds, which rows are decoded) is missing: damaged, or made by an older version"
+        except Exception as e:  # truncated, not a zip, a member missing
+            return f"its meta file {self.meta_path.name} is unreadable ({type(e).__name__}: {e})"
+        n = (len(self),)
+        if (meta["filled"].shape, meta["sums"].shape, meta["filled"].dtype, meta["sums"].dtype) != (n, n, bool, np.uint64):
+            return f"its meta file {self.meta_path.name} does not describe {len(self)} rows"
+        return meta
 
     def filled(self) -> np.ndarray:
-        """Which rows are decoded (a fresh bool array; all False when there is no sound bitmap)."""
-        try:
-            arr = np.load(self.filled_path, allow_pickle=False)
-        except FileNotFoundError:
-            return np.zeros(len(self), dtype=bool)
-        except (OSError, ValueError, EOFError) as e:
-            warnings.warn(f"decoded-image cache bitmap {self.filled_path} is unreadable ({e}); "
-                          "its rows will be decoded again", RuntimeWarning, stacklevel=2)
-            return np.zeros(len(self), dtype=bool)
-        if arr.shape != (len(self),) or arr.dtype != np.bool_:
-            warnings.warn(f"decoded-image cache bitmap {self.filled_path} holds {arr.shape} {arr.dtype}, expected "
-                          f"({len(self)},) bool; its rows will be decoded again", RuntimeWarning, stacklevel=2)
-            return np.zeros(len(self), dtype=bool)
-        return arr
+        """Which rows are decoded (a fresh bool array; all False when the meta file is not sound)."""
+        meta = self._meta()
+        return np.zeros(len(self), dtype=bool) if isinstance(meta, str) else meta["filled"]
 
-    def _write_filled(self, filled: np.ndarray) -> None:
-        self._write_array(self.filled_path, np.ascontiguousarray(filled, dtype=bool))
+    def sums(self) -> np.ndarray:
+        """Each row's checksum (uint64 [N_split], a fresh array; meaningful where `filled()`)."""
+        meta = self._meta()
+        return np.zeros(len(self), dtype=np.uint64) if isinstance(meta, str) else meta["sums"]
 
-    @staticmethod
-    def _write_array(path: Path, arr: np.ndarray) -> None:
-        tmp = _temp_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def sums(self) -> np.ndarray | None:
-        """The checksum of each row (uint64 [N_split]; meaningful where `filled()`), or None when
-        there is no sound checksum file (then every filled row fails verification)."""
-        try:
-            arr = np.load(self.sums_path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        return arr if arr.shape == (len(self),) and arr.dtype == np.uint64 else None
+    def _write_meta(self, filled: np.ndarray, sums: np.ndarray) -> None:
+        with atomic_path(self.meta_path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, identity=np.array(json.dumps(self.identity, sort_keys=True)),
+                     filled=np.ascontiguousarray(filled, dtype=bool), sums=np.ascontiguousarray(sums, dtype=np.uint64))
 
     def _check_disk_space(self, always: bool = False) -> None:
         needed = self.nbytes + len(self) + 4096  # rows, bitmap, headers
@@ -279,21 +264,17 @@ class SplitCache:
         if problem is None:
             return
         if problem != "missing":
-            warnings.warn(f"decoded-image cache {self.path} is damaged ({problem}); deleting it and decoding "
-                          "its images again", CacheRebuiltWarning, stacklevel=3)
+            warnings.warn(f"decoded-image cache {self.path} is damaged or not what its name says ({problem}); "
+                          "deleting it and decoding its images again", CacheRebuiltWarning, stacklevel=3)
             self.path.unlink(missing_ok=True)
-        self.filled_path.unlink(missing_ok=True)  # the rows of a new file are all undecoded
-        self.sums_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
         self._check_disk_space()
-        tmp = _temp_name(self.path)
-        try:
+        with atomic_path(self.path) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
             arr.flush()
             del arr
             self._allocate(tmp)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            self._write_meta(np.zeros(len(self), dtype=bool), np.zeros(len(self), dtype=np.uint64))  # all undecoded
 
     def _allocate(self, path: Path) -> None:
         """Reserve the file's blocks now. A memory-mapped write into a sparse file on a full disk kills
@@ -350,11 +331,8 @@ class SplitCache:
                         before = self._verified()
                         new_sums = self._decode_rows(todo, pool, bar)
                         sums = self.sums()
-                        sums = np.zeros(len(self), dtype=np.uint64) if sums is None else sums.copy()
-                        sums[todo] = new_sums
-                        self._write_array(self.sums_path, sums)  # checksums before the bitmap marks the rows
-                        filled[todo] = True
-                        self._write_filled(filled)
+                        sums[todo], filled[todo] = new_sums, True
+                        self._write_meta(filled, sums)  # checksums and the marks, in one file
                         before[todo] = True  # decoded from the files just now: nothing to verify
                         _VERIFIED[str(self.path)] = (_signature(self.path), before)
                         decoded += len(todo)
@@ -414,8 +392,6 @@ class SplitCache:
         sums, arr, bad = self.sums(), (self.open() if array is None else array), []
 
         def check(part: np.ndarray, arr=arr) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
-            if sums is None:
-                return np.zeros(len(part), dtype=bool)
             block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]
             return row_sums(block) == sums[part]
 
@@ -431,33 +407,15 @@ class SplitCache:
         if not bad:
             return 0
         shown = ", ".join(str(int(self.indices[r])) for r in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        why = "its checksum file is missing or unreadable" if sums is None else "they do not match their checksums"
-        warnings.warn(f"decoded-image cache {self.path}: {len(bad)} row(s) failed verification ({why}; dataset "
+        warnings.warn(f"decoded-image cache {self.path}: {len(bad)} row(s) do not match their checksums (dataset "
                       f"indices {shown}); decoding them again", CacheRebuiltWarning, stacklevel=2)
         with self.lock():
             filled = self.filled()
             filled[bad] = False
-            self._write_filled(filled)
+            self._write_meta(filled, self.sums())
         self.ensure(bad, workers=workers)
         return len(bad)
 
     def open(self) -> np.memmap:
         """The whole array, read-only (rows not marked in `filled()` hold zeros or stale bytes)."""
         return np.load(self.path, mmap_mode="r")
-
-    def disk_bytes(self) -> int:
-        """Bytes the entry occupies on disk (allocated blocks)."""
-        total = 0
-        for p in (self.path, self.filled_path, self.sums_path):
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
-        return total
-
-
-def decoded_identity(dataset, split: str, image_size: int, draft: bool = DEFAULT_DRAFT) -> str:
-    """The identity of a split's decoded images (`SplitCache.key`): what frozen features computed
-    from them are keyed by, whether or not the images come through the cache."""
-    return SplitCache(dataset, split, image_size, cache_dir=".", draft=draft).key

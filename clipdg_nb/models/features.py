@@ -6,11 +6,13 @@ separate entry. Writers take a file lock and write to a unique temporary name, s
 never see half a file.
 
 Keyed and checked by content: the key holds the weights' digest (not their path, `content_key`)
-and the identity of the decoded images the features came from (`images.cache.decoded_identity`:
-names, sizes and mtimes of the split's files), so other weights at the same path or a replaced
-image give a new entry. Each file holds the features and the sha256 of their bytes, checked on
-every load: a file that does not load or does not match is recomputed, with a
-`CacheRebuiltWarning` naming it.
+and the identity of the decoded images the features came from (`images.SplitCache.key`:
+names, sizes and mtimes or bytes of the split's files), so other weights at the same path or a replaced
+image give a new entry. Each file holds the features, the sha256 of their bytes and the identity
+they were computed for (model and weights digest, preprocessing, dataset, split, decoded images),
+all checked on every load: a file that does not load, does not match its sha256 or holds another
+identity (a file copied under another's name) is recomputed, with a `CacheRebuiltWarning` naming
+it and what it holds.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..fingerprint import CacheRebuiltWarning, file_digest
+from ..fingerprint import CacheRebuiltWarning, file_digest, identity_mismatch
 from ..paths import resolve
 
 
@@ -78,10 +80,6 @@ def encode_images(model, images, batch_size: int = 256, device="cpu", normalize:
     return out
 
 
-def feature_key(parts: list) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 WEIGHT_FIELDS = ("pretrained", "weights")  # fields of a preprocessing dict that may name a weights file
 
 
@@ -104,39 +102,46 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _load_checked(path: Path) -> torch.Tensor:
+def _load_checked(path: Path, identity: dict) -> torch.Tensor:
     """The features of a cache file, or ValueError saying why they are not to be trusted."""
     stored = torch.load(path, weights_only=True)
     if not (isinstance(stored, dict) and isinstance(stored.get("features"), torch.Tensor)
             and isinstance(stored.get("sha256"), str)):
         raise ValueError("not a checksummed feature file")
+    wrong = identity_mismatch(json.loads(stored.get("identity", "null")), identity)
+    if wrong:
+        raise ValueError(wrong)
     if tensor_digest(stored["features"]) != stored["sha256"]:
         raise ValueError("its bytes do not match the sha256 stored with them")
     return stored["features"]
 
 
-def cached_split_features(path: Path, compute) -> torch.Tensor:
-    """The tensor at `path`, or `compute()` written there (atomically, under a lock) and returned.
+def cached_split_features(folder: Path, identity: dict, compute) -> torch.Tensor:
+    """The features of `identity` (a JSON-able dict with 'dataset' and 'split': everything they are
+    computed from) from `<folder>/<dataset>-<split>-<key>.pt`, or `compute()` written there
+    (atomically, under a lock) and returned.
 
     Two processes asking for the same entry compute it once: the second waits on the lock and
-    then reads. Every load checks the stored sha256; a file that does not load or does not match
-    is recomputed with a `CacheRebuiltWarning` naming it.
+    then reads. Every load checks the stored identity and sha256; a file that does not load or
+    does not match is recomputed with a `CacheRebuiltWarning` naming it and why.
     """
     from filelock import FileLock
 
     from ..paths import atomic_path
 
+    stated = json.dumps(identity, sort_keys=True, default=str)
+    path = Path(folder) / f"{identity['dataset']}-{identity['split']}-{hashlib.sha256(stated.encode()).hexdigest()[:20]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             try:
-                return _load_checked(path)
-            except Exception as err:  # truncated, flipped or foreign file: rebuild it
-                warnings.warn(f"feature cache {path} is damaged ({type(err).__name__}: {err}); computing the "
-                              "features again", CacheRebuiltWarning, stacklevel=2)
+                return _load_checked(path, identity)
+            except Exception as err:  # truncated, flipped or another entry's file: rebuild it
+                warnings.warn(f"feature cache {path} is damaged or not what its name says ({type(err).__name__}: "
+                              f"{err}); computing the features again", CacheRebuiltWarning, stacklevel=2)
         feats = compute()
         with atomic_path(path) as tmp:
-            torch.save({"features": feats, "sha256": tensor_digest(feats)}, tmp)
+            torch.save({"features": feats, "sha256": tensor_digest(feats), "identity": stated}, tmp)
         return feats
 
 
