@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .fingerprint import file_digest, weights_identity
+from .fingerprint import file_digest, sha256_of_file
 from .inputs import run_identity
 from .paths import MANIFEST_ENV, atomic_path, experiment_dir, read_json, to_jsonable, write_json
 
@@ -215,7 +215,8 @@ class Run:
             tensors[key] = value.contiguous().clone()  # tied weights must serialise independently
         with atomic_path(self.partial / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp))
-            return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16", **weights_identity(tmp)}
+            return {"file": WEIGHTS_FILE, "variant": "last", "dtype": "float16", "sha256": sha256_of_file(tmp),
+                    "bytes": tmp.stat().st_size}
 
     def kept_weights_digest(self) -> str:
         """The sha256 of the run's kept weights, checked against its record's (memoised by the file's stat
