@@ -108,11 +108,15 @@ class DatasetSpec:
         return prompt_templates(self.name, kind)
 
 
-def relative_input_paths(prefix: str = "") -> Callable:
-    """The image path rule of loaders that keep relative file names in `_input_array`
-    (`get_input` opens `data_dir / prefix / _input_array[idx]`)."""
+def metadata_csv_paths(rule: Callable, **read_csv) -> Callable:
+    """The image path rule of loaders whose `get_input` opens `data_dir / rule(row)` for row idx of
+    their `metadata.csv` (read here through `dataset.data_dir`, WILDS's public folder, in the
+    loader's row order; `read_csv`: the loader's own pandas options)."""
     def paths(dataset, indices) -> list[str]:
-        return [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[np.asarray(indices)]]
+        import pandas as pd
+
+        rows = pd.read_csv(Path(dataset.data_dir) / "metadata.csv", **read_csv).iloc[np.asarray(indices)]
+        return [rule(row) for row in rows.itertuples(index=False)]
     return paths
 
 
