@@ -112,11 +112,17 @@ def metadata_csv_paths(rule: Callable, **read_csv) -> Callable:
     """The image path rule of loaders whose `get_input` opens `data_dir / rule(row)` for row idx of
     their `metadata.csv` (read here through `dataset.data_dir`, WILDS's public folder, in the
     loader's row order; `read_csv`: the loader's own pandas options)."""
+    read: dict = {}  # the last table read, by the file's stat: one image's path must not cost a CSV read
+
     def paths(dataset, indices) -> list[str]:
         import pandas as pd
 
-        rows = pd.read_csv(Path(dataset.data_dir) / "metadata.csv", **read_csv).iloc[np.asarray(indices)]
-        return [rule(row) for row in rows.itertuples(index=False)]
+        csv = Path(dataset.data_dir) / "metadata.csv"
+        key = (str(csv.resolve()), (st := csv.stat()).st_size, st.st_mtime_ns, st.st_ino)
+        if key not in read:
+            read.clear()
+            read[key] = pd.read_csv(csv, **read_csv)
+        return [rule(row) for row in read[key].iloc[np.asarray(indices)].itertuples(index=False)]
     return paths
 
 
