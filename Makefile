@@ -1,19 +1,34 @@
 # Two commands on a fresh machine: `make demo` (the offline default) and `make test`.
-# Both create .venv when absent and install the package into it (torch from this machine's disk).
+# Both create .venv when absent and install the package into it, every dependency at the version
+# requirements.lock pins (torch from this machine's disk). `make lock` refreshes the lock.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clipdg-installed
+LOCK := requirements.lock
 
-.PHONY: demo test lab install clean-outputs bench gpu-check readme-numbers
+.PHONY: demo test lab install lock clean-outputs bench gpu-check readme-numbers
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -c "import clipdg_nb, torch, open_clip, wilds"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The lock: pyproject's dependencies (with the dev extra) resolved afresh in a temporary venv, every
+# installed version pinned (the package itself left out). Commit the result; tests/test_packaging.py
+# checks that it pins every dependency and that environment.yml names the same versions.
+LOCK_VENV := $(shell mktemp -u /tmp/clipdg-lock-XXXXXX)
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	{ echo "# Every package \`pip install -e '.[dev]'\` installed, resolved afresh by \`make lock\` on $$(date -u +%F)"; \
+	  echo "# (Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')). make install installs with \`pip install -c requirements.lock\`."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 demo: $(STAMP)
 	$(VENV)/bin/clipdg demo

@@ -1,13 +1,12 @@
-"""What every point pays around its science: papermill's own kernel vs the runner's, in one run.
+"""What every point pays around its science: papermill's default kernel vs the runner's, in one run.
 
     python benchmarks/bench_point_overhead.py      # a notebook that imports torch and open_clip, 6 points each way
 
-(a) papermill's default: jupyter_client's kernel manager and client, a new `python -m
-    ipykernel_launcher` per point, which imports the libraries itself;
-(b) the runner's (`pipeline/kernel.py`): a kernel forked from a warm process that imported them once
-    (`Zygote`), ready as soon as it answers its first request (`PromptKernelClient`; jupyter_client
-    waits for 0.2 s of silence), ending without a last full garbage collection and polled for its
-    end every 10 ms (jupyter_client: 100 ms).
+Both start a new `python -m ipykernel_launcher` per point, which imports the libraries itself;
+(a) papermill's defaults: TCP sockets, a graceful shutdown (interrupt, shutdown request, then
+    SIGTERM after 2.5 s when the kernel has not ended);
+(b) the runner's (`point.kernel_options`, public papermill/nbclient options only): IPC sockets and
+    `shutdown_kernel="immediate"`.
 The notebook is the runner's minimum: a parameters cell and one that imports what the study's
 notebooks import. The ways alternate point by point; the stage times come from papermill's
 timestamps (`point.stage_times`, as in every `<point>.done.json`). Prints the median kernel start,
@@ -47,30 +46,22 @@ def main(argv=None) -> int:
     args = parse_args(p, argv, points=2)
 
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
 
-    from clipdg_nb.pipeline.kernel import PRELOAD, WarmKernelManager, start_zygote, stop_zygote
-    from clipdg_nb.pipeline.point import stage_times
+    from clipdg_nb.pipeline.point import kernel_options, stage_times
 
     print(f"machine: {machine()}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the runner's kernels' setting (runner.KERNEL_THREADS)
-    ways = {"papermill's default kernel": AsyncKernelManager, "the runner's kernel": WarmKernelManager}
+    ways = {"papermill's default kernel": lambda sockets: {}, "the runner's kernel": kernel_options}
     times: dict = {name: [] for name in ways}
     with tempfile.TemporaryDirectory() as tmp:
         source = notebook(Path(tmp) / "point.ipynb")
-        start_zygote(PRELOAD)  # as each runner worker does when it starts
-        try:
-            for i in range(args.points):
-                for name, manager in ways.items():
+        for i in range(args.points):
+            for name, options in ways.items():
+                with tempfile.TemporaryDirectory(prefix="clipdg-kernel-") as sockets:
                     t = time.perf_counter()
                     out = papermill.execute_notebook(str(source), str(Path(tmp) / "out.ipynb"), parameters={"x": i},
-                                                     kernel_name="python3", progress_bar=False,
-                                                     kernel_manager_class=manager)
+                                                     kernel_name="python3", progress_bar=False, **options(sockets))
                     times[name].append(stage_times(out, (), time.perf_counter() - t))
-        finally:
-            stop_zygote()
-    # the first warm point waits for the warm process's own imports: counted, as in a sweep, but
-    # the medians say what each later point pays
     print(f"{args.points} points each way, a notebook that imports torch, open_clip, pandas and clipdg_nb; "
           "median seconds per point")
     median = {name: {k: statistics.median(t[k] for t in ts) for k in ("kernel_start_s", "imports_s", "kernel_end_s",

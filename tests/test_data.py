@@ -386,3 +386,12 @@ def test_a_new_datasets_synth_fields_stay_out_of_the_others_markers(door_root, c
         assert not [k for k in marker if k.startswith("camelyon17")]
     marker = json.loads((camelyon17_root / "camelyon17_v1.0" / "SYNTHETIC.json").read_text())
     assert marker["camelyon17_slides_per_centre"] == 2 and "fmow_sizes" in marker
+
+
+@pytest.mark.parametrize("name, prefix", [("iwildcam", "train/"), ("camelyon17", "")])
+def test_image_paths_are_the_files_the_wilds_loader_opens(name, prefix, request):
+    """image_paths reads metadata.csv itself (WILDS keeps the names private): the same files, in order."""
+    dataset = request.getfixturevalue(name)
+    every = np.arange(len(dataset))[::-1]
+    reference = [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[every]]  # what get_input opens
+    assert data.DATASETS[name].image_paths(dataset, every) == reference

@@ -420,3 +420,18 @@ def test_what_the_points_warned_is_printed_at_the_end_of_the_run(tmp_path, capsy
     assert out[1].startswith("1 warning(s) from the points")
     assert out[2] == "  WARNING CacheRebuiltWarning: decoded cache of point 1 was damaged; rebuilt [s/x-1]"
     assert out[3].startswith("time per stage, summed over 3 executed point(s)") and len(out) == 5
+
+
+def test_a_pool_broken_by_a_dead_worker_is_replaced_for_the_next_point():
+    """A worker that dies breaks its pool (concurrent.futures' BrokenProcessPool): the point it ran
+    fails, and the next point gets a new pool."""
+    import operator
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = runner._Workers(jobs=1, gpus=[], workers=1)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            workers.submit(os._exit, 1).result(timeout=120)
+        assert workers.submit(operator.add, 2, 3).result(timeout=120) == 5
+    finally:
+        workers.close()

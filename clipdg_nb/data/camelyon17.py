@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import check_first_and_last
-from .spec import DatasetSpec, relative_input_paths
+from .spec import DatasetSpec, metadata_csv_paths
 
 TRAIN_CENTRES = (0, 3, 4)
 VAL_CENTRE, TEST_CENTRE = 1, 2  # wilds.datasets.camelyon17_dataset.VAL_CENTER / TEST_CENTER
@@ -29,7 +29,10 @@ def class_names(folder: Path | None = None) -> list[str]:
     return list(CLASS_NAMES)
 
 
-image_paths = relative_input_paths()  # Camelyon17Dataset.get_input: data_dir / _input_array[idx]
+# Camelyon17Dataset.get_input: its file name made from the patient, node and patch coordinates
+image_paths = metadata_csv_paths(
+    lambda r: f"patches/patient_{r.patient}_node_{r.node}/patch_patient_{r.patient}_node_{r.node}_x_{r.x_coord}_y_{r.y_coord}.png",
+    index_col=0, dtype={"patient": "str"})
 
 
 def check_images(dataset, folder: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import check_first_and_last
-from .spec import DatasetSpec, relative_input_paths
+from .spec import DatasetSpec, metadata_csv_paths
 
 # The release's categories.csv (y, category_id, name: scientific names) plus an `english` column,
 # the names the prompts use. WILDS ships no English names; this table is the translation.
@@ -36,7 +36,7 @@ def class_names(folder: Path | None = None) -> list[str]:
     return [english.get(r["category_id"]) or r["name"] for r in rows]
 
 
-image_paths = relative_input_paths("train/")  # IWildCamDataset.get_input: data_dir / 'train' / _input_array[idx]
+image_paths = metadata_csv_paths(lambda row: f"train/{row.filename}", usecols=["filename"])  # IWildCamDataset.get_input
 
 
 def check_images(dataset, folder: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -107,9 +108,19 @@ class DatasetSpec:
         return prompt_templates(self.name, kind)
 
 
-def relative_input_paths(prefix: str = "") -> Callable:
-    """The image path rule of loaders that keep relative file names in `_input_array`
-    (`get_input` opens `data_dir / prefix / _input_array[idx]`)."""
+def metadata_csv_paths(rule: Callable, **read_csv) -> Callable:
+    """The image path rule of loaders whose `get_input` opens `data_dir / rule(row)` for row idx of
+    their `metadata.csv` (read here through `dataset.data_dir`, WILDS's public folder, in the
+    loader's row order; `read_csv`: the loader's own pandas options)."""
+    read: dict = {}  # the last table read, by the file's stat: one image's path must not cost a CSV read
+
     def paths(dataset, indices) -> list[str]:
-        return [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[np.asarray(indices)]]
+        import pandas as pd
+
+        csv = Path(dataset.data_dir) / "metadata.csv"
+        key = (str(csv.resolve()), (st := csv.stat()).st_size, st.st_mtime_ns, st.st_ino)
+        if key not in read:
+            read.clear()
+            read[key] = pd.read_csv(csv, **read_csv)
+        return [rule(row) for row in read[key].iloc[np.asarray(indices)].itertuples(index=False)]
     return paths

@@ -7,13 +7,14 @@ Two things in `wilds==2.0.0` break on a current stack:
    others (p-lambda/wilds#146). We normalise the column the moment the loader assigns
    `self.metadata`, through a property on a subclass, so neither pandas nor the wilds module is
    patched.
-2. Group metrics import `torch_scatter`, which has no wheels for current torch. Only
-   `ElementwiseMetric._compute_group_wise` needs it (a scatter-mean); `ScatterFreeAccuracy` does the
-   same mean with `index_add_`, and `CompatFMoW.eval` is FMoW's own `eval` using that metric.
+2. Group metrics import `torch_scatter`, which has no wheels for current torch. Only the group-wise
+   mean of `ElementwiseMetric.compute_group_wise` needs it (a scatter-mean); `ScatterFreeAccuracy`
+   does the same mean with `index_add_`, and `CompatFMoW.eval` is FMoW's own `eval` using that metric.
    Datasets whose `eval` is WILDS's `standard_group_eval` with `Accuracy` (Camelyon17) get it
    through `ScatterFreeGroupEval`. iWildCam's `eval` never groups, so it runs unmodified.
 
 Metric names and numbers stay exactly WILDS's (tests compare against the unmodified classes).
+Only WILDS's public methods are overridden or called (tests/test_public_interfaces.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import warnings
 
 import pandas as pd
 import torch
+from wilds.common.grouper import CombinatorialGrouper
 from wilds.common.metrics.all_metrics import Accuracy
 from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
 from wilds.datasets.fmow_dataset import FMoWDataset
@@ -37,13 +39,21 @@ def scatter_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int):
 
 
 class ScatterFreeAccuracy(Accuracy):
-    """WILDS's `Accuracy` (name 'acc'), with group-wise averaging that needs no torch_scatter."""
+    """WILDS's `Accuracy` (name 'acc'), with group-wise averaging that needs no torch_scatter
+    (`Metric.compute_group_wise` of wilds 2.0.0, the mean taken by `scatter_mean`)."""
 
-    def _compute_group_wise(self, y_pred, y_true, g, n_groups):
-        element_wise = self._compute_element_wise(y_pred, y_true)
+    def compute_group_wise(self, y_pred, y_true, g, n_groups, return_dict=True):
+        element_wise = self.compute_element_wise(y_pred, y_true, return_dict=False)
         group_metrics, group_counts = scatter_mean(element_wise, g, n_groups)
         worst = self.worst(group_metrics[group_counts > 0])
-        return group_metrics, group_counts, worst
+        if not return_dict:
+            return group_metrics, group_counts, worst
+        results = {}
+        for i in range(n_groups):
+            results[self.group_metric_field(i)] = group_metrics[i].item()
+            results[self.group_count_field(i)] = group_counts[i].item()
+        results[self.worst_group_metric_field] = worst.item()
+        return results
 
 
 def parse_fmow_timestamps(column: pd.Series) -> pd.Series:
@@ -72,11 +82,12 @@ class CompatFMoW(FMoWDataset):
         self._clipdg_metadata = frame
 
     def eval(self, y_pred, y_true, metadata, prediction_fn=None):
-        """FMoWDataset.eval from wilds 2.0.0, verbatim but for the scatter-free metric."""
+        """FMoWDataset.eval from wilds 2.0.0, verbatim but for the scatter-free metric (and its
+        groupers made here, as FMoWDataset.__init__ makes them)."""
         metric = ScatterFreeAccuracy(prediction_fn=prediction_fn)
         all_results, all_results_str = self.standard_group_eval(
-            metric, self._eval_groupers["year"], y_pred, y_true, metadata)
-        region_grouper = self._eval_groupers["region"]
+            metric, CombinatorialGrouper(dataset=self, groupby_fields=["year"]), y_pred, y_true, metadata)
+        region_grouper = CombinatorialGrouper(dataset=self, groupby_fields=["region"])
         region_results = metric.compute_group_wise(
             y_pred, y_true, region_grouper.metadata_to_group(metadata), region_grouper.n_groups)
         all_results[f"{metric.name}_worst_year"] = all_results.pop(metric.worst_group_metric_field)

@@ -27,8 +27,7 @@ HF_HUB = "hf-hub:"
 
 def register_tiny_configs() -> list[str]:
     """Make the shipped tiny test configs known to open_clip (idempotent); returns their names."""
-    from open_clip.factory import _MODEL_CONFIG_PATHS  # add_model_config appends on every call
-    if _CONFIG_DIR not in _MODEL_CONFIG_PATHS or not set(TINY_MODELS) <= set(open_clip.list_models()):
+    if not set(TINY_MODELS) <= set(open_clip.list_models()):  # add_model_config appends on every call
         open_clip.add_model_config(_CONFIG_DIR)
     return list(TINY_MODELS)
 

@@ -30,7 +30,8 @@ from open_clip.transformer import text_global_pool
 
 _TRIM_POOLS = ("argmax", "eos", "first")
 # model -> (mask identity, is causal): checked once per mask tensor, not once per call,
-# because reading a GPU mask back costs a device sync.
+# because reading a GPU mask back costs a device sync. A new mask (another tensor, or the model
+# moved) is checked again; open_clip builds its mask once (`build_causal_mask`) and never edits it.
 _causal_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -61,7 +62,7 @@ def trim_tokens(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | N
 
 def _mask_is_causal(model: torch.nn.Module) -> bool:
     mask = model.attn_mask
-    key = (mask.data_ptr(), mask.device, tuple(mask.shape), mask._version)
+    key = (mask.data_ptr(), mask.device, tuple(mask.shape))
     cached = _causal_cache.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .kernel import WarmKernelManager
 from ..fingerprint import one_scan_per_folder
 from ..runs import RESULT_FILE, SUPERSEDED_FILE, Run, utc_now
 from ..paths import ENV_VAR, MANIFEST_ENV, atomic_path, experiment_dir, read_json, rooted_at, to_jsonable, write_json
@@ -295,6 +294,23 @@ def run_point(point: Point, force: bool = False, log_output: bool = False, wait:
             lock.release()
 
 
+def kernel_options(socket_dir: str) -> dict:
+    """papermill's (nbclient's) options for a point's kernel, all public:
+    * IPC sockets in `socket_dir` (a private temporary folder): files only this user can reach, no
+      TCP port opened, and no "Kernel is running over TCP without encryption" warning per point;
+    * `shutdown_kernel="immediate"`: the kernel is killed (with its process group) once the last
+      cell has run, instead of asked to exit: a kernel with torch loaded often stalls in its exit
+      until jupyter_client terminates it 2.5 s later, and the interrupt sent before the request
+      could log "KeyboardInterrupt caught in kernel". Nothing is lost: every output has arrived
+      and every file the notebook wrote is closed (`paths.atomic_path`) by then."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = os.path.join(socket_dir, "kernel")
+    return {"config": config, "shutdown_kernel": "immediate"}
+
+
 def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
     """Run papermill into a temporary notebook; rename it onto `<point>.ipynb` and write the marker
     only on success. On failure the executed notebook becomes `<point>.failed.ipynb` (when it
@@ -313,12 +329,13 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
         try:
             # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
             with set_env(**{MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root), INLINE_PLOTLYJS_ENV: "0"}), \
+                    tempfile.TemporaryDirectory(prefix="clipdg-kernel-") as sockets, \
                     atomic_path(point.output, suffix=".ipynb") as tmp:
                 try:
                     nb = papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
                                                     kernel_name="python3", cwd=str(point.root),
                                                     progress_bar=False, log_output=log_output,
-                                                    kernel_manager_class=WarmKernelManager)
+                                                    **kernel_options(sockets))
                     found = notebook_warnings(nb)
                 except BaseException:
                     found = _keep_failed(tmp, point.failed_notebook_path)

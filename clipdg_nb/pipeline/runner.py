@@ -20,8 +20,8 @@
   and each kernel watches its worker (ipykernel's parent poller), so nothing runs on orphaned;
 * never crashes on the OS: a full disk or a vanished folder fails the point, naming the path and
   the free space (`oserrors`), and the sweep goes on;
-* warm kernels: one set of workers for every stage, each with a zygote that imported the heavy
-  libraries once and forks a kernel per point (`kernel.Zygote`);
+* one set of workers for every stage; each point's kernel is papermill's own, started with public
+  options only (`point.kernel_options`);
 * where the time goes: each point's stage times (`point.stage_times`) in its marker, and their sum
   over the sweep printed at the end (`SweepSummary.format_stages`);
 * warnings reach the terminal: what the points' kernels warned (e.g. a cache found damaged and
@@ -38,6 +38,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,7 +46,6 @@ from typing import Callable
 from ..fingerprint import one_scan_per_folder
 from ..paths import to_jsonable, write_json
 from .experiment import Experiment, Point, Stage, load_experiment
-from .kernel import preload_for, start_zygote, stop_zygote
 from .oserrors import describe_os_error
 from .point import STAGES, PointResult, failure_info, is_done, run_point, set_env
 
@@ -107,19 +107,13 @@ def watch_parent(parent: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
 
 
-def _init_worker(gpus, threads: dict, parent: int | None = None, preload=None) -> None:
+def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
     if parent is not None:
         watch_parent(parent)
     # Each worker process owns one GPU for its lifetime: the kernels it starts inherit the variable.
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ.update(threads)
-    if preload is not None and start_zygote(preload) is not None:
-        # its imports run while this worker gets going; waited for when the worker ends (pool
-        # workers skip atexit), so its kernels' CPU time counts in the runner's children
-        import multiprocessing.util
-
-        multiprocessing.util.Finalize(None, stop_zygote, exitpriority=10)
 
 
 def _run_point_job(point_json: dict, force: bool, wait: bool, since: float) -> PointResult:
@@ -251,20 +245,16 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
                 print(f"  {'done, skip' if status == 'skipped' else 'would run'}: {p.name} {json.dumps(to_jsonable(shown))}")
         return summary
     since = time.time()  # markers newer than this were written by another process of this sweep
-    # One set of workers (or, with one job, one warm kernel process) for every stage: each zygote
-    # imports its libraries once per sweep, not once per stage.
-    preload = preload_for({s.notebook for s in stages})
-    workers = _make_workers(stages, jobs, preload)
+    workers = _make_workers(stages, jobs)  # one set of workers for every stage
     try:
-        _run_stages(experiment, stages, force, progress, since, summary, on_result, workers, preload)
+        _run_stages(experiment, stages, force, progress, since, summary, on_result, workers)
     finally:
         if workers is not None:
             workers.close()
-        stop_zygote()
     return summary
 
 
-def _make_workers(stages: list[Stage], jobs: int, preload) -> "_Workers | None":
+def _make_workers(stages: list[Stage], jobs: int) -> "_Workers | None":
     """The worker processes for `jobs` points at once (None for one job: it runs in this process),
     one per visible GPU at most."""
     gpus = visible_gpus()
@@ -274,7 +264,7 @@ def _make_workers(stages: list[Stage], jobs: int, preload) -> "_Workers | None":
         jobs = len(gpus)
     if jobs <= 1:
         return None
-    return _Workers(jobs, gpus, min(jobs, max(sum(len(s.points) for s in stages), 1)), preload)
+    return _Workers(jobs, gpus, min(jobs, max(sum(len(s.points) for s in stages), 1)))
 
 
 class _StageBars:
@@ -326,7 +316,7 @@ def _after_text(experiment: Experiment, stage: Stage) -> str:
     return "after every stage above it" if list(stage.after) == above else f"after {', '.join(stage.after)}"
 
 
-def _run_stages(experiment, stages, force, progress, since, summary, on_result, workers, preload) -> None:
+def _run_stages(experiment, stages, force, progress, since, summary, on_result, workers) -> None:
     bars = _StageBars(experiment, summary, progress, on_result)
     try:
         if workers is not None:
@@ -337,8 +327,6 @@ def _run_stages(experiment, stages, force, progress, since, summary, on_result, 
             bars.open(stage)
             todo = bars.todo(stage, force)
             with set_env(**kernel_thread_env()):
-                if todo:
-                    start_zygote(preload)  # once; it inherits the thread variables
                 deferred = []
                 for p in todo:
                     result = run_point(p, force=force, wait=False, since=since)
@@ -396,8 +384,7 @@ def _run_scheduled(stages: list[Stage], force: bool, bars: _StageBars, since: fl
         while queue or running:
             while queue and len(running) < workers.workers:
                 point, wait_for_lock = queue.pop(0)
-                # a pool a dead worker broke is replaced here: the queued points still run
-                running[workers.pool().submit(_run_point_job, point.to_json(), force, wait_for_lock, since)] = point
+                running[workers.submit(_run_point_job, point.to_json(), force, wait_for_lock, since)] = point
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 point = running.pop(fut)
@@ -427,19 +414,23 @@ def _worker_died(point: Point, err: BaseException) -> PointResult:
 
 
 class _Workers:
-    """The worker processes of a sweep, made at the first stage that needs them and kept for the
-    next stages (each worker's zygote imports once); made again after a worker died (a broken
-    pool takes no more points)."""
+    """The worker processes of a sweep, made at the first point and kept for every stage; made
+    again after a worker died (a broken pool takes no more points: the queued ones still run)."""
 
-    def __init__(self, jobs: int, gpus: list[str], workers: int, preload):
-        self.jobs, self.gpus, self.workers, self.preload = jobs, gpus, workers, preload
+    def __init__(self, jobs: int, gpus: list[str], workers: int):
+        self.jobs, self.gpus, self.workers = jobs, gpus, workers
         self._pool = None
+
+    def submit(self, fn, *args):
+        try:
+            return self.pool().submit(fn, *args)
+        except BrokenProcessPool:
+            self.close()
+            return self.pool().submit(fn, *args)
 
     def pool(self) -> ProcessPoolExecutor:
         import multiprocessing
 
-        if self._pool is not None and getattr(self._pool, "_broken", False):
-            self.close()
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
             queue = None
@@ -448,7 +439,7 @@ class _Workers:
                 for gpu in self.gpus[:self.jobs]:
                     queue.put(gpu)
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(queue, kernel_thread_env(), os.getpid(), self.preload))
+                                             initargs=(queue, kernel_thread_env(), os.getpid()))
         return self._pool
 
     def close(self) -> None:
