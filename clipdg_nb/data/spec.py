@@ -8,7 +8,6 @@ fails at import, naming the spec and the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -114,12 +113,3 @@ def relative_input_paths(prefix: str = "") -> Callable:
     def paths(dataset, indices) -> list[str]:
         return [f"{prefix}{f}" for f in np.asarray(dataset._input_array)[np.asarray(indices)]]
     return paths
-
-
-def csv_column_in_label_order(path: Path, column: str) -> list[str]:
-    """`column` of a CSV with a `y` column, ordered by y (e.g. iWildCam's categories.csv)."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: int(r["y"]))
-    return [r[column] for r in rows]

@@ -204,10 +204,6 @@ def _macro(name: str, *args):
 # HTML pieces of a notebook page
 # ---------------------------------------------------------------------------------------------
 
-def status_html(info: dict) -> str:
-    return str(_macro("status", info))
-
-
 def _distinct(values) -> list[str]:
     return list(dict.fromkeys(_fmt(v) for v in values if v not in (None, "", [])))
 
@@ -250,11 +246,6 @@ def provenance_rows(info: dict, nb=None) -> tuple[list[dict], str]:
     summary = [n] + [f"git {c[:10]}" for c in commits[:2]]
     summary += [v for v in version_text if v.split()[0] in ("torch", "open_clip")] + [f"data {d}" for d in data[:1]]
     return out, " · ".join(summary)
-
-
-def provenance_html(info: dict, nb=None) -> str:
-    """A collapsible block with `provenance_rows`."""
-    return str(_macro("provenance", *provenance_rows(info, nb)))
 
 
 def notebook_parts(info: dict, nb, meta: dict, root: str, title: str, crumbs: list, prev: str | None = None,
