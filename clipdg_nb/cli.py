@@ -25,9 +25,12 @@ def _cmd_synth(args) -> int:
 
 def _cmd_summary(args) -> int:
     from .data import format_summary, load_dataset
+    from .pipeline.report_summary import data_kind
 
     for name in args.datasets:
-        print(format_summary(name, load_dataset(name, args.root)), end="\n\n")
+        print(format_summary(name, load_dataset(name, args.root)))
+        marker = data_kind([{"dataset": name, "root_dir": args.root}])["synthetic"].get(name)  # as the report says it
+        print(f"SYNTHETIC data, written by `clipdg synth` ({marker}): not the WILDS benchmark\n" if marker else "")
     return 0
 
 

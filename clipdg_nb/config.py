@@ -28,6 +28,8 @@ TINY_CLIP_WEIGHTS = "outputs/cache/pretrain/tiny-clip.safetensors"
 TINY_VISION_WEIGHTS = "outputs/cache/pretrain/tiny-vision.safetensors"
 TINY_MODEL = "clipdg-tiny-vit"  # the model those weights belong to
 
+# Training sizes: the defaults are the demo's, for the offline tiny model; the study's (paper_*.yaml) are these.
+PAPER_SIZES = {"epochs": 20, "batch_size": 128, "step_size": 15, "swa_last_k": 10}
 LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
@@ -252,13 +254,13 @@ class FinetuneConfig(RunConfig):
     method: str = "finetune"  # a trained method of config.METHODS: linear_probe, finetune, flyp, lp_ft, ...
     fraction: float = 1.0  # share of the WILDS train split, in (0, 1]
     stratify: bool = False  # keep every class in small subsets
-    batch_size: int = 128  # training batch size (the study: 128)
+    batch_size: int = 64  # training batch size (the study: 128)
     lr: float = 1e-4  # learning rate (the study swept 1e-2 .. 1e-5)
-    epochs: int = 20  # training epochs (the study: 20)
+    epochs: int = 4  # training epochs (the study: 20)
     optimizer: str = "adam"  # adam (the study: L2 weight decay) | adamw
     weight_decay: float = 1e-4  # L2 weight decay (the study: 1e-4)
     scheduler: str = "step"  # step (StepLR, the study) | cosine (with warm-up)
-    step_size: int = 15  # StepLR period in epochs (the study: 15)
+    step_size: int = 3  # StepLR period in epochs (the study: 15)
     gamma: float = 0.1  # StepLR factor (the study: 0.1)
     warmup_epochs: int = 0  # linear warm-up epochs (cosine schedule)
     sampler: str = "group_uniform"  # group_uniform (the study) | shuffle
@@ -268,7 +270,7 @@ class FinetuneConfig(RunConfig):
     select_split: str = "id_val"  # checkpoint selection: id_val | val, never a test split
     select_metric: str | None = None  # None: the dataset's headline metric on select_split
     swa: bool = True  # average the weights of the last swa_last_k epochs (SWA)
-    swa_last_k: int = 10  # average the last K epochs (the study: last 10 of 20)
+    swa_last_k: int = 2  # average the last K epochs (the study: last 10 of 20)
     swa_lr: float = 1e-4  # SWALR target learning rate (the study: 1e-4)
     ema_decay: float | None = None  # e.g. 0.999 (per step); None disables EMA
     wise_alphas: tuple = ()  # WiSE-FT mixing weights evaluated, e.g. [0.0, 0.25, 0.5, 0.75] (0.0: the zero-shot end)
@@ -432,6 +434,17 @@ def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
         configs += [from_namespace(FinetuneConfig, namespace, method=m, **dict(zip(grid, values)))
                     for values in itertools.product(*grid.values())]
     return configs
+
+
+def sizes_note(cfg) -> str:
+    """Which training sizes `cfg` (or the class: the defaults) holds and how to get the paper's: what 02, 03
+    and 05 print first, and the comment atop their parameters cells."""
+    sizes = {k: getattr(cfg, k) for k in PAPER_SIZES}
+    demo, paper = sizes == {k: getattr(FinetuneConfig, k) for k in sizes}, sizes == PAPER_SIZES
+    which = "the demo's" if demo else "the paper's" if paper else "your own"
+    return (f"profile: {which} sizes ({', '.join(f'{k} {v}' for k, v in sizes.items())})"
+            + (", made for the offline tiny model" if demo else "")
+            + ("" if paper else "; the paper's: papermill " + " ".join(f"-p {k} {v}" for k, v in PAPER_SIZES.items())))
 
 
 def config_of(method: str):

@@ -223,7 +223,8 @@ class Run:
         under the run's cache_dir, `fingerprint.file_digest`); raises, naming the run and the remedy."""
         path, record = self.path / WEIGHTS_FILE, self.record() or {}
         expected, remake = (record.get("kept_weights") or {}).get("sha256"), (
-            "rerun it with keep_weights=True and force=True (clipdg run --force), then make its soups")
+            "train it again keeping them (keep_weights=True and force=True: papermill -p force True, clipdg run "
+            "--force), or give the soups an output_dir of their own (05_model_soups' default: outputs/runs/soups)")
         if not path.is_file():
             raise FileNotFoundError(f"run {self.id} kept no weights ({path} is missing): {remake}")
         if (digest := file_digest(path, (record.get("params") or {}).get("cache_dir"))) != expected:

@@ -100,6 +100,14 @@ def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:
     return configs
 
 
+def check_kept_weights(configs, force: bool = False) -> None:
+    """Before any training: each finished run `run(cfg)` would read back holds its kept weights (keep_weights
+    is no part of identity: 02's run in the same folder kept none); raises, naming the run and what to do."""
+    for cfg in configs if not force else ():
+        if (run := Run.of(cfg)).is_done():
+            run.kept_weights_digest()
+
+
 def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
     """One soup record beside its ingredients, for the notebook: a row per model (each ingredient's
     final weights, `last`, and both soups) and split, with the dataset's headline metric, whether the

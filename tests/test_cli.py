@@ -23,6 +23,19 @@ def test_summary_of_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "fmow_v1.1" in err and "download=True" in err
 
 
+def test_summary_says_when_the_data_is_synthetic(synth_root, tmp_path, capsys):
+    import shutil
+
+    assert main(["summary", "--root", str(synth_root), "--datasets", "fmow"]) == 0
+    out = capsys.readouterr().out
+    assert "OOD test" in out and f"SYNTHETIC data, written by `clipdg synth` ({synth_root / 'fmow_v1.1' / 'SYNTHETIC.json'})" in out
+    shutil.copytree(synth_root / "fmow_v1.1", tmp_path / "fmow_v1.1")
+    (tmp_path / "fmow_v1.1" / "SYNTHETIC.json").unlink()  # a copy without clipdg synth's marker reads as real
+    assert main(["summary", "--root", str(tmp_path), "--datasets", "fmow"]) == 0
+    out = capsys.readouterr().out
+    assert "OOD test" in out and "SYNTHETIC" not in out
+
+
 def test_synth_refuses_to_overwrite_a_real_dataset(tmp_path, capsys):
     real = tmp_path / "fmow_v1.1"
     real.mkdir()

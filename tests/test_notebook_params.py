@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import yaml
 
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params, tuned_lists
 from clipdg_nb.data import VALIDATION_SPLITS
@@ -66,7 +67,7 @@ def test_committed_clean_with_python3_kernel_and_documented_parameters(name):
 
 
 def _check_mirror(name, cls, skip=(), extra=()):
-    params, expected = parameters(name), defaults(cls)
+    params, expected = parameters(name), {**defaults(cls), **GENERATED[name].get("overrides", {})}
     for key in skip:
         expected.pop(key)
     extras = {k: params[k] for k in set(params) - set(expected)}
@@ -100,9 +101,30 @@ def test_ablation_mirrors_finetune_config():
 def test_analysis_chooses_on_validation_by_default():
     params = parameters("04_analysis")
     assert params["select_split"] in VALIDATION_SPLITS
-    assert params["experiment"] is None  # the most recent experiment with runs (analysis.find_experiment)
+    assert params["experiment"] is None  # the only experiment with runs, else a list (analysis.find_experiment)
     assert params["output_dir"] == ZeroShotConfig.output_dir
     assert 0 < params["level"] < 1
+
+
+def test_training_notebooks_default_to_the_demo_sizes_in_folders_of_their_own():
+    """Hand runs: the demo's sizes (the tiny default model), said atop the cell with the paper's; 03 and 05
+    keep their runs apart from 02's (05 needs kept weights; 04 reads 05's folder as its soups_output_dir)."""
+    from clipdg_nb.config import PAPER_SIZES, sizes_note
+
+    demo = yaml.safe_load((NOTEBOOKS.parent / "parameters" / "demo.yaml").read_text())
+    sweep = next(s for s in demo["stages"] if s["name"] == "sweep")["params"]
+    folders = {}
+    for name in ("02_few_shot_sweep", "03_swa_ablation", "05_model_soups"):
+        params = parameters(name)
+        assert {k: params[k] for k in PAPER_SIZES} == {k: sweep[k] for k in PAPER_SIZES} != PAPER_SIZES
+        cell = next(c for c in nbformat.read(str(NOTEBOOKS / f"{name}.ipynb"), as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        assert cell.source.splitlines()[0] == "# " + sizes_note(FinetuneConfig)
+        folders[name] = (params["output_dir"], params["experiment"])
+    assert "-p epochs 20 -p batch_size 128" in sizes_note(FinetuneConfig) and "paper's sizes" in sizes_note(
+        FinetuneConfig(**PAPER_SIZES))
+    assert len(set(folders.values())) == 3
+    assert folders["05_model_soups"][0] == parameters("04_analysis")["soups_output_dir"]
 
 
 def test_finetune_configs_expand_methods_and_lrs():

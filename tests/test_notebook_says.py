@@ -37,22 +37,27 @@ def _record(root, experiment, run_id, dataset, mtime):
     os.utime(path, (mtime, mtime))
 
 
-def test_analysis_finds_the_most_recent_experiment_with_runs(tmp_path):
+def test_analysis_takes_the_only_experiment_with_runs_else_lists_them(tmp_path):
     out = tmp_path / "runs"
     with pytest.raises(FileNotFoundError, match="make demo"):
         find_experiment(out)
     _record(out, "demo", "fmow-a", "fmow", 1_000_000)
     _record(out, "demo", "iwildcam-a", "iwildcam", 1_000_300)
     _record(out, "scratch", "iwildcam-b", "iwildcam", 1_000_600)  # newest, but iwildcam only
-    _record(out, "old", "fmow-c", "fmow", 1_000_100)
     (out / "ablation" / "demo" / "fmow-d").mkdir(parents=True)  # a nested output_dir is not an experiment
     (out / "empty" / "unfinished").mkdir(parents=True)  # no result.json: not a run
+    name, why = find_experiment(out, None, "fmow")
+    assert name == "demo" and why.startswith("analysing experiment 'demo' under") and "the only one" in why
+    _record(out, "old", "fmow-c", "fmow", 1_000_100)
     table = experiments_with_runs(out)
     assert list(table["experiment"]) == ["scratch", "demo", "old"]
     assert list(table["datasets"]) == ["iwildcam", "fmow, iwildcam", "fmow"] and list(table["runs"]) == [1, 2, 1]
-    name, why = find_experiment(out, None, "fmow")
-    assert name == "demo" and "experiment=None: analysing 'demo'" in why and "of 2 under" in why
-    assert find_experiment(out, None, "iwildcam")[0] == "scratch"
+    # a hand run beside the demo: no guess, a list and the parameter that chooses
+    with pytest.raises(ValueError, match=r"2 experiments .* have fmow runs; which one\? demo \(2 runs, newest .*\); "
+                                         r"old \(1 runs, .*papermill -p experiment demo"):
+        find_experiment(out, None, "fmow")
+    with pytest.raises(ValueError, match=r"scratch \(1 runs.*demo \(2 runs"):
+        find_experiment(out, None, "iwildcam")
     assert find_experiment(out, "old", "fmow")[0] == "old"
     with pytest.raises(FileNotFoundError, match=r"'scratch' has no finished fmow runs .*it has iwildcam runs: set dataset"):
         find_experiment(out, "scratch", "fmow")

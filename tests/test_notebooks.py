@@ -146,7 +146,7 @@ def test_analysis_defaults_to_the_most_recent_experiment_and_explains_empty_sect
     proc = _papermill("04_analysis.ipynb", out, root, "-p", "clip_method", "flyp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = _text(out)
-    assert "experiment=None: analysing 'nbtest', the experiment with the most recent fmow run" in text
+    assert "analysing experiment 'nbtest' under" in text and "(experiment=None: the only one with fmow runs there)" in text
     assert "nothing to compare: 'nbtest' has no flyp and vision_only runs at the same fraction and seed" in text
     assert "02_few_shot_sweep with methods [flyp, vision_only] makes them" in text
     assert "no flyp runs with SWA weights in 'nbtest'" in text

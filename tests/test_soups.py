@@ -258,6 +258,11 @@ def test_soup_stage_names_what_is_wrong(easy_root, run_kwargs, tmp_path):
     (kept_record, kept), = _ingredient_runs(easy_root, run_kwargs, "vision_only", [3e-3], epochs=1)
     with pytest.raises(FileNotFoundError, match="keep_weights=True"):
         soups.make_soups([kept.path, Run.of(cfg).path])
+    # 05's check before any training: the run its config would read back kept none; force (retrain) passes
+    wanted = [FinetuneConfig(**{**cfg.params(), "keep_weights": True})]
+    with pytest.raises(FileNotFoundError, match=rf"run {Run.of(cfg).id} kept no weights .*papermill -p force True"):
+        soups.check_kept_weights(wanted)
+    soups.check_kept_weights(wanted, force=True)
     other = FinetuneConfig(**{**cfg.params(), "fraction": 0.5, "keep_weights": True})
     methods.run(other, progress=False)
     with pytest.raises(ValueError, match="'fraction'"):

@@ -181,6 +181,10 @@ def test_caption_says_id_or_ood_and_the_domain():
     b.set_filter(split="test")
     assert b.state()["idx"] == 14 and b.where() == "OOD test, region Asia"
     assert "OOD test, region Asia" in b._widgets["info"].value
+    menu = b._widgets["split"]  # the split menu says what the caption says, and still filters by the split's name
+    assert [label for label, _ in menu.options] == [ALL, "ID test", "OOD test"] and menu.label == "OOD test" and menu.value == "test"
+    menu.label = "ID test"
+    assert b.filters["split"] == "id_test" and b.where() == "ID test, region Europe"
 
 
 def test_group_values_sort_as_numbers():

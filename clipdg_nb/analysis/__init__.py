@@ -58,29 +58,34 @@ def experiments_with_runs(output_dir: str | Path) -> pd.DataFrame:
 
 
 def find_experiment(output_dir: str | Path, experiment: str | None = None, dataset: str | None = None) -> tuple[str, str]:
-    """The experiment to analyse and a sentence saying why: `experiment` when given, else the most
-    recent one (newest result.json) with runs of `dataset`. Errors list what is there and what makes runs."""
+    """The experiment to analyse and a sentence naming it: `experiment` when given, else the only one with
+    runs of `dataset`; with several it guesses none (a reader would take another's figures for the one
+    meant) and stops, listing them and the parameter that chooses. Errors list what there is."""
     found = experiments_with_runs(output_dir)
     have = found[found["datasets"].str.split(", ").map(lambda ds: dataset is None or dataset in ds)]
     where = runs.experiment_dir(output_dir, ".").resolve()
     listing = "; ".join(f"{r.experiment} ({r.datasets}: {r.runs} runs)" for r in found.itertuples()) or "none"
-    if experiment is None:
-        if have.empty:
-            raise FileNotFoundError(
-                f"no finished {dataset or ''} runs under {where} (experiments with runs: {listing}). Make runs first: "
-                "`make demo`, `clipdg run parameters/<experiment>.yaml`, or notebooks 01_zero_shot / 02_few_shot_sweep")
-        name = have["experiment"].iloc[0]
-        return name, (f"experiment=None: analysing {name!r}, the experiment with the most recent {dataset or ''} run "
-                      f"({have['newest'].iloc[0]:%Y-%m-%d %H:%M} UTC) of {len(have)} under {where}. Another one: "
-                      f"set experiment (papermill -p experiment NAME). With runs: {listing}")
-    if experiment not in set(have["experiment"]):
+    if experiment is None and have.empty:
+        raise FileNotFoundError(
+            f"no finished {dataset or ''} runs under {where} (experiments with runs: {listing}). Make runs first: "
+            "`make demo`, `clipdg run parameters/<experiment>.yaml`, or notebooks 01_zero_shot / 02_few_shot_sweep")
+    if experiment is None and len(have) > 1:
+        first = have["experiment"].iloc[0]
+        raise ValueError(f"experiment=None, and {len(have)} experiments under {where} have {dataset or ''} runs; which "
+                         "one? " + "; ".join(f"{r.experiment} ({r.runs} runs, newest {r.newest:%Y-%m-%d %H:%M} UTC)"
+                                             for r in have.itertuples())
+                         + f". Set the parameter experiment: papermill -p experiment {first} (in JupyterLab: "
+                         f"experiment = '{first}' in the parameters cell)")
+    if experiment is not None and experiment not in set(have["experiment"]):
         other = found.loc[found["experiment"] == experiment, "datasets"]
         raise FileNotFoundError(
             f"experiment={experiment!r} has no finished {dataset or ''} runs under {where}"
             + (f" (it has {other.iloc[0]} runs: set dataset)" if len(other) else "")
             + f". Experiments with runs: {listing}. Make runs with `clipdg run parameters/{experiment}.yaml` "
             "or notebooks 01_zero_shot / 02_few_shot_sweep with that experiment")
-    return experiment, f"analysing experiment {experiment!r} under {where}"
+    why = "as asked" if experiment else f"experiment=None: the only one with {dataset or ''} runs there"
+    name = experiment or have["experiment"].iloc[0]
+    return name, f"analysing experiment {name!r} under {where} ({why}); every figure title names it"
 
 
 def metric_rows(df: pd.DataFrame, split: str, metric: str | None = None, variant: str | None = None) -> pd.DataFrame:

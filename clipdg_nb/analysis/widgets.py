@@ -266,7 +266,7 @@ class FailureBrowser:
         a, b = self.run_titles[0], self.run_titles[-1]
         wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="auto", margin="2px 12px 2px 0")}
 
-        def dropdown(key, description, choices):
+        def dropdown(key, description, choices, label=None):  # label: what the menu shows for a value
             choices = [ALL, *choices]
             if values[key] not in choices:  # a filter set in code on a value the frame lacks
                 choices.append(values[key])
@@ -274,9 +274,10 @@ class FailureBrowser:
                 w[key] = W.Combobox(options=choices, value=values[key], ensure_option=True, description=description,
                                     placeholder=f"type to search {len(choices) - 1} classes", **wide)
             else:
-                w[key] = W.Dropdown(options=choices, value=values[key], description=description, **wide)
+                w[key] = W.Dropdown(options=[(label(c), c) for c in choices] if label else choices, value=values[key],
+                                    description=description, **wide)
 
-        dropdown("split", "split", opts["split"])
+        dropdown("split", "split", opts["split"], label=split_title)  # 'OOD test', as the caption says
         for field, choices in opts["groups"].items():
             dropdown(f"group:{field}", field, choices)
         dropdown("true_class", "true class", opts["true_class"])

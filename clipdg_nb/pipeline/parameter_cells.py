@@ -13,12 +13,16 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, tuned_lists
+from ..config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, sizes_note, tuned_lists
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PAPERMILL_MARK = "# Parameters"  # the comment papermill's Python translator puts atop the injected cell
 FORCE = "force: bool = False  # rerun even if a finished run with the same identity exists"
 LIST_EXAMPLES = {"wise_alphas": "[0.0, 0.25, 0.5, 0.75]"}  # list fields whose default is empty
+PROFILE = "# " + sizes_note(FinetuneConfig)  # atop the cells of the notebooks that train
+# 03's and 05's own default output_dir, as their stages in demo.yaml: hand runs never read back 02's runs
+# (05 needs kept weights; 03's EMA runs would join 02's lr choice). 04 reads 05's as soups_output_dir.
+OWN_FOLDER = " (this notebook's own: hand runs of 02, 03 and 05 never mix)"
 
 
 def list_hint(name: str, example: str) -> str:
@@ -32,19 +36,20 @@ GENERATED = {
     "01_zero_shot": dict(cls=ZeroShotConfig, skip=("method",), after=(
         "gallery_size: int = 12  # failures shown in the static gallery", FORCE)),
     "02_few_shot_sweep": dict(cls=FinetuneConfig, skip=("method", "lr", *tuned_lists().values()), before=(
-        f"methods: list = ['finetune']  # methods trained at this point: {', '.join(TRAINED_METHODS)}"
+        PROFILE, f"methods: list = ['finetune']  # methods trained at this point: {', '.join(TRAINED_METHODS)}"
         + list_hint("methods", "[linear_probe, finetune]"),
         "lrs: list = [0.0001]  # learning rates tried for each trained method (probes run once)"
         + list_hint("lrs", "[1.0e-4, 1.0e-5]"),
         *(f"{plural}: list = [{getattr(FinetuneConfig, name)!r}]  # {name} values tried like lrs, each chosen on "
           "validation (by the methods that read it)" + list_hint(plural, f"[{getattr(FinetuneConfig, name)!r}]")
           for plural, name in tuned_lists().items())), after=(FORCE,)),
-    "03_swa_ablation": dict(cls=FinetuneConfig, after=(
+    "03_swa_ablation": dict(cls=FinetuneConfig, overrides={"output_dir": "outputs/runs/ablation"}, before=(PROFILE,), after=(
         "gallery_size: int = 8  # examples per category in the static comparison gallery", FORCE)),
     # keep_weights is not a knob here: the soup stage's runs always keep their final weights
-    "05_model_soups": dict(cls=FinetuneConfig, skip=("lr", "keep_weights"), before=(
-        "lrs: list = [0.001, 0.0003, 0.0001]  # learning rates of the runs averaged into the soups of this "
-        "(dataset, method, fraction, seed); 2 or more" + list_hint("lrs", "[1.0e-3, 3.0e-4, 1.0e-4]"),), after=(FORCE,)),
+    "05_model_soups": dict(cls=FinetuneConfig, skip=("lr", "keep_weights"), overrides={"output_dir": "outputs/runs/soups"},
+                           before=(PROFILE, "lrs: list = [0.001, 0.0003, 0.0001]  # learning rates of the runs averaged into "
+                                   "the soups of this (dataset, method, fraction, seed); 2 or more"
+                                   + list_hint("lrs", "[1.0e-3, 3.0e-4, 1.0e-4]")), after=(FORCE,)),
 }
 
 
@@ -69,14 +74,14 @@ def _annotation(type_text: str) -> str:
     return {"tuple": "list"}.get(type_text, type_text)
 
 
-def render_parameters(cls, skip=(), before=(), after=()) -> str:
+def render_parameters(cls, skip=(), before=(), after=(), overrides={}) -> str:  # noqa: B006 (read only)
     helps, lines = field_help(cls), list(before)
     for f in fields(cls):
         if f.name in skip:
             continue
-        value = f.default if f.default is not MISSING else f.default_factory()
+        value = overrides.get(f.name, f.default if f.default is not MISSING else f.default_factory())
         value = list(value) if isinstance(value, tuple) else value
-        help_text = helps[f.name]
+        help_text = helps[f.name] + (OWN_FOLDER if f.name in overrides else "")
         if isinstance(value, list):
             help_text += list_hint(f.name, LIST_EXAMPLES.get(f.name) or "[" + ", ".join(map(str, value)) + "]")
         lines.append(f"{f.name}: {_annotation(str(f.type))} = {value!r}  # {help_text}")

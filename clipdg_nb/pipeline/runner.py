@@ -232,17 +232,22 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     summary = SweepSummary(dry_run=dry_run)
     stages = select_stages(experiment, only)
     validate_experiment(experiment, stages)
-    if dry_run:
+    if dry_run:  # per stage: its fixed parameters on one line, then a table of one line per point
+        import pandas as pd
         for stage in stages:
             with one_scan_per_folder():
                 done = [not force and is_done(p) for p in stage.points]
             print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s), "
                   f"{_after_text(experiment, stage)}")
+            if stage.params:
+                print("  with " + ", ".join(f"{k} {json.dumps(to_jsonable(v))}" for k, v in stage.params.items()))
+            rows = []
             for p, skip in zip(stage.points, done):
                 status = "skipped" if skip else "planned"
                 summary.results.append(PointResult(stage.name, p.name, status, output=str(p.output)))
-                shown = {k: v for k, v in p.parameters.items() if k in stage.grid or k in stage.params}
-                print(f"  {'done, skip' if status == 'skipped' else 'would run'}: {p.name} {json.dumps(to_jsonable(shown))}")
+                rows.append({"": "done, skip" if status == "skipped" else "would run",
+                             **{k: p.parameters.get(k) for k in stage.grid}})
+            print("  " + pd.DataFrame(rows).to_string(index=False).replace("\n", "\n  "))
         return summary
     since = time.time()  # markers newer than this were written by another process of this sweep
     workers = _make_workers(stages, jobs)  # one set of workers for every stage
