@@ -231,9 +231,12 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
 def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedule, averages: dict,
            chosen: Selection, device: torch.device) -> int | None:
     """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the
-    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's."""
+    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's
+    or holds optimizer state of other shapes (written before only the used token rows trained)."""
     tensors, meta = load_checkpoint(ckpt)
-    if meta.get("params") != fingerprint:
+    shapes = dict(enumerate(p.shape for group in optimizer.param_groups for p in group["params"]))
+    if meta.get("params") != fingerprint or any(k.endswith(".exp_avg") and v.shape != shapes.get(int(k.split(".")[0]))
+                                                for k, v in checkpoint_part(tensors, "optim").items()):
         return None
     model.load_state_dict({k: v.to(device) for k, v in checkpoint_part(tensors, "model").items()})
     with warnings.catch_warnings():  # replaying the schedule without optimizer steps is the point

@@ -15,10 +15,10 @@ import torch
 from clipdg_nb import methods, train
 from clipdg_nb.runs import Run
 from clipdg_nb.config import FinetuneConfig, ZeroShotConfig, from_params
-from clipdg_nb.data import load_dataset, prompt_templates, class_names, render_prompt, split_indices
+from clipdg_nb.data import load_dataset, prompt_functions, prompt_templates, class_names, render_prompt, split_indices
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.evaluate import wilds_metrics
-from clipdg_nb.models import vision_only
+from clipdg_nb.models import ClipClassifier, load_clip, vision_only
 
 CHANCE = 1 / 62
 
@@ -82,6 +82,29 @@ def test_run_record_and_predictions_contract(easy_root, run_kwargs):
     assert not (out / "checkpoint").exists()
 
 
+def test_training_only_the_used_token_rows_predicts_as_the_whole_table(easy_root, run_kwargs, monkeypatch, tmp_path):
+    """Fine-tuning the text tower trains only the token rows the prompts read (`UsedRowsEmbedding`):
+    every variant (best, last, SWA, EMA, WiSE-FT) predicts as with the whole table trained, the
+    old dense path (here by monkeypatch), with weight decay on, and the run id is the same."""
+    from clipdg_nb.models import heads
+    cfg = FinetuneConfig(root_dir=str(easy_root), method="finetune", text_mode="trainable", lr=1e-3, epochs=3,
+                         swa_last_k=2, ema_decay=0.9, wise_alphas=(0.5,), weight_decay=1e-2, **run_kwargs)
+    rows = methods.run(cfg, progress=False)
+    monkeypatch.setattr(heads, "train_used_rows", lambda model, tokens: None)
+    dense_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "dense"))
+    dense = methods.run(dense_cfg, progress=False)
+    assert rows["run_id"] == dense["run_id"] and set(rows["variants"]) == set(dense["variants"])
+    assert {"best", "last", "swa", "ema", "wise_ft_0.5"} <= set(rows["variants"])
+    for variant, splits in dense["variants"].items():
+        for split, metrics in splits.items():
+            assert rows["variants"][variant][split] == pytest.approx(metrics, abs=1e-6), (variant, split)
+            preds = [Run.of(c).predictions(split, variant=None if variant == "best" else variant)
+                     for c in (cfg, dense_cfg)]
+            assert preds[0]["y_pred"].equals(preds[1]["y_pred"]), (variant, split)
+    assert [h["train_loss"] for h in rows["history"]] == pytest.approx([h["train_loss"] for h in dense["history"]],
+                                                                          abs=1e-6)
+
+
 def test_finished_run_is_not_redone(easy_root, run_kwargs):
     cfg = FinetuneConfig(root_dir=str(easy_root), method="linear_probe", **run_kwargs)
     first = methods.run(cfg)
@@ -126,7 +149,8 @@ def test_wise_ft_endpoints(easy_root, run_kwargs):
     assert v["wise_ft_0.5"] != v["last"]
 
 
-def _tiny_setup(root, **overrides):
+def _tiny_setup(root, clip: bool = False, **overrides):
+    """A tiny vision-only model, or with `clip` a tiny CLIP with both towers trainable, on 128 images."""
     ds = load_dataset("fmow", root)
     idx = split_indices(ds, "train")[:128]
     images = image_split(ds, idx, 32, cache_dir=None)
@@ -134,7 +158,12 @@ def _tiny_setup(root, **overrides):
                   lr=1e-3, epochs=4, swa_last_k=2, ema_decay=0.9, batch_size=32)
     cfg = FinetuneConfig(**{**params, **overrides}).validate()
     torch.manual_seed(0)
-    model = vision_only(62, arch="tiny", image_size=32)
+    if clip:
+        bundle = load_clip("clipdg-tiny-vit")
+        model = ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, class_names("fmow", ds),
+                                         prompt_functions(prompt_templates("fmow")))
+    else:
+        model = vision_only(62, arch="tiny", image_size=32)
     groups = np.asarray(ds.metadata_array[idx, 0])
     return model, images, groups, cfg
 
@@ -155,9 +184,10 @@ def test_swa_equals_hand_average_of_epoch_weights(easy_root):
     assert all(torch.equal(result.last_state[k], seen[-1][k]) for k in seen[-1])
 
 
-def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
+@pytest.mark.parametrize("clip", [False, True], ids=["vision_only", "clip_used_token_rows"])
+def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path, clip):
     norm = Normalize((0.5,) * 3, (0.5,) * 3)
-    model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
+    model, images, groups, cfg = _tiny_setup(easy_root, clip, augment=True)
     scores = iter([0.1, 0.3, 0.2, 0.25])
     whole = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                       evaluate=lambda m: (next(scores), {}), progress=False)
@@ -172,12 +202,12 @@ def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path):
         if calls["n"] == 3:
             raise Killed
         return scores2[calls["n"] - 1], {}
-    model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
+    model, images, groups, cfg = _tiny_setup(easy_root, clip, augment=True)
     with pytest.raises(Killed):
         train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                   evaluate=dies_in_epoch_three, checkpoint_dir=tmp_path, progress=False)
     torch.manual_seed(1234)  # the process that resumes starts from a different RNG state
-    model, images, groups, cfg = _tiny_setup(easy_root, augment=True)
+    model, images, groups, cfg = _tiny_setup(easy_root, clip, augment=True)
     rest = iter(scores2[2:])
     resumed = train.fit(model, images, groups, cfg, normalize=norm, device=torch.device("cpu"),
                         evaluate=lambda m: (next(rest), {}), checkpoint_dir=tmp_path, progress=False)
