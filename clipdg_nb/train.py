@@ -164,7 +164,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     step_model = step_module(model, cfg, device, world)
 
     def train_step(x, y, epoch: int, step: int) -> torch.Tensor:
-        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP)."""
+        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP), on
+        the device: nothing here waits for the device (a non-finite loss is caught at the epoch's end)."""
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
@@ -175,12 +176,6 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         if world.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
             loss = loss * shards.weight(step)
             shown = world.mean(loss)
-        if not torch.isfinite(shown):
-            kept = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.is_file()
-                    else "no checkpoint was written before it")
-            raise NonFiniteLossError(
-                f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
-                f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -191,7 +186,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         if after_step is not None:
             after_step(model)
         update_averages(averages, "step", cfg, epoch, model)
-        return shown
+        return shown.detach()
 
     started = time.perf_counter()
     shown_progress = EpochProgress(progress_mode(progress) if world.is_main else "off", cfg.epochs, start_epoch, desc)
@@ -204,11 +199,18 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         losses = []
         bar = shown_progress.steps(loader, epoch)
         for step, (x, y, _) in enumerate(bar):
-            losses.append(train_step(x, y, epoch, step).item())
-            if bar is not loader:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        # The end of an epoch: average, step the schedule, choose on validation, show, checkpoint.
-        lr = optimizer.param_groups[0]["lr"]
+            losses.append(train_step(x, y, epoch, step))
+            if bar is not loader and step:  # the step before's loss: read while this one runs on the device
+                bar.set_postfix(loss=f"{losses[-2].item():.3f}", refresh=False)
+        # The end of an epoch: its losses read at once, average, step the schedule, choose on
+        # validation, show, checkpoint. A non-finite loss stops the run before its checkpoint.
+        losses, lr = torch.stack(losses).tolist() if losses else [], optimizer.param_groups[0]["lr"]
+        if not all(map(math.isfinite, losses)):
+            kept = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.is_file()
+                    else "no checkpoint was written before it")
+            raise NonFiniteLossError(
+                f"loss became {next(v for v in losses if not math.isfinite(v))} at epoch {epoch + 1} (lr={lr:.3g}); "
+                f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         update_averages(averages, "epoch", cfg, epoch, model)
         schedule.end_epoch(epoch)
         score = select(chosen, model, evaluate, epoch, losses, lr)
