@@ -45,14 +45,17 @@ def make_optimizer(cfg, params, no_decay=()) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) not in exempt]},
               {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    fused = uses_fused_adam(params)
     params = [g for g in groups if g["params"]]  # one group when nothing is exempt (earlier checkpoints)
-    # foreach: on CPU torch otherwise picks the per-tensor Python loop (a quarter of the demo's
-    # training time); its multi-tensor form runs the same elementwise ops per tensor, so the
-    # weights are bit-identical (tests/test_train.py checks), unlike fused=True (another kernel).
-    # CUDA already defaults to it.
-    if cfg.optimizer == "adam":  # the study: Adam with L2 weight decay added to the gradient
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW  # adam: L2 decay (the study)
+    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=not fused, fused=fused)
+
+
+def uses_fused_adam(params) -> bool:
+    """Fused Adam (one launch a step) on CUDA: its numbers differ from foreach's in the last digits, a
+    GPU-only choice (tests/test_train.py: equal within a tolerance). Elsewhere the multi-tensor form,
+    bit-identical to the per-tensor Python loop torch picks on a CPU at a quarter of the demo's time."""
+    return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
 class EpochSchedule:
@@ -333,9 +336,11 @@ def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
     for key, value in checkpoint_part(tensors, "optim").items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    for group in groups:  # JSON turned tuples into lists
+    for group, current in zip(groups, optimizer.param_groups):  # JSON turned tuples into lists
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
+        # the kernel follows the device it resumes on (`uses_fused_adam`), not the one it ran on
+        group.update({k: current[k] for k in ("foreach", "fused") if k in current})
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

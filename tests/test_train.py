@@ -331,34 +331,62 @@ def test_run_identity_is_the_science_not_where_files_live(easy_root, run_kwargs,
     assert not (tmp_path / "c2").exists()
 
 
+def _adam_steps(base, make, device: str = "cpu"):
+    """(optimizer, state on the CPU) after 4 steps of `make(parameters)` on a copy of the CLIP `base`."""
+    model = copy.deepcopy(base).to(device)
+    opt = make(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x = torch.randn(8, 3, 32, 32, generator=gen).to(device)
+        tokens = torch.randint(0, 49408, (8, model.context_length), generator=gen).to(device)
+        loss = (model.encode_image(x) @ model.encode_text(tokens).T).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return opt, {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+def _adam_setup(optimizer):
+    from clipdg_nb.models import load_clip
+    torch.manual_seed(0)
+    cfg = FinetuneConfig(dataset="fmow", optimizer=optimizer, lr=1e-3, weight_decay=1e-4)
+    return load_clip("clipdg-tiny-vit", None).model, cfg, torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_optimizer_is_the_fast_form_with_bit_identical_weights(optimizer):
-    """make_optimizer asks for the multi-tensor (foreach) Adam, which on CPU is several times fewer
+    """make_optimizer asks for the multi-tensor (foreach) Adam on the CPU, which is several times fewer
     Python calls than the per-tensor loop torch picks there by default; the weights after a few
     steps must be bit-identical to that loop's (every run record of earlier sweeps stays valid)."""
-    from clipdg_nb.models import load_clip
-
-    torch.manual_seed(0)
-    base = load_clip("clipdg-tiny-vit", None).model
-    cfg = FinetuneConfig(dataset="fmow", optimizer=optimizer, lr=1e-3, weight_decay=1e-4)
-
-    def trained(make):
-        model = copy.deepcopy(base)
-        opt = make(model.parameters())
-        gen = torch.Generator().manual_seed(1)
-        for _ in range(4):
-            x = torch.randn(8, 3, 32, 32, generator=gen)
-            tokens = torch.randint(0, 49408, (8, model.context_length), generator=gen)
-            loss = (model.encode_image(x) @ model.encode_text(tokens).T).logsumexp(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return opt, model.state_dict()
-
-    opt, fast = trained(lambda params: train.make_optimizer(cfg, params))
-    assert opt.param_groups[0]["foreach"] is True
-    loop_class = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
-    _, loop = trained(lambda params: loop_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False))
+    base, cfg, adam = _adam_setup(optimizer)
+    opt, fast = _adam_steps(base, lambda params: train.make_optimizer(cfg, params))
+    assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["fused"] is False
+    _, loop = _adam_steps(base, lambda params: adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False))
     changed = [k for k in loop if not torch.equal(fast[k], loop[k])]
     assert not changed, f"foreach Adam differs from the per-tensor loop in {changed[:5]}"
     assert not torch.equal(fast["visual.conv1.weight"], base.state_dict()["visual.conv1.weight"])  # it trained
+
+
+def test_fused_adam_is_chosen_on_cuda_only(monkeypatch):
+    """The choice: fused where every parameter is on CUDA (device objects stand in for CUDA tensors)."""
+    from types import SimpleNamespace
+    on = [SimpleNamespace(device=torch.device(d)) for d in ("cuda:0", "cuda:1", "cpu", "meta")]
+    assert train.uses_fused_adam(on[:2]) and not train.uses_fused_adam(on[1:3])
+    assert not train.uses_fused_adam(on[2:]) and not train.uses_fused_adam([])
+    monkeypatch.setattr(train, "uses_fused_adam", lambda params: True)  # the CPU has a fused Adam too
+    group = train.make_optimizer(FinetuneConfig(dataset="fmow"), [torch.nn.Parameter(torch.ones(2))]).param_groups[0]
+    assert group["fused"] is True and group["foreach"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused Adam is the CUDA choice: run where a GPU is")
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_fused_adam_on_cuda_matches_foreach_within_tolerance(optimizer):
+    """On CUDA make_optimizer takes the fused kernel; after 4 steps at lr 1e-3 its weights differ from
+    the multi-tensor form's by at most 1e-5 (1 % of one step) plus 1e-4 relative."""
+    base, cfg, adam = _adam_setup(optimizer)
+    opt, fused = _adam_steps(base, lambda params: train.make_optimizer(cfg, params), "cuda")
+    assert opt.param_groups[0]["fused"] is True
+    _, foreach = _adam_steps(base, lambda params: adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                       foreach=True), "cuda")
+    for k in foreach:
+        torch.testing.assert_close(fused[k], foreach[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
