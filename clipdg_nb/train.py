@@ -139,7 +139,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
 
     `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
     with the highest score is `best_state` (ties keep the earlier). With `checkpoint_dir`, an
-    interrupted call resumes from the last finished epoch and ends with the same weights.
+    interrupted call resumes from the last checkpoint and ends with the same weights: one is written
+    every `cfg.checkpoint_every` epochs at least `cfg.checkpoint_minutes` apart, and after the last.
     `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
     and terminals, a line per epoch under papermill), or a mode name, or False.
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
@@ -191,7 +192,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         update_averages(averages, "step", cfg, epoch, model)
         return shown.detach()
 
-    started = time.perf_counter()
+    started = saved = time.perf_counter()  # `saved`: when the last checkpoint was written (or training began)
     shown_progress = EpochProgress(progress_mode(progress) if world.is_main else "off", cfg.epochs, start_epoch, desc)
     for epoch in range(start_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
@@ -219,9 +220,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         score = select(chosen, model, evaluate, epoch, losses, lr)
         shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
                                  chosen.best_epoch, time.perf_counter() - epoch_started)
-        if ckpt is not None and world.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+        due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
+        if ckpt is not None and world.is_main and (due or epoch + 1 == cfg.epochs):
             save_checkpoint(ckpt, model, optimizer, averages, chosen.best_state,
                             {"epoch": epoch, "params": fingerprint, **chosen.meta()})
+            saved = time.perf_counter()
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
 

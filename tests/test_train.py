@@ -220,6 +220,32 @@ def test_resume_reproduces_uninterrupted_run(easy_root, tmp_path, clip):
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
 
 
+def test_checkpoints_are_bounded_by_epochs_and_minutes_and_the_last_is_always_written(easy_root, tmp_path, monkeypatch):
+    """checkpoint_every (epochs) and checkpoint_minutes (at least that far apart) thin the checkpoints;
+    the last epoch's is always written; neither changes the numbers, so neither is in the run's identity."""
+    written = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, *args: written.append(args[-1]["epoch"]) or real(path, *args))
+    for i, bounds in enumerate([dict(checkpoint_every=2), dict(checkpoint_minutes=1e6), {}]):
+        written.clear()
+        model, images, groups, cfg = _tiny_setup(easy_root, swa=False, ema_decay=None, **bounds)
+        train.fit(model, images, groups, cfg, normalize=Normalize((0.5,) * 3, (0.5,) * 3), device=torch.device("cpu"),
+                  evaluate=lambda m: (0.0, {}), checkpoint_dir=tmp_path / str(i), progress=False)
+        assert written == [[1, 3], [3], [0, 1, 2, 3]][i], bounds
+        assert cfg.identity() == dataclasses.replace(cfg, checkpoint_every=1, checkpoint_minutes=0).identity()
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        dataclasses.replace(cfg, checkpoint_minutes=-1).validate()
+    # Adam state of other shapes (written when the whole token table trained) is not resumed: it starts over
+    fingerprint = json.dumps(cfg.identity(), sort_keys=True)
+
+    def resumes(params):
+        opt = train.make_optimizer(cfg, params)
+        return train.resume(tmp_path / "2" / train.CHECKPOINT, fingerprint, _tiny_setup(easy_root)[0], opt,
+                            train.EpochSchedule(cfg, opt), {}, train.Selection(), torch.device("cpu"))
+    same = [torch.nn.Parameter(torch.zeros(p.shape)) for p in model.parameters()]
+    assert resumes(same) == 4 and resumes([torch.nn.Parameter(torch.zeros(3))] + same[1:]) is None
+
+
 def test_augmentation_runs_batched_on_the_device_and_changes_training(easy_root, monkeypatch):
     """cfg.augment applies images.augment.BatchAugment to each uint8 batch after the transfer, with
     draws seeded per (seed, epoch, step): the same run twice is identical, and differs without it."""
