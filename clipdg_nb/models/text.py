@@ -117,8 +117,8 @@ class UsedRowsEmbedding(nn.Module):
     iWildCam's 368 of 49,408; the table is 93 % of the tiny CLIP, 25 M of ViT-B/32's 151 M parameters).
     The table is frozen and `rows`, a copy of the used rows, trains: the same embeddings, gradients
     and elementwise Adam updates for them, so the same predictions, without a table-sized gradient and
-    Adam update every step. Other tokens read the frozen table. The state dict is open_clip's: `rows`
-    are written into `weight` when it is read (only then is `weight` current) and refilled on loading.
+    Adam update every step. Other tokens read the frozen table. The state dict is open_clip's: its
+    `weight` is the table with `rows` written in (a copy), and loading one refills both.
     Unused rows never move (with a dense table, Adam's weight decay shrank them; no prompt read them).
     """
 
@@ -139,9 +139,7 @@ class UsedRowsEmbedding(nn.Module):
         return torch.where((local >= 0).unsqueeze(-1), used, F.embedding(tokens, self.weight))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        with torch.no_grad():
-            self.weight.index_copy_(0, self.ids, self.rows)
-        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+        destination[prefix + "weight"] = self.weight.detach().index_put((self.ids,), self.rows.detach())
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         if (weight := state_dict.get(prefix + "weight")) is not None:  # a copy: torch's load_state_dict made it
