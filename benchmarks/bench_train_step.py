@@ -3,7 +3,7 @@
     python benchmarks/bench_train_step.py        # tiny CLIP, 512 random 32 px images, batch 128, CPU
 
 (a) ours: `train.fit` itself (ClipClassifier with both towers trainable, uint8 batches normalised on
-    the device, the autocast of `--precision`, Adam + StepLR, the per-step finite-loss check);
+    the device, the autocast of `--precision`, Adam + StepLR, the losses read and checked once an epoch);
 (b) plain: the loop everyone writes first, over the same DataLoader of the same images:
     `model.encode_image` / `model.encode_text` + cross-entropy on `logit_scale * img @ text.T`,
     plain Adam, under the same autocast.

@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE))
 # (script, ratio name) -> the smallest ratio that meets the target
 TARGETS = {("bench_cache_grid", "decode work"): 8.0, ("bench_cache_grid", "disk"): 8.0,
            ("bench_jpeg_draft", "jpeg_draft"): 2.5, ("bench_augment", "augment"): 10.0,
-           ("bench_text_trim", "text_trim"): 4.0}
+           ("bench_text_trim", "text_trim"): 4.0, ("bench_token_rows", "token_rows fmow"): 1.5,
+           ("bench_token_rows", "token_rows iwildcam"): 1.2}
 RATIO = re.compile(r"^RATIO (?P<name>[^:]+): (?P<value>[\d.]+)x(?P<rest>.*)$")
 TARGET = re.compile(r"^TARGET (?P<name>[^:]+): (?P<value>.+?) \(target (?P<target>[^)]*)\): (?P<met>.+)$")
 

@@ -33,7 +33,8 @@ PAPER_SIZES = {"epochs": 20, "batch_size": 128, "step_size": 15, "swa_last_k": 1
 LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones resolve from the repository root
 # Where files live and how work is batched or placed: never part of a run's identity.
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
-                "image_cache", "num_workers", "save_predictions", "checkpoint_every", "compile", "keep_weights")
+                "image_cache", "num_workers", "save_predictions", "checkpoint_every", "checkpoint_minutes", "compile",
+                "keep_weights")
 
 
 def _choice(name: str, value, choices) -> None:
@@ -281,6 +282,7 @@ class FinetuneConfig(RunConfig):
     vision_arch: str = "clip-visual"  # vision-only baseline: clip-visual (model's image tower) | vit_b_32 | tiny
     vision_weights: str | None = TINY_VISION_WEIGHTS  # a file | imagenet (vit_b_32) | None: random (clip-visual: CLIP's)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    checkpoint_minutes: float = 0.0  # and at least this many minutes apart (0: no bound); the last epoch's is always kept
     compile: bool = False  # torch.compile the model for the training steps (first epoch pays the compile)
     keep_weights: bool = False  # keep the final weights (float16 safetensors) in the run folder, for model soups
 
@@ -340,6 +342,7 @@ class FinetuneConfig(RunConfig):
                              f"{TINY_MODEL} image tower: it needs vision_arch='clip-visual' and model={TINY_MODEL!r}. "
                              "For ViT-B/32 pass vision_arch='vit_b_32', vision_weights='imagenet'")
         _integer("checkpoint_every", self.checkpoint_every, low=1)
+        _number("checkpoint_minutes", self.checkpoint_minutes, 0)
         for name in ("stratify", "augment", "swa", "compile", "keep_weights"):
             _flag(name, getattr(self, name))
         return self

@@ -45,14 +45,17 @@ def make_optimizer(cfg, params, no_decay=()) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) not in exempt]},
               {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    fused = uses_fused_adam(params)
     params = [g for g in groups if g["params"]]  # one group when nothing is exempt (earlier checkpoints)
-    # foreach: on CPU torch otherwise picks the per-tensor Python loop (a quarter of the demo's
-    # training time); its multi-tensor form runs the same elementwise ops per tensor, so the
-    # weights are bit-identical (tests/test_train.py checks), unlike fused=True (another kernel).
-    # CUDA already defaults to it.
-    if cfg.optimizer == "adam":  # the study: Adam with L2 weight decay added to the gradient
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW  # adam: L2 decay (the study)
+    return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=not fused, fused=fused)
+
+
+def uses_fused_adam(params) -> bool:
+    """Fused Adam (one launch a step) on CUDA: its numbers differ from foreach's in the last digits, a
+    GPU-only choice (tests/test_train.py: equal within a tolerance). Elsewhere the multi-tensor form,
+    bit-identical to the per-tensor Python loop torch picks on a CPU at a quarter of the demo's time."""
+    return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
 class EpochSchedule:
@@ -136,7 +139,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
 
     `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
     with the highest score is `best_state` (ties keep the earlier). With `checkpoint_dir`, an
-    interrupted call resumes from the last finished epoch and ends with the same weights.
+    interrupted call resumes from the last checkpoint and ends with the same weights: one is written
+    every `cfg.checkpoint_every` epochs at least `cfg.checkpoint_minutes` apart, and after the last.
     `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
     and terminals, a line per epoch under papermill), or a mode name, or False.
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
@@ -164,7 +168,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     step_model = step_module(model, cfg, device, world)
 
     def train_step(x, y, epoch: int, step: int) -> torch.Tensor:
-        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP)."""
+        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP), on
+        the device: nothing here waits for the device (a non-finite loss is caught at the epoch's end)."""
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
@@ -175,12 +180,6 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         if world.enabled:  # DDP averages gradients over ranks; this weight makes it the global-batch mean
             loss = loss * shards.weight(step)
             shown = world.mean(loss)
-        if not torch.isfinite(shown):
-            kept = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.is_file()
-                    else "no checkpoint was written before it")
-            raise NonFiniteLossError(
-                f"loss became {shown.item()} at epoch {epoch + 1} (lr={optimizer.param_groups[0]['lr']:.3g}); "
-                f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -191,9 +190,9 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         if after_step is not None:
             after_step(model)
         update_averages(averages, "step", cfg, epoch, model)
-        return shown
+        return shown.detach()
 
-    started = time.perf_counter()
+    started = saved = time.perf_counter()  # `saved`: when the last checkpoint was written (or training began)
     shown_progress = EpochProgress(progress_mode(progress) if world.is_main else "off", cfg.epochs, start_epoch, desc)
     for epoch in range(start_epoch, cfg.epochs):
         epoch_started = time.perf_counter()
@@ -204,19 +203,28 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         losses = []
         bar = shown_progress.steps(loader, epoch)
         for step, (x, y, _) in enumerate(bar):
-            losses.append(train_step(x, y, epoch, step).item())
-            if bar is not loader:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        # The end of an epoch: average, step the schedule, choose on validation, show, checkpoint.
-        lr = optimizer.param_groups[0]["lr"]
+            losses.append(train_step(x, y, epoch, step))
+            if bar is not loader and step:  # the step before's loss: read while this one runs on the device
+                bar.set_postfix(loss=f"{losses[-2].item():.3f}", refresh=False)
+        # The end of an epoch: its losses read at once, average, step the schedule, choose on
+        # validation, show, checkpoint. A non-finite loss stops the run before its checkpoint.
+        losses, lr = torch.stack(losses).tolist() if losses else [], optimizer.param_groups[0]["lr"]
+        if not all(map(math.isfinite, losses)):
+            kept = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.is_file()
+                    else "no checkpoint was written before it")
+            raise NonFiniteLossError(
+                f"loss became {next(v for v in losses if not math.isfinite(v))} at epoch {epoch + 1} (lr={lr:.3g}); "
+                f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         update_averages(averages, "epoch", cfg, epoch, model)
         schedule.end_epoch(epoch)
         score = select(chosen, model, evaluate, epoch, losses, lr)
         shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
                                  chosen.best_epoch, time.perf_counter() - epoch_started)
-        if ckpt is not None and world.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+        due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
+        if ckpt is not None and world.is_main and (due or epoch + 1 == cfg.epochs):
             save_checkpoint(ckpt, model, optimizer, averages, chosen.best_state,
                             {"epoch": epoch, "params": fingerprint, **chosen.meta()})
+            saved = time.perf_counter()
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
 
@@ -231,9 +239,12 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
 def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedule, averages: dict,
            chosen: Selection, device: torch.device) -> int | None:
     """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the
-    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's."""
+    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's
+    or holds optimizer state of other shapes (written before only the used token rows trained)."""
     tensors, meta = load_checkpoint(ckpt)
-    if meta.get("params") != fingerprint:
+    shapes = dict(enumerate(p.shape for group in optimizer.param_groups for p in group["params"]))
+    if meta.get("params") != fingerprint or any(k.endswith(".exp_avg") and v.shape != shapes.get(int(k.split(".")[0]))
+                                                for k, v in checkpoint_part(tensors, "optim").items()):
         return None
     model.load_state_dict({k: v.to(device) for k, v in checkpoint_part(tensors, "model").items()})
     with warnings.catch_warnings():  # replaying the schedule without optimizer steps is the point
@@ -328,9 +339,11 @@ def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
     for key, value in checkpoint_part(tensors, "optim").items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    for group in groups:  # JSON turned tuples into lists
+    for group, current in zip(groups, optimizer.param_groups):  # JSON turned tuples into lists
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
+        # the kernel follows the device it resumes on (`uses_fused_adam`), not the one it ran on
+        group.update({k: current[k] for k in ("foreach", "fused") if k in current})
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

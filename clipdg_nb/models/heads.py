@@ -8,6 +8,8 @@ the same embeddings as the full context, several times cheaper.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -15,19 +17,9 @@ import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
-from .text import encode_text_trimmed, trim_tokens
+from .text import encode_text_trimmed, train_used_rows, trim_tokens
 
 TEXT_MODES = ("trainable", "frozen", "head")
-
-
-class _TrimmedText:
-    """A CLIP model seen through its short-context text encoder, for open_clip's zero-shot builder."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def encode_text(self, tokens, normalize: bool = False):
-        return encode_text_trimmed(self.model, tokens, normalize=normalize)
 
 
 def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
@@ -63,7 +55,8 @@ class ClipClassifier(nn.Module):
       "frozen":    text tower dropped; a linear head initialised to exp(logit_scale) * the zero-shot
                    weights on normalised image features (WiSE-FT style).
       "head":      image tower + a given linear head on normalised features (linear probe, LP-FT).
-    The classifier takes the model's modules (no copy). Within one mode the state-dict keys never
+    The classifier takes the model's modules (no copy; trainable: only the token rows the prompts
+    read train, `models.text.UsedRowsEmbedding`). Within one mode the state-dict keys never
     change, so zero-shot and fine-tuned weights interpolate key by key (WiSE-FT).
     """
 
@@ -78,11 +71,13 @@ class ClipClassifier(nn.Module):
             # Not persistent: the state dict stays all-float (interpolable) and identical across runs.
             self.register_buffer("prompt_tokens", tokenize_prompts(tokenizer, classnames, templates).to(device),
                                  persistent=False)
+            train_used_rows(model, self.prompt_tokens)  # the prompts read a few hundred of 49,408 token rows
             self.n_classes = len(classnames)
             return
         self.visual = model.visual
         if text_mode == "frozen":
-            zero_shot = build_zero_shot_classifier(_TrimmedText(model), tokenizer, classnames, templates, device=device)
+            trimmed = SimpleNamespace(encode_text=partial(encode_text_trimmed, model))  # for open_clip's builder
+            zero_shot = build_zero_shot_classifier(trimmed, tokenizer, classnames, templates, device=device)
             head_weight = model.logit_scale.exp().detach() * zero_shot.T
         head_weight = torch.as_tensor(head_weight).detach().float()
         n_classes, dim = head_weight.shape
