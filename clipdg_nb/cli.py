@@ -33,7 +33,7 @@ def _cmd_summary(args) -> int:
 
 def _cmd_demo(args) -> int:
     """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
-    from .demo.offline import run_demo
+    from .pipeline.demo import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
 

@@ -16,11 +16,11 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
              jobs: int = 2, progress: bool = True, log=print) -> int:
     from ..analysis.readme_numbers import findings_block
     from ..data import DEMO_DATASETS, format_summary, load_dataset
-    from .pretrain import pretrain_tiny
-    from ..pipeline.report import render_reports
-    from ..pipeline.experiment import load_experiment
-    from ..pipeline.runner import run_experiment
-    from .synthetic import SynthConfig, write_synthetic
+    from ..demo.pretrain import pretrain_tiny
+    from ..demo.synthetic import SynthConfig, write_synthetic
+    from .experiment import load_experiment
+    from .report import render_reports
+    from .runner import run_experiment
 
     started, timings = time.perf_counter(), {}
 
