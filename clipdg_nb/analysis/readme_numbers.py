@@ -5,7 +5,7 @@ everywhere else (`analysis.findings`, `weight_averaging`, `coverage`, `tables`):
 the records it needs are absent. Each body carries its numbers and the sentences whose verdicts
 they decide ('above zero' only when the paired interval is). Nothing here writes a file:
 `pipeline/readme.py` stamps the blocks with where the records came from and puts them in README.md
-(`clipdg readme-numbers`).
+or docs/*.md (`clipdg readme-numbers`).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
     if (Path("outputs/runs") / plan.name).is_dir():  # the same table `clipdg readme-numbers` writes
         log("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)\n"
             + findings_block("outputs/runs", plan.name, DEMO_DATASETS).body)
-        log("README.md's number tables from these records: clipdg readme-numbers")
+        log("the number tables of README.md and docs/ from these records: clipdg readme-numbers")
     total = round(time.perf_counter() - started, 1)
     log(f"\nreports ({len(reports)}): {Path('outputs/reports').resolve()}/index.html")
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total}")
