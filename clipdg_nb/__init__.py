@@ -19,11 +19,11 @@ imports the library and never the other way round (tests/test_layers.py).
       devices     device, precision and the torchrun primitives; progress: per-epoch progress
     data/         one module per dataset (fmow, iwildcam, camelyon17) + the registry, splits, samplers
     images/       the decode cache, tensors, batched augmentation;   models/  open_clip, heads, probes
-    analysis/     experiment-level analysis, tables, figures, failure browser, coverage, README numbers
+    analysis/     experiment-level analysis, tables, figures, failure browser, coverage
     demo/         synthetic WILDS-format data and the tiny pretraining the offline demo runs on
     notebook_params.py  papermill's injected parameters, checked in the kernel (config calls it)
     the runner
-      pipeline/   experiment files, validation, the papermill runner, the demo, reports, Slurm
+      pipeline/   experiment files, validation, the papermill runner, the demo, reports, README numbers, Slurm
       cli         the one command line
 
 The names below are what the notebooks use; `import clipdg_nb` itself stays light (each is imported

@@ -146,7 +146,7 @@ def _cmd_table(args) -> int:
 def _cmd_readme_numbers(args) -> int:
     """The number blocks of README.md and docs/*.md rewritten from the run records (after `make demo`),
     or --check'ed."""
-    from .analysis.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
+    from .pipeline.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
     from .pipeline import readme
 
     files = args.readme or readme.documents()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from clipdg_nb.analysis import readme_numbers as rn
+from clipdg_nb.pipeline import readme_numbers as rn
 from clipdg_nb.cli import main
 from clipdg_nb.pipeline import readme
 

@@ -2,7 +2,7 @@
 checked by `--check`. Each block lives in one of those files; which one is the file's choice.
 
 A block is the text between `<!-- numbers:NAME cpu="..." torch="..." commit="..." sha256="..." -->`
-and `<!-- /numbers:NAME -->`, its body computed by `analysis.readme_numbers`. The opening marker
+and `<!-- /numbers:NAME -->`, its body computed by `readme_numbers`. The opening marker
 stamps where the records were computed (CPU model, torch version, git commit: the records' own
 fields) and the sha256 of the body, so a body edited by hand no longer matches its stamp.
 """
