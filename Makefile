@@ -33,7 +33,7 @@ lock:
 demo: $(STAMP)
 	$(VENV)/bin/clipdg demo
 
-# README.md's number tables, rewritten from the demo's run records (after make demo; `--check` in the tests).
+# The number tables of README.md and docs/*.md, rewritten from the demo's run records (after make demo; `--check` in the tests).
 readme-numbers: $(STAMP)
 	$(VENV)/bin/clipdg readme-numbers
 

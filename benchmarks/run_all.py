@@ -7,7 +7,7 @@
 Each script runs in its own process (as a user would run it) from the repository root, so their
 synthetic data lands under outputs/bench/ and is written once. A row comes from each line a script
 prints as `RATIO <name>: <x>x` or `TARGET <name>: <value> (target ...): met | NOT MET | n/a (smoke)`.
-The targets of the ratios are below (the README's table). The CPU (or GPU) is named at the top;
+The targets of the ratios are below (docs/scale.md's table). The CPU (or GPU) is named at the top;
 smoke sizes say nothing about speed, so no target is judged then. Exits 1 when a script failed.
 """
 from __future__ import annotations

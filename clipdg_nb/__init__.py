@@ -1,6 +1,8 @@
 """clipdg-nb: few-shot CLIP fine-tuning under WILDS distribution shift (FMoW, iWildCam, Camelyon17).
 
-A map of the package, in the order data flows (`parameters/*.yaml -> pipeline -> notebook -> here`):
+A map of the package, in the order data flows (`parameters/*.yaml -> pipeline -> notebook -> here`).
+Two layers, one direction: the library the notebooks import, and the runner (pipeline/, cli), which
+imports the library and never the other way round (tests/test_layers.py).
 
     the study's core
       config      what a run is: one dataclass per notebook family, and METHODS, one spec per method
@@ -17,9 +19,12 @@ A map of the package, in the order data flows (`parameters/*.yaml -> pipeline ->
       devices     device, precision and the torchrun primitives; progress: per-epoch progress
     data/         one module per dataset (fmow, iwildcam, camelyon17) + the registry, splits, samplers
     images/       the decode cache, tensors, batched augmentation;   models/  open_clip, heads, probes
-    analysis/     experiment-level analysis, tables, figures, failure browser, coverage, README numbers
-    pipeline/     experiment files, validation, the papermill runner, reports, Slurm
-    demo/         synthetic WILDS-format data, the tiny pretraining, the offline demo
+    analysis/     experiment-level analysis, tables, figures, failure browser, coverage
+    demo/         synthetic WILDS-format data and the tiny pretraining the offline demo runs on
+    notebook_params.py  papermill's injected parameters, checked in the kernel (config calls it)
+    the runner
+      pipeline/   experiment files, validation, the papermill runner, the demo, reports, README numbers, Slurm
+      cli         the one command line
 
 The names below are what the notebooks use; `import clipdg_nb` itself stays light (each is imported
 on first use), so `clipdg --help` and the analysis do not pay for torch and open_clip.

@@ -36,7 +36,7 @@ def _cmd_summary(args) -> int:
 
 def _cmd_demo(args) -> int:
     """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
-    from .demo.offline import run_demo
+    from .pipeline.demo import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
 
@@ -147,16 +147,16 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_readme_numbers(args) -> int:
-    """README.md's number blocks rewritten from the run records (after `make demo`), or --check'ed."""
-    from pathlib import Path
-
-    from .analysis.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
+    """The number blocks of README.md and docs/*.md rewritten from the run records (after `make demo`),
+    or --check'ed."""
+    from .pipeline.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
     from .pipeline import readme
 
+    files = args.readme or readme.documents()
     if args.check:
-        problems = readme.check(Path(args.readme).read_text(encoding="utf-8"), REQUIRED)
+        problems = readme.check_files(files, REQUIRED)
         for problem in problems:
-            print(f"{args.readme}: {problem}", file=sys.stderr)
+            print(problem, file=sys.stderr)
         return 1 if problems else 0
     made = blocks(args.output_dir, args.soups_dir)
     absent = [name for name in REQUIRED if made[name] is None]
@@ -165,10 +165,10 @@ def _cmd_readme_numbers(args) -> int:
                                 f"{args.soups_dir}: run `make demo` (clipdg demo) first")
     waiting = {n: f"Not written yet: no records of `{BLOCKS[n]}` under {args.output_dir}. Run `clipdg run "
                   f"parameters/{BLOCKS[n]}.yaml --jobs 2`, then `clipdg readme-numbers`." for n, b in made.items() if b is None}
-    status = readme.write_numbers(args.readme, {n: None if b is None else (b.body, provenance(b.records))
-                                                for n, b in made.items()}, waiting)
+    status = readme.write_files(files, {n: None if b is None else (b.body, provenance(b.records))
+                                        for n, b in made.items()}, waiting)
     for name, what in status.items():
-        print(f"{args.readme} numbers:{name}: {what}")
+        print(f"{name}: {what}")
     return 0
 
 
@@ -265,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--output-dir", default="outputs/runs")
     table.set_defaults(func=_cmd_table)
 
-    numbers = sub.add_parser("readme-numbers", help="rewrite README.md's number blocks from the demo's run records "
-                             "(after make demo); --check: fail when a block was edited by hand")
+    numbers = sub.add_parser("readme-numbers", help="rewrite the number blocks of README.md and docs/*.md from the "
+                             "demo's run records (after make demo); --check: fail when a block was edited by hand")
     numbers.add_argument("--check", action="store_true", help="only check each block's body against its stamped sha256")
-    numbers.add_argument("--readme", default="README.md")
+    numbers.add_argument("--readme", nargs="+", metavar="FILE", help="the files (default: README.md and docs/*.md)")
     numbers.add_argument("--output-dir", default="outputs/runs")
     numbers.add_argument("--soups-dir", default="outputs/runs/soups", help="output_dir of the demo's soups stage")
     numbers.set_defaults(func=_cmd_readme_numbers)

@@ -1,4 +1,4 @@
-"""README.md's number blocks: the committed README passes the check, a digit edited inside a block
+"""The number blocks of README.md and docs/*.md: the committed files pass the check, a digit edited inside a block
 fails it, rewriting is idempotent, and the generated soups table equals a hand computation (mean,
 paired t-interval with scipy) on records written by hand in the run-record format."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from clipdg_nb.analysis import readme_numbers as rn
+from clipdg_nb.pipeline import readme_numbers as rn
 from clipdg_nb.cli import main
 from clipdg_nb.pipeline import readme
 
@@ -20,11 +20,31 @@ SPLITS = {"id_val": "acc_avg", "id_test": "acc_avg", "test": "acc_worst_region"}
 PROVENANCE = {"cpu": "Test CPU", "torch": "2.x", "commit": "abc"}
 
 
-def test_the_committed_readme_passes_the_check():
+def test_the_committed_readme_and_docs_pass_the_check():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.check(text, rn.REQUIRED) == []
     assert set(rn.REQUIRED) <= set(readme.parse(text))
-    assert main(["readme-numbers", "--check", "--readme", str(ROOT / "README.md")]) == 0
+    files = readme.documents(ROOT)
+    assert len(files) > 1 and readme.check_files(files, rn.BLOCKS) == []  # every block, in one file each
+    assert main(["readme-numbers", "--check", "--readme", *map(str, files)]) == 0
+
+
+def test_blocks_spread_over_files_are_written_in_place_and_checked_together(tmp_path):
+    (tmp_path / "docs").mkdir()
+    a, b = tmp_path / "README.md", tmp_path / "docs" / "m.md"
+    a.write_text("a\n<!-- numbers:t -->\n<!-- /numbers:t -->\n", encoding="utf-8")
+    b.write_text("b\n<!-- numbers:u -->\n<!-- /numbers:u -->\n", encoding="utf-8")
+    files = readme.documents(tmp_path)
+    assert files == [a, b]
+    assert len(readme.check_files(files, ("t", "u"))) == 2  # neither block stamped yet
+    status = readme.write_files(files, {"t": ("1", PROVENANCE), "u": ("2", PROVENANCE)})
+    assert status == {f"{a} numbers:t": "rewritten", f"{b} numbers:u": "rewritten"}
+    assert readme.parse(b.read_text(encoding="utf-8"))["u"]["body"] == "2" and readme.check_files(files, ("t", "u")) == []
+    assert readme.check_files(files, ("t", "u", "v")) == [f"block numbers:v is missing from {a}, {b}"]
+    with pytest.raises(ValueError, match="none of"):
+        readme.write_files(files, {"v": ("3", PROVENANCE)})
+    b.write_text(b.read_text(encoding="utf-8") + a.read_text(encoding="utf-8"), encoding="utf-8")  # t twice
+    assert readme.check_files(files, ("t", "u")) == [f"block numbers:t is in both {a} and {b}; keep one"]
 
 
 def test_a_digit_edited_inside_a_block_fails_the_check(tmp_path):

@@ -495,11 +495,11 @@ def test_search_index_covers_pages_and_parameters(site):
 def test_every_page_has_the_navigation_and_nothing_remote(site):
     out = site["out"]
     pages = sorted(out.rglob("*.html"))
-    assert len(pages) == 3 + 3 + len(site["written"])  # summary, stages, downloads + a page per stage + points
+    assert len(pages) == 4 + 3 + len(site["written"])  # summary, stages, downloads, docs + a page per stage + points
     for page in pages:
         html_text = page.read_text()
         root = "../../" if len(page.relative_to(out).parts) == 3 else ""
-        for href in ("index.html", "stages.html", "downloads.html", "search-index.js"):
+        for href in ("index.html", "stages.html", "downloads.html", "docs.html", "search-index.js"):
             assert f'="{root}{href}"' in html_text, (page, href)
         assert 'class="clipdg-search"' in html_text and "window.CLIPDG_SEARCH" in html_text
         assert not re.search(r"<(script|link)[^>]*\s(src|href)=[\"']?(https?:)?//", html_text), page
@@ -507,6 +507,20 @@ def test_every_page_has_the_navigation_and_nothing_remote(site):
     assert 'href="dataset-fmow_fraction-0.1_seed-0.html" rel="prev"' in point
     assert 'href="dataset-fmow_fraction-0.1_seed-2.html" rel="next"' in point
     assert '<a href="index.html">sweep</a>' in point  # its stage's page
+
+
+def test_docs_page_holds_the_readme_and_every_docs_page(site):
+    from clipdg_nb.pipeline.readme import documents
+
+    root = paths.project_root()
+    docs = (site["out"] / "docs.html").read_text()
+    files = documents(root)
+    assert len(files) > 1 and docs.count('<section id="doc-') == len(files)
+    for path in files:
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        assert f'id="doc-{path.stem.lower()}"' in docs and f"<h1>{first}</h1>" in docs, path
+    assert 'href="#doc-methods"' in docs and 'href="docs/methods.md"' not in docs  # a link to its section
+    assert '<table class="clipdg-table">' in docs and "Where to change what" in docs
 
 
 def test_stage_page_groups_runs_by_dataset_method_fraction(site):

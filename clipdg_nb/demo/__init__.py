@@ -1,2 +1,2 @@
-"""The offline default: synthetic WILDS-format data, a tiny CLIP (and its vision-only twin)
-pretrained on a synthetic caption corpus, and `run_demo`, the whole study end to end on a CPU."""
+"""The offline default: synthetic WILDS-format data and a tiny CLIP (and its vision-only twin)
+pretrained on a synthetic caption corpus. `pipeline.demo.run_demo` runs the whole study on them."""

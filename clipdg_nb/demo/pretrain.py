@@ -211,9 +211,7 @@ def pretrain_supervised(cfg: PretrainConfig, images, concept_ids, log=print):
 
 
 # Intra-op threads of the pretraining, whatever the core count: float sums split over threads, so
-# the weights (and every number of the demo after them) would otherwise depend on how many cores the
-# machine has (measured here: other weights with 1 thread than with 2). 2 is what the demo's 2-core
-# machines always used, so their weights and run records stay as they were.
+# the weights (and every number of the demo after them) would otherwise depend on the core count.
 PRETRAIN_THREADS = 2
 
 

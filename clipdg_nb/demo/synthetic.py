@@ -94,7 +94,7 @@ def real_profile_config(n_images: int = 300, n_eval: int | None = None, seed: in
 
 def _marker(cfg: SynthConfig, name: str) -> dict:
     """The settings a copy of `name` was written with (its SYNTHETIC.json, less the generator)."""
-    # The default profile's marker is what it was before profiles existed, so copies stay current.
+    # the default profile is left out of the marker, so copies written without a profile stay current
     settings = asdict(cfg)
     if settings.get("profile") == "default":
         settings.pop("profile")

@@ -1,7 +1,8 @@
-"""README.md's number blocks: written by `clipdg readme-numbers` from run records, checked by `--check`.
+"""The number blocks of README.md and docs/*.md: written by `clipdg readme-numbers` from run records,
+checked by `--check`. Each block lives in one of those files; which one is the file's choice.
 
 A block is the text between `<!-- numbers:NAME cpu="..." torch="..." commit="..." sha256="..." -->`
-and `<!-- /numbers:NAME -->`, its body computed by `analysis.readme_numbers`. The opening marker
+and `<!-- /numbers:NAME -->`, its body computed by `readme_numbers`. The opening marker
 stamps where the records were computed (CPU model, torch version, git commit: the records' own
 fields) and the sha256 of the body, so a body edited by hand no longer matches its stamp.
 """
@@ -94,4 +95,42 @@ def write_numbers(readme: str | Path, blocks, placeholders=None) -> dict[str, st
     if new != old:
         with atomic_path(readme) as tmp:
             tmp.write_text(new, encoding="utf-8")
+    return status
+
+
+def documents(root: str | Path = ".") -> list[Path]:
+    """The files whose number blocks `clipdg readme-numbers` keeps: README.md and docs/*.md."""
+    root = Path(root)
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def check_files(paths, required=()) -> list[str]:
+    """`check` over several files, each problem naming its file; a required block must be in one of
+    them, and no block in two."""
+    problems, where = [], {}
+    for path in map(Path, paths):
+        text = path.read_text(encoding="utf-8")
+        problems += [f"{path}: {problem}" for problem in check(text)]
+        try:
+            found = parse(text)
+        except ValueError:
+            continue  # named by check above
+        problems += [f"block numbers:{n} is in both {where[n]} and {path}; keep one" for n in found if n in where]
+        where.update({n: path for n in found if n not in where})
+    return problems + [f"block numbers:{n} is missing from {', '.join(map(str, paths))}" for n in required
+                       if n not in where]
+
+
+def write_files(paths, blocks, placeholders=None) -> dict[str, str]:
+    """`write_numbers` over several files, each given the blocks it holds; {"<file> numbers:<name>":
+    what happened}. A block with a body that none of the files holds is an error."""
+    held = {Path(p): set(parse(Path(p).read_text(encoding="utf-8"))) for p in paths}
+    missing = [n for n, b in blocks.items() if b is not None and not any(n in names for names in held.values())]
+    if missing:
+        raise ValueError(f"none of {', '.join(map(str, held))} has the block(s) {missing}: add the lines "
+                         "`<!-- numbers:NAME -->` and `<!-- /numbers:NAME -->` where each belongs, then rerun")
+    status = {}
+    for path, names in held.items():
+        mine = {n: b for n, b in blocks.items() if n in names}
+        status.update({f"{path} numbers:{n}": what for n, what in write_numbers(path, mine, placeholders).items()})
     return status

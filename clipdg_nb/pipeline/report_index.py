@@ -4,8 +4,8 @@ A point's facts come from the runner's markers beside its executed notebook (`<p
 parameters and run folders; `<point>.failed.json`: the error) and from the run records the done
 marker lists (`result.json`: metrics, versions, git commit, hardware, data root, weights).
 `write_index` writes the site: the summary (`index.html`, from `report_summary`), `stages.html`,
-a page per stage, `downloads.html` with the CSV / JSON tables, and `search-index.js`. All HTML is
-in templates/ (Jinja2, autoescaped); Python hands the templates data.
+a page per stage, `downloads.html` with the CSV / JSON tables, `docs.html` (the README and docs/)
+and `search-index.js`. All HTML is in templates/ (Jinja2, autoescaped); Python hands the templates data.
 """
 from __future__ import annotations
 
@@ -194,6 +194,26 @@ def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
 
 def render(template: str, **context) -> str:
     return environment().get_template(template).render(assets=assets(), **context)
+
+
+_DOC_LINK = re.compile(r"\]\((?:\.\./|docs/)?([\w-]+)\.md(?:#[\w-]*)?\)")
+
+
+def docs_sections(root: str | os.PathLike | None = None) -> list[dict]:
+    """README.md and docs/*.md as the sections of `docs.html` (mistune, nbconvert's markdown renderer;
+    a link to another of them becomes a link to its section)."""
+    import mistune
+    from markupsafe import Markup
+
+    from .readme import documents
+
+    sections = []
+    for path in documents(project_root(root)):
+        if path.is_file():
+            text = _DOC_LINK.sub(lambda m: f"](#doc-{m[1].lower()})", path.read_text(encoding="utf-8"))
+            body = mistune.html(text).replace("<table>", '<table class="clipdg-table">')
+            sections.append({"id": f"doc-{path.stem.lower()}", "title": path.stem, "html": Markup(body)})
+    return sections
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,10 +481,12 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                                   e["meta"].get("mode") == "linked" for e in entries) else "plotly.js inline in each page"),
         "downloads.html": render("downloads.html.j2", page_title="downloads", meta="", root="", here="downloads",
                                  downloads=dl, results_columns=downloads["results"].get("column_names", [])),
+        "docs.html": render("docs.html.j2", page_title="docs", meta="", root="", here="docs", docs=docs_sections()),
     }
     search += [_search_entry("Stages", "stages.html", "page", "every experiment and stage"),
                _search_entry("Downloads", "downloads.html", "page", "results.csv results.json findings.csv "
-                             "findings.json tidy results settings")]
+                             "findings.json tidy results settings"),
+               _search_entry("Docs", "docs.html", "page", "README documentation layout data methods scale")]
     if has_figures and not self_contained:
         write_plotlyjs(out)
     write_bytes(out / SEARCH_INDEX, ("window.CLIPDG_SEARCH = " + json.dumps(search, ensure_ascii=False, indent=0)

@@ -14,13 +14,13 @@ DEMO_EXPERIMENT = Path("parameters") / "demo.yaml"
 
 def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", experiment: str | Path = DEMO_EXPERIMENT,
              jobs: int = 2, progress: bool = True, log=print) -> int:
-    from ..analysis.readme_numbers import findings_block
+    from .readme_numbers import findings_block
     from ..data import DEMO_DATASETS, format_summary, load_dataset
-    from .pretrain import pretrain_tiny
-    from ..pipeline.report import render_reports
-    from ..pipeline.experiment import load_experiment
-    from ..pipeline.runner import run_experiment
-    from .synthetic import SynthConfig, write_synthetic
+    from ..demo.pretrain import pretrain_tiny
+    from ..demo.synthetic import SynthConfig, write_synthetic
+    from .experiment import load_experiment
+    from .report import render_reports
+    from .runner import run_experiment
 
     started, timings = time.perf_counter(), {}
 
@@ -45,7 +45,7 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
     if (Path("outputs/runs") / plan.name).is_dir():  # the same table `clipdg readme-numbers` writes
         log("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)\n"
             + findings_block("outputs/runs", plan.name, DEMO_DATASETS).body)
-        log("README.md's number tables from these records: clipdg readme-numbers")
+        log("the number tables of README.md and docs/ from these records: clipdg readme-numbers")
     total = round(time.perf_counter() - started, 1)
     log(f"\nreports ({len(reports)}): {Path('outputs/reports').resolve()}/index.html")
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total}")

@@ -4,8 +4,8 @@ everywhere else (`analysis.findings`, `weight_averaging`, `coverage`, `tables`):
 `blocks(...)` returns {name: Block | None} for every block the README holds (`BLOCKS`); None means
 the records it needs are absent. Each body carries its numbers and the sentences whose verdicts
 they decide ('above zero' only when the paired interval is). Nothing here writes a file:
-`pipeline/readme.py` stamps the blocks with where the records came from and puts them in README.md
-(`clipdg readme-numbers`).
+`readme.py` stamps the blocks with where the records came from and puts them in README.md
+or docs/*.md (`clipdg readme-numbers`).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .. import analysis, paths, runs
-from . import weight_averaging as wa
+from ..analysis import weight_averaging as wa
 from ..evaluate import CALIBRATION_BINS
-from .tables import ci_text, markdown_table
+from ..analysis.tables import ci_text, markdown_table
 
 # name -> the experiment whose records it reads ("soups": the demo's soup stage); the demo's blocks
 # are required, the others are filled when their experiment has been run
@@ -45,7 +45,7 @@ def provenance(records) -> dict[str, str]:
 
 
 def _title(variant: str) -> str:
-    from .figures import variant_title
+    from ..analysis.figures import variant_title
     return "best single run" if variant == wa.BASELINE else variant_title(variant).replace("_", " ")
 
 
@@ -187,7 +187,7 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
 def coverage_block(output_dir, experiment: str = "coverage_demo", level: float = 0.95) -> Block | None:
     """Zero-shot CLIP and CLIP minus vision-only (OOD, paired by seed) per caption coverage and fraction
     (`coverage.gap_by_coverage`), and OOD accuracy on the classes named / unnamed in the captions."""
-    from . import coverage
+    from ..analysis import coverage
 
     folder = paths.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
@@ -220,7 +220,7 @@ def coverage_block(output_dir, experiment: str = "coverage_demo", level: float =
 
 def methods_block(output_dir, experiment: str = "methods_demo", level: float = 0.95) -> Block | None:
     """`clipdg table --experiment methods_demo --format markdown`: every method and weight variant."""
-    from .tables import format_headline
+    from ..analysis.tables import format_headline
 
     folder = paths.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
