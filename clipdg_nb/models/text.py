@@ -133,19 +133,25 @@ class UsedRowsEmbedding(nn.Module):
         local[ids] = torch.arange(len(ids), device=ids.device)
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("local", local, persistent=False)  # token id -> its row in `rows`, or -1
+        self.register_state_dict_post_hook(open_clip_state)
+        self.register_load_state_dict_pre_hook(rows_from_weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         local = self.local[tokens]  # a lookup, not a check: no device sync
         used = F.embedding(local.clamp(min=0), self.rows)
         return torch.where((local >= 0).unsqueeze(-1), used, F.embedding(tokens, self.weight))
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight.detach().index_put((self.ids,), self.rows.detach())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        if (weight := state_dict.get(prefix + "weight")) is not None:  # a copy: torch's load_state_dict made it
-            state_dict[prefix + "rows"] = weight[self.ids.to(weight.device)]
-        super()._load_from_state_dict(state_dict, prefix, *args)
+def open_clip_state(module: UsedRowsEmbedding, state_dict, prefix, local_metadata) -> None:
+    """State-dict post hook: open_clip's `weight`, the frozen table with the trained rows written in."""
+    state_dict[prefix + "weight"] = module.weight.detach().index_put((module.ids,), module.rows.detach())
+    del state_dict[prefix + "rows"]
+
+
+def rows_from_weight(module: UsedRowsEmbedding, state_dict, prefix, *args) -> None:
+    """Load pre hook: an open_clip `weight` refills `rows` too (a copy: torch's load_state_dict made it)."""
+    if (weight := state_dict.get(prefix + "weight")) is not None:
+        state_dict[prefix + "rows"] = weight[module.ids.to(weight.device)]
 
 
 def train_used_rows(model: nn.Module, tokens: torch.Tensor) -> None:
