@@ -112,7 +112,7 @@ def test_calibration_metrics_fit_once_and_apply_everywhere():
     assert set(out) == {"id_val", "test"}
     for split, z, labels in (("id_val", 3 * logits, y), ("test", 5 * shifted, y_shift)):
         row = out[split]
-        assert set(row) == {"ece", "nll", "ece_ts", "nll_ts", "temperature", "temperature_split"}
+        assert set(row) == {"ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts", "temperature", "temperature_split"}
         assert row["temperature"] == t and row["temperature_split"] == "id_val"
         assert row["nll"] == pytest.approx(float(F.cross_entropy(z, labels)))
         assert row["nll_ts"] == pytest.approx(float(F.cross_entropy(z / t, labels)))
