@@ -188,12 +188,6 @@ def reliability_bins(predictions: pd.DataFrame, n_bins: int = CALIBRATION_BINS) 
                          "confidence": confidence, "accuracy": accuracy, "gap": accuracy - confidence})
 
 
-def bins_ece(bins: pd.DataFrame) -> float:
-    """The ECE of `reliability_bins`: sum over bins of count / N * |accuracy - confidence|."""
-    filled = bins[bins["count"] > 0]
-    return float((filled["count"] * filled["gap"].abs()).sum() / filled["count"].sum())
-
-
 def soup_stage_records(output_dir: str | Path, experiment: str, dataset: str | None = None) -> list[dict]:
     """The soup stage's run records and current soups (`soups.load_soups`), of one dataset if given."""
     records = [*runs.load_records(paths.experiment_dir(output_dir, experiment)), *load_soups(output_dir, experiment)]

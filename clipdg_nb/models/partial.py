@@ -57,11 +57,6 @@ def train_last_blocks(model: nn.Module, k: int | None) -> nn.Module:
     return model
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that will train."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
-
-
 def biases_and_head(model: nn.Module) -> nn.Module:
     """BitFit (Ben Zaken et al. 2022): only the bias terms and the classification head (`head.*`)
     train; every weight matrix, norm scale and embedding is frozen. In place."""
