@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .data import DATASETS, EVAL_SPLITS, SPLITS, TEMPLATE_SETS, VALIDATION_SPLITS, dataset_splits
+from .data import DATASETS, EVAL_SPLITS, SPLITS, TEMPLATE_SETS, check_select_split, dataset_splits
 from .paths import resolve
 
 # The offline default (`make demo`, or `clipdg synth && clipdg pretrain-tiny`): synthetic data and a
@@ -35,6 +35,15 @@ LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones re
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
                 "image_cache", "num_workers", "save_predictions", "checkpoint_every", "checkpoint_minutes", "compile",
                 "keep_weights")
+# The fields that enter a run's identity even at their default: those run ids were made of before
+# this rule. Frozen: every field added since enters only where it differs from its declared default,
+# so a new field at its default never changes an existing run id (and that default must never change:
+# runs made before a change would answer for the new default).
+IDENTITY_AT_DEFAULT = ("dataset", "model", "pretrained", "templates", "seed", "eval_splits", "method", "fraction",
+                       "stratify", "batch_size", "lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size",
+                       "gamma", "warmup_epochs", "sampler", "augment", "text_mode", "select_split", "select_metric",
+                       "swa", "swa_last_k", "swa_lr", "ema_decay", "wise_alphas", "precision", "grad_clip",
+                       "l2sp_alpha", "probe_cs", "vision_arch", "vision_weights")
 
 
 def _choice(name: str, value, choices) -> None:
@@ -111,6 +120,9 @@ class MethodSpec:
     loss: str | None = None  # end_to_end: a name in losses.LOSSES
     after_step: str | None = None  # a name in losses.AFTER_STEP, called after each optimizer step
     text_mode: str | None = None  # forces the text tower's mode (FLYP: trainable); None: cfg.text_mode
+    # Which parameters train end to end: a name in models.partial.TRAINABLE (last_blocks: the image
+    # tower's last cfg.train_blocks blocks and all else; biases_and_head: BitFit). Nothing else freezes.
+    trainable: str = "last_blocks"
     # What the optimizer's weight decay acts on: every trainable parameter ('all', the study), or
     # the head only ('head': L2-SP as published, whose loss pulls the backbone toward its start
     # instead of toward zero). Not 'all' is in the run's identity (`weight_decay_on`).
@@ -172,6 +184,10 @@ METHODS: dict[str, MethodSpec] = _register(
                trains="end_to_end", init="zero_shot_head", encoder="clip",
                reads=TRAINING_FIELDS + ("text_mode", "l2sp_alpha"), tuned=("l2sp_alpha",), variants=E2E_VARIANTS,
                loss="l2sp", weight_decay_on="head"),
+    MethodSpec("bitfit", "only the biases and the zero-shot head train (BitFit, Ben Zaken et al. 2022)",
+               trains="end_to_end", init="zero_shot_head", encoder="clip",
+               reads=tuple(f for f in TRAINING_FIELDS if f != "train_blocks"), variants=E2E_VARIANTS,
+               loss="cross_entropy", text_mode="frozen", trainable="biases_and_head"),
 )
 TRAINED_METHODS = tuple(name for name, spec in METHODS.items() if spec.trains != "nothing")
 
@@ -235,7 +251,12 @@ class RunConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params().items() if k not in NOT_IDENTITY}
+        """The parameters that change the numbers, less those at their default outside IDENTITY_AT_DEFAULT."""
+        default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                   for f in fields(self)}
+        default = {k: list(v) if isinstance(v, tuple) else v for k, v in default.items()}  # as params() has them
+        return {k: v for k, v in self.params().items()
+                if k not in NOT_IDENTITY and (k in IDENTITY_AT_DEFAULT or v != default[k])}
 
 
 @dataclass
@@ -306,9 +327,7 @@ class FinetuneConfig(RunConfig):
                 _integer("train_blocks", self.train_blocks)
             except ValueError as e:
                 raise ValueError(f"{e}, or None (train every block)") from None
-        if self.select_split not in VALIDATION_SPLITS:
-            raise ValueError(f"select_split={self.select_split!r}: choices are made on a validation split "
-                             f"({list(VALIDATION_SPLITS)}), never on a test split")
+        check_select_split(self.dataset, self.select_split)
         _text("select_metric", self.select_metric, allow_none=True)
         _integer("swa_last_k", self.swa_last_k, low=1)
         if self.swa and self.swa_last_k > self.epochs:
@@ -357,8 +376,6 @@ class FinetuneConfig(RunConfig):
         """RunConfig's identity, the fields every trained method reads and those its spec reads."""
         reads = set(RUN_FIELDS) | set(SHARED_FIELDS) | set(METHODS[self.method].reads)
         ident = {k: v for k, v in super().identity().items() if k in reads}
-        if ident.get("train_blocks", 0) is None:  # the default (every block) keeps earlier run ids valid
-            del ident["train_blocks"]
         if METHODS[self.method].weight_decay_on != "all":  # runs of the earlier rule are other runs
             ident["weight_decay_on"] = METHODS[self.method].weight_decay_on
         return ident
@@ -368,9 +385,14 @@ RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
 
 
 def _check_reads() -> None:
-    """Each spec reads FinetuneConfig fields only (at import: a misspelt field would silently leave
-    a setting out of the run ids)."""
+    """Each spec reads FinetuneConfig fields only, and each such field is read by some spec or kept
+    out of identities on purpose (at import: either slip would silently leave a setting out of the
+    run ids)."""
     known = {f.name for f in fields(FinetuneConfig)}
+    if unread := known.difference(NOT_IDENTITY, RUN_FIELDS, SHARED_FIELDS, *(s.reads for s in METHODS.values())):
+        raise ValueError(f"FinetuneConfig field(s) {sorted(unread)}: no MethodSpec reads them, so no run id holds them; "
+                         "add them to the 'reads' of the methods using them (TRAINING_FIELDS: every end-to-end "
+                         "method), or to NOT_IDENTITY if they never change the numbers")
     for spec in METHODS.values():
         for name in spec.reads:
             if name not in known:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -121,11 +122,11 @@ def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration: ECE and NLL per split, before and after temperature scaling
+# Calibration: the figures of `CALIBRATION` per split, before and after temperature scaling
 # ---------------------------------------------------------------------------------------------
-# Names in a record: `ece`, `nll` (as the model stands), `ece_ts`, `nll_ts` (logits / temperature),
-# `temperature` and `temperature_split` (the split it was fitted on). They live under
-# record["calibration"][variant][split], apart from WILDS's metric names (`acc_avg`,
+# Names in a record: `<figure>` (as the model stands), `<figure>_ts` (logits / temperature) for each
+# figure of CALIBRATION, `temperature` and `temperature_split` (the split it was fitted on). They
+# live under record["calibration"][variant][split], apart from WILDS's metric names (`acc_avg`,
 # `F1-macro_all`, ...), which none of them shares.
 
 CALIBRATION_BINS = 15
@@ -193,6 +194,30 @@ def negative_log_likelihood(logits, y) -> float:
     return float(torch.nn.functional.cross_entropy(x, y))
 
 
+def brier_score(logits, y) -> float:
+    """Mean over rows of `sum_c (p_c - [c == y])^2` of the softmax probabilities (Brier 1950; in
+    [0, 2], the multi-class form of Guo et al. 2017)."""
+    x = _scores(logits, "logits")
+    y = _labels(y, len(x), x.shape[1])
+    return float((torch.softmax(x, dim=1) - torch.nn.functional.one_hot(y, x.shape[1])).pow(2).sum(dim=1).mean())
+
+
+class Figure(NamedTuple):
+    """A calibration figure (lower is better), recorded per weight variant and split by
+    `calibration_record` and shown by the analysis tables, 04 and 05: all read `CALIBRATION`."""
+    of_logits: Callable  # (logits [N, C], labels) -> float
+    # (saved predictions) -> float, for records made before the figure; None: they cannot give it
+    from_predictions: Callable | None = None
+
+
+CALIBRATION: dict[str, Figure] = {
+    "ece": Figure(lambda x, y: expected_calibration_error(x, y, kind="logits")),
+    "nll": Figure(negative_log_likelihood, lambda frame: float(-np.log(frame["p_true"].astype(float)).mean())),
+    "brier": Figure(brier_score),
+}
+CALIBRATION_FIELDS = tuple(q for name in CALIBRATION for q in (name, f"{name}_ts"))  # as the model is, and at T
+
+
 def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature T > 0 minimising `negative_log_likelihood(logits / T, y)` (Guo et al. 2017).
 
@@ -224,10 +249,9 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS)
     return float(np.exp(log_t))
 
 
-def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id_val",
-                        n_bins: int = CALIBRATION_BINS) -> dict[str, dict[str, float | str | None]]:
-    """Per split: `ece`, `nll` of the logits as they are; `ece_ts`, `nll_ts` of logits / T with one
-    temperature T fitted on `fit_split`'s logits; `temperature` and `temperature_split`.
+def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id_val") -> dict[str, dict]:
+    """Per split: each figure of CALIBRATION of the logits as they are, and as `<name>_ts` of
+    logits / T with one temperature T fitted on `fit_split`'s logits; `temperature` and `temperature_split`.
     With `fit_split=None` (no validation split evaluated) the temperature fields are None."""
     missing = set(logits_by_split) ^ set(y_by_split)
     if missing:
@@ -240,11 +264,11 @@ def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id
     for split, logits in logits_by_split.items():
         y = y_by_split[split]
         scaled = None if t is None else torch.as_tensor(logits).double() / t
-        out[split] = {"ece": expected_calibration_error(logits, y, n_bins, kind="logits"),
-                      "nll": negative_log_likelihood(logits, y),
-                      "ece_ts": None if t is None else expected_calibration_error(scaled, y, n_bins, kind="logits"),
-                      "nll_ts": None if t is None else negative_log_likelihood(scaled, y),
-                      "temperature": t, "temperature_split": fit_split}
+        out[split] = {}
+        for name, figure in CALIBRATION.items():
+            out[split][name] = figure.of_logits(logits, y)
+            out[split][f"{name}_ts"] = None if t is None else figure.of_logits(scaled, y)
+        out[split].update(temperature=t, temperature_split=fit_split)
     return out
 
 

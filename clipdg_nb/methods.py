@@ -31,7 +31,7 @@ from .inputs import up_front_problem, vision_image_size, weights_location, weigh
 from .models import (ClipClassifier, encode_images, fit_linear_probe, identical_prompt_classes, load_clip,
                      vision_only)
 from .models.features import cached_split_features, content_key, subset_rows
-from .models.partial import train_last_blocks
+from .models.partial import TRAINABLE
 from .devices import resolve_device, resolve_precision
 from .runs import Run
 from .losses import AFTER_STEP, LOSSES, backbone_parameters
@@ -199,13 +199,14 @@ def selection_metric(cfg: FinetuneConfig) -> str:
 
 def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     """Fine-tuning through `train.fit` from the spec's start (the zero-shot head, a linear probe
-    first, or a vision-only tower with a new head) with its loss and hooks, on the image tower's
-    last `train_blocks` blocks; the weight variants are the best epoch on validation, the last
-    epoch, the averages of `averaging.AVERAGES` the config enables and WiSE-FT alphas."""
+    first, or a vision-only tower with a new head) with its loss and hooks, training what its spec's
+    `trainable` names (by default the image tower's last `train_blocks` blocks); the weight variants
+    are the best epoch on validation, the last epoch, the averages of `averaging.AVERAGES` the config
+    enables and WiSE-FT alphas."""
     cfg, world, method = ctx.cfg, devices.info(), ctx.method
     with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
         model, (mean, std, size) = initial_model(ctx)
-        train_last_blocks(model, cfg.train_blocks)
+        TRAINABLE[method.trainable](model, cfg)  # which parameters train: the spec's choice
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_idx, data_started = ctx.train_indices(), time.perf_counter()
         train_images = ctx.images(train_idx, size)
@@ -283,11 +284,12 @@ BUILDERS: dict[str, Callable] = {"nothing": zero_shot, "probe": linear_probe, "e
 def _check_specs() -> None:
     """Every spec's loss and hook exist (at import: not after an hour of caching features)."""
     for spec in METHODS.values():
-        for field, table in (("loss", LOSSES), ("after_step", AFTER_STEP)):
+        for field, where, table in (("loss", "losses.LOSSES", LOSSES), ("after_step", "losses.AFTER_STEP", AFTER_STEP),
+                                    ("trainable", "models.partial.TRAINABLE", TRAINABLE)):
             name = getattr(spec, field)
             if name is not None and name not in table:
-                raise ValueError(f"MethodSpec {spec.name!r}: field {field!r} names {name!r}, not in "
-                                 f"losses.{'LOSSES' if field == 'loss' else 'AFTER_STEP'} ({sorted(table)})")
+                raise ValueError(f"MethodSpec {spec.name!r}: field {field!r} names {name!r}, not in {where} "
+                                 f"({sorted(table)})")
         if spec.init == "probe_first" and spec.encoder != "clip" or spec.init == "vision_tower" and spec.encoder != "vision":
             raise ValueError(f"MethodSpec {spec.name!r}: init={spec.init!r} does not go with encoder={spec.encoder!r}")
 

@@ -13,6 +13,12 @@ from clipdg_nb.evaluate import (calibration_metrics, calibration_record, expecte
 from clipdg_nb.runs import Run
 
 
+def bins_ece(bins) -> float:
+    """The ECE of `reliability_bins`: sum over bins of count / N * |accuracy - confidence|."""
+    filled = bins[bins["count"] > 0]
+    return float((filled["count"] * filled["gap"].abs()).sum() / filled["count"].sum())
+
+
 def test_ece_equals_a_hand_computation():
     # top-1 confidences: 0.9, 0.9 (bin 13, one right), 0.7 (bin 10, right), 0.62, 0.64 (bin 9, both right)
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.62, 0.38], [0.36, 0.64]], dtype=torch.float64)
@@ -112,7 +118,7 @@ def test_calibration_metrics_fit_once_and_apply_everywhere():
     assert set(out) == {"id_val", "test"}
     for split, z, labels in (("id_val", 3 * logits, y), ("test", 5 * shifted, y_shift)):
         row = out[split]
-        assert set(row) == {"ece", "nll", "ece_ts", "nll_ts", "temperature", "temperature_split"}
+        assert set(row) == {"ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts", "temperature", "temperature_split"}
         assert row["temperature"] == t and row["temperature_split"] == "id_val"
         assert row["nll"] == pytest.approx(float(F.cross_entropy(z, labels)))
         assert row["nll_ts"] == pytest.approx(float(F.cross_entropy(z / t, labels)))
@@ -188,7 +194,7 @@ def test_ties_give_one_predicted_class_to_metrics_predictions_and_ece(iwildcam):
     the ECE and reliability bins of the saved predictions, and torchmetrics' ECE."""
     from torchmetrics.classification import MulticlassCalibrationError
 
-    from clipdg_nb.analysis.weight_averaging import bins_ece, reliability_bins
+    from clipdg_nb.analysis.weight_averaging import reliability_bins
     from clipdg_nb.data import split_indices
     from clipdg_nb.evaluate import evaluate_logits
     idx = split_indices(iwildcam, "id_test")

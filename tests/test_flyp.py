@@ -14,7 +14,7 @@ from clipdg_nb.data import load_dataset, split_indices
 from clipdg_nb.losses import MAX_LOGIT_SCALE, clamp_logit_scale, flyp_loss, flyp_objective
 from clipdg_nb.images import Normalize, image_split
 from clipdg_nb.models import ClipClassifier, load_clip, vision_only
-from clipdg_nb.models.partial import train_last_blocks, trainable_names
+from clipdg_nb.models.partial import train_last_blocks
 
 CHANCE = 1 / 62
 I = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])  # 4 images, unit norm
@@ -110,6 +110,10 @@ def test_flyp_is_a_sweep_method():
 
 
 # -- partial fine-tuning ---------------------------------------------------------------------------
+
+def trainable_names(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
 
 def _visual(names, prefix):
     return sorted({n[len(prefix):].split(".")[0] if "resblocks" not in n else "block" + n.split("resblocks.")[1][0]

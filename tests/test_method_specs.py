@@ -60,9 +60,11 @@ def test_zero_shot_identity_is_unchanged():
 
 def test_run_ids_are_pinned():
     """Two run ids written down before the registry (absolute folders: the same on any machine)."""
-    cfg = FinetuneConfig(method="lp_ft", root_dir="/data", output_dir="/out", cache_dir="/cache").validate()
+    from clipdg_nb.config import PAPER_SIZES  # the defaults then (the demo's sizes are the defaults now)
+
+    cfg = FinetuneConfig(method="lp_ft", root_dir="/data", output_dir="/out", cache_dir="/cache", **PAPER_SIZES).validate()
     probe = FinetuneConfig(method="vision_only_probe", root_dir="/data", output_dir="/out",
-                           cache_dir="/cache").validate()
+                           cache_dir="/cache", **PAPER_SIZES).validate()
     assert run_id(cfg.identity()) == PINNED["lp_ft"]
     assert run_id(probe.identity()) == PINNED["vision_only_probe"]
 

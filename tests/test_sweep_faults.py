@@ -228,7 +228,7 @@ BAD = {
     "root_dir": "nowhere': no WILDS dataset fmow_v1.1/",  # the value resolved from the project root
     "pretrained": "pretrained='weights/missing.safetensors': no such file",
     "output_dir": "a-file/runs' is not writable",
-    "select_split": "select_split='test': learning rates are chosen on a validation split",
+    "select_split": "select_split='test': choices are made on a validation split of 'fmow'",
 }
 
 

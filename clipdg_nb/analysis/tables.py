@@ -187,9 +187,10 @@ RESULT_FIELDS = ("root_dir", "weights", "n_train", "git_commit", "created_at")
 
 
 def results_table(records: Iterable[Mapping]) -> pd.DataFrame:
-    """The downloadable results: `runs.tidy` rows (one per run x variant x split x metric) with every
-    setting of the run beside them: each `params` entry (lists and dicts as JSON text, so a CSV cell
-    holds one value), the selection's split and metric, and RESULT_FIELDS. A setting the tidy frame
+    """The downloadable results: `runs.tidy` rows (one per run x variant x split x metric, the figures
+    of `evaluate.CALIBRATION` among the metrics) with every setting of the run beside them: each
+    `params` entry (lists and dicts as JSON text, so a CSV cell holds one value), the selection's
+    split and metric, and RESULT_FIELDS. A setting the tidy frame
     already has (dataset, method, fraction, seed, lr) is not repeated."""
     import json
 
@@ -198,7 +199,7 @@ def results_table(records: Iterable[Mapping]) -> pd.DataFrame:
     records = [r for r in records if is_run_record(r)]
     # one record at a time, then the settings repeated by position: two output folders may hold runs
     # of one id (an ablation beside a sweep), so a join on run_id could pair a row with the wrong run
-    parts = [tidy([rec]) for rec in records]
+    parts = [_with_calibration(tidy([rec]), rec) for rec in records]
     settings = []
     for rec in records:
         selection = rec.get("selection") or {}
@@ -212,3 +213,13 @@ def results_table(records: Iterable[Mapping]) -> pd.DataFrame:
     repeat = np.repeat(np.arange(len(records)), [len(p) for p in parts])
     extra = pd.DataFrame(settings).iloc[repeat].reset_index(drop=True)
     return pd.concat([pd.concat(parts, ignore_index=True), extra], axis=1)
+
+
+def _with_calibration(frame: pd.DataFrame, record: Mapping) -> pd.DataFrame:
+    """One record's tidy rows and its calibration figures as rows of the same columns."""
+    from .weight_averaging import CALIBRATION_FIELDS, calibration_rows
+
+    cal = calibration_rows([record]).melt(id_vars=["variant", "headline", "split"], value_vars=list(CALIBRATION_FIELDS),
+                                          var_name="metric")
+    run = frame.iloc[:1].drop(columns=["variant", "headline", "split", "metric", "value"])
+    return pd.concat([frame, cal.merge(run, how="cross")[frame.columns]], ignore_index=True) if len(cal) else frame

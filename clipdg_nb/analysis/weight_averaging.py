@@ -5,12 +5,13 @@ rates with `keep_weights`, in its own `output_dir`, and averages them into soups
 (`clipdg_nb.soups`). `averaging_comparison` puts side by side, per seed and paired by seed: the
 best single run (the learning rate chosen on validation, its epoch chosen on validation: `best`),
 its last epoch, its SWA / EMA / WiSE-FT weights where the runs made them, and the uniform and greedy
-soups; with each one's effective robustness against a trend line. `calibration_table` reads ECE and
-NLL before and after temperature scaling from the records; `reliability_bins` computes a reliability
+soups; with each one's effective robustness against a trend line. `calibration_table` reads the
+figures of `evaluate.CALIBRATION` before and after temperature scaling from the records; `reliability_bins` computes a reliability
 diagram from saved predictions (`p_top1`, `y_pred`, `y_true`).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths, runs
-from ..evaluate import CALIBRATION_BINS
+from ..evaluate import CALIBRATION, CALIBRATION_BINS, CALIBRATION_FIELDS
 from ..soups import load_soups
 from . import stats
 
@@ -26,7 +27,7 @@ BASELINE = "best"  # the best single run: lr and epoch chosen on validation (pla
 SOUPS = ("uniform_soup", "greedy_soup")
 COMPARISON_COLUMNS = ["dataset", "method", "fraction", "variant", "split", "metric", "mean", "low", "high", "n",
                       "diff", "diff_low", "diff_high", "n_paired"]
-CALIBRATION_FIELDS = ("ece", "nll", "ece_ts", "nll_ts", "temperature")
+CALIBRATION_NUMBERS = (*CALIBRATION_FIELDS, "temperature")  # the figures of evaluate.CALIBRATION, then T
 
 
 def variant_order(variants) -> list[str]:
@@ -117,24 +118,41 @@ def missing_variants(comparison: pd.DataFrame, wanted: Sequence[str] = ("best", 
 def calibration_rows(records: Sequence[Mapping]) -> pd.DataFrame:
     """One row per (run or soup, weight variant, split) of the records' `calibration`: dataset,
     method, fraction, seed, lr, kind (run | soup), variant, headline (the record's reported
-    variant), split, ece, nll, ece_ts, nll_ts, temperature, temperature_split. Records made before calibration was recorded give no rows."""
-    rows = []
+    variant), split, CALIBRATION_NUMBERS, temperature_split. Records made before calibration was
+    recorded give no rows. A figure registered after a record was made is computed from the run's
+    saved predictions where it can be (`Figure.from_predictions`); else it is NaN and a warning
+    names the runs and the figures."""
+    rows, lacking = [], {}
     for record in records:
         base = {k: record.get(k) for k in ("run_id", "dataset", "method", "fraction", "seed", "lr")}
         base["kind"] = record.get("kind", "run")
         headline = (record.get("selection") or {}).get("variant")
+        run = runs.Run.of_record(record) if base["kind"] == "run" and "experiment" in record else None
         for variant, per_split in (record.get("calibration") or {}).items():
             for split, values in per_split.items():
+                values = dict(values)
+                for name in (q for q in CALIBRATION_FIELDS if q not in values):
+                    figure = CALIBRATION.get(name)
+                    path = run and run.prediction_path(split, None if variant == headline else variant)
+                    if figure and figure.from_predictions and path and path.is_file():
+                        values[name] = figure.from_predictions(pd.read_parquet(path))
+                    else:
+                        lacking.setdefault(record.get("run_id"), set()).add(name)
                 rows.append({**base, "variant": variant, "headline": variant == headline, "split": split,
-                             **{k: values.get(k) for k in (*CALIBRATION_FIELDS, "temperature_split")}})
+                             **{k: values.get(k) for k in (*CALIBRATION_NUMBERS, "temperature_split")}})
+    if lacking:
+        named = "; ".join(f"{r} ({', '.join(sorted(f))})" for r, f in list(lacking.items())[:5])
+        warnings.warn(f"calibration: {len(lacking)} record(s) were made before figures they lack, and their saved "
+                      f"predictions cannot give them (shown as NaN): {named}{' ...' if len(lacking) > 5 else ''}; "
+                      "rerun those runs (force=True) to compute them", stacklevel=2)
     columns = ["run_id", "dataset", "method", "fraction", "seed", "lr", "kind", "variant", "headline", "split",
-               *CALIBRATION_FIELDS, "temperature_split"]
-    return pd.DataFrame(rows, columns=columns).astype({k: float for k in CALIBRATION_FIELDS})
+               *CALIBRATION_NUMBERS, "temperature_split"]
+    return pd.DataFrame(rows, columns=columns).astype({k: float for k in CALIBRATION_NUMBERS})
 
 
 def calibration_table(rows: pd.DataFrame, level: float = 0.95, splits: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean and `level` interval over seeds of ECE and NLL, before (`ece`, `nll`) and after
-    temperature scaling (`ece_ts`, `nll_ts`, the temperature fitted on ID validation), per
+    """Mean and `level` interval over seeds of each figure of `evaluate.CALIBRATION`, before (`ece`,
+    ...) and after temperature scaling (`ece_ts`, ..., the temperature fitted on ID validation), per
     (dataset, method, fraction, variant, split). Long rows: ..., quantity, mean, low, high, n."""
     columns = ["dataset", "method", "fraction", "variant", "split", "quantity", "mean", "low", "high", "n"]
     if rows.empty:
@@ -142,7 +160,7 @@ def calibration_table(rows: pd.DataFrame, level: float = 0.95, splits: Sequence[
     if splits is not None:
         rows = rows[rows["split"].isin(list(splits))]
     long = rows.melt(id_vars=["dataset", "method", "fraction", "seed", "variant", "split"],
-                     value_vars=list(CALIBRATION_FIELDS), var_name="quantity", value_name="value")
+                     value_vars=list(CALIBRATION_NUMBERS), var_name="quantity", value_name="value")
     table = stats.summarise(long, by=["dataset", "method", "fraction", "variant", "split", "quantity"], level=level)
     return table[columns]
 
@@ -168,12 +186,6 @@ def reliability_bins(predictions: pd.DataFrame, n_bins: int = CALIBRATION_BINS) 
     edges = np.arange(n_bins + 1) / n_bins
     return pd.DataFrame({"bin": np.arange(n_bins), "low": edges[:-1], "high": edges[1:], "count": count,
                          "confidence": confidence, "accuracy": accuracy, "gap": accuracy - confidence})
-
-
-def bins_ece(bins: pd.DataFrame) -> float:
-    """The ECE of `reliability_bins`: sum over bins of count / N * |accuracy - confidence|."""
-    filled = bins[bins["count"] > 0]
-    return float((filled["count"] * filled["gap"].abs()).sum() / filled["count"].sum())
 
 
 def soup_stage_records(output_dir: str | Path, experiment: str, dataset: str | None = None) -> list[dict]:

@@ -30,7 +30,7 @@ GROUP_FIELDS = tuple(dict.fromkeys(f for spec in DATASETS.values() for f in spec
 
 __all__ = ["DATASETS", "DEMO_DATASETS", "GROUP_FIELDS", "DatasetSpec", "DatasetFormatError", "DatasetNotFoundError",
            "dataset_spec", "headline_metric", "data_present", "load_dataset", "class_names", "CLASS_NAMES_FILE",
-           "dataset_splits",
+           "dataset_splits", "check_select_split",
            "TEMPLATE_SETS", "prompt_templates", "render_prompt", "prompt_functions",
            "SAMPLERS", "GroupUniformSampler", "EpochShuffleSampler",
            "SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
@@ -63,12 +63,21 @@ def dataset_splits(name: str, requested) -> tuple:
     spec = dataset_spec(name)
     requested = tuple(requested)
     if requested == EVAL_SPLITS:
-        return tuple(s for s in EVAL_SPLITS if s in spec.splits)
+        return spec.eval_splits
     lacking = [s for s in requested if s in SPLITS and s not in spec.splits]
     if lacking:
         raise ValueError(f"eval_splits={list(requested)!r}: dataset {name!r} has no split(s) {lacking}; "
                          f"WILDS's {spec.folder} has {list(spec.splits)}")
     return requested
+
+
+def check_select_split(name: str, split) -> None:
+    """Choices are made on a validation split the dataset has (DatasetSpec.select_split: its own)."""
+    spec = dataset_spec(name)
+    if split not in VALIDATION_SPLITS or split not in spec.splits:
+        raise ValueError(f"select_split={split!r}: choices are made on a validation split of {name!r} "
+                         f"({[s for s in VALIDATION_SPLITS if s in spec.splits]}), never on a test split; "
+                         f"{name!r} chooses on select_split={spec.select_split!r}")
 
 
 CLASS_NAMES_FILE = "class_names.csv"  # in a dataset folder: rows `y,name` renaming those classes

@@ -48,6 +48,8 @@ class DatasetSpec:
     value_hint: what a bad value in the metadata typically is (worded into loader failures).
     diagnose: optional (folder, error) -> extra words for a loader failure.
     split_rule: how WILDS assigns rows to splits (worded into the empty-split error).
+    select_split: where choices (checkpoint, learning rate, probe strength) are made by default: a
+        validation split it has (id_val where it has one).
     in_demo: part of the offline default (`clipdg synth` and the demo write and run it by default).
     """
     name: str = _MISSING
@@ -70,6 +72,7 @@ class DatasetSpec:
     value_hint: str = ""
     diagnose: Callable | None = None
     split_rule: str = "its 'split' column"
+    select_split: str = "id_val"
     in_demo: bool = False
 
     def __post_init__(self):
@@ -90,6 +93,9 @@ class DatasetSpec:
         if unknown or "train" not in self.splits:
             raise SpecError(f"dataset spec {label!r}: splits {list(self.splits)} must include 'train' and use only "
                             f"WILDS's names {list(ALL_SPLITS)}")
+        if self.select_split not in self.splits or self.select_split not in ("id_val", "val"):
+            raise SpecError(f"dataset spec {label!r}: select_split={self.select_split!r} must be a validation split "
+                            f"it has (id_val or val; its splits are {list(self.splits)})")
 
     @property
     def folder(self) -> str:
@@ -99,6 +105,11 @@ class DatasetSpec:
     def release_marker(self) -> str:
         """The file WILDS writes last into a complete download (and checks before downloading again)."""
         return f"RELEASE_v{self.version}.txt"
+
+    @property
+    def eval_splits(self) -> tuple:
+        """The splits evaluated by default: every split it has but train."""
+        return tuple(s for s in self.splits if s != "train")
 
     def headline_metric(self, split: str) -> str:
         return self.id_metric if split in ID_SPLITS else self.ood_metric

@@ -1,4 +1,6 @@
-"""Partial fine-tuning: train only the image tower's last k transformer blocks.
+"""Which parameters train: `TRAINABLE`, read through `config.MethodSpec.trainable` (nothing else
+freezes a parameter). Partial fine-tuning trains only the image tower's last k transformer blocks;
+BitFit only the biases and the head.
 
 `train_last_blocks(model, k)` sets requires_grad=False on the rest of the image tower (the
 optimizer skips frozen parameters). Everything outside the image tower keeps training: the text
@@ -55,6 +57,14 @@ def train_last_blocks(model: nn.Module, k: int | None) -> nn.Module:
     return model
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that will train."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
+def biases_and_head(model: nn.Module) -> nn.Module:
+    """BitFit (Ben Zaken et al. 2022): only the bias terms and the classification head (`head.*`)
+    train; every weight matrix, norm scale and embedding is frozen. In place."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head.") or name.endswith("bias"))
+    return model
+
+
+# config.MethodSpec.trainable -> (model, cfg) -> the model with the rest frozen (in place).
+TRAINABLE = {"last_blocks": lambda model, cfg: train_last_blocks(model, cfg.train_blocks),
+             "biases_and_head": lambda model, cfg: biases_and_head(model)}

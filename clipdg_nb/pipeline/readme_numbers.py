@@ -145,7 +145,8 @@ def greedy_block(soups_dir, experiment: str, datasets) -> Block | None:
     return Block(markdown_table(pd.DataFrame(rows)), tuple(records))
 
 
-def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: float = 0.95) -> Block | None:
+def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: float = 0.95,
+                      clip_method: str = "finetune") -> Block | None:
     """Mean ECE before -> after ID-val temperature scaling, ID and OOD test, per weight variant of the
     soup stage and per fraction of the sweep's fine-tuned runs; how many variants it lowers / raises."""
     columns, sentences, records, labels = {}, [], [], []
@@ -155,7 +156,7 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
         stage = wa.averaging_calibration(recs, wa.load_soup_stage(soups_dir, experiment, d)[0])
         sweep_recs = wa.records_of(output_dir, experiment, chosen["run_id"]) if len(chosen) else []
         sweep = wa.calibration_rows(sweep_recs)
-        sweep = sweep[sweep["headline"] & (sweep["method"] == "finetune")]
+        sweep = sweep[sweep["headline"] & (sweep["method"] == clip_method)]
         if stage.empty and sweep.empty:
             continue
         parts = [wa.calibration_table(stage, level, ("id_test", "test")).assign(label=lambda t: t["variant"].map(_title)),

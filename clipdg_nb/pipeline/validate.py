@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
-from ..data import DATASETS, SPLITS, VALIDATION_SPLITS, data_present, dataset_spec
+from ..data import DATASETS, SPLITS, check_select_split, data_present, dataset_spec
 from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
 
@@ -60,11 +60,9 @@ def _soups(ns: Mapping) -> list:
 
 
 def _analysis(ns: Mapping) -> list:
-    if ns.get("select_split") not in VALIDATION_SPLITS:
-        raise ValueError(f"select_split={ns.get('select_split')!r}: learning rates are chosen on a validation split "
-                         f"({list(VALIDATION_SPLITS)}), never on a test split")
     if ns.get("dataset") not in DATASETS:
         raise ValueError(f"dataset={ns.get('dataset')!r} is not valid; choose one of {list(DATASETS)}")
+    check_select_split(ns["dataset"], ns.get("select_split"))  # where learning rates are chosen
     name = ns.get("experiment")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ValueError(f"experiment={name!r} must be letters, digits, '-' or '_' (it names a folder)")
