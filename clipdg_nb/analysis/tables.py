@@ -181,34 +181,3 @@ def format_headline(table: pd.DataFrame, fmt: str = "text", digits: int = 3, lev
         blocks.append(f"{title}\n\n{markdown_table(wide)}" if fmt == "markdown"
                       else f"{dataset}: {caption}\n{wide.to_string(index=False)}")
     return "\n\n".join(blocks) + "\n"
-
-
-RESULT_FIELDS = ("root_dir", "weights", "n_train", "git_commit", "created_at")
-
-
-def results_table(records: Iterable[Mapping]) -> pd.DataFrame:
-    """The downloadable results: `runs.tidy` rows (one per run x variant x split x metric) with every
-    setting of the run beside them: each `params` entry (lists and dicts as JSON text, so a CSV cell
-    holds one value), the selection's split and metric, and RESULT_FIELDS. A setting the tidy frame
-    already has (dataset, method, fraction, seed, lr) is not repeated."""
-    import json
-
-    from ..runs import TIDY_COLUMNS, is_run_record, tidy
-
-    records = [r for r in records if is_run_record(r)]
-    # one record at a time, then the settings repeated by position: two output folders may hold runs
-    # of one id (an ablation beside a sweep), so a join on run_id could pair a row with the wrong run
-    parts = [tidy([rec]) for rec in records]
-    settings = []
-    for rec in records:
-        selection = rec.get("selection") or {}
-        row = {k: rec.get(k) for k in RESULT_FIELDS}
-        row.update(select_split=selection.get("split"), select_metric=selection.get("metric"))
-        for key, value in (rec.get("params") or {}).items():
-            row.setdefault(key, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)
-        settings.append({k: v for k, v in row.items() if k not in TIDY_COLUMNS})
-    if not parts:
-        return tidy([])
-    repeat = np.repeat(np.arange(len(records)), [len(p) for p in parts])
-    extra = pd.DataFrame(settings).iloc[repeat].reset_index(drop=True)
-    return pd.concat([pd.concat(parts, ignore_index=True), extra], axis=1)
