@@ -157,7 +157,7 @@ def headline_rows(records: list[dict]) -> list[dict]:
 
 TEMPLATES = Path(__file__).with_name("templates")
 SEARCH_INDEX = "search-index.js"
-SEARCH_TEXT = 20_000  # characters of a page's text in the search index (the analysis page's run to ~15k)
+SEARCH_TEXT = 20_000  # characters of a page's text in the search index (the demo's analysis page: ~13k)
 VENDOR = "clipdg-vendor.js"  # the libraries of templates/vendor/, one file per report folder
 TITLES = {"id": SPLIT_TITLES[ID_SPLIT], "ood": SPLIT_TITLES[OOD_SPLIT]}
 
