@@ -90,8 +90,8 @@ def _cmd_report(args) -> int:
                              log=lambda msg: print(f"clipdg report: {msg}", file=sys.stderr))
     for path in written:
         print(path)
-    print(f"{len(written)} report(s) in {args.out}; open {args.out}/index.html (the summary; results.csv and "
-          "findings.csv beside it)")
+    print(f"{len(written)} report(s) in {args.out}; open {args.out}/index.html (the summary; the runs, metrics, "
+          "calibration and findings tables beside it, downloads.html)")
     return 0 if written else 1
 
 
@@ -127,21 +127,36 @@ def _cmd_train(args) -> int:
 
 def _cmd_table(args) -> int:
     """Headline ID / OOD numbers of one or more experiments: per dataset, mean and 95 % interval over
-    seeds, learning rate chosen on validation; with several experiments, side by side and paired."""
-    from .analysis import compare_experiments, load_experiment_runs
-    from .analysis.tables import format_headline
+    seeds, learning rate chosen on validation, then the experiment's soups (`<experiment>/soups`);
+    with several experiments, side by side and paired. A name that is an output folder of its own
+    (the soups stage's `outputs/runs/soups`) stands for the experiments in it."""
+    import pandas as pd
 
-    names = list(dict.fromkeys(args.experiment or ["demo"]))
-    frames = {}
-    for name in names:
-        frames[name] = load_experiment_runs(args.output_dir, name, args.dataset)
-        if frames[name].empty:
-            print(f"clipdg table: no {args.dataset + ' ' if args.dataset else ''}runs under "
-                  f"{args.output_dir}/{name}", file=sys.stderr)
-            return 1
+    from .analysis import compare_experiments, experiments_with_runs
+    from .analysis.tables import format_headline, headline_table
+    from .analysis.weight_averaging import load_soup_stage
+    from .paths import experiment_dir
+
+    frames, soups = {}, {}
+    for name in dict.fromkeys(args.experiment or ["demo"]):
+        folder = experiment_dir(args.output_dir, name)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no runs for experiment={name!r}: {folder} does not exist; run it first "
+                                    f"(clipdg run parameters/{name}.yaml)")
+        inside = [] if any(folder.glob("*/result.json")) else list(experiments_with_runs(folder)["experiment"])
+        if inside:
+            print(f"clipdg table: {folder} is an output folder: its experiment(s) {', '.join(inside)}", file=sys.stderr)
+        for label, (out, exp) in ({f"{name}/{e}": (folder, e) for e in inside} or {name: (args.output_dir, name)}).items():
+            frames[label], soups[label] = load_soup_stage(out, exp, args.dataset)
+            if frames[label].empty and soups[label].empty:
+                print(f"clipdg table: no {args.dataset + ' ' if args.dataset else ''}runs under {folder}", file=sys.stderr)
+                return 1
     select = None if args.all_lrs else args.select_split
-    table = compare_experiments(frames, level=args.level, select_split=select)
-    selection = "every learning rate" if select is None else f"learning rate chosen on {select}"
+    table = compare_experiments({k: v for k, v in frames.items() if len(v)}, level=args.level, select_split=select)
+    table = pd.concat([table, *(headline_table(s, level=args.level, column=k).assign(paired=False)
+                                for k, s in soups.items() if len(s))], ignore_index=True)
+    selection = ("every learning rate" if select is None else f"learning rate chosen on {select}") + (
+        "; soups: their ingredients chosen on validation" if any(len(s) for s in soups.values()) else "")
     sys.stdout.write(format_headline(table, args.format, level=args.level, selection=selection))
     return 0
 
@@ -250,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
-    table = sub.add_parser("table", help="headline ID / OOD numbers of experiments: per dataset, mean and "
-                           "interval over seeds; several experiments side by side, paired")
+    table = sub.add_parser("table", help="headline ID / OOD numbers of experiments and their soups: per dataset, "
+                           "mean and interval over seeds; several experiments side by side, paired")
     table.add_argument("--experiment", action="append", metavar="NAME",
                        help="experiment under --output-dir (default demo); repeat to put experiments side by side, "
                        "with paired differences to the first where they share points")

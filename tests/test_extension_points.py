@@ -108,13 +108,14 @@ def test_a_record_made_before_a_figure_gets_it_from_its_predictions_or_names_it(
 
 
 def test_the_downloads_hold_the_registered_figures():
-    from clipdg_nb.analysis.tables import results_table
+    from clipdg_nb.pipeline.report_summary import results_tables
 
     cal = {"test": {"ece": 0.1, "nll": 0.5, "brier": 0.3, "ece_ts": 0.05, "nll_ts": 0.4, "brier_ts": 0.25,
                     "temperature": 1.5, "temperature_split": "id_val"}}
     record = {"run_id": "r1", "experiment": "exp", "dataset": "fmow", "method": "finetune", "fraction": 1.0, "seed": 0,
               "lr": 1e-4, "params": {"epochs": 4}, "selection": {"variant": "best"},
               "metrics": {"test": {"acc_avg": 0.7}}, "calibration": {"best": cal}}
-    table = results_table([record]).set_index("metric")
-    assert table.loc["brier", "value"] == 0.3 and table.loc["acc_avg", "value"] == 0.7
-    assert set(table.index) == {"acc_avg", *wa.CALIBRATION_FIELDS} and (table["epochs"] == 4).all()
+    tables = results_tables([record], ["exp/r1"])
+    row = tables["calibration"].iloc[0]
+    assert {q: row[q] for q in wa.CALIBRATION_FIELDS} == {q: cal["test"][q] for q in wa.CALIBRATION_FIELDS}
+    assert tables["metrics"].set_index("metric").loc["acc_avg", "value"] == 0.7 and tables["runs"]["epochs"].tolist() == [4]

@@ -108,7 +108,7 @@ def test_plotlyjs_once_per_folder(rendered):
     assert html.count('src="../../plotly.min.js"') == 1  # ... loaded once from the folder
     assert (tmp / "reports/plotly.min.js").read_text() == get_plotlyjs()
     assert len(html) < 1_000_000, len(html)
-    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["plotly.min.js", "search-index.js"]
+    assert sorted(p.name for p in (tmp / "reports").rglob("*.js")) == ["clipdg-vendor.js", "plotly.min.js", "search-index.js"]
 
 
 def test_self_contained_has_plotlyjs_inline_once(rendered):
@@ -323,11 +323,10 @@ def _site_metrics(acc: float) -> dict:
             for s, d in SHIFT.items()}
 
 
-def _site_run(tmp, output_dir, dataset, method, fraction, seed, variants, headline, lr=1e-3):
-    from clipdg_nb.pipeline.experiment import point_name  # noqa: F401 (kept beside its use below)
-
+def _site_run(tmp, output_dir, dataset, method, fraction, seed, variants, headline, lr=1e-3, **extra):
     lr = None if method == "zeroshot" else lr
     run_id = f"{dataset}-{method}-f{fraction:g}-s{seed}-{'abl' if 'ablation' in output_dir else 'cafe'}"
+    run_id += f"-lr{lr:g}" if "soups" in output_dir else ""
     params = {"experiment": "demo", "dataset": dataset, "model": "clipdg-tiny-vit", "root_dir": str(tmp / "outputs/data"),
               "pretrained": "outputs/cache/pretrain/tiny-clip.safetensors", "output_dir": output_dir, "epochs": 4,
               "eval_splits": ["id_val", "id_test", "val", "test"], "seed": seed, "lr": lr}
@@ -336,6 +335,7 @@ def _site_run(tmp, output_dir, dataset, method, fraction, seed, variants, headli
                   selection={"split": "id_val", "metric": "acc_avg", "variant": headline})
     if len(variants) > 1:
         record["variants"] = variants
+    record.update(extra)
     folder = f"{output_dir}/demo/{run_id}"
     runs.Run(tmp / folder).finish(record)
     return folder
@@ -351,6 +351,39 @@ def _site_point(tmp, stage, title, values, run_dirs):
     nbformat.write(nb, str(folder / f"{point_name(values)}.ipynb"))
     runs.write_json(folder / f"{point_name(values)}.done.json", {"parameters": {"experiment": "demo", **values},
                                                                   "run_dirs": run_dirs})
+
+
+def _calibration(seed, variants) -> dict:
+    """ECE 0.10 + 0.01 * seed before temperature scaling; after it, 0.03 + 0.001 * seed lower on ID
+    test and 0.02 + 0.001 * seed higher on OOD test."""
+    ece = 0.10 + 0.01 * seed
+    after = {"id_test": ece - 0.03 - 0.001 * seed, "test": ece + 0.02 + 0.001 * seed}
+    return {v: {s: {"ece": ece, "nll": 1.5, "ece_ts": after[s], "nll_ts": 1.4, "temperature": 1.3,
+                    "temperature_split": "id_val"} for s in after} for v in variants}
+
+
+def _site_soups(tmp, seed) -> list[str]:
+    """One seed of the soups stage: fine-tuned at lr 1e-3 and 1e-4 (better on ID val) with kept
+    weights, and a soup record of both whose uniform soup is 0.02 + 0.001 * seed above the best
+    single run (lr 1e-4, best epoch) on every split."""
+    folders, digests = [], {}
+    for lr, dv in ((1e-3, 0.0), (1e-4, 0.05)):
+        acc = 0.52 + 0.01 * seed + dv
+        variants = {"best": _site_metrics(acc), "last": _site_metrics(acc - 0.01), "swa": _site_metrics(acc),
+                    "ema": _site_metrics(acc), "wise_ft_0.5": _site_metrics(acc - 0.005)}
+        folders.append(_site_run(tmp, "outputs/runs/soups", "fmow", "finetune", 0.1, seed, variants, "best", lr=lr,
+                                 kept_weights={"sha256": f"digest-{lr:g}-{seed}"}, calibration=_calibration(seed, variants)))
+        digests[folders[-1].rsplit("/", 1)[1]] = f"digest-{lr:g}-{seed}"
+    best = 0.52 + 0.01 * seed + 0.05
+    soup_variants = {"uniform_soup": _site_metrics(best + 0.02 + 0.001 * seed), "greedy_soup": _site_metrics(best)}
+    soup_id = f"fmow-finetune-f0.1-soup-s{seed}"
+    runs.Run(tmp / "outputs/runs/soups/demo/soups" / soup_id).finish(dict(
+        run_id=soup_id, experiment="demo", kind="soup", dataset="fmow", method="finetune", fraction=0.1, seed=seed,
+        lr=None, params={"output_dir": "outputs/runs/soups"}, identity={"ingredients": digests},
+        metrics=soup_variants["greedy_soup"], variants=soup_variants, calibration=_calibration(seed, soup_variants),
+        selection={"split": "id_val", "metric": "acc_avg", "variant": "greedy_soup"},
+        soups={"uniform_soup": {"ingredients": list(digests)}, "greedy_soup": {"ingredients": list(digests)[1:]}}))
+    return folders + [f"outputs/runs/soups/demo/soups/{soup_id}"]
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +416,8 @@ def site(tmp_path_factory):
                     {"best": _site_metrics(0.7), "last": _site_metrics(0.7), "swa": _site_metrics(0.72),
                      "ema": _site_metrics(0.71), **wise}, "best")
     _site_point(tmp, "swa_ablation", "03 · SWA ablation", {"dataset": "fmow", "fraction": 1.0, "seed": 0}, [abl])
+    for seed in SITE_SEEDS["fmow"]:  # the soups stage, in its own folder: two lrs a seed, and their soups
+        _site_point(tmp, "soups", "05 · Model soups", {"dataset": "fmow", "seed": seed}, _site_soups(tmp, seed))
     (tmp / "parameters").mkdir()
     (tmp / "parameters/demo.yaml").write_text("experiment: demo\ndescription: A fake demo for the report's tests.\n")
     out = tmp / "outputs/reports"
@@ -413,8 +448,9 @@ def test_summary_opens_on_findings_with_plain_verdicts(site):
     assert "+0.050, interval n/a (1 seed)" in one and ">inconclusive<" in one
     assert not re.search(r"\bnan\b", text, re.I) and ">True<" not in index and ">None<" not in index
     assert "13 runs · 3 seed(s)" in text  # fmow: 1 zero-shot + 2 fractions x 3 seeds x 2 methods; the ablation apart
-    for link in ("results.csv", "results.json", "findings.csv", "findings.json"):
-        assert f'<a href="{link}" download>' in index
+    for name in ("runs", "metrics", "calibration", "findings"):
+        for link in (f"{name}.parquet", f"{name}.csv.gz"):
+            assert f'<a href="{link}" download>' in index
     for label in ("git commit", "library versions", "hardware", "runs made", "report rendered"):
         assert f"<td>{label}</td>" in index
     assert re.search(r"<td>hardware</td><td>(CPU only|GPU: )", index)
@@ -430,14 +466,44 @@ def test_summary_opens_on_findings_with_plain_verdicts(site):
 def test_summary_key_figures_have_captions(site):
     index = site["index"]
     figures = re.findall(r'<figure class="clipdg-figure">(.*?)</figure>', index, re.S)
-    assert len(figures) == 12  # six per dataset
+    assert len(figures) == 16  # eight per dataset
     assert all("What to look for.</b>" in f for f in figures)
     drawn = [f for f in figures if "plotly-graph-div" in f]
-    assert len(drawn) == 11  # iwildcam has no WiSE-FT run: its panel says why
+    assert len(drawn) == 13  # iwildcam has no WiSE-FT run, no soups stage, no calibration: its panels say why
     assert "not drawn: it needs a run of this dataset with WiSE-FT variants (the swa_ablation stage" in index
-    assert "WiSE-FT α=0.5" not in index  # hover texts are in figure JSON; the curve's labels are α=...
-    assert '"α=0.5"' in index.replace("\\u03b1", "α")
+    assert "not drawn: it needs the soups stage (05_model_soups)" in index
+    for title in ("Weight averaging across its kinds, paired by seed", "Calibration: ECE after minus before temperature"):
+        assert sum(title in f and "plotly-graph-div" in f for f in figures) == 1, title  # fmow's
+    wise = next(f for f in figures if "WiSE-FT: interpolating" in f)
+    assert "WiSE-FT α=0.5" not in wise  # hover texts are in figure JSON; the curve's labels are α=...
+    assert '"α=0.5"' in wise.replace("\\u03b1", "α")
     assert index.count('src="plotly.min.js"') == 1 and (site["out"] / "plotly.min.js").is_file()
+
+
+def _finding(index: str, question: str) -> str:
+    return re.search(rf"<tr><td>{re.escape(question)}</td>.*?</tr>", index).group(0)
+
+
+def test_summary_answers_weight_averaging_and_calibration(site):
+    index = site["index"]
+    assert "fmow: weight averaging</h3>" in index and "fmow: calibration</h3>" in index
+    # uniform soup minus the best single run (lr 1e-4, chosen on ID val), OOD test: 0.020, 0.021, 0.022 over
+    # seeds -> mean 0.021, std 0.001, half width 4.303 * 0.001 / sqrt(3) = 0.0025
+    row = _finding(index, "uniform soup - best single run on test (acc_worst_region), fraction 0.1 (paired, 95%)")
+    assert "+0.021 [+0.019, +0.023]" in row and ">holds<" in row
+    row = _finding(index, "greedy soup - best single run on test (acc_worst_region), fraction 0.1 (paired, 95%)")
+    assert "+0.000" in row and ">inconclusive<" in row  # the greedy soup equals the best run: no spread
+    for variant in ("last epoch", "SWA", "EMA", "WiSE-FT α=0.5"):
+        assert f"<tr><td>{variant} - best single run on id_test (acc_avg), fraction 0.1" in index
+    # ECE 0.10 + 0.01 * seed; temperature scaling lowers it by 0.03 + 0.001 * seed on ID test, raises it by
+    # 0.02 + 0.001 * seed on OOD test: paired means -0.031 / +0.021, half width 0.0025
+    row = _finding(index, "temperature scaling lowers the ECE of best single run on id_test, fraction 0.1 (paired, 95%)")
+    assert "0.110 -&gt; 0.079: -0.031 [-0.033, -0.029]" in row and ">holds<" in row
+    row = _finding(index, "temperature scaling lowers the ECE of uniform soup on test, fraction 0.1 (paired, 95%)")
+    assert "0.110 -&gt; 0.131: +0.021 [+0.019, +0.023]" in row and ">does not hold<" in row
+    # iwildcam has neither a soups stage nor calibrated runs: said, not left out
+    assert "<tr><td>weight averaging: it needs the soups stage (05_model_soups)" in index
+    assert "<tr><td>calibration: it needs runs that record calibration" in index
 
 
 def test_no_banner_for_real_data_and_a_full_model(rendered):
@@ -448,29 +514,50 @@ def test_downloads_hold_every_row_and_setting(site):
     import pandas as pd
 
     out = site["out"]
-    results = pd.read_csv(out / "results.csv")
-    # zero-shot 2 x 1 variant, finetune 8 x 3, vision-only 8 x 1, ablation 1 x 6 variants; 4 splits x 3 metrics each
-    assert len(results) == (2 * 1 + 8 * 3 + 8 * 1 + 1 * 6) * 4 * 3
-    for column in ("run_id", "method", "fraction", "seed", "lr", "variant", "split", "metric", "value", "model",
-                   "epochs", "output_dir", "eval_splits", "git_commit", "select_split"):
-        assert column in results.columns, column
-    swa = results[(results["dataset"] == "fmow") & (results["method"] == "finetune") & (results["fraction"] == 1.0)
-                  & (results["seed"] == 2) & (results["variant"] == "swa") & (results["split"] == "test")
-                  & (results["metric"] == "acc_avg") & (results["output_dir"] == "outputs/runs")]
+    tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in ("runs", "metrics", "calibration", "findings")}
+    for name, frame in tables.items():  # the gzip CSV holds the same table (an empty cell: NaN in both)
+        pd.testing.assert_frame_equal(pd.read_csv(out / f"{name}.csv.gz"), frame.astype(object).where(frame.notna()),
+                                      check_dtype=False, obj=name)
+    runs_, metrics, calibration = tables["runs"], tables["metrics"], tables["calibration"]
+    # 18 sweep / zero-shot runs, the ablation's, the soups stage's 6 runs and 3 soups: one row each, one key
+    assert len(runs_) == 18 + 1 + 6 + 3 and runs_["run_dir"].is_unique
+    assert (runs_["kind"] == "soup").sum() == 3
+    for column in ("run_dir", "run_id", "kind", "method", "fraction", "seed", "lr", "variant", "model", "epochs",
+                   "output_dir", "eval_splits", "git_commit", "select_split", "soups"):
+        assert column in runs_.columns, column
+    # zero-shot 2 x 1 variant, finetune 8 x 3, vision-only 8 x 1, ablation 1 x 6, soups stage 6 x 5 and 3 x 2;
+    # 4 splits x 3 metrics each
+    assert len(metrics) == (2 * 1 + 8 * 3 + 8 * 1 + 1 * 6 + 6 * 5 + 3 * 2) * 4 * 3
+    assert list(metrics.columns) == ["run_dir", "variant", "split", "metric", "value"]
+    wide = metrics.merge(runs_[["run_dir", "dataset", "method", "fraction", "seed", "output_dir"]], on="run_dir")
+    swa = wide[(wide["dataset"] == "fmow") & (wide["method"] == "finetune") & (wide["fraction"] == 1.0)
+               & (wide["seed"] == 2) & (wide["variant"] == "swa") & (wide["split"] == "test")
+               & (wide["metric"] == "acc_avg") & (wide["output_dir"] == "outputs/runs")]
     assert swa["value"].tolist() == pytest.approx([0.5 + 0.2 + 0.02 + 0.01 + 0.002 - 0.25])
-    assert (results["output_dir"] == "outputs/runs/ablation").sum() == 6 * 4 * 3  # kept apart from its twin
-    assert pd.read_json(out / "results.json", orient="split").shape == results.shape
-    findings = pd.read_csv(out / "findings.csv")
-    assert list(findings.columns) == ["experiment", "dataset", "question", "measured", "verdict", "value", "low",
+    assert (wide["output_dir"] == "outputs/runs/ablation").sum() == 6 * 4 * 3  # kept apart from its twin
+    soup = wide[wide["run_dir"] == "outputs/runs/soups/demo/soups/fmow-finetune-f0.1-soup-s2"]
+    soup = soup[(soup["variant"] == "uniform_soup") & (soup["split"] == "test") & (soup["metric"] == "acc_worst_region")]
+    assert soup["value"].tolist() == pytest.approx([0.52 + 0.02 + 0.05 + 0.02 + 0.002 - 0.25 - 0.1])
+    # calibration: every run and soup of the soups stage, each variant, ID and OOD test
+    assert len(calibration) == (6 * 5 + 3 * 2) * 2
+    for column in ("ece", "nll", "ece_ts", "nll_ts", "temperature", "temperature_split"):
+        assert column in calibration.columns, column
+    row = calibration[(calibration["run_dir"] == "outputs/runs/soups/demo/soups/fmow-finetune-f0.1-soup-s1")
+                      & (calibration["variant"] == "uniform_soup") & (calibration["split"] == "test")]
+    assert row[["ece", "ece_ts", "temperature"]].values.ravel().tolist() == pytest.approx([0.11, 0.131, 1.3])
+    findings = tables["findings"]
+    assert list(findings.columns) == ["experiment", "dataset", "topic", "question", "measured", "verdict", "value", "low",
                                       "high", "n"]
     row = findings[(findings["dataset"] == "fmow") & (findings["question"] == "finetune - vision_only on test, fraction 1")]
     assert row["verdict"].item() == "holds" and row["n"].item() == 3
     assert row[["value", "low", "high"]].values.ravel().tolist() == pytest.approx([0.102, 0.102 - 0.004968, 0.102 + 0.004968],
                                                                                  abs=2e-5)
     assert set(findings["verdict"]) <= {"holds", "does not hold", "inconclusive", "not measured"}
-    assert pd.read_json(out / "findings.json", orient="split")["verdict"].tolist() == findings["verdict"].tolist()
+    assert set(findings["topic"]) == {"study", "weight averaging", "calibration"}
+    soups = findings[(findings["topic"] == "weight averaging") & findings["question"].str.startswith("uniform soup")]
+    assert len(soups) == 2 and set(soups["verdict"]) == {"holds"}
     downloads = (out / "downloads.html").read_text()
-    assert '<a href="results.csv" download>' in downloads and str(len(results)) in downloads
+    assert '<a href="metrics.parquet" download>' in downloads and f"<td>{len(metrics)}</td>" in downloads
 
 
 def _search_index(out) -> list[dict]:
@@ -484,22 +571,26 @@ def test_search_index_covers_pages_and_parameters(site):
     urls = {p["url"] for p in pages}
     for page in site["written"]:
         assert page.relative_to(site["out"]).as_posix() in urls
-    for stage in ("zero_shot", "sweep", "swa_ablation"):
+    for stage in ("zero_shot", "sweep", "swa_ablation", "soups"):
         assert f"demo/{stage}/index.html" in urls
     assert {"stages.html", "downloads.html", "index.html#experiment-demo"} <= urls
     point = next(p for p in pages if p["url"] == "demo/sweep/dataset-fmow_fraction-0.1_seed-1.html")
     assert "fraction=0.1" in point["text"] and "seed=1" in point["text"] and "done" in point["text"]
     assert point["title"] == "02 · Few-shot sweep · dataset=fmow, fraction=0.1, seed=1"
+    assert "A point of the fake demo." in point["text"]  # the page's text, not only its parameters
+    summary = next(p for p in pages if p["url"] == "index.html#experiment-demo")
+    for words in ("temperature scaling lowers the ECE", "greedy soup - best single run", "Calibration: ECE after"):
+        assert words in summary["text"], words
 
 
 def test_every_page_has_the_navigation_and_nothing_remote(site):
     out = site["out"]
     pages = sorted(out.rglob("*.html"))
-    assert len(pages) == 4 + 3 + len(site["written"])  # summary, stages, downloads, docs + a page per stage + points
+    assert len(pages) == 4 + 4 + len(site["written"])  # summary, stages, downloads, docs + a page per stage + points
     for page in pages:
         html_text = page.read_text()
         root = "../../" if len(page.relative_to(out).parts) == 3 else ""
-        for href in ("index.html", "stages.html", "downloads.html", "docs.html", "search-index.js"):
+        for href in ("index.html", "stages.html", "downloads.html", "docs.html", "search-index.js", "clipdg-vendor.js"):
             assert f'="{root}{href}"' in html_text, (page, href)
         assert 'class="clipdg-search"' in html_text and "window.CLIPDG_SEARCH" in html_text
         assert not re.search(r"<(script|link)[^>]*\s(src|href)=[\"']?(https?:)?//", html_text), page
@@ -541,7 +632,7 @@ def test_template_files_are_package_data():
 
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clipdg_nb"]
-    for path in (root / "clipdg_nb/pipeline/templates").iterdir():
+    for path in (p for p in (root / "clipdg_nb/pipeline/templates").rglob("*") if p.is_file()):
         rel = path.relative_to(root / "clipdg_nb").as_posix()
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not in pyproject's package-data"
 
@@ -551,7 +642,7 @@ def test_summary_draws_offline_csv_link_works_search_finds_a_page(site, lab_brow
     from browser import block_network, screenshot
 
     check = check_page_offline(lab_browser, site["out"] / "index.html", screenshot_name="report_summary_full")
-    assert check["figures"] == check["plotly_divs"] == 11 and check["blocked"] == [] and check["errors"] == [], check
+    assert check["figures"] == check["plotly_divs"] == 13 and check["blocked"] == [] and check["errors"] == [], check
     context = lab_browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     try:
         page = context.new_page()
@@ -561,9 +652,10 @@ def test_summary_draws_offline_csv_link_works_search_finds_a_page(site, lab_brow
         screenshot(page, "report_summary_first_screen")
         assert page.locator(".clipdg-banner").is_visible() and page.locator(".clipdg-findings").first.is_visible()
         with page.expect_download() as download:
-            page.locator('a[href="results.csv"]').first.click()
-        lines = open(download.value.path()).read().splitlines()
-        assert lines[0].startswith("run_id,experiment,dataset,method") and len(lines) == 1 + 480
+            page.locator('a[href="metrics.csv.gz"]').first.click()
+        import gzip
+        lines = gzip.open(download.value.path(), "rt").read().splitlines()
+        assert lines[0] == "run_dir,variant,split,metric,value" and len(lines) == 1 + 76 * 12
         box = page.locator(".clipdg-search input")
         box.fill("fraction=0.1 seed=1 fmow")
         hits = page.locator(".clipdg-search-results a")
@@ -578,3 +670,64 @@ def test_summary_draws_offline_csv_link_works_search_finds_a_page(site, lab_brow
         assert blocked == []
     finally:
         context.close()
+
+
+# The window widths a reader brings: a phone, a laptop, a desktop
+WIDTHS = (390, 1366, 1920)
+_LAYOUT = """() => ({scroll: document.documentElement.scrollWidth, width: window.innerWidth,
+    outside: [...document.querySelectorAll('.clipdg-figure')].flatMap(card => {
+        const c = card.getBoundingClientRect();
+        return [...card.querySelectorAll('.main-svg')].map(svg => svg.getBoundingClientRect())
+            .filter(r => r.left < c.left - 1 || r.right > c.right + 1).map(r => [c.left, c.right, r.left, r.right]);
+    }),
+    figures: document.querySelectorAll('.clipdg-figure .main-svg').length})"""
+
+
+@needs_browser
+def test_summary_fits_every_width_sorts_filters_and_finds_calibration(site, lab_browser):  # noqa: F811
+    """The summary at 390, 1366 and 1920 px: no horizontal scrolling, every figure inside its card, the
+    weight-averaging and calibration findings shown; a header click sorts a table, its filter box
+    narrows it, search finds 'calibration', and the page lists its sections."""
+    from browser import block_network, screenshot
+
+    for width in WIDTHS:
+        context = lab_browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            page = context.new_page()
+            errors, blocked = [], block_network(page)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.goto((site["out"] / "index.html").as_uri())
+            page.wait_for_function("() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('.main-svg'))")
+            page.wait_for_timeout(500)  # the resize after load
+            layout = page.evaluate(_LAYOUT)
+            screenshot(page, f"report_summary_{width}", full_page=True)
+            assert layout["scroll"] <= layout["width"] and layout["outside"] == [], (width, layout)
+            assert layout["figures"] >= 13 and errors == [] and blocked == [], (width, errors, blocked)
+            for topic in ("weight averaging", "calibration"):
+                section = page.locator(f"#demo-fmow-{topic.replace(' ', '-')}")
+                assert section.inner_text() == f"fmow: {topic}"
+                assert page.locator(".clipdg-findings", has_text="best single run").count() >= 2
+            if width != 1366:
+                continue
+            table = page.locator("#demo-fmow-weight-averaging ~ .clipdg-scroll table").first
+            measured = table.locator("tbody tr td:nth-child(2)")
+            before = measured.all_inner_texts()
+            table.locator("th", has_text="measured").click()
+            after = [float(t.split()[0].rstrip(",")) for t in measured.all_inner_texts()]
+            assert sorted(after) in (after, after[::-1]) and len(after) == len(before) and after != [
+                float(t.split()[0].rstrip(",")) for t in before], (before, after)
+            assert table.locator("th", has_text="measured").get_attribute("aria-sort") in ("ascending", "descending")
+            page.locator("#demo-fmow-weight-averaging ~ .clipdg-filter").first.fill("soup")
+            shown = table.locator("tbody tr:visible")
+            assert shown.count() == 4 and all("soup" in t for t in shown.all_inner_texts())
+            box = page.locator(".clipdg-search input")
+            box.fill("calibration")
+            hits = page.locator(".clipdg-search-results a")
+            hits.first.wait_for(state="visible")
+            assert "demo: summary" in hits.all_inner_texts()[0], hits.all_inner_texts()
+            screenshot(page, "report_search_calibration")
+            toc = page.locator(".clipdg-toc")
+            assert toc.locator('a[href="#demo-fmow-calibration"]').count() == 1
+        finally:
+            context.close()

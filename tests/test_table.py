@@ -138,5 +138,52 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(tmp_path, capsys):
 
 
 def test_one_seed_interval_reads_na_not_nan():
-    assert analysis._fmt_ci(0.05, float("nan"), float("nan"), 1) == "+0.050, interval n/a (1 seed)"
+    assert analysis.fmt_ci(0.05, float("nan"), float("nan"), 1) == "+0.050, interval n/a (1 seed)"
     assert tables.ci_text(0.3, float("nan"), float("nan"), 3, False) == "0.300 [n/a (1 seed)]"
+
+
+def _soup_stage(folder):
+    """The soups stage's own output folder: per seed, two runs (kept weights, lr 1e-3 and 1e-4, the
+    latter better on validation) and a soup record of both, like 05_model_soups writes them."""
+    for seed in (0, 1, 2):
+        ids = {}
+        for lr, dv in ((1e-3, 0.0), (1e-4, 0.05)):
+            rec = _record("demo", "fmow", 0.1, seed, lr, 0.5 + NOISE[seed] + dv, 0.3 + NOISE[seed], 0.5 + dv)
+            rec["kept_weights"] = {"sha256": f"digest-{lr:g}-{seed}"}
+            runs.Run(folder / "demo" / rec["run_id"]).finish(rec)
+            ids[rec["run_id"]] = rec["kept_weights"]["sha256"]
+        soup = {v: {"id_val": {"acc_avg": 0.6}, "id_test": {"acc_avg": 0.6 + d + NOISE[seed]},
+                    "val": {"acc_worst_region": 0.4}, "test": {"acc_worst_region": 0.4 + d}}
+                for v, d in (("uniform_soup", 0.0), ("greedy_soup", 0.01 * seed))}
+        runs.Run(folder / "demo" / "soups" / f"fmow-finetune-f0.1-soup-s{seed}").finish(dict(
+            run_id=f"fmow-finetune-f0.1-soup-s{seed}", experiment="demo", kind="soup", dataset="fmow", method="finetune",
+            fraction=0.1, seed=seed, lr=None, params={}, identity={"ingredients": ids}, metrics=soup["greedy_soup"],
+            variants=soup, selection={"split": "id_val", "variant": "greedy_soup"},
+            soups={"uniform_soup": {"ingredients": list(ids)}, "greedy_soup": {"ingredients": list(ids)[1:]}}))
+
+
+def test_table_shows_soups_and_finds_the_soups_stage_folder(tmp_path, capsys):
+    _soup_stage(tmp_path / "soups")
+    # `--experiment soups`: an output folder of its own (the soups stage's outputs/runs/soups)
+    code, out, err = _cli(capsys, "--experiment", "soups", "--output-dir", str(tmp_path), "--format", "csv")
+    assert code == 0 and "its experiment(s) demo" in err
+    table = pd.read_csv(io.StringIO(out))
+    assert set(table["column"]) == {"soups/demo"}
+    test = table[table["split"] == "test"].set_index("variant")
+    assert set(test.index) == {"best", "uniform_soup", "greedy_soup"}
+    assert test.loc["best", "lr"] == 1e-4 and pd.isna(test.loc["uniform_soup", "lr"])  # a soup has no single lr
+    for variant, values in (("uniform_soup", [0.4] * 3), ("greedy_soup", [0.4, 0.41, 0.42])):
+        expected = stats.mean_ci(values)
+        assert test.loc[variant, ["mean", "n"]].tolist() == pytest.approx([expected["mean"], 3])
+    # the same folder named as --output-dir: the soups of <output_dir>/<experiment>/soups come with its runs
+    code, out, _ = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"))
+    assert code == 0 and "uniform_soup" in out and "greedy_soup" in out and "soups: their ingredients" in out
+    # a soup of runs since remade is no longer the experiment's: left out (and warned)
+    soup = runs.Run(tmp_path / "soups/demo/soups/fmow-finetune-f0.1-soup-s2")
+    record = soup.record()
+    record["identity"]["ingredients"] = {k: "other" for k in record["identity"]["ingredients"]}
+    runs.write_json(soup.path / "result.json", record)
+    with pytest.warns(UserWarning, match="skipping 1 soups"):
+        code, out, _ = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"), "--format", "csv")
+    table = pd.read_csv(io.StringIO(out))
+    assert table.loc[table["variant"] == "greedy_soup", "n"].tolist() == [2, 2]

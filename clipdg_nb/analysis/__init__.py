@@ -272,7 +272,8 @@ def settings_table(selected: pd.DataFrame, df: pd.DataFrame, test_split: str = "
     return selected.merge(test[keep], on=["dataset", "method", "fraction"], how="left")
 
 
-def _fmt_ci(mean: float, low: float, high: float, n: int | None = None) -> str:
+def fmt_ci(mean: float, low: float, high: float, n: int | None = None) -> str:
+    """A finding's measured difference: '+0.102 [+0.097, +0.107]', or '+0.050, interval n/a (1 seed)'."""
     if not (np.isfinite(low) and np.isfinite(high)):  # one seed (or none paired): no spread to measure
         return f"{mean:+.3f}, interval n/a ({n} seed{'s' if n != 1 else ''})" if n is not None else f"{mean:+.3f}, interval n/a"
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
@@ -347,7 +348,7 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
             continue
         for _, r in table.sort_values("fraction").iterrows():
             add(f"{clip_method} - {vision_method} on {split}, fraction {r['fraction']:g}",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
+                fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
     for baseline in ("best", "last"):
         try:
             gain = swa_gain(df, ood_split, baseline=baseline, method=clip_method, level=level)
@@ -357,11 +358,18 @@ def findings(df: pd.DataFrame, dataset: str, id_split: str = "id_test", ood_spli
         gain = gain[gain["dataset"] == dataset]
         for _, r in gain.sort_values("fraction").iterrows():
             add(f"SWA - {baseline} on {ood_split}, fraction {r['fraction']:g} (paired, {level:.0%})",
-                _fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
+                fmt_ci(r["mean_diff"], r["low"], r["high"], r["n"]), interval_verdict(r["low"], r["high"]), r)
+    return finding_frame(rows)
+
+
+FINDING_COLUMNS = ["question", "measured", "holds", "verdict", "value", "low", "high", "n"]
+
+
+def finding_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Findings rows (dicts with FINDING_COLUMNS) as the frame `findings` returns."""
     # object dtype keeps True / False / None as they are (a bool column would turn None into False)
-    columns = ["question", "measured", "holds", "verdict", "value", "low", "high", "n"]
-    return pd.DataFrame(rows, columns=columns).astype({"holds": object, "value": float, "low": float, "high": float,
-                                                       "n": "Int64"})
+    return pd.DataFrame(list(rows), columns=FINDING_COLUMNS).astype({"holds": object, "value": float, "low": float,
+                                                                       "high": float, "n": "Int64"})
 
 
 def clip_vs_vision(df: pd.DataFrame, splits: Sequence[str], clip_method: str = "finetune",

@@ -28,7 +28,7 @@ SPLIT_ORDER = list(SPLITS)
 SPLIT_COLORS = {"train": "#9d9d9d", "id_val": "#9ecae9", "id_test": "#4c78a8", "val": "#ffbf79", "test": "#e45756"}
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac")
 VARIANT_TITLES = {"best": "best epoch", "last": "last epoch", "swa": "SWA", "ema": "EMA", "zeroshot": "zero-shot",
-                  "selected": "selected"}
+                  "selected": "selected", "uniform_soup": "uniform soup", "greedy_soup": "greedy soup"}
 _WISE = re.compile(r"^wise_ft_(?P<alpha>[0-9.]+)$")
 DODGE_DECADES = 0.018  # horizontal offset between series sharing a fraction, in decades of the log axis
 

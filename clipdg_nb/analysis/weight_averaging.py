@@ -40,6 +40,12 @@ def variant_order(variants) -> list[str]:
     return sorted(dict.fromkeys(variants), key=key)
 
 
+def variant_label(variant: str) -> str:
+    """A weight variant in a sentence: 'best single run', 'SWA', 'WiSE-FT α=0.5', 'greedy soup'."""
+    from .figures import variant_title
+    return "best single run" if variant == BASELINE else variant_title(variant)
+
+
 def load_soup_stage(output_dir: str | Path, experiment: str, dataset: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ingredient runs, current soups) of the soup stage (`soup_stage_records`) as tidy frames, empty if none. A
     soup's `setting` is cleared: its ingredients differ by seed by design, not by a setting that splits methods."""
@@ -163,6 +169,71 @@ def calibration_table(rows: pd.DataFrame, level: float = 0.95, splits: Sequence[
                      value_vars=list(CALIBRATION_NUMBERS), var_name="quantity", value_name="value")
     table = stats.summarise(long, by=["dataset", "method", "fraction", "variant", "split", "quantity"], level=level)
     return table[columns]
+
+
+def calibration_gains(rows: pd.DataFrame, level: float = 0.95, splits: Sequence[str] = ("id_test", "test")) -> pd.DataFrame:
+    """What temperature scaling does to ECE, per (dataset, method, fraction, variant, split) of
+    `calibration_rows`: mean ECE before (`ece`) and after (`ece_ts`) over seeds, and after - before
+    paired by seed (`analysis.paired_table`): diff, diff_low, diff_high, n_paired. The columns
+    `figures.averaging_gains` draws (metric 'ECE'), in `variant_order`."""
+    from . import paired_table
+
+    columns = ["dataset", "method", "fraction", "variant", "split", "metric", "ece", "ece_ts", "diff", "diff_low",
+               "diff_high", "n_paired"]
+    rows = rows[rows["split"].isin(list(splits))].dropna(subset=["ece", "ece_ts"]) if len(rows) else rows
+    out = []
+    for variant in variant_order(rows["variant"].unique() if len(rows) else []):
+        for split in splits:
+            part = rows[(rows["variant"] == variant) & (rows["split"] == split)]
+            if part.empty:
+                continue
+            paired = paired_table(part.assign(value=part["ece_ts"]), part.assign(value=part["ece"]), "ece_ts - ece",
+                                  level, by=("dataset", "method", "fraction"))
+            means = part.groupby(["dataset", "method", "fraction"])[["ece", "ece_ts"]].mean()
+            for r in paired.itertuples(index=False):
+                ece, ece_ts = means.loc[(r.dataset, r.method, r.fraction)]
+                out.append({"dataset": r.dataset, "method": r.method, "fraction": r.fraction, "variant": variant,
+                            "split": split, "metric": "ECE", "ece": ece, "ece_ts": ece_ts, "diff": r.mean_diff,
+                            "diff_low": r.low, "diff_high": r.high, "n_paired": int(r.n)})
+    return pd.DataFrame(out, columns=columns)
+
+
+def _findings(table: pd.DataFrame, question, measured, lower_is_better: bool = False) -> pd.DataFrame:
+    """Rows of a paired table (diff, diff_low, diff_high, n_paired) as `analysis.findings` rows: the
+    verdict holds when the whole interval lies above zero (below, with `lower_is_better`)."""
+    from . import finding_frame, interval_verdict, verdict
+
+    rows = []
+    for r in table.dropna(subset=["diff"]).itertuples(index=False):
+        side = interval_verdict(r.diff_low, r.diff_high)
+        holds = side if side is None or not lower_is_better else not side
+        rows.append({"question": question(r), "measured": measured(r), "holds": holds, "verdict": verdict(holds),
+                     "value": r.diff, "low": r.diff_low, "high": r.diff_high, "n": r.n_paired})
+    return finding_frame(rows)
+
+
+def averaging_findings(comparison: pd.DataFrame, level: float = 0.95, splits: Sequence[str] = ("id_test", "test")) -> pd.DataFrame:
+    """`averaging_comparison` as findings: each variant minus the best single run on each split and
+    fraction, paired by seed; it holds when the interval lies above zero (averaging helps)."""
+    from . import fmt_ci
+
+    rows = comparison[comparison["split"].isin(list(splits)) & (comparison["variant"] != BASELINE)]
+    rows = rows.assign(_order=rows["variant"].map({v: i for i, v in enumerate(variant_order(rows["variant"]))}))
+    rows = rows.sort_values(["_order", "fraction"], kind="stable")
+    return _findings(rows, lambda r: f"{variant_label(r.variant)} - best single run on {r.split} ({r.metric}), "
+                               f"fraction {r.fraction:g} (paired, {level:.0%})",
+                     lambda r: fmt_ci(r.diff, r.diff_low, r.diff_high, r.n_paired))
+
+
+def calibration_findings(gains: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """`calibration_gains` as findings: temperature scaling lowers a variant's ECE on a split when the
+    after - before interval (paired by seed) lies below zero."""
+    from . import fmt_ci
+
+    return _findings(gains, lambda r: f"temperature scaling lowers the ECE of {variant_label(r.variant)} on {r.split}, "
+                                      f"fraction {r.fraction:g} (paired, {level:.0%})",
+                     lambda r: f"{r.ece:.3f} -> {r.ece_ts:.3f}: {fmt_ci(r.diff, r.diff_low, r.diff_high, r.n_paired)}",
+                     lower_is_better=True)
 
 
 def reliability_bins(predictions: pd.DataFrame, n_bins: int = CALIBRATION_BINS) -> pd.DataFrame:

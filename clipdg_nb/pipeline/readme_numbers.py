@@ -44,11 +44,6 @@ def provenance(records) -> dict[str, str]:
             "commit": distinct((r.get("git_commit") or "")[:12] for r in records)}
 
 
-def _title(variant: str) -> str:
-    from ..analysis.figures import variant_title
-    return "best single run" if variant == wa.BASELINE else variant_title(variant).replace("_", " ")
-
-
 def _num(x: float, signed: bool = False) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:+.3f}" if signed else f"{x:.3f}"
 
@@ -107,12 +102,12 @@ def soups_block(output_dir, soups_dir, experiment: str, datasets, level: float =
         both = comp[comp["split"].isin(["id_test", "test"]) & (comp["variant"] != wa.BASELINE)]
         sides = both.assign(side=[analysis.interval_verdict(lo, hi) for lo, hi in zip(both["diff_low"], both["diff_high"])])
         by_variant = sides.groupby("variant")["side"].agg(list)
-        above = [_title(v) for v in wa.variant_order(by_variant.index) if by_variant[v] == [True, True]]
-        below = [_title(v) for v in wa.variant_order(by_variant.index) if False in by_variant[v]]
+        above = [wa.variant_label(v) for v in wa.variant_order(by_variant.index) if by_variant[v] == [True, True]]
+        below = [wa.variant_label(v) for v in wa.variant_order(by_variant.index) if False in by_variant[v]]
         verdicts.append(f"On {d}, paired intervals above zero on both ID and OOD test: {_names(above)}; "
                         f"below zero on ID or OOD test: {_names(below)}.")
     variants = wa.variant_order(v for c in comparisons.values() for v in c["variant"])
-    table = pd.DataFrame({"variant": [_title(v) for v in variants],
+    table = pd.DataFrame({"variant": [wa.variant_label(v) for v in variants],
                           **{k: [col.get(v, "") for v in variants] for k, col in columns.items()}})
     caption = (f"Over {_names(str(s) for s in sorted(seeds))} seeds. Best single run (the lr chosen on ID val, its "
                f"epoch chosen there): its mean; every other row: its difference to it, paired by seed "
@@ -159,10 +154,10 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
         sweep = sweep[sweep["headline"] & (sweep["method"] == clip_method)]
         if stage.empty and sweep.empty:
             continue
-        parts = [wa.calibration_table(stage, level, ("id_test", "test")).assign(label=lambda t: t["variant"].map(_title)),
+        parts = [wa.calibration_table(stage, level, ("id_test", "test")).assign(label=lambda t: t["variant"].map(wa.variant_label)),
                  wa.calibration_table(sweep, level, ("id_test", "test")).assign(
                      label=lambda t: "sweep finetune, fraction " + t["fraction"].map("{:g}".format))]
-        order = [_title(v) for v in wa.variant_order(stage["variant"])] + [f"sweep finetune, fraction {f:g}"
+        order = [wa.variant_label(v) for v in wa.variant_order(stage["variant"])] + [f"sweep finetune, fraction {f:g}"
                                                                             for f in sorted(sweep["fraction"].unique())]
         table = pd.concat(parts).pivot_table(index=["label", "split"], columns="quantity", values="mean")
         table = table.reindex(pd.MultiIndex.from_product([order, ["id_test", "test"]], names=["label", "split"]))

@@ -4,8 +4,9 @@ A point's facts come from the runner's markers beside its executed notebook (`<p
 parameters and run folders; `<point>.failed.json`: the error) and from the run records the done
 marker lists (`result.json`: metrics, versions, git commit, hardware, data root, weights).
 `write_index` writes the site: the summary (`index.html`, from `report_summary`), `stages.html`,
-a page per stage, `downloads.html` with the CSV / JSON tables, `docs.html` (the README and docs/)
-and `search-index.js`. All HTML is in templates/ (Jinja2, autoescaped); Python hands the templates data.
+a page per stage, `downloads.html` with the Parquet / gzip CSV tables, `docs.html` (the README and
+docs/), `search-index.js` (every page's text) and `clipdg-vendor.js` (the libraries of
+templates/vendor/). All HTML is in templates/ (Jinja2, autoescaped); Python hands the templates data.
 """
 from __future__ import annotations
 
@@ -156,6 +157,8 @@ def headline_rows(records: list[dict]) -> list[dict]:
 
 TEMPLATES = Path(__file__).with_name("templates")
 SEARCH_INDEX = "search-index.js"
+SEARCH_TEXT = 20_000  # characters of a page's text in the search index (the demo's analysis page: ~13k)
+VENDOR = "clipdg-vendor.js"  # the libraries of templates/vendor/, one file per report folder
 TITLES = {"id": SPLIT_TITLES[ID_SPLIT], "ood": SPLIT_TITLES[OOD_SPLIT]}
 
 
@@ -188,6 +191,17 @@ def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
     """`<out_dir>/plotly.min.js`, the installed plotly.js (rewritten only when its size differs)."""
     target, js = Path(out_dir) / PLOTLYJS_FILE, plotlyjs().encode("utf-8")
     if not (target.is_file() and target.stat().st_size == len(js)):
+        write_bytes(target, js)
+    return target
+
+
+def write_vendor(out_dir: str | os.PathLike) -> Path:
+    """`<out_dir>/clipdg-vendor.js`: the JavaScript libraries every page uses (templates/vendor/*.js:
+    table sorting, full-text search, page contents; their names, versions and licences in their
+    headers), rewritten only when it differs."""
+    js = "\n".join(p.read_text(encoding="utf-8") for p in sorted((TEMPLATES / "vendor").glob("*.js"))).encode("utf-8")
+    target = Path(out_dir) / VENDOR
+    if not (target.is_file() and target.read_bytes() == js):
         write_bytes(target, js)
     return target
 
@@ -384,12 +398,37 @@ def _search_entry(title: str, url: str, kind: str, *words) -> dict:
     return {"title": title, "url": url, "kind": kind, "text": " ".join(str(w) for w in words if w not in (None, ""))}
 
 
-def _point_search(e: dict) -> dict:
+def notebook_text(path: Path, limit: int = SEARCH_TEXT) -> str:
+    """The words a reader sees in an executed notebook: markdown, text outputs and the plain form of
+    tables and figures (no code, no images), whitespace collapsed, at most `limit` characters."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    parts = []
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            parts.append("".join(cell.get("source", "")))
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "") or (out.get("data") or {}).get("text/plain", "")))
+    return " ".join(" ".join(parts).split())[:limit]
+
+
+def _point_search(e: dict, notebooks_dir: Path) -> dict:
     info, meta = e["info"], e["meta"]
     params = " ".join(f"{k}={_fmt(v)}" for k, v in info["parameters"].items())
     title = " · ".join(filter(None, [meta.get("notebook_title") or e["stage"], _point_text(e)]))
     runs = " ".join(str(r.get("run_id")) for r in info["records"])
-    return _search_entry(title, e["page"], "point", f"{e['experiment']} / {e['stage']}", info["status"], params, runs)
+    text = notebook_text(notebooks_dir / e["experiment"] / e["stage"] / f"{e['name']}.ipynb")
+    return _search_entry(title, e["page"], "point", f"{e['experiment']} / {e['stage']}", info["status"], params, runs, text)
+
+
+def _relative(folder: Path, roots: list[Path]) -> str:
+    """A run folder as the downloads name it: relative to the first root holding it, else absolute."""
+    for root in roots:
+        if folder.is_relative_to(root):
+            return folder.relative_to(root).as_posix()
+    return folder.as_posix()
 
 
 def _description(experiment: str, roots: list[Path]) -> str:
@@ -413,9 +452,9 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
     dataset the findings with verdicts, the key figures with captions, a banner when the data is
     synthetic or the model tiny, provenance), `stages.html`, `<experiment>/<stage>/index.html`
     (the stage's runs by dataset, method and fraction, and its points), `downloads.html` with
-    results.csv|json and findings.csv|json, and the search index. `self_contained`: plotly.js inline
+    the runs, metrics, calibration and findings tables, and the search index. `self_contained`: plotly.js inline
     in the summary (else loaded from plotly.min.js beside it). Returns the summary's path."""
-    from .report_summary import (LEVEL, SELECT_SPLIT, experiment_summaries, findings_frame, write_downloads)
+    from .report_summary import (LEVEL, SELECT_SPLIT, TOPICS, experiment_summaries, findings_frame, write_downloads)
 
     from markupsafe import Markup
 
@@ -426,7 +465,7 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
     by_exp: dict[str, dict[str, list]] = {}
     for e in entries:
         by_exp.setdefault(e["experiment"], {}).setdefault(e["stage"], []).append(e)
-    stages, search, summaries, all_records = {}, [], {}, []
+    stages, search, summaries, all_pairs = {}, [], {}, []
     for exp, exp_stages in sorted(by_exp.items()):
         stages[exp] = []
         for stage, group in sorted(exp_stages.items(), key=lambda kv: (_stage_title(kv[1]) or "~", kv[0])):
@@ -442,13 +481,14 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
             write_bytes(out / href, page.encode("utf-8"))
             search.append(_search_entry(f"{exp} / {stage}" + (f" · {title}" if title else ""), href, "stage",
                                         f"{len(group)} points", ", ".join(datasets)))
-            search += [_point_search(e) for e in group if e["page"]]
+            search += [_point_search(e, notebooks_dir) for e in group if e["page"]]
         pairs = [(r, f) for e in entries if e["experiment"] == exp
                  for r, f in zip(e["info"]["records"], e["info"]["folders"], strict=True)]
-        all_records += [r for r, _ in pairs]
+        all_pairs += pairs
         if pairs:
             summaries[exp] = experiment_summaries(pairs)
-    downloads = write_downloads(out, all_records, findings_frame(summaries))
+    downloads = write_downloads(out, [r for r, _ in all_pairs], [_relative(f, roots) for _, f in all_pairs],
+                                findings_frame(summaries))
     experiments = []
     for exp, summary in summaries.items():
         kind = summary["kind"]
@@ -456,7 +496,8 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                                          "tiny model" if kind["tiny"] else ""]))
         datasets = [{"dataset": d.dataset, "error": d.error, "counts": d.counts, "figures": d.figures,
                      "fractions": ", ".join(f"{f:g}" for f in d.counts.get("fractions", [])),
-                     "rows": d.findings.to_dict("records") if not d.findings.empty else []}
+                     "topics": [{"name": t, "lead": lead, "rows": d.findings[d.findings["topic"] == t].to_dict("records")}
+                                for t, lead in TOPICS.items() if not d.findings.empty]}
                     for d in summary["datasets"]]
         experiments.append({"name": exp, "kind": kind, "banner": f"{banner[0].upper()}{banner[1:]}: not the paper's "
                             "numbers." if banner else "", "datasets": datasets, "stages": stages[exp],
@@ -465,7 +506,10 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                             "level": f"{LEVEL:.0%}"})
         search.append(_search_entry(f"{exp}: summary", f"index.html#experiment-{exp}", "summary",
                                     " ".join(d["dataset"] for d in datasets), "findings key figures provenance",
-                                    " ".join(f["question"] for d in datasets for f in d["rows"])))
+                                    *(f"{t['name']}: {t['lead']}" for t in datasets[0]["topics"]) if datasets else (),
+                                    *(f"{d['dataset']}: {f['question']}: {f['measured']} {f['verdict']}."
+                                      for d in datasets for t in d["topics"] for f in t["rows"]),
+                                    *(f"{fig.title}. {fig.caption}" for d in summary["datasets"] for fig in d.figures)))
     has_figures = any(f.html for x in summaries.values() for d in x["datasets"] for f in d.figures)
     failed = [_point_row(e) for e in entries if e["info"]["status"] == "failed"]
     dl = list(downloads.values())
@@ -480,15 +524,17 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike = "
                               plotly_mode="plotly.js from plotly.min.js in this folder" if any(
                                   e["meta"].get("mode") == "linked" for e in entries) else "plotly.js inline in each page"),
         "downloads.html": render("downloads.html.j2", page_title="downloads", meta="", root="", here="downloads",
-                                 downloads=dl, results_columns=downloads["results"].get("column_names", [])),
-        "docs.html": render("docs.html.j2", page_title="docs", meta="", root="", here="docs", docs=docs_sections()),
+                                 downloads=dl),
+        "docs.html": render("docs.html.j2", page_title="docs", meta="", root="", here="docs", docs=(docs := docs_sections())),
     }
     search += [_search_entry("Stages", "stages.html", "page", "every experiment and stage"),
-               _search_entry("Downloads", "downloads.html", "page", "results.csv results.json findings.csv "
-                             "findings.json tidy results settings"),
-               _search_entry("Docs", "docs.html", "page", "README documentation layout data methods scale")]
+               _search_entry("Downloads", "downloads.html", "page", *(f"{f} {d['what']}: {', '.join(d['column_names'])}"
+                                                                      for d in dl for f in d["files"])),
+               _search_entry("Docs", "docs.html", "page",
+                             re.sub(r"<[^>]+>|\s+", " ", " ".join(str(d["html"]) for d in docs))[:SEARCH_TEXT])]
     if has_figures and not self_contained:
         write_plotlyjs(out)
+    write_vendor(out)
     write_bytes(out / SEARCH_INDEX, ("window.CLIPDG_SEARCH = " + json.dumps(search, ensure_ascii=False, indent=0)
                                      + ";\n").encode("utf-8"))
     for name, page in pages.items():

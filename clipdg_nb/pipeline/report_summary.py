@@ -12,13 +12,15 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import pandas as pd
 from markupsafe import Markup
 
 from .. import analysis
 from ..analysis import figures, plots
-from ..analysis.tables import results_table, variant_table
+from ..analysis import weight_averaging as wa
+from ..analysis.tables import variant_table
 from ..data import DATASETS, SPLIT_TITLES, headline_metric
 from ..runs import is_run_record, tidy
 
@@ -29,9 +31,13 @@ SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each data
 TINY_MODEL_PREFIX = "clipdg-tiny"  # the miniature open_clip configs `clipdg pretrain-tiny` trains
 FIGURE_HEIGHT = 430
 SWEEP_RUNS = "trained runs with ID and OOD test metrics (the sweep stage, 02_few_shot_sweep)"
-DOWNLOADS = {"results": "the tidy results: one row per run x weight variant x split x metric, with every setting "
-                        "of the run", "findings": "the findings: per experiment and dataset, each question with its "
-                        "measured number, interval and verdict"}
+SOUP_STAGE = ("the soups stage (05_model_soups): runs of several learning rates with kept weights, averaged into "
+              "uniform and greedy soups")
+# the questions of the summary, in order: each finding's `topic`
+TOPICS = {"study": "", "weight averaging": "Best single run (lr and epoch chosen on ID validation) against SWA, EMA, "
+          "WiSE-FT and the uniform and greedy soups of the soups stage, paired by seed",
+          "calibration": "Expected calibration error before and after temperature scaling (one temperature fitted on "
+          "ID validation per run and weights), paired by seed"}
 
 
 @dataclass
@@ -136,6 +142,7 @@ def _figure(title: str, caption: str, make, needs: str) -> Figure:
     # legend under the plot: beside it, long series names ("swa - best, OOD test ...") squeeze the axes
     fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=20, t=40, b=20), title=dict(text=title, font_size=14),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font_size=11))
+    fig.update_annotations(font_size=11)  # subplot titles: three panels share a card
     return Figure(title, caption, html=Markup(plots.figure_html(fig)))  # plotly's own HTML, kept as it is
 
 
@@ -157,13 +164,53 @@ def wise_ft_record(records: list[dict], dataset: str) -> dict | None:
     return max(found, key=lambda r: (alphas(r), str(r.get("created_at", "")))) if found else None
 
 
-def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> DatasetSummary:
+def soup_stage(records: list[tuple[dict, Path]]) -> Path | None:
+    """The experiment folder of the soups stage among (record, folder) pairs: the one holding the
+    most soups (`<output_dir>/<experiment>/soups/<soup>`), or None."""
+    found = Counter(folder.parent.parent for record, folder in records if record.get("kind") == "soup")
+    return found.most_common(1)[0][0] if found else None
+
+
+def averaging_and_calibration(chosen: pd.DataFrame, main: list[dict], dataset: str, stage: Path | None
+                              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`weight_averaging.averaging_comparison` of the soups stage (effective robustness against the
+    sweep's vision-only trend) and `calibration_gains` of its weights; without soups stage runs of
+    `dataset`, no comparison and the calibration of the sweep's chosen CLIP runs (`main`: its records)."""
+    comparison, rows = pd.DataFrame(columns=wa.COMPARISON_COLUMNS), wa.calibration_rows([])
+    if stage is not None:
+        stage_runs, soups = wa.load_soup_stage(stage.parent, stage.name, dataset)
+        fit = analysis.fit_trend(analysis.id_ood_points(chosen, ID_SPLIT, OOD_SPLIT), TREND_METHODS) if len(chosen) else None
+        comparison = wa.averaging_comparison(stage_runs, soups, (ID_SPLIT, OOD_SPLIT), CLIP_METHOD, LEVEL, SELECT_SPLIT,
+                                             fit=fit)
+        rows = wa.averaging_calibration(wa.soup_stage_records(stage.parent, stage.name, dataset), stage_runs,
+                                        CLIP_METHOD, SELECT_SPLIT)
+    if rows.empty:
+        ids = set(chosen.loc[chosen["method"] == CLIP_METHOD, "run_id"])
+        rows = wa.calibration_rows([r for r in main if r.get("dataset") == dataset and r.get("run_id") in ids])
+    return comparison, wa.calibration_gains(rows, LEVEL, (ID_SPLIT, OOD_SPLIT))
+
+
+def _topic(frame: pd.DataFrame, topic: str, missing: str) -> pd.DataFrame:
+    if frame.empty:
+        frame = analysis.finding_frame([{"question": f"{topic}: {missing}", "measured": "runs missing", "holds": None,
+                                         "verdict": analysis.verdict(None, measured=False)}])
+    return frame.assign(topic=topic)
+
+
+def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str, main: list[dict] | None = None,
+                    stage: Path | None = None) -> DatasetSummary:
     """Findings (verdicts in words) and the key figures of one dataset of an experiment. `frame`:
-    the tidy runs its analysis reads; `records`: every run record of the experiment (the WiSE-FT
-    curve may come from a side run, e.g. the SWA ablation's)."""
+    the tidy runs its analysis reads (`main`: their records); `records`: every run record of the
+    experiment (the WiSE-FT curve may come from a side run, e.g. the SWA ablation's); `stage`: the
+    soups stage's experiment folder (`soup_stage`)."""
     runs = frame[frame["dataset"] == dataset].reset_index(drop=True)
     chosen = analysis.apply_selection(runs, analysis.select_lr(runs, SELECT_SPLIT))
-    found = analysis.findings(chosen, dataset, ID_SPLIT, OOD_SPLIT, CLIP_METHOD, VISION_METHOD, LEVEL)
+    comparison, gains = averaging_and_calibration(chosen, main or [], dataset, stage)
+    found = pd.concat([
+        analysis.findings(chosen, dataset, ID_SPLIT, OOD_SPLIT, CLIP_METHOD, VISION_METHOD, LEVEL).assign(topic="study"),
+        _topic(wa.averaging_findings(comparison, LEVEL, (ID_SPLIT, OOD_SPLIT)), "weight averaging", f"it needs {SOUP_STAGE}"),
+        _topic(wa.calibration_findings(gains, LEVEL), "calibration", "it needs runs that record calibration (rerun them)"),
+    ], ignore_index=True)
     heads = runs[runs["headline"]].drop_duplicates("run_id")
     counts = {"runs": int(len(heads)), "seeds": int(heads["seed"].nunique()),
               "methods": sorted(map(str, heads["method"].unique())),
@@ -199,6 +246,16 @@ def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> D
         record = wise_ft_record(records, dataset)
         return None if record is None else figures.wise_ft_curve(variant_table(record))
 
+    def kinds():
+        return figures.averaging_gains(comparison) if comparison["diff"].notna().any() else None
+
+    def temperature():
+        if gains.empty:
+            return None
+        fig = figures.averaging_gains(gains)
+        fig.update_yaxes(title_text="ECE after - before (paired by seed)", row=1, col=1)
+        return fig
+
     id_metric, ood_metric = headline_metric(dataset, ID_SPLIT), headline_metric(dataset, OOD_SPLIT)
     figs = [
         _figure(f"{SPLIT_TITLES[ID_SPLIT]} {id_metric} against the train fraction",
@@ -228,6 +285,16 @@ def dataset_summary(frame: pd.DataFrame, records: list[dict], dataset: str) -> D
                 "other markers: the run's best, last, SWA and EMA weights.", wise,
                 "a run of this dataset with WiSE-FT variants (the swa_ablation stage, 03_swa_ablation, makes them "
                 "with wise_alphas)"),
+        _figure("Weight averaging across its kinds, paired by seed",
+                "Each kind of averaged weights (SWA, EMA, WiSE-FT, uniform and greedy soups) minus the best single "
+                "run of the same seed, on ID and OOD test and in effective robustness (OOD above the vision-only "
+                f"trend). Above zero: averaging helps; an interval crossing zero: no measurable gain; {interval}.",
+                kinds, SOUP_STAGE),
+        _figure("Calibration: ECE after minus before temperature scaling",
+                "Temperature scaling divides the logits by one number fitted on ID validation. Below zero: it lowers "
+                "the expected calibration error; compare ID with OOD test: a temperature fitted in distribution may "
+                f"help less under shift; {interval}.", temperature,
+                "runs that record calibration (runs made since calibration was added)"),
     ]
     return DatasetSummary(dataset, found, figs, counts)
 
@@ -238,11 +305,11 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
     (and warned), not a blank section."""
     main, side = main_and_side([(r, f) for r, f in records if is_run_record(r)])
     frame = tidy(main) if main else None
-    all_records = [r for r, _ in records]
+    all_records, stage = [r for r, _ in records], soup_stage(records)
     datasets = []
     for ds in sorted({r.get("dataset") for r in main if r.get("dataset") in DATASETS}):
         try:
-            datasets.append(dataset_summary(frame, all_records, ds))
+            datasets.append(dataset_summary(frame, all_records, ds, main, stage))
         except Exception as err:  # noqa: BLE001 -- shown on the page and warned, never silent
             warnings.warn(f"report summary of {ds}: {type(err).__name__}: {err}", stacklevel=2)
             datasets.append(DatasetSummary(ds, pd.DataFrame(), error=f"{type(err).__name__}: {err}"))
@@ -255,25 +322,95 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def findings_frame(summaries: dict[str, dict]) -> pd.DataFrame:
-    """Every experiment's findings, long: experiment, dataset, question, measured, verdict, value, low, high, n."""
+    """Every experiment's findings, long: experiment, dataset, topic, question, measured, verdict, value, low, high, n."""
     parts = [s.findings.drop(columns="holds").assign(experiment=exp, dataset=s.dataset)
              for exp, summary in summaries.items() for s in summary["datasets"] if not s.findings.empty]
-    columns = ["experiment", "dataset", "question", "measured", "verdict", "value", "low", "high", "n"]
+    columns = ["experiment", "dataset", "topic", "question", "measured", "verdict", "value", "low", "high", "n"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
-def write_downloads(out_dir: Path, records: list[dict], findings: pd.DataFrame) -> dict[str, dict]:
-    """`results.csv|json` and `findings.csv|json` in `out_dir` (written atomically). JSON is pandas'
-    'split' form (columns once, then rows: `pd.read_json(path, orient="split")`), which keeps the
-    results file about the size of the CSV. Returns {name: {"csv", "json", "rows", "what"}}."""
+DOWNLOADS = {"runs": "one row per run and soup: its folder (run_dir, the key of the other tables), kind, method, "
+                     "fraction, seed, lr, the reported weights and how they were chosen, every parameter, a soup's "
+                     "ingredients",
+             "metrics": "long: run_dir, variant (weights), split, metric, value: every metric of every run's and "
+                        "soup's weights",
+             "calibration": "run_dir, variant, split: ECE and NLL before and after temperature scaling, the "
+                            "temperature and the split it was fitted on",
+             "findings": "per experiment and dataset, each question with its measured number, interval and verdict"}
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """`frame` as Parquet; a column mixing numbers and text (a parameter given both ways) becomes text."""
+    import io
+
+    import pyarrow as pa
+
+    fixed = {}
+    for column in frame.select_dtypes(include="object").columns:
+        try:
+            pa.array(frame[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            fixed[column] = frame[column].map(lambda v: v if v is None else str(v))
+    buffer = io.BytesIO()
+    frame.assign(**fixed).to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+RESULT_FIELDS = ("root_dir", "weights", "n_train", "git_commit", "created_at")
+
+
+def results_tables(records: Sequence[Mapping], run_dirs: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The downloadable results, keyed by `run_dir` (each record's folder as given: two output folders
+    may hold runs of one id, e.g. an ablation beside a sweep), run and soup records alike:
+    runs: one row per record: run_dir, kind (run | soup), the run's keys, the reported variant and
+    its selection, RESULT_FIELDS, each `params` entry and a soup's ingredients (lists and dicts as
+    JSON text, so a cell holds one value); metrics: long, run_dir, variant, split, metric, value;
+    calibration: `weight_averaging.calibration_rows` with run_dir (every figure of
+    `evaluate.CALIBRATION` before and after temperature scaling, the temperature)."""
+    import json
+
+    def text(value):
+        return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+    pairs = [(r, str(d)) for r, d in zip(records, run_dirs, strict=True) if is_run_record(r)]
+    runs, metrics, calibration = [], [], []
+    for rec, run_dir in pairs:
+        selection = rec.get("selection") or {}
+        row = {"run_dir": run_dir, "kind": rec.get("kind", "run"),
+               **{k: rec.get(k) for k in ("run_id", "experiment", "dataset", "method", "fraction", "seed", "lr")},
+               "variant": selection.get("variant"), "select_split": selection.get("split"),
+               "select_metric": selection.get("metric"), **{k: text(rec.get(k)) for k in RESULT_FIELDS}}
+        if rec.get("soups"):
+            row["soups"] = text({k: v.get("ingredients") for k, v in rec["soups"].items()})
+        for key, value in (rec.get("params") or {}).items():
+            row.setdefault(key, text(value))
+        runs.append(row)
+        for variant, table in (rec.get("variants") or {selection.get("variant"): rec["metrics"]}).items():
+            metrics += [(run_dir, variant, split, name, value) for split, values in table.items()
+                        for name, value in values.items() if isinstance(value, (int, float))]
+        calibration.append(wa.calibration_rows([rec]).drop(columns=["dataset", "method", "fraction", "seed", "lr", "kind"])
+                           .assign(run_dir=run_dir))
+    columns = ["run_dir", "run_id", "variant", "headline", "split", *wa.CALIBRATION_NUMBERS, "temperature_split"]
+    return {"runs": pd.DataFrame(runs),
+            "metrics": pd.DataFrame(metrics, columns=["run_dir", "variant", "split", "metric", "value"]).astype({"value": float}),
+            "calibration": pd.concat(calibration, ignore_index=True)[columns] if calibration else pd.DataFrame(columns=columns)}
+
+
+def write_downloads(out_dir: Path, records: list[dict], run_dirs: list[str], findings: pd.DataFrame) -> dict[str, dict]:
+    """Each table of `results_tables` and the findings as `<name>.parquet` and `<name>.csv.gz`
+    in `out_dir` (written atomically): compact (a runs table once, metrics long, keyed by run_dir)
+    and read by pandas, R and spreadsheets alike. Returns {name: {"files", "rows", "columns", "size", "what"}}."""
+    import gzip
+
     from ..paths import write_bytes
 
     out = {}
-    for name, frame in (("results", results_table(records)), ("findings", findings)):
-        write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False).encode("utf-8"))
-        write_bytes(out_dir / f"{name}.json", frame.to_json(orient="split", index=False).encode("utf-8"))
-        out[name] = {"csv": f"{name}.csv", "json": f"{name}.json", "rows": int(len(frame)),
-                     "columns": int(frame.shape[1]), "column_names": list(map(str, frame.columns)),
-                     "what": DOWNLOADS[name],
-                     "size": sum((out_dir / f"{name}.{x}").stat().st_size for x in ("csv", "json"))}
+    for name, frame in {**results_tables(records, run_dirs), "findings": findings}.items():
+        files = {f"{name}.parquet": _parquet_bytes(frame),
+                 f"{name}.csv.gz": gzip.compress(frame.to_csv(index=False).encode("utf-8"), mtime=0)}
+        for file, data in files.items():
+            write_bytes(out_dir / file, data)
+        out[name] = {"files": list(files), "rows": int(len(frame)), "columns": int(frame.shape[1]),
+                     "column_names": list(map(str, frame.columns)), "what": DOWNLOADS[name],
+                     "size": sum(map(len, files.values()))}
     return out
