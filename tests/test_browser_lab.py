@@ -190,11 +190,11 @@ def test_zero_shot_notebook_runs_in_lab(lab_page, lab_root):
 
     assert widgets_rendered(page) >= 1
     split = page.locator(".widget-dropdown select").first
-    assert split.input_value() == "test"  # the control shows the filter set in the notebook
+    assert split.input_value() == "OOD test"  # the control shows the filter set in the notebook, by its readable name
     img = page.locator(".widget-image").first
     img.scroll_into_view_if_needed()
     before = image_fingerprint(img)
-    split.select_option("id_test")
+    split.select_option("ID test")
     page.wait_for_function("src => document.querySelector('.widget-image').src !== src", arg=before["src"])
     page.wait_for_timeout(300)  # let the new image decode
     after = image_fingerprint(img)

@@ -41,7 +41,7 @@ def test_run_id_is_readable_and_unique_for_the_science():
     cfg = FinetuneConfig(fraction=0.1, lr=1e-4, seed=2).validate()
     rid = runs.run_id(cfg.identity())
     assert rid.startswith("fmow-finetune-f0.1-lr0.0001-s2-") and len(rid.rsplit("-", 1)[1]) == 8
-    assert runs.run_id(FinetuneConfig(fraction=0.1, lr=1e-4, seed=2, swa_last_k=5).validate().identity()) != rid
+    assert runs.run_id(FinetuneConfig(fraction=0.1, lr=1e-4, seed=2, swa_last_k=3).validate().identity()) != rid
     for where in ({"output_dir": "/elsewhere"}, {"cache_dir": "/c"}, {"eval_batch_size": 3}, {"root_dir": "/d"},
                   {"num_workers": 4}, {"device": "cpu"}):
         assert runs.run_id(FinetuneConfig(fraction=0.1, lr=1e-4, seed=2, **where).validate().identity()) == rid

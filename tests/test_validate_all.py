@@ -44,7 +44,7 @@ def test_a_missing_weights_file_is_reported_when_other_values_fail_too(tmp_path)
                        "params": {"methods": ["vision_only"], "vision_arch": "tinyy", "epochs": 1,
                                   "vision_weights": "weights/missing.safetensors"}}]}
     problems = "\n".join(experiment_problems(load_experiment(write(tmp_path, doc), root=tmp_path)))
-    assert "swa_last_k=10 exceeds epochs=1" in problems  # the user set epochs; swa_last_k is the default
+    assert "swa_last_k=2 exceeds epochs=1" in problems  # the user set epochs; swa_last_k is the default
     assert "vision_arch='tinyy' is not valid" in problems
     assert "vision_weights='weights/missing.safetensors': no such file" in problems
 

@@ -2,7 +2,7 @@
 independently by torchmetrics (issue 26: "every ECE in the records equals the ECE of the saved
 predictions and torchmetrics' on the same predictions").
 
-    python benchmarks/check_record_ece.py outputs/runs
+    python tools/check_record_ece.py outputs/runs
 
 For each (run, weight variant, split) with a calibration record and saved predictions, torchmetrics'
 `multiclass_calibration_error` (15 bins, l1) is given probability rows that hold the saved top-1
