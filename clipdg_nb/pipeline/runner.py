@@ -231,7 +231,7 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
         raise ValueError(f"jobs={jobs!r} must be a positive integer")
     summary = SweepSummary(dry_run=dry_run)
     stages = select_stages(experiment, only)
-    validate_experiment(experiment, stages)
+    validate_experiment(experiment, stages, jobs=jobs)
     if dry_run:  # per stage: its fixed parameters on one line, then a table of one line per point
         import pandas as pd
         for stage in stages:
