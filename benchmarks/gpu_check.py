@@ -59,6 +59,9 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0
                     "RTX 3090": 71.0}
 TARGET_MFU, TARGET_AUGMENT_IPS, TARGET_FMOW_HOURS = 0.40, 20_000.0, 2.0
 FMOW_PROMPTS, IWILDCAM_PROMPTS = 62, 182
+# Assumed sustained write rate of checkpoints in the grid projection (a local NVMe SSD; a network
+# file system is often several times slower): stated in its row.
+CHECKPOINT_WRITE_GB_S = 2.0
 
 
 @dataclass
@@ -227,6 +230,7 @@ def make_train_step(ctx: Ctx, model, step_model, norm, x, y, channels_last: bool
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    step.optimizer = optimizer
     return step
 
 
@@ -466,17 +470,46 @@ def part_ddp(table: Table, ctx: Ctx):
               (f"; {ips / (n * single):.0%} of {n} x one-device eager" if single else ""))
 
 
+def part_checkpoints(table: Table, ctx: Ctx):
+    """Checkpoint bytes per run: `soups.checkpoint_estimate` of the paper's run (text tower trained,
+    SWA), and one checkpoint `train.save_checkpoint` writes for this model against that estimate."""
+    from clipdg_nb import train
+    from clipdg_nb.averaging import RunningAverage
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.soups import checkpoint_estimate
+    estimate = checkpoint_estimate(FinetuneConfig(model=ctx.sizes.model, pretrained=None, epochs=20, swa_last_k=10))
+    ctx.rates["checkpoint_bytes"] = estimate
+    model, norm, size = classifier(ctx, FMOW_PROMPTS)
+    model.train()
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8).to(ctx.device)
+    step = make_train_step(ctx, model, model, norm, x, torch.tensor([0, 1], device=ctx.device), False)
+    step()  # Adam's state exists after a step
+    swa = RunningAverage()
+    swa.update(model.state_dict())
+    path = ctx.workdir / "checkpoint" / train.CHECKPOINT
+    train.save_checkpoint(path, model, step.optimizer, {"swa": swa}, train.cpu_state(model), {"epoch": 0})
+    written = path.stat().st_size
+    path.unlink()
+    table.add("checkpoint bytes per run", f"{estimate / 1e9:.2f} GB",
+              f"weights, best weights, Adam moments, SWA (fp32), estimated on the meta device; one written for "
+              f"{ctx.sizes.model}: {written / 1e9:.3f} GB, {written / estimate - 1:+.2%} over the estimate "
+              "(header, RNG, the prompts' token rows)")
+
+
 def part_grid(table: Table, ctx: Ctx):
-    import bench_real_scale
+    import bench_real_scale as real
     r = ctx.rates
+    # checkpoint_every=1: one checkpoint an epoch per run, written at CHECKPOINT_WRITE_GB_S
+    written = len(real.FRACTIONS) * real.SEEDS * real.LRS * 2 * real.EPOCHS * r.get("checkpoint_bytes", 0)
     for name, train_ips in (("fmow", r["train_ips_best"]), ("iwildcam", r["train_ips_iwildcam"])):
-        train_images, eval_images = bench_real_scale.grid_images(name)
-        hours = (train_images / train_ips + eval_images / r["eval_ips"]) / 3600
+        train_images, eval_images = real.grid_images(name)
+        hours = (train_images / train_ips + eval_images / r["eval_ips"] + written / CHECKPOINT_WRITE_GB_S / 1e9) / 3600
         r[f"grid_hours_{name}"] = hours
         fmow = name == "fmow"
         table.add(f"{'FMoW' if fmow else 'iWildCam'} paper grid, projected", f"{hours:,.1f} GPU-hours",
                   f"{train_images / 1e6:,.0f} M training images at {train_ips:,.0f}/s + {eval_images / 1e6:,.0f} M "
-                  f"evaluation images at {r['eval_ips']:,.0f}/s; {hours / 8:,.1f} h on eight GPUs (a point per GPU)",
+                  f"evaluation images at {r['eval_ips']:,.0f}/s + {written / 1e12:,.1f} TB of checkpoints (one an "
+                  f"epoch) at an assumed {CHECKPOINT_WRITE_GB_S:g} GB/s; {hours / 8:,.1f} h on eight GPUs (a point per GPU)",
                   f"<= {TARGET_FMOW_HOURS:g} h on one H200" if fmow else "",
                   judged(hours <= TARGET_FMOW_HOURS, ctx.smoke) if fmow else "")
     hours = r["grid_hours_fmow"]
@@ -492,7 +525,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--ddp-cpu", type=int, default=0, help="without a GPU: the DDP row with this many gloo "
                     "processes (checks the code path; slow)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["training", "augment", "cache", "real", "ddp"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["training", "augment", "cache", "real", "ddp", "checkpoints"],
                     help="parts to leave out")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -515,7 +548,7 @@ def main(argv=None) -> int:
         table.part("peak", part_peak, ctx)
         parts = [("training", "training and evaluation", part_training), ("augment", "augmentation", part_augment),
                  ("cache", "decoded-cache reads", part_cache), ("real", "real-size point", part_real_point),
-                 ("ddp", "DDP", part_ddp)]
+                 ("ddp", "DDP", part_ddp), ("checkpoints", "checkpoints", part_checkpoints)]
         for key, what, fn in parts:
             if key not in args.skip:
                 table.part(what, fn, ctx)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .averaging import SOUP_VARIANTS, soup_variants
+from .averaging import AVERAGES, SOUP_VARIANTS, soup_variants
 from .config import METHODS
 from .runs import Run, load_records
 from .paths import experiment_dir, to_jsonable
@@ -48,9 +48,32 @@ def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
 
 def kept_weights_estimate(cfg) -> int:
     """The bytes one run of `cfg` keeps with keep_weights=True (`kept_weights_bytes` of its final
-    state dict), from its model built on the meta device: nothing allocated, no weights read or
-    downloaded, so the disk an experiment will take can be printed before anything runs. Equal to
-    the kept file's tensors (tests/test_soups.py checks it); the safetensors header comes on top."""
+    state dict), from its model built on the meta device (`meta_model`): nothing allocated, no
+    weights read or downloaded, so the disk an experiment will take can be printed before anything
+    runs. Equal to the kept file's tensors (tests/test_soups.py checks it); the header comes on top."""
+    return kept_weights_bytes(meta_model(cfg).state_dict())
+
+
+def checkpoint_estimate(cfg) -> int:
+    """The bytes of one run's resumable checkpoint at its largest (`train.save_checkpoint`, the last
+    epoch's): the weights and the best epoch's, Adam's two moments of each trainable parameter, and
+    each average `cfg` enables (float32), from `meta_model`. The header, Adam's step counts, the RNG
+    state (a few kB) and, with the text tower trained, the moments of the prompts' token rows (the
+    dataset's class names decide them: 1.5 MB for ViT-B/32) come on top (tests/test_soups.py)."""
+    model = meta_model(cfg)
+    state = model.state_dict()
+    weights = sum(v.numel() * v.element_size() for v in state.values())
+    averaged = sum(v.numel() * (max(v.element_size(), 4) if torch.is_floating_point(v) else v.element_size())
+                   for v in state.values())
+    moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * weights + moments + sum(avg.enabled(cfg) for avg in AVERAGES.values()) * averaged
+
+
+def meta_model(cfg) -> torch.nn.Module:
+    """The model `methods.end_to_end` trains for `cfg`, built on the meta device (shapes only) with
+    what trains as the method's spec says (`models.partial.TRAINABLE`): the whole CLIP when the text
+    tower trains (its token table frozen: only the prompts' few hundred rows train,
+    `models.text.UsedRowsEmbedding`), else the image tower and a linear head."""
     import logging
 
     import open_clip
@@ -59,12 +82,13 @@ def kept_weights_estimate(cfg) -> int:
     from .data import dataset_spec
     from .inputs import vision_image_size
     from .models.clip import register_tiny_configs
+    from .models.partial import TRAINABLE
 
     spec, n = method_spec(cfg.method), dataset_spec(cfg.dataset).n_classes
     if spec.init == "vision_tower" and cfg.vision_arch != "clip-visual":
         from .models.vision import vision_only
         with torch.device("meta"):
-            return kept_weights_bytes(vision_only(n, arch=cfg.vision_arch, image_size=vision_image_size(cfg)).state_dict())
+            return TRAINABLE[spec.trainable](vision_only(n, arch=cfg.vision_arch, image_size=vision_image_size(cfg)), cfg)
     register_tiny_configs()
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted here
@@ -75,11 +99,14 @@ def kept_weights_estimate(cfg) -> int:
     # as methods.initial_model builds it: the whole CLIP when the text tower trains, else the image
     # tower and a linear head (frozen text: the zero-shot head; LP-FT: the probe; vision-only: a new one)
     text_mode = "head" if spec.init in ("probe_first", "vision_tower") else (spec.text_mode or cfg.text_mode)
+    model = torch.nn.Module()
+    model.text_mode = text_mode  # what `models.partial.image_tower` reads
     if text_mode == "trainable":
-        return kept_weights_bytes(clip.state_dict())
-    dim = clip.visual.output_dim
-    head = {"head.weight": torch.empty(n, dim, device="meta"), "head.bias": torch.empty(n, device="meta")}
-    return kept_weights_bytes({**clip.visual.state_dict(), **head})
+        model.clip = clip
+        clip.token_embedding.requires_grad_(False)
+    else:
+        model.visual, model.head = clip.visual, torch.nn.Linear(clip.visual.output_dim, n, device="meta")
+    return TRAINABLE[spec.trainable](model, cfg)
 
 
 def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:

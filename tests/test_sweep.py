@@ -190,6 +190,28 @@ with open("times.txt", "a") as fh:
 '''
 
 
+BARRIER_BODY = '''import os, pathlib, time
+pathlib.Path(f"gpu-{x}.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+pathlib.Path(f"started-{x}").touch()
+deadline = time.time() + 120  # every point waits for all four: so each ran in a worker of its own
+while len(list(pathlib.Path().glob("started-*"))) < 4 and time.time() < deadline:
+    time.sleep(0.1)
+pathlib.Path(f"together-{x}.txt").write_text(str(len(list(pathlib.Path().glob("started-*")))))
+'''
+
+
+def test_more_jobs_than_gpus_share_the_gpus_round_robin(tmp_path, capsys, monkeypatch):
+    """jobs=4 on 2 GPUs: four workers, two on each GPU (a run's record cannot depend on it: see
+    `runner._make_workers`)."""
+    monkeypatch.setattr(sweep_runner, "visible_gpus", lambda: ["0", "1"])
+    write_notebook(tmp_path / "nb.ipynb", "x = 0  # the grid value\n", BARRIER_BODY)
+    path = write_experiment(tmp_path, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1, 2, 3]}}])
+    summary = sweep_runner.run_experiment(path, root=tmp_path, jobs=4, progress=False)
+    assert len(summary.done) == 4
+    assert "jobs=4 on 2 GPU(s): up to 2 points share each GPU" in capsys.readouterr().err
+    assert {(tmp_path / f"together-{x}.txt").read_text() for x in range(4)} == {"4"}  # four at once
+    assert sorted((tmp_path / f"gpu-{x}.txt").read_text() for x in range(4)) == ["0", "0", "1", "1"]
+
 def test_after_defaults_to_every_stage_above_and_rejects_later_or_unknown_stages(project):
     stages = [{"name": "a", "notebook": "nb.ipynb"}, {"name": "b", "notebook": "nb.ipynb", "after": []},
               {"name": "c", "notebook": "nb.ipynb", "after": "a"}, {"name": "d", "notebook": "nb.ipynb"}]

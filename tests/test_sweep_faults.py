@@ -429,7 +429,7 @@ def test_a_pool_broken_by_a_dead_worker_is_replaced_for_the_next_point():
     import operator
     from concurrent.futures.process import BrokenProcessPool
 
-    workers = runner._Workers(jobs=1, gpus=[], workers=1)
+    workers = runner._Workers(gpus=[], workers=1)
     try:
         with pytest.raises(BrokenProcessPool):
             workers.submit(os._exit, 1).result(timeout=120)

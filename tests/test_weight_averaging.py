@@ -178,6 +178,33 @@ def test_kept_weights_plan_counts_the_runs_that_keep_weights(tmp_path):
     assert kept_weights_plan(experiment, [experiment.stage("sweep")]) is None
 
 
+def test_checkpoint_plan_counts_what_the_checkpoints_write(tmp_path):
+    """Each run that trains writes at most ceil(epochs / checkpoint_every) checkpoints of the estimate;
+    only `jobs` of them are on disk at once (a run's is deleted when it finishes)."""
+    import yaml
+    from pathlib import Path
+
+    from clipdg_nb.config import FinetuneConfig
+    from clipdg_nb.pipeline.experiment import load_experiment
+    from clipdg_nb.pipeline.validate import checkpoint_plan
+    from clipdg_nb.soups import checkpoint_estimate
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    params = {"model": "clipdg-tiny-vit", "pretrained": None, "text_mode": "frozen", "vision_weights": None,
+              "epochs": 5, "checkpoint_every": 2, "swa_last_k": 2}
+    doc = {"experiment": "plan", "stages": [
+        {"name": "sweep", "notebook": str(notebooks / "02_few_shot_sweep.ipynb"), "grid": {"seed": [0, 1, 2]},
+         "params": {**params, "methods": ["linear_probe", "finetune"], "lrs": [1.0e-3, 1.0e-4]}}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(doc))
+    experiment = load_experiment(tmp_path / "plan.yaml", root=tmp_path)
+    each = checkpoint_estimate(FinetuneConfig(method="finetune", **params))
+    # 3 seeds x 2 lrs of finetune (the probe trains no checkpointed weights), ceil(5 / 2) = 3 each
+    assert checkpoint_plan(experiment, jobs=4) == (
+        f"checkpoints: 6 runs x at most 3 x {each / 1e6:.1f} MB = {18 * each / 1e6:.1f} MB written; "
+        f"at most {4 * each / 1e6:.1f} MB on disk at once (4 job(s); a run's is deleted when it finishes)")
+    assert f"at most {each / 1e6:.1f} MB on disk at once (1 job(s)" in checkpoint_plan(experiment)
+
+
 def test_soups_beside_their_runs_are_not_a_setting_of_their_own():
     """A stage's records (its runs and their soups, as the report's stage page reads them) tidy into
     one setting per method: a soup's identity (kind, ingredients) is not a setting that splits it off."""

@@ -11,7 +11,8 @@
 * never half written: papermill executes into a temporary notebook beside `<point>.ipynb`, renamed
   onto it only on success; a failed execution is kept as `<point>.failed.ipynb` with
   `<point>.failed.json` (cell, error), and the point's earlier successful outputs stay as they were;
-* parallel: `jobs` points at once in worker processes, one point per GPU when GPUs are visible;
+* parallel: `jobs` points at once in worker processes, dealt round-robin over the visible GPUs
+  (with `jobs` above the GPU count, several points share a GPU);
   a stage's points start once the stages it runs `after` have ended (by default every stage above
   it), so independent stages share the workers (`_run_scheduled`);
   every kernel gets a fixed intra-op thread count (`KERNEL_THREADS`, or $OMP_NUM_THREADS), never
@@ -110,7 +111,8 @@ def watch_parent(parent: int, interval: float = 1.0) -> None:
 def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
     if parent is not None:
         watch_parent(parent)
-    # Each worker process owns one GPU for its lifetime: the kernels it starts inherit the variable.
+    # Each worker process keeps one GPU for its lifetime (shared with others when jobs > GPUs): the
+    # kernels it starts inherit the variable.
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ.update(threads)
@@ -216,8 +218,8 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
 
     Every point of the chosen stages is validated first (`validate.validate_experiment`): any
     problem raises one `ValidationError` listing all of them, before anything runs or is touched.
-    ``jobs`` points run at once in worker processes; with GPUs visible each worker gets its own
-    (``jobs`` is capped at the number of GPUs). Points another process holds are left for later,
+    ``jobs`` points run at once in worker processes; with GPUs visible each worker gets one, dealt
+    round-robin (``jobs`` may exceed the GPU count: points then share a GPU). Points another process holds are left for later,
     then waited for. ``on_result`` is called after each point (the tests use it to
     interrupt a sweep). ``dry_run`` validates, prints the plan and executes nothing.
     """
@@ -231,7 +233,7 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
         raise ValueError(f"jobs={jobs!r} must be a positive integer")
     summary = SweepSummary(dry_run=dry_run)
     stages = select_stages(experiment, only)
-    validate_experiment(experiment, stages)
+    validate_experiment(experiment, stages, jobs=jobs)
     if dry_run:  # per stage: its fixed parameters on one line, then a table of one line per point
         import pandas as pd
         for stage in stages:
@@ -260,16 +262,17 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
 
 
 def _make_workers(stages: list[Stage], jobs: int) -> "_Workers | None":
-    """The worker processes for `jobs` points at once (None for one job: it runs in this process),
-    one per visible GPU at most."""
+    """The worker processes for `jobs` points at once (None for one job: it runs in this process).
+    With GPUs visible they are dealt round-robin, so with `jobs` above the GPU count several points
+    share a GPU (the many small runs of a grid leave one card mostly idle). A run's record does not
+    depend on how many points share its GPU: each point is its own process with its own seeds, and
+    nothing in a run reads another's state (kernels' float reductions do not depend on the load)."""
     gpus = visible_gpus()
-    if gpus and jobs > len(gpus):
-        print(f"jobs={jobs} but {len(gpus)} GPU(s) visible: running {len(gpus)} at once (one point per GPU)",
+    workers = min(jobs, max(sum(len(s.points) for s in stages), 1))
+    if gpus and workers > len(gpus):
+        print(f"jobs={jobs} on {len(gpus)} GPU(s): up to {-(-workers // len(gpus))} points share each GPU",
               file=sys.stderr)
-        jobs = len(gpus)
-    if jobs <= 1:
-        return None
-    return _Workers(jobs, gpus, min(jobs, max(sum(len(s.points) for s in stages), 1)))
+    return _Workers(gpus, workers) if jobs > 1 else None
 
 
 class _StageBars:
@@ -422,8 +425,8 @@ class _Workers:
     """The worker processes of a sweep, made at the first point and kept for every stage; made
     again after a worker died (a broken pool takes no more points: the queued ones still run)."""
 
-    def __init__(self, jobs: int, gpus: list[str], workers: int):
-        self.jobs, self.gpus, self.workers = jobs, gpus, workers
+    def __init__(self, gpus: list[str], workers: int):
+        self.gpus, self.workers = gpus, workers
         self._pool = None
 
     def submit(self, fn, *args):
@@ -441,8 +444,8 @@ class _Workers:
             queue = None
             if self.gpus:
                 queue = ctx.Queue()
-                for gpu in self.gpus[:self.jobs]:
-                    queue.put(gpu)
+                for i in range(self.workers):  # round-robin: each GPU gets ceil or floor(workers / GPUs)
+                    queue.put(self.gpus[i % len(self.gpus)])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
                                              initargs=(queue, kernel_thread_env(), os.getpid()))
         return self._pool

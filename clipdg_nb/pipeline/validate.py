@@ -280,6 +280,17 @@ def experiment_problems(experiment: Experiment, stages: list[Stage] | None = Non
     return lines
 
 
+def planned_configs(experiment: Experiment, stages: list[Stage] | None = None):
+    """(stage name, config) of every run the (chosen) stages' points make, finished or not; points
+    whose parameters do not validate are left out (validation reports them)."""
+    for stage in stages if stages is not None else experiment.stages:
+        for point in stage.points:
+            try:
+                yield from ((stage.name, cfg) for cfg in point_configs(point) or [])
+            except (ValueError, TypeError):
+                continue
+
+
 def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
     """One line saying the disk the runs that keep their final weights (keep_weights, for model
     soups) will take, per stage, estimated from each model built on the meta device
@@ -289,36 +300,63 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
 
     sizes: dict = {}
     per_stage: dict[str, list[int]] = {}
-    for stage in stages if stages is not None else experiment.stages:
-        for point in stage.points:
-            try:
-                configs = point_configs(point) or []
-            except (ValueError, TypeError):  # reported by validation
-                continue
-            for cfg in (c for c in configs if getattr(c, "keep_weights", False)):
-                key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset)
-                if key not in sizes:
-                    sizes[key] = kept_weights_estimate(cfg)
-                per_stage.setdefault(stage.name, []).append(sizes[key])
+    for stage_name, cfg in planned_configs(experiment, stages):
+        if getattr(cfg, "keep_weights", False):
+            key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset)
+            if key not in sizes:
+                sizes[key] = kept_weights_estimate(cfg)
+            per_stage.setdefault(stage_name, []).append(sizes[key])
     if not per_stage:
         return None
     every = [b for sizes_ in per_stage.values() for b in sizes_]
-    each_text = _size(every[0]) if len({_size(b) for b in every}) == 1 else f"{_size(min(every))} .. {_size(max(every))}"
     stages_text = ", ".join(f"stage {name}: {len(b)}" for name, b in per_stage.items())
-    return (f"keep_weights: {len(every)} runs x {each_text} = {_size(sum(every))} on disk "
+    return (f"keep_weights: {len(every)} runs x {_span(every)} = {_size(sum(every))} on disk "
             f"({stages_text}; final weights in float16, for model soups)")
 
 
+def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> str | None:
+    """One line saying what the runs that train end to end write in resumable checkpoints: each run
+    at most ceil(epochs / checkpoint_every) of them (checkpoint_minutes can only make fewer) of
+    `soups.checkpoint_estimate` bytes, and the most on disk at once: a run's checkpoint is deleted
+    when it finishes (`runs.Run.finish`) and a point trains its runs one after another, so `jobs`
+    points at once hold at most `jobs` checkpoints. None when no run trains end to end."""
+    from ..config import METHODS
+    from ..soups import checkpoint_estimate
+
+    sizes: dict = {}
+    runs: list[tuple[int, int]] = []  # (checkpoints, bytes) per run
+    for _, cfg in planned_configs(experiment, stages):
+        if cfg.method in METHODS and METHODS[cfg.method].trains == "end_to_end":
+            key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset, cfg.train_blocks,
+                   cfg.swa, cfg.ema_decay)  # what the estimate reads
+            if key not in sizes:
+                sizes[key] = checkpoint_estimate(cfg)
+            runs.append((-(-cfg.epochs // cfg.checkpoint_every), sizes[key]))
+    if not runs:
+        return None
+    counts, each = [n for n, _ in runs], [b for _, b in runs]
+    count_text = str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)} .. {max(counts)}"
+    peak = min(jobs, len(runs)) * max(each)
+    return (f"checkpoints: {len(runs)} runs x at most {count_text} x {_span(each)} = {_size(sum(n * b for n, b in runs))} "
+            f"written; at most {_size(peak)} on disk at once ({jobs} job(s); a run's is deleted when it finishes)")
+
+
+def _span(sizes: list[int]) -> str:
+    return _size(sizes[0]) if len({_size(b) for b in sizes}) == 1 else f"{_size(min(sizes))} .. {_size(max(sizes))}"
+
+
 def _size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True,
-                        say: Callable[[str], None] | None = print) -> None:
+                        say: Callable[[str], None] | None = print, jobs: int = 1) -> None:
     """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages; then
-    `say` the disk the kept weights will take (`kept_weights_plan`), before anything runs."""
+    `say` the disk the kept weights and checkpoints will take (`kept_weights_plan`, `checkpoint_plan`
+    with `jobs` points at once), before anything runs."""
     problems = experiment_problems(experiment, stages, paths)
     if problems:
         raise ValidationError(experiment.path, problems)
-    if say is not None and (line := kept_weights_plan(experiment, stages)):
-        say(line)
+    for line in (kept_weights_plan(experiment, stages), checkpoint_plan(experiment, stages, jobs)):
+        if say is not None and line:
+            say(line)
