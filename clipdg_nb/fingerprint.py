@@ -1,33 +1,20 @@
 """What a run reads, by content: a fingerprint of a dataset folder and a digest of a weights file.
 
-A run id and the "is this finished run reusable" check hold these, never a path's text: the same
-weights by another path (relative or absolute, a copy) are the same run; other bytes at the same
-path, or other data under the same `root_dir`, are another run.
+Run ids and the reuse check hold these, never a path's text: the same weights by another path are
+the same run; other bytes at the same path, or other data under the same `root_dir`, another run.
 
-Dataset fingerprint (`dataset_fingerprint`), cheap enough to take at every run:
-- every top-level file of the dataset folder (metadata.csv, categories.csv, RELEASE_v*.txt, ...):
-  its sha256 (memoised, see below);
-- every file below it (the images): its path relative to the folder, its size and its mtime in whole
-  seconds, from `os.scandir` (no image byte is read).
-Paths are relative to the dataset folder, so a moved folder (`mv`, which keeps mtimes) is the same
-data and its finished runs are reused. mtimes are part of the fingerprint on purpose: an image
-replaced in place by one of the same byte size changes its mtime, and a number is never silently
-computed from other pixels than the record says. The price: a copy that resets mtimes (`cp -r`
-without `-p`) is other data to us and its runs are recomputed (correct, only slower); copy with
-`cp -a`, `rsync -a` or `tar`, which keep them. Whole seconds, because some copies keep only those.
-What it cannot see: an image replaced by one of the same size with its old mtime put back (`rsync -t`,
-restore tools). For data edited that way, `CLIPDG_CONTENT_FINGERPRINT=1` (`content_fingerprint`)
-puts each image's sha256 in place of its mtime, here and in the decode cache's key (`image_digests`,
-memoised by (path, size, mtime_ns, ctime_ns, inode), so only new or changed files are read).
+`dataset_fingerprint`, cheap enough for every run: the sha256 of each top-level file (metadata.csv,
+...), and for every file below (the images) its relative path, size and mtime in whole seconds (no
+image byte read). A moved folder is the same data; the mtime catches an image replaced in place by
+one of the same size. A copy that resets mtimes (`cp -r` without `-p`) is other data and recomputes
+(use `cp -a`, `rsync -a`); for data edited with mtimes restored, `CLIPDG_CONTENT_FINGERPRINT=1`
+(`content_fingerprint`) uses each image's sha256 instead, here and in the decode cache's key
+(`image_digests`, memoised by (path, size, mtime_ns, ctime_ns, inode)). Inside
+`one_scan_per_folder()` each folder is scanned once (a sweep's done checks; data is never written).
 
-Inside `one_scan_per_folder()` each folder is scanned once and taken as it was then: the sweep
-runner's done checks of many points over one dataset (the data is read, never written, by a sweep).
-
-Weights digest (`file_digest`): the sha256 of the file's bytes, memoised in a small JSON file under
-the cache folder (`digests.json`, written only where that folder exists), keyed by (real path, size, mtime_ns, ctime_ns, inode), so a
-600 MB file is hashed once per change, and any change (even one that restores the mtime) re-hashes.
-
-It imports only `paths` (the one atomic writer), so anything may import this module.
+`file_digest`: a weights file's sha256, memoised in `digests.json` under the cache folder, keyed by
+(real path, size, mtime_ns, ctime_ns, inode), so a large file is hashed once per change.
+Imports only `paths`, so anything may import this module.
 """
 from __future__ import annotations
 

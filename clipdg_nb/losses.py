@@ -1,29 +1,17 @@
 """The training losses a method spec names (`config.MethodSpec.loss`), and their per-step hooks.
 
-`LOSSES` maps a name to a builder `(model, cfg) -> loss_fn`: the model as the method built it, at
-its initial weights (before any step, also when `fit` later resumes), and the run's config;
-`loss_fn(step_model, images, labels) -> loss` is what `train.fit` calls every step on the (DDP /
+`LOSSES` maps a name to a builder `(model, cfg) -> loss_fn` (the model at its initial weights, also
+on resume); `train.fit` calls `loss_fn(step_model, images, labels) -> loss` every step on the (DDP /
 compiled) module. `AFTER_STEP` maps a name to `hook(model)`, run after each optimizer step.
 
-Cross-entropy over the logits is the study's fine-tuning loss.
-
-FLYP (Goyal et al. 2023, "Finetune like you pretrain"): fine-tune both CLIP towers with the
-contrastive loss of pretraining, between each image and its class prompt, then classify with the
-zero-shot head rebuilt from the fine-tuned text tower (`ClipClassifier` in trainable mode).
-
-Repeated classes in a batch: the batch's prompts are deduplicated. With 62 (FMoW) or 182
-(iWildCam) classes and batches of 128, repeats are the rule, not the exception. Plain CLIP loss
-(FLYP's code) would put k identical copies of a class prompt in the batch: image -> text then
-adds log(k_j) to every column of class j (a prior on how often the class happens to be in the
-batch) and can never go below log(k_true); text -> image asks each identical copy to pick "its"
-image out of k images of the same class (false negatives), which summed over the copies is the
-averaged-positive target below, weighted by k. Deduplicated, image -> text is a cross-entropy over
-the batch's distinct classes, and text -> image gives each distinct prompt one row whose target is
-spread evenly over its images; without repeats it is exactly open_clip's `ClipLoss`.
-
-Class embeddings: the templates' embeddings averaged per class (open_clip's zero-shot recipe), the
-very embedding the classifier is evaluated with. Under DDP the negatives are each rank's own
-batch (not gathered), so the loss depends on the number of ranks.
+FLYP (Goyal et al. 2023): fine-tune both CLIP towers with the pretraining contrastive loss between
+each image and its class prompt, then classify with the zero-shot head rebuilt from the fine-tuned
+text tower. A batch's prompts are deduplicated, because with 62-182 classes and batches of 128
+repeats are the rule: duplicate prompts would add log(k) priors and false negatives. Deduplicated,
+image -> text is a cross-entropy over the batch's distinct classes and text -> image spreads each
+prompt's target evenly over its images; without repeats it equals open_clip's `ClipLoss`. Class
+embeddings are the templates' mean (the evaluated head). Under DDP the negatives are each rank's
+own batch, so the loss depends on the number of ranks.
 """
 from __future__ import annotations
 

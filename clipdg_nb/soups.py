@@ -1,20 +1,16 @@
 """The soup stage: model soups (Wortsman et al. 2022) across finished runs of one (dataset, method,
 fraction), over learning rates and/or seeds.
 
-Runs made with `keep_weights=True` leave their final weights in `weights/last.safetensors` (float
-entries in float16). `make_soups(run_dirs)` loads them, builds the uniform soup and the greedy soup
-chosen on the runs' selection split only (`averaging.soup_variants`), evaluates both on every
-evaluated split with WILDS's metrics and calibration, and writes them as one run folder:
+`make_soups(run_dirs)` loads the runs' kept weights (`keep_weights=True`), builds the uniform and the
+greedy soup (chosen on the selection split only, `averaging.soup_variants`), evaluates both, and
+writes one run folder:
 
     <output_dir>/<experiment>/soups/<dataset>-<method>-f<fraction>-soup-s<seed|all>-<digest>/
-        result.json      metrics of the greedy soup (the headline), variants {uniform_soup,
-                         greedy_soup}, each soup's ingredients (run ids) and the greedy trace
+        result.json      greedy soup's metrics (the headline), variants, ingredients, greedy trace
         predictions/...  greedy soup; variants/uniform_soup/predictions/... the uniform one
 
-Its identity is its ingredients by content (run ids and kept weights' sha256, checked before they are
-read) and its rule: other ingredients make another soup. Soups live in their own folder (`soups_dir`),
-apart from the runs' learning-rate selection; `load_soups` reads the current ones. `Run.of_record` does
-not find a soup's folder: use `soup_run` or `soups_dir`.
+Its identity is its ingredients by content (run ids and weights' sha256, checked before reading) and
+its rule. Soups live apart from the runs (`soups_dir`; `load_soups`, `soup_run` read them).
 """
 from __future__ import annotations
 

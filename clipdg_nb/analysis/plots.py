@@ -1,18 +1,10 @@
 """Plotly figures for the notebooks, and how they are displayed so that notebooks and reports keep them.
 
-Why `show(fig)` instead of `fig.show()`: under a papermill kernel plotly >= 6 emits only the
-`application/vnd.plotly.v1+json` mimetype, which nbconvert's HTML export drops, while HTML with a
-script stays blank in JupyterLab until the notebook is trusted (an executed notebook reopened is
-not). `show` displays one output holding both: plotly's mimetype, which the jupyterlab-plotly
-extension draws without trust, and HTML (a `<div>` plus the script that draws it), which nbconvert
-and `clipdg report` use. plotly.js itself (~4.8 MB) is put inline once per notebook
-(`setup_notebook()`, or the first `show`) for a plain `jupyter nbconvert`; `clipdg report` strips it
-and loads it once per report folder. Nothing comes from a CDN. Notebooks executed by `clipdg run`
-(which sets $CLIPDG_INLINE_PLOTLYJS=0) leave it out: it made each executed notebook ~5 MB, written
-again at every cell by papermill, only for the report to strip it.
-
-The failure gallery is static HTML (thumbnails as inline base64 PNG) for the same reason:
-widget callbacks do not run in an exported report.
+`show(fig)`, not `fig.show()`: it emits plotly's mimetype (drawn by JupyterLab without trust) and
+HTML (a `<div>` plus script, kept by nbconvert and `clipdg report`) in one output. plotly.js is put
+inline once per notebook (`setup_notebook()` or the first `show`), never from a CDN; under
+`clipdg run` ($CLIPDG_INLINE_PLOTLYJS=0) it is left out, since the report loads it once per folder.
+The failure gallery is static HTML (inline base64 thumbnails): widget callbacks do not run in a report.
 """
 from __future__ import annotations
 

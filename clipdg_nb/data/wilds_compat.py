@@ -1,20 +1,12 @@
 """WILDS 2.0.0 on today's libraries, without touching global state.
 
-Two things in `wilds==2.0.0` break on a current stack:
+1. FMoW's `rgb_metadata.csv` mixes ISO-8601 forms, which pandas >= 2 rejects (p-lambda/wilds#146):
+   the column is normalised when the loader assigns `self.metadata` (a property on a subclass).
+2. Group metrics import `torch_scatter` (no wheels for current torch) for one scatter-mean:
+   `ScatterFreeAccuracy` does it with `index_add_`, used by `CompatFMoW.eval` and, for datasets on
+   `standard_group_eval` (Camelyon17), `ScatterFreeGroupEval`. iWildCam's `eval` runs unmodified.
 
-1. FMoW's `rgb_metadata.csv` mixes ISO-8601 forms (`2013-10-05T02:27:17Z` and, for ~0.5 % of rows,
-   `2011-02-07T02:48:56.643Z`). pandas >= 2 infers one format from the first row and raises on the
-   others (p-lambda/wilds#146). We normalise the column the moment the loader assigns
-   `self.metadata`, through a property on a subclass, so neither pandas nor the wilds module is
-   patched.
-2. Group metrics import `torch_scatter`, which has no wheels for current torch. Only the group-wise
-   mean of `ElementwiseMetric.compute_group_wise` needs it (a scatter-mean); `ScatterFreeAccuracy`
-   does the same mean with `index_add_`, and `CompatFMoW.eval` is FMoW's own `eval` using that metric.
-   Datasets whose `eval` is WILDS's `standard_group_eval` with `Accuracy` (Camelyon17) get it
-   through `ScatterFreeGroupEval`. iWildCam's `eval` never groups, so it runs unmodified.
-
-Metric names and numbers stay exactly WILDS's (tests compare against the unmodified classes).
-Only WILDS's public methods are overridden or called (tests/test_public_interfaces.py).
+Metric names and numbers stay exactly WILDS's; only its public methods are overridden or called.
 """
 from __future__ import annotations
 

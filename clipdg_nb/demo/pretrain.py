@@ -1,20 +1,14 @@
 """A miniature pretraining, so the offline demo's CLIP means something.
 
-A tiny open_clip model is trained contrastively on a synthetic image-caption corpus: images of the
-class concepts of both synthetic datasets (FMoW's 62, iWildCam's 182 — the same class objects
-`synthetic.py` draws), each on a fresh random scene unlike any target domain, with varied captions
-that name the concept but never use the target prompts ("a centered satellite photo of ...",
-"this is a photo of ..."). Zero-shot transfer to the synthetic WILDS splits is then real but
-imperfect. The vision-only counterpart is the same image tower trained with supervised labels
-(one per concept) on the same corpus. Both are cached under `outputs/cache/pretrain/`, keyed by
-their settings, and are deterministic for a seed; the entry's `meta.json` names the sha256 of each
-weights file, checked on reuse (a file copied over from another entry is pretrained again, with a
-`CacheRebuiltWarning`).
+A tiny open_clip model is trained contrastively on synthetic images of both synthetic datasets'
+class concepts (the objects `synthetic.py` draws) on random scenes unlike any target domain, with
+captions that never use the target prompts, so zero-shot transfer is real but imperfect. The
+vision-only twin is the same tower trained on concept labels. Both are cached under
+`outputs/cache/pretrain/`, keyed by their settings, deterministic for a seed, with each weights
+file's sha256 in `meta.json`, checked on reuse (a mismatch pretrains again, `CacheRebuiltWarning`).
 
-`coverage` < 1 (`clipdg pretrain-tiny --coverage C`): the captions name only a seeded share C of the
-concepts (the same share of each dataset); images of the others stay, with a generic caption. The
-images and labels are the same at every coverage, so the supervised twin is too: only CLIP's
-language supervision changes. Coverage 1.0 keeps the original corpus, key and folder.
+`coverage` < 1 (`clipdg pretrain-tiny --coverage C`): captions name only a seeded share C of the
+concepts; the images and labels, hence the supervised twin, are unchanged. 1.0 is the original.
 """
 from __future__ import annotations
 

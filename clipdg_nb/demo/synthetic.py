@@ -1,18 +1,14 @@
 """Small datasets in the exact on-disk formats of WILDS's releases, for the offline default.
 
-The unmodified WILDS loaders read what this writes with `download=False`. Images carry a learnable
-class signal (each class is a textured object with its own colours, orientation and frequency) on a
-domain-dependent scene (background, colour cast, contrast, noise); each dataset's module
-(`clipdg_nb.data.<name>`) writes its own files and domains, mirroring the real shift (FMoW's region
-and year, iWildCam's camera location). A model trained on ID data therefore scores lower OOD, by an
-amount `shift` controls. Everything is deterministic for a seed. This module is the generic part:
-the config, staging beside the target, and the markers.
+The unmodified WILDS loaders read what this writes (`download=False`). Each image carries a
+learnable class signal (a textured object) on a domain-dependent scene; each dataset's module
+(`clipdg_nb.data.<name>`) writes its own files and domains mirroring the real shift, so ID-trained
+models score lower OOD by an amount `shift` controls. Deterministic for a seed. This module is the
+generic part: the config, staging beside the target, and the markers.
 
-Two profiles. `default` writes small images (`image_size` px, every dataset) that train in minutes.
-`real` (`real_profile_config(n)`) writes the files at the sizes of the real releases (each spec's
-`real_size`: FMoW 224x224 PNG, iWildCam 1920x1080 JPEG), for measuring decode and cache costs: the
-scene is rendered at `image_size`, upscaled (bicubic) and overlaid with fine and coarse grain so that
-the files compress (and decode) like photographs, not like flat colour fields.
+Profiles: `default` writes small images that train in minutes; `real` (`real_profile_config(n)`)
+writes the real releases' sizes (each spec's `real_size`), upscaled with grain so the files
+compress and decode like photographs, for measuring decode and cache costs.
 """
 from __future__ import annotations
 

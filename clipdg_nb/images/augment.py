@@ -6,30 +6,16 @@ Reproduces, with independent random parameters per sample, the per-sample torchv
 
 for a whole uint8 batch [N, 3, H, W], instead of a Python loop over samples.
 
-Semantics: the result equals torchvision's functional ops applied to the *float* image
-(hflip, adjust_brightness, adjust_contrast, adjust_saturation, rotate NEAREST fill 0 on x / 255,
-times 255) up to float32 rounding, with one rounding at the end when the output is uint8 (the
-default; `out_dtype=torch.float32` skips it). torchvision on a uint8 tensor instead rounds to
-uint8 after every op: brightness, contrast and saturation truncate with `.to(uint8)`, the
-grayscale behind the contrast mean and the saturation blend is truncated too, and rotation
-rounds. So against torchvision's uint8 pipeline a pixel typically differs by 1-2 levels, the
-truncations pulling torchvision's output down (measured on smooth 224 px images: 98 % of
-pixels within 2 levels, all but 1e-6 within 3, the rest rotation ties as below). Against the
-float pipeline it differs by at most 0.5 (uint8 output).
+The result equals torchvision's functional ops on the *float* image up to float32 rounding (at most
+0.5 after the final uint8 rounding; `out_dtype=torch.float32` skips it). torchvision's uint8 path
+truncates after every op, so against it a pixel differs by 1-2 levels; rotation's nearest sampling
+can pick the neighbour of a pixel within float rounding of a half-pixel boundary.
 
-Rotation uses nearest sampling on a float grid, as torchvision does, but the grid is computed
-with a different float expression, so a pixel whose source lies within float rounding of a
-half-pixel boundary can take its neighbour (measured: about 1e-5 of the pixels).
-
-Randomness: every draw comes from the `torch.Generator` the caller passes, which must live on
-the batch's device (a CPU generator for a CPU batch, a CUDA one for a CUDA batch). The caller
-seeds it per (seed, epoch, step), so a run is reproducible and resumable. Draw order is fixed:
-flip, brightness/contrast/saturation factors, jitter order, angle. CPU and CUDA generators
-have different streams: one seed gives different parameters on the two devices.
-
-Speed: on a GPU a batch costs a few dozen kernels. On a CPU the work is memory-bound (about 15
-passes over float images); chunking to the L2 cache, in-place ops and folding the flip into
-the rotation grid make it about 4x the per-sample torchvision loop (benchmarks/bench_augment.py).
+Every draw comes from the caller's `torch.Generator` (on the batch's device, seeded per (seed, epoch,
+step)), in a fixed order: flip, brightness/contrast/saturation, jitter order, angle. CPU and CUDA
+streams differ, so one seed gives different parameters on the two devices. On a CPU, chunking to the
+L2 cache and folding the flip into the rotation grid make it about 4x the per-sample loop
+(benchmarks/bench_augment.py).
 """
 from __future__ import annotations
 

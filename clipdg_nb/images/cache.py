@@ -1,50 +1,26 @@
 """The decode cache: each image decoded once, into a per-split uint8 memmap shared by every subset.
 
-Decoding and resizing the same JPEG/PNG every epoch dominates small-model training, and the study's
-grid (fractions x seeds) draws many overlapping subsets of one train split. So the cache is kept per
-*split*, not per subset: one uint8 array `[N_split, H, W, 3]` memory-mapped under
-`outputs/cache/decoded/`, holding every image of the split in split order (ascending dataset index),
-each resized exactly as open_clip's eval preprocessing does (shorter side to the model's size,
-bicubic, centre crop). A companion file (`<entry>.meta.npz`) says what the rows are (dataset,
-version, split, size, decoding, key), which are decoded (a bitmap) and their checksums; it is checked
-whenever the entry is opened, so an entry under another's name (a copied file) is rebuilt, with a
-`CacheRebuiltWarning` naming what it holds. The cache fills lazily: a request decodes only its own
-missing rows. (The file's
-blocks are reserved when it is created, after checking the free space, so a full disk is an
-OSError then, not a crash in the middle of a memory-mapped write.) A subset is an
-index into the array (`CachedImages`), never a copy. Normalising the pixels reproduces open_clip's
-`preprocess(img)` (which also resizes a uint8 PIL image before `ToTensor`).
+Kept per *split*, not per subset, because the grid (fractions x seeds) draws many overlapping subsets
+of one split: one array `[N_split, H, W, 3]` under `outputs/cache/decoded/`, rows in split order,
+each resized as open_clip's eval preprocessing does; a subset is an index into it (`CachedImages`).
+It fills lazily (a request decodes only its missing rows); its blocks are reserved up front, so a
+full disk fails at creation, not mid-write. Normalising reproduces open_clip's `preprocess(img)`.
 
-Layout of one entry, for (dataset, split, image size, draft mode) and a key over everything the
-pixels depend on (`SplitCache` documents the key):
+One entry per (dataset, split, size, draft mode, key over what the pixels depend on; see `SplitCache`):
 
-    <dataset>-<split>-<size>px-<full|draft>-<key>.npy       the rows (a .npy file, memory-mapped)
+    <dataset>-<split>-<size>px-<full|draft>-<key>.npy       the rows (memory-mapped)
     <dataset>-<split>-<size>px-<full|draft>-<key>.meta.npz  identity (JSON), filled (bitmap), sums (checksums)
     <dataset>-<split>-<size>px-<full|draft>-<key>.lock      a `filelock.FileLock`
 
-Checksums: each row's is taken from the decoded pixels in memory when the row is decoded, and is
-written with the bitmap that marks the row, in one file, in the same hold of the lock. Rows of
-another entry copied under this one's name fail them. A process verifies the rows it
-asks for the first time it asks for them (`verify`, called by `cached_images`; remembered per
-process while the file is unchanged), so a damaged row (a flipped block, a zeroed page) is found
-before any pixel of it is trained on; it is decoded again, with a `CacheRebuiltWarning` naming the
-file. Rows, not chunks of 256, carry the checksums: a few-shot subset then hashes only what it
-reads. The checksum (`row_sums`) is a weighted sum of the row's 4 KiB blocks, each the sum of its
-64-bit words: it runs near memory speed (a CRC or a cryptographic hash would cost more than
-reading the cache, see benchmarks/bench_cache_check.py) and catches any change confined to one
-block, a zeroed or misplaced page, and flipped ranges; it is not a defence against deliberate edits.
+The meta file's identity is checked on every open; each row's checksum (`row_sums`: a weighted sum
+of its 4 KiB blocks, near memory speed, see benchmarks/bench_cache_check.py) is verified the first
+time a process asks for the row (`verify`). A copied entry or damaged row is decoded again with a
+`CacheRebuiltWarning` naming the file. The checksums catch accidents, not deliberate edits.
 
-Processes sharing a cache coordinate through the lock: whoever decodes holds it (one chunk of rows at
-a time), writes the rows in place, flushes them, and only then marks them in the meta file (written
-to a unique temporary name and `os.replace`d). A crash leaves rows unmarked, to be decoded again; it never
-leaves rows marked that were not written. New entries are created the same way (temporary name, then
-`os.replace`, under the lock). A reader whose rows are all marked reads without taking the lock.
-
-Requests may span several splits: each index is resolved to its split through WILDS's
-`split_array`/`split_dict` and served from that split's entry.
-
-`PILImages` is the same pipeline straight from disk, for when no cache is wanted
-(`image_split(cache=False)`, the config's `image_cache=False`).
+Writers hold the lock, write and flush rows, and only then mark them in the meta file (written to a
+temporary name and `os.replace`d): a crash leaves rows unmarked, never marked but unwritten. A reader
+whose rows are all marked takes no lock. Indices spanning several splits are resolved through
+WILDS's `split_array`/`split_dict`. `PILImages` is the same pipeline straight from disk (no cache).
 """
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
 """Frozen image features: encode a split once per (model, weights, preprocessing) and reuse it.
 
-Zero-shot heads and linear probes only need features, so each split is encoded once and cached
-under `<cache_dir>/features/`; a few-shot subset is an index into its split's features, never a
-separate entry. Writers take a file lock and write to a unique temporary name, so concurrent runs
-never see half a file.
-
-Keyed and checked by content: the key holds the weights' digest (not their path, `content_key`)
-and the identity of the decoded images the features came from (`images.SplitCache.key`:
-names, sizes and mtimes or bytes of the split's files), so other weights at the same path or a replaced
-image give a new entry. Each file holds the features, the sha256 of their bytes and the identity
-they were computed for (model and weights digest, preprocessing, dataset, split, decoded images),
-all checked on every load: a file that does not load, does not match its sha256 or holds another
-identity (a file copied under another's name) is recomputed, with a `CacheRebuiltWarning` naming
-it and what it holds.
+Zero-shot heads and linear probes only need features, so each split is encoded once and cached under
+`<cache_dir>/features/` (a subset is an index into it), written to a temporary name under a file lock.
+The key holds the weights' digest (`content_key`) and the decoded images' identity
+(`images.SplitCache.key`); each file holds the features, their sha256 and that identity, all checked
+on load: a file that fails any check is recomputed, with a `CacheRebuiltWarning` naming it.
 """
 from __future__ import annotations
 

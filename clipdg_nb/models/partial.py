@@ -1,14 +1,10 @@
 """Which parameters train: `TRAINABLE`, read through `config.MethodSpec.trainable` (nothing else
-freezes a parameter). Partial fine-tuning trains only the image tower's last k transformer blocks;
-BitFit only the biases and the head.
+freezes a parameter). Partial fine-tuning trains only the image tower's last k blocks; BitFit only
+the biases and the head.
 
-`train_last_blocks(model, k)` sets requires_grad=False on the rest of the image tower (the
-optimizer skips frozen parameters). Everything outside the image tower keeps training: the text
-tower and logit_scale of CLIP fine-tuning and FLYP, the linear head of LP-FT, vision-only and a
-frozen-text CLIP. The layers after the blocks (open_clip's ln_post / proj, torchvision's final
-encoder.ln) train with the last block, so k=0 freezes the whole tower (vision_only with k=0 is a
-linear probe trained end to end); the stem (patch embedding, class and position embeddings,
-ln_pre) trains with the first block, so k = the number of blocks is the same as None: all.
+`train_last_blocks(model, k)` freezes the rest of the image tower; everything outside it (text tower,
+logit_scale, linear heads) keeps training. The layers after the blocks train with the last block (so
+k=0 freezes the whole tower) and the stem with the first (so k = the number of blocks is all).
 """
 from __future__ import annotations
 

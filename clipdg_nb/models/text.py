@@ -1,23 +1,13 @@
 """Exact short-context prompt encoding for open_clip `CLIP` models.
 
-open_clip pads every prompt to the full context (77 tokens for ViT-B/32), but class prompts
-such as "this is a photo of White-lipped peccary" end after about 10. The text transformer is
-causal: position i attends only to positions <= i, and every other layer (embeddings, MLPs,
-layer norms, the projection) acts per position. So the features at positions < L do not
-depend on the tokens at positions >= L, and running only the first L positions, with
-`positional_embedding[:L]` and `attn_mask[:L, :L]`, gives the same pooled features as the full
-context, where L = 1 + the largest pooled position in the batch (the EOT token for argmax
-pooling). `encode_text_trimmed` does that; it is differentiable, so it serves training too.
+open_clip pads every prompt to the full context (77 tokens), but class prompts end after about 10.
+The text transformer is causal and every other layer acts per position, so running only the first
+L positions (`positional_embedding[:L]`, `attn_mask[:L, :L]`), L = 1 + the largest pooled position,
+gives the same pooled features. `encode_text_trimmed` does that, differentiably.
 
-When it trims (otherwise it calls `model.encode_text` unchanged):
-- the model's class uses `open_clip.model.CLIP.encode_text` itself (not overridden), so
-  CustomTextCLIP (HF or custom text towers), CoCa and other subclasses fall back;
-- `model.text_pool_type` is 'argmax', 'eos' (with `text_eos_id` set) or 'first': the pooled
-  position is known from the tokens. 'last' pools position -1, which sees every pad, and
-  'none' returns every position, so both fall back;
-- `model.attn_mask` is causal: every entry above the diagonal masked (-inf, or True for a
-  bool mask). A model without a mask (bidirectional text) falls back;
-- tokens are [B, W] with W <= the number of positional embeddings.
+It trims only when (else it calls `model.encode_text` unchanged): the class uses
+`open_clip.model.CLIP.encode_text` itself; `text_pool_type` is 'argmax', 'eos' (with `text_eos_id`)
+or 'first'; `attn_mask` is causal; tokens are [B, W] with W <= the positional embeddings.
 """
 from __future__ import annotations
 

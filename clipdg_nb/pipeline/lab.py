@@ -1,15 +1,10 @@
 """JupyterLab as `make lab` starts it: the notebooks open with the project's kernel, "Python (clipdg-nb)",
 while their files keep naming the portable `python3`.
 
-Why not write `clipdg-nb` into the notebooks: papermill (and nbclient, and CI) start the kernel the
-notebook names and stop with "No such kernel" where it is not installed, so plain
-`papermill notebooks/01_zero_shot.ipynb out.ipynb` would fail on every machine that never ran
-`make lab`. So the notebooks name `python3`, which every Jupyter has, and the lab `make lab` starts
-offers one kernel only, clipdg-nb (`KernelSpecManager.allowed_kernelspecs`): JupyterLab finds no
-`python3` there and takes the one kernel of the notebook's language (Python). A save in that lab
-would write `clipdg-nb` into the file; `pre_save`, the lab's pre-save hook, writes `python3` back, and
-the committed notebooks without outputs whatever autosave sends (a hook, not a git filter such as
-nbstripout: the file on disk stays clean, as git and the tests see it). The Makefile passes `SERVER_OPTIONS`.
+The notebooks name `python3` so papermill, nbclient and CI run them anywhere. The lab offers only
+clipdg-nb (`KernelSpecManager.allowed_kernelspecs`), so JupyterLab picks it for Python notebooks;
+`pre_save`, the pre-save hook, writes `python3` back (and drops outputs from committed notebooks),
+keeping the file on disk clean. The Makefile passes `SERVER_OPTIONS`.
 """
 from __future__ import annotations
 

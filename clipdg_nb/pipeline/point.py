@@ -7,10 +7,8 @@ renamed into place and marked done only on success.
     <point>.failed.ipynb   the last failed execution, for reading; <point>.failed.json: cell, error
     <point>.lock           held by the one process executing the point
 
-A point's outputs are replaced only by a successful new execution, never deleted up front; a
-success removes the point's failure files. No OS error (a full disk, a folder gone) escapes
-`run_point`: the point is reported failed with the path and the free space there, and a failed
-notebook or marker is written whole (checked to parse) or not at all.
+Outputs are replaced only by a successful execution, which removes the failure files. No OS error
+escapes `run_point`: the point fails naming the path and free space, writing whole files or none.
 """
 from __future__ import annotations
 

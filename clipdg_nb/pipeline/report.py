@@ -1,23 +1,14 @@
 """Executed notebooks -> a report site that opens offline (`clipdg report`).
 
-One folder: a page per executed notebook under `<experiment>/<stage>/`, `plotly.min.js` once
-(pages load it with a relative `<script src>`; `self_contained=True` puts it inline in each page
-instead, for a single file to send), and around them the site `report_index.write_index` writes:
-the summary (`index.html`), the stages, a page per stage, the downloads and the search index.
+One folder: a page per executed notebook under `<experiment>/<stage>/`, `plotly.min.js` once (loaded
+by relative `<script src>`; `self_contained=True` inlines it per page), and the summary, stage,
+download and search pages `report_index.write_index` writes around them.
 
-Each notebook page has the site's bar (summary, stages, downloads, search; previous / next point
-of its stage; status; a show / hide code button, `no_code=True` only makes the code start hidden),
-a provenance block (from the run records its done marker lists: versions, git commit, hardware,
-data root, weights, parameters as given), and one parameters cell with the values the run actually
-used (papermill's injected cell merged into the notebook's defaults). The lab template's CDN
-scripts (require.js, MathJax, mermaid, the widget manager) are left out; plotly.js inline in
-outputs is stripped; plotly-only outputs (plain `fig.show()`) get an HTML form; widget outputs
-become a note (they need a live kernel).
-
-Why nbconvert and Jinja2 templates (templates/), not a site generator: Jupyter Book 2 and Quarto
-need the network here; Jupyter Book 1 builds 4.8 MB pages that load widget scripts from CDNs;
-Sphinx + myst-nb works offline but adds packages and a build step. nbconvert is already a
-dependency (and brings Jinja2), renders a page in about half a second, and CI needs nothing more.
+Each page has the site's bar (navigation, status, a show / hide code button), a provenance block
+(from the run records: versions, commit, hardware, data, weights, parameters) and one parameters
+cell with the values the run used. CDN scripts are left out, inline plotly.js is stripped, plotly
+outputs get an HTML form and widget outputs become a note (they need a live kernel).
+nbconvert + Jinja2 (templates/), not a site generator: it is already a dependency and works offline.
 """
 from __future__ import annotations
 

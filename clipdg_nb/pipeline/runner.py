@@ -1,32 +1,18 @@
 """Running an experiment's points with papermill: `clipdg run parameters/X.yaml`.
 
-* checked first: every point's parameters, the files they read and the folders they write
-  (`validate.validate_experiment`); any problem stops the command before a point runs;
-* resumable: after a point succeeds, `<point>.done.json` (parameters + the run folders the notebook
-  reported through `runs.note_runs`) is written atomically; a rerun skips points whose marker holds
-  the same parameters and whose runs are those the point would make now, by content (`point.is_done`);
-* safe to run twice at once: a point is claimed with a file lock (`<point>.lock`); a point another
-  process holds is left for later, then waited for, so two `clipdg run` of one experiment split
+* checked first (`validate.validate_experiment`): any problem stops the command before a point runs;
+* resumable: a succeeded point writes `<point>.done.json` (parameters + the runs it reported through
+  `runs.note_runs`) atomically; a rerun skips points whose marker still matches (`point.is_done`);
+* safe to run twice at once: a point is claimed with a file lock (`<point>.lock`), so two runs split
   the work and each point executes once;
-* never half written: papermill executes into a temporary notebook beside `<point>.ipynb`, renamed
-  onto it only on success; a failed execution is kept as `<point>.failed.ipynb` with
-  `<point>.failed.json` (cell, error), and the point's earlier successful outputs stay as they were;
-* parallel: `jobs` points at once in worker processes, dealt round-robin over the visible GPUs
-  (with `jobs` above the GPU count, several points share a GPU);
-  a stage's points start once the stages it runs `after` have ended (by default every stage above
-  it), so independent stages share the workers (`_run_scheduled`);
-  every kernel gets a fixed intra-op thread count (`KERNEL_THREADS`, or $OMP_NUM_THREADS), never
-  one derived from the core count or `jobs`, so the numbers do not depend on either;
-* workers end with their runner, even a `kill -9`ed one: each watches its parent (`watch_parent`),
-  and each kernel watches its worker (ipykernel's parent poller), so nothing runs on orphaned;
-* never crashes on the OS: a full disk or a vanished folder fails the point, naming the path and
-  the free space (`oserrors`), and the sweep goes on;
-* one set of workers for every stage; each point's kernel is papermill's own, started with public
-  options only (`point.kernel_options`);
-* where the time goes: each point's stage times (`point.stage_times`) in its marker, and their sum
-  over the sweep printed at the end (`SweepSummary.format_stages`);
-* warnings reach the terminal: what the points' kernels warned (e.g. a cache found damaged and
-  rebuilt) is collected from their notebooks and printed at the end (`SweepSummary.format`).
+* never half written: papermill executes into a temporary notebook renamed onto `<point>.ipynb` only
+  on success; a failure is kept as `<point>.failed.ipynb` + `<point>.failed.json` (cell, error);
+* parallel: `jobs` worker processes dealt round-robin over the visible GPUs; a stage starts once the
+  stages it runs `after` have ended (`_run_scheduled`); every kernel gets a fixed thread count
+  (`KERNEL_THREADS` or $OMP_NUM_THREADS), so the numbers depend on neither the cores nor `jobs`;
+* no orphans: workers watch the runner (`watch_parent`), kernels their worker;
+* a full disk or vanished folder fails the point, naming the path and free space (`oserrors`);
+* the points' stage times and kernel warnings are summed and printed at the end (`SweepSummary`).
 """
 from __future__ import annotations
 

@@ -1,16 +1,11 @@
 """An experiment checked before anything runs: every point's config, the files it reads, the
 folders it writes.
 
-`clipdg run` (and `--dry-run`, and `--slurm`) calls `validate_experiment` before its first point.
-Each point's parameters, over the defaults its notebook declares, go through the same code the
-notebook will run (`config.from_namespace`, `config.sweep_configs`); every problem of every point
-is collected and raised together, each naming the experiment file, the stage, the point and the
-key, and nothing runs. Which notebook is checked how is the one table `VALIDATORS`.
-
-Everything is reported at once: a value that fails is put back to its default so the others are
-still checked; the files a point names are checked even when its values fail; and each distinct
-weights file is opened once (its header) to check it is readable and holds the architecture the
-point asks for, so a wrong file stops the sweep here, not once per kernel.
+`clipdg run` (also `--dry-run`, `--slurm`) calls `validate_experiment` first. Each point's
+parameters go through the code its notebook will run (`config.from_namespace`,
+`config.sweep_configs`; the table `VALIDATORS`); every problem of every point is raised together,
+naming the file, stage, point and key. A failing value is put back to its default so the rest is
+still checked, and each distinct weights file's header is read once, so a wrong file stops here.
 """
 from __future__ import annotations
 
