@@ -1,12 +1,9 @@
 """Weight averaging as small pure functions over state dicts: SWA, EMA and WiSE-FT.
 
-`AVERAGES` is the table of averaged weight variants `train.fit` produces, checkpoints and resumes:
-name -> which config field enables it, how it accumulates, per step or per epoch, from which epoch.
-A new variant is one entry. The training loop asks the table *when* to average; the accumulators
-decide *how*. Float entries (including
-float buffers, as `AveragedModel(use_buffers=True)`) are averaged in at least float32; non-float
-entries (`num_batches_tracked`, integer ids) follow the latest weights. Checked against
-`torch.optim.swa_utils` in the tests. Arguments are validated once, in `config.py`.
+`AVERAGES` is the table of averaged variants `train.fit` produces, checkpoints and resumes (name ->
+enabling config field, accumulator, per step or epoch, start epoch); a new variant is one entry.
+Float entries (buffers included, as `AveragedModel(use_buffers=True)`) average in at least float32;
+non-float ones follow the latest weights. Checked against `torch.optim.swa_utils` in the tests.
 """
 from __future__ import annotations
 

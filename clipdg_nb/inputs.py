@@ -1,13 +1,10 @@
 """What a run starts from, said out loud: its data folder and its weights.
 
-With no parameters the notebooks run the offline default: the synthetic data of `clipdg synth`
-(`outputs/data`) and the tiny weights of `clipdg pretrain-tiny` (`outputs/cache/pretrain/`).
-`check_inputs` stops a run whose data or weights files are missing with the command that makes
-them; `weights_of` names the weights a run starts from (the run record's `weights` field, "random
-init" when `pretrained=None` was asked for); `weights_note` is the line the notebooks print, a
-warning when the weights are random. `run_identity` is what a run id and the reuse check hold:
-the science (`cfg.identity()`) with every weights file named by its bytes' digest instead of its
-path, plus the fingerprint of the dataset folder the run reads (`fingerprint.py`).
+With no parameters the notebooks run the offline default (`clipdg synth` data, `clipdg pretrain-tiny`
+weights). `check_inputs` stops a run whose inputs are missing with the command that makes them;
+`weights_of` names the weights a run starts from ("random init" for `pretrained=None`) and
+`weights_note` prints it. `run_identity` is what a run id and the reuse check hold: `cfg.identity()`
+with weights files named by their digest, plus the dataset folder's fingerprint (`fingerprint.py`).
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """How each method builds its weights, read from its spec, and `run(cfg)`: data -> model -> train /
 average -> evaluate -> run folder.
 
-A method is one entry of `config.METHODS` (a `MethodSpec`): what it trains (nothing: zero-shot CLIP;
-a probe on frozen features, CLIP's or a vision-only tower's; or end to end through `train.fit`),
-how it initialises, its loss and hooks (`losses.py`) and its weight variants. The three builders
-here read the spec; none branches on a method's name. Each returns the logits of its weight
-variants per split; `run` does the rest once for all of them: reuse a finished run, claim the run
-with a file lock, evaluate with WILDS's metrics, write predictions and the record atomically.
-Under torchrun every rank calls `run`; rank 0 decides, prepares caches first, evaluates and writes.
+A method is one `config.METHODS` entry (a `MethodSpec`); the three builders here read it and never
+branch on a method's name. Each returns its weight variants' logits per split; `run` does the rest
+for all: reuse a finished run, claim it with a file lock, evaluate with WILDS's metrics, write
+atomically. Under torchrun every rank calls `run`; rank 0 decides, prepares caches, and writes.
 """
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """Does pre-training corpus coverage drive CLIP's robustness? The analysis of a coverage ablation.
 
-`clipdg pretrain-tiny --coverage C` pretrains the tiny CLIP on a corpus whose captions name a share
-C of the target concepts (`demo/pretrain.py`); its vision-only twin sees the same images with
-the same labels at every coverage. A run's coverage is read from the weights it started from: the
-record's `params.pretrained` file sits in a pretraining folder whose `meta.json` holds the coverage
-(a folder named `coverage-C` says it too). Then, per coverage, CLIP minus vision-only on the OOD
-split, paired by seed, with its interval over seeds (`gap_by_coverage`), and a figure of it
-(`gap_vs_coverage`).
+`clipdg pretrain-tiny --coverage C` names only a share C of the target concepts in the captions
+(`demo/pretrain.py`). A run's coverage is read from its weights' pretraining folder (`meta.json`).
+Per coverage, CLIP minus vision-only on the OOD split, paired by seed, with its interval
+(`gap_by_coverage`), and its figure (`gap_vs_coverage`).
 """
 from __future__ import annotations
 

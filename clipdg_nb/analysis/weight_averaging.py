@@ -1,13 +1,10 @@
 """Weight averaging compared across its kinds, and calibration: pure functions over run records.
 
-The soup stage (05_model_soups) trains each (dataset, method, fraction, seed) at several learning
-rates with `keep_weights`, in its own `output_dir`, and averages them into soups
-(`clipdg_nb.soups`). `averaging_comparison` puts side by side, per seed and paired by seed: the
-best single run (the learning rate chosen on validation, its epoch chosen on validation: `best`),
-its last epoch, its SWA / EMA / WiSE-FT weights where the runs made them, and the uniform and greedy
-soups; with each one's effective robustness against a trend line. `calibration_table` reads the
-figures of `evaluate.CALIBRATION` before and after temperature scaling from the records; `reliability_bins` computes a reliability
-diagram from saved predictions (`p_top1`, `y_pred`, `y_true`).
+`averaging_comparison` puts side by side, per seed and paired by seed, the best single run of the
+soup stage (learning rate and epoch chosen on validation), its last epoch, its SWA / EMA / WiSE-FT
+weights where made, and the uniform and greedy soups (`clipdg_nb.soups`), each with its effective
+robustness. `calibration_table` reads `evaluate.CALIBRATION` before and after temperature scaling;
+`reliability_bins` computes a reliability diagram from saved predictions.
 """
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """The WILDS datasets: a registry of one module per dataset, and what the rest of the package uses.
 
-Every per-dataset fact (loader, version, files and columns checked at the door, image path rule,
-group fields, headline metrics, class names, prompt templates, synthetic writer) sits in that
-dataset's module (`fmow.py`, `iwildcam.py`, ...) as its `SPEC`; `DATASETS` collects them and is read
-everywhere (WILDS `examples/configs/datasets.py` does the same). Adding a dataset is one module plus
-its line in `_MODULES`. Every dataset loads through the real `wilds` loader (with the shims of
-`wilds_compat`), so a synthetic folder and the real download take one code path. Nothing heavy is
-imported here: analysis code reads the table without torch or wilds.
+Every per-dataset fact sits in that dataset's module (`fmow.py`, ...) as its `SPEC`; `DATASETS`
+collects them. Adding a dataset is one module plus its line in `_MODULES`. Every dataset loads
+through the real `wilds` loader (with `wilds_compat`'s shims), so synthetic and real data take one
+code path. Nothing heavy is imported here.
 """
 from __future__ import annotations
 

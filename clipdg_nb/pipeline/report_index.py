@@ -1,12 +1,9 @@
 """What a report says about its points, and the site around them.
 
-A point's facts come from the runner's markers beside its executed notebook (`<point>.done.json`:
-parameters and run folders; `<point>.failed.json`: the error) and from the run records the done
-marker lists (`result.json`: metrics, versions, git commit, hardware, data root, weights).
-`write_index` writes the site: the summary (`index.html`, from `report_summary`), `stages.html`,
-a page per stage, `downloads.html` with the Parquet / gzip CSV tables, `docs.html` (the README and
-docs/), `search-index.js` (every page's text) and `clipdg-vendor.js` (the libraries of
-templates/vendor/). All HTML is in templates/ (Jinja2, autoescaped); Python hands the templates data.
+A point's facts come from the runner's markers (`<point>.done.json`, `<point>.failed.json`) and the
+run records they list. `write_index` writes the site: `index.html` (`report_summary`),
+`stages.html`, a page per stage, `downloads.html`, `docs.html`, `search-index.js` and
+`clipdg-vendor.js`. All HTML is in templates/ (Jinja2, autoescaped); Python hands them data.
 """
 from __future__ import annotations
 
