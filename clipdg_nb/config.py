@@ -35,10 +35,8 @@ LOCATIONS = ("root_dir", "output_dir", "cache_dir")  # folders; relative ones re
 NOT_IDENTITY = ("experiment", "root_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "device",
                 "image_cache", "num_workers", "save_predictions", "checkpoint_every", "checkpoint_minutes", "compile",
                 "keep_weights")
-# The fields that enter a run's identity even at their default: those run ids were made of before
-# this rule. Frozen: every field added since enters only where it differs from its declared default,
-# so a new field at its default never changes an existing run id (and that default must never change:
-# runs made before a change would answer for the new default).
+# The fields in a run's identity even at their default. Frozen: any other field enters only where it
+# differs from its default, so a new field never changes existing run ids (nor may that default change).
 IDENTITY_AT_DEFAULT = ("dataset", "model", "pretrained", "templates", "seed", "eval_splits", "method", "fraction",
                        "stratify", "batch_size", "lr", "epochs", "optimizer", "weight_decay", "scheduler", "step_size",
                        "gamma", "warmup_epochs", "sampler", "augment", "text_mode", "select_split", "select_metric",

@@ -1,11 +1,9 @@
 """In the kernel: what papermill injected, checked against the notebook's `parameters` cell.
 
-Papermill warns about a parameter the notebook does not declare (`-p datset iwildcam`) and runs on
-with the default. `check_injected(globals())`, which `config.from_namespace` calls, stops the
-notebook at its first cell instead, naming the parameter and the closest declared one. It reads
-IPython's input history `In` (no notebook path is needed): the cell just before the current one is
-papermill's injected cell (it starts with "# Parameters"), and the one before that the notebook's own
-parameters cell. Imports nothing from the package (the config boundary calls it).
+Papermill only warns about an undeclared parameter (`-p datset iwildcam`) and runs with the default;
+`check_injected(globals())`, called by `config.from_namespace`, stops at the first cell, naming it and
+the closest declared one. It reads IPython's history `In`: the cell before the current one is
+papermill's injected cell, the one before that the notebook's own. Imports nothing from the package.
 """
 from __future__ import annotations
 

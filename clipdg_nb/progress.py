@@ -1,11 +1,9 @@
 """How training shows its progress: live bars in JupyterLab or a terminal, one line per epoch
 under papermill, nothing when asked.
 
-`tqdm.auto` alone is wrong under papermill: the kernel is a Jupyter kernel, so it draws ipywidgets
-bars that nobody sees; the executed notebook keeps a stale "0%" text and dozens of widget models in
-its metadata. Executions by `clipdg run` (which sets $CLIPDG_SWEEP_MANIFEST) and by papermill with
-parameters (its injected cell starts with "# Parameters") therefore print plain lines instead.
-$CLIPDG_PROGRESS (bars | text | off) overrides the guess.
+Under papermill `tqdm.auto` would draw ipywidgets bars nobody sees and leave stale widget state in
+the executed notebook, so runs by `clipdg run` ($CLIPDG_SWEEP_MANIFEST) or papermill with parameters
+(an injected "# Parameters" cell) print plain lines. $CLIPDG_PROGRESS (bars | text | off) overrides.
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
-"""The study's figures as plotly objects (content only; `plots.show` displays them in notebooks and
-reports, and `plots` re-exports every function here).
+"""The study's figures as plotly objects (content only; `plots.show` displays them, and `plots`
+re-exports every function here).
 
-Conventions that keep them honest and readable:
-- one metric per y axis: ID and OOD headline metrics differ on FMoW (acc_avg, acc_worst_region),
-  so figures over splits put them in separate panels whose axis names the metric;
-- train fractions on a log axis labelled with the fractions present, as percent (3 %, 10 %, 100 %);
-- series that share an x are dodged a little so their intervals do not hide each other (hover
-  shows the true fraction);
-- groups (regions, years, camera locations) in natural order (location 2 before 10), one panel and
-  x axis per group field, one colour per split in every panel and a single legend;
-- bar labels short (two decimals) and hidden where they do not fit.
+Conventions: one metric per y axis (ID and OOD headline metrics differ on FMoW, so splits get
+separate panels); train fractions on a log axis labelled in percent; series sharing an x dodged so
+their intervals stay visible (hover shows the true fraction); groups in natural order, one panel per
+group field, one colour per split and a single legend; short bar labels, hidden where they do not fit.
 """
 from __future__ import annotations
 

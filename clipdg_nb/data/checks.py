@@ -1,11 +1,9 @@
 """A WILDS folder checked at the door: the files and columns the loader reads, before it reads them,
 and what the loaded tables promise about the images, right after (no image is opened).
 
-Each check costs almost nothing, because the data is loaded in every notebook run: a CSV's header
-line, and a few `stat` calls for the images (the dataset module's `check_images`). A check that
-fails raises `DatasetFormatError`, naming the file, what is wrong with it and what to do. The files
-and columns come from the dataset's spec (`required_columns`): exactly those wilds 2.0.0's loader
-reads, so a missing one is not a bare pandas `KeyError` from inside WILDS.
+Cheap enough for every notebook run (a CSV header, a few `stat` calls via the spec's `check_images`).
+A failure raises `DatasetFormatError` naming the file, the problem and the remedy. The files and
+columns are the spec's `required_columns`: exactly those wilds 2.0.0's loader reads.
 """
 from __future__ import annotations
 
