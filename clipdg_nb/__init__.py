@@ -16,12 +16,12 @@ imports the library and never the other way round (tests/test_layers.py).
       inputs      what a run reads (data, weights): there, readable, fitting, and its content identity
       fingerprint content digests: dataset folders, weights files, the warning a rebuilt cache gives
       paths       the repository root, the experiment folder, writable folders, the one atomic writer
-      devices     device, precision and the torchrun primitives; progress: per-epoch progress
+      devices     device, precision and the torchrun primitives
     data/         one module per dataset (fmow, iwildcam, camelyon17) + the registry, splits, samplers
     images/       the decode cache, tensors, batched augmentation;   models/  open_clip, heads, probes
     analysis/     experiment-level analysis, tables, figures, failure browser, coverage
     demo/         synthetic WILDS-format data and the tiny pretraining the offline demo runs on
-    notebook_params.py  papermill's injected parameters, checked in the kernel (config calls it)
+    notebook_kernel.py  inside a notebook's kernel: papermill's injected parameters checked, training progress
     the runner
       pipeline/   experiment files, validation, the papermill runner, the demo, reports, README numbers, Slurm
       cli         the one command line

@@ -417,7 +417,7 @@ def from_namespace(cls, namespace: Mapping[str, Any], **overrides):
     """A validated config of `cls` from a notebook's globals (its parameters), plus overrides.
     Names the dataclass does not know (notebook-only parameters such as `force`) are ignored; a name
     papermill injected that the notebook does not declare (a typo) stops it here."""
-    from .notebook_params import check_injected
+    from .notebook_kernel import check_injected
 
     check_injected(namespace)
     names = {f.name for f in fields(cls)}
@@ -435,7 +435,7 @@ def sweep_configs(namespace, methods, lrs) -> list[FinetuneConfig]:
     in order. Probes have no learning rate (their L2 strength is chosen on validation), so they run
     once; a method's tuned fields (MethodSpec.tuned) take each value of the namespace's `<field>s`
     list (its scalar field, or the default, when that list is absent)."""
-    from .notebook_params import check_injected
+    from .notebook_kernel import check_injected
 
     check_injected(namespace)  # first: a typo, or `-p methods "[...]"` (text), named as such
     if isinstance(methods, str) or not list(methods):

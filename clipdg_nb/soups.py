@@ -110,7 +110,7 @@ def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:
     the point's FinetuneConfig at each learning rate in `lrs`, keeping its final weights. Raises,
     naming the parameter, unless there are 2+ distinct lrs and the method trains weights."""
     from .config import FinetuneConfig, from_namespace
-    from .notebook_params import check_injected
+    from .notebook_kernel import check_injected
 
     check_injected(namespace)
     if isinstance(lrs, (str, int, float)) or len(dict.fromkeys(lrs)) < 2:

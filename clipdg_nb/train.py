@@ -29,7 +29,7 @@ from .images.augment import BatchAugment
 from .devices import autocast, resolve_precision
 from .losses import cross_entropy
 from .paths import atomic_path
-from .progress import EpochProgress, progress_mode
+from .notebook_kernel import EpochProgress, progress_mode
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -141,7 +141,7 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     with the highest score is `best_state` (ties keep the earlier). With `checkpoint_dir`, an
     interrupted call resumes from the last checkpoint and ends with the same weights: one is written
     every `cfg.checkpoint_every` epochs at least `cfg.checkpoint_minutes` apart, and after the last.
-    `progress`: True shows per-epoch progress as `progress.progress_mode` decides (bars in JupyterLab
+    `progress`: True shows per-epoch progress as `notebook_kernel.progress_mode` decides (bars in JupyterLab
     and terminals, a line per epoch under papermill), or a mode name, or False.
     `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
     contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature);

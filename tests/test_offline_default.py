@@ -9,7 +9,7 @@ from clipdg_nb import methods
 from clipdg_nb.config import TINY_CLIP_WEIGHTS, FinetuneConfig, ZeroShotConfig
 from clipdg_nb.inputs import (MissingInputsError, check_inputs, is_random, title_suffix, weights_note,
                               weights_of)
-from clipdg_nb.progress import ENV_VAR, progress_mode
+from clipdg_nb.notebook_kernel import ENV_VAR, progress_mode
 from clipdg_nb.paths import MANIFEST_ENV
 
 
