@@ -183,16 +183,25 @@ class SplitCache:
 
     def _problem(self) -> str | None:
         """None when the entry is sound; 'missing'; or what is wrong with it."""
+        return self._state()[0]
+
+    def _state(self) -> tuple[str | None, dict | None]:
+        """(None, the meta file's contents) when the entry is sound, else (what is wrong, None): one
+        read of the meta file answers both "is it sound" and "which rows are there"."""
         try:
             size, arr = self.path.stat().st_size, np.load(self.path, mmap_mode="r")  # reads the header only
         except FileNotFoundError:
-            return "missing"
+            return "missing", None
         except Exception as e:  # truncated, or an overwritten header
-            return f"unreadable .npy file ({type(e).__name__}: {e})"
+            return f"unreadable .npy file ({type(e).__name__}: {e})", None
         if (arr.shape, arr.dtype, arr.flags.c_contiguous, size) != (self.shape, np.uint8, True, arr.offset + self.nbytes):
-            return f"it holds {arr.shape} {arr.dtype} in {size} bytes, expected {self.shape} uint8 in {arr.offset + self.nbytes}"
+            return (f"it holds {arr.shape} {arr.dtype} in {size} bytes, expected {self.shape} uint8 in "
+                    f"{arr.offset + self.nbytes}"), None
         meta = self._meta()
-        return meta if isinstance(meta, str) else identity_mismatch(meta["identity"], self.identity)
+        if isinstance(meta, str):
+            return meta, None
+        wrong = identity_mismatch(meta["identity"], self.identity)
+        return (wrong, None) if wrong else (None, meta)
 
     def _meta(self) -> dict | str:
         """{'identity', 'filled', 'sums'} from the meta file, or what is wrong with it."""
@@ -208,15 +217,19 @@ class SplitCache:
             return f"its meta file {self.meta_path.name} does not describe {len(self)} rows"
         return meta
 
-    def filled(self) -> np.ndarray:
-        """Which rows are decoded (a fresh bool array; all False when the meta file is not sound)."""
+    def marks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows are decoded (bool) and each row's checksum (uint64, meaningful where decoded), from
+        one read of the meta file: fresh arrays, all False / 0 when the meta file is not sound."""
         meta = self._meta()
-        return np.zeros(len(self), dtype=bool) if isinstance(meta, str) else meta["filled"]
+        if isinstance(meta, str):
+            return np.zeros(len(self), dtype=bool), np.zeros(len(self), dtype=np.uint64)
+        return meta["filled"], meta["sums"]
+
+    def filled(self) -> np.ndarray:
+        return self.marks()[0]
 
     def sums(self) -> np.ndarray:
-        """Each row's checksum (uint64 [N_split], a fresh array; meaningful where `filled()`)."""
-        meta = self._meta()
-        return np.zeros(len(self), dtype=np.uint64) if isinstance(meta, str) else meta["sums"]
+        return self.marks()[1]
 
     def _write_meta(self, filled: np.ndarray, sums: np.ndarray) -> None:
         with atomic_path(self.meta_path) as tmp, open(tmp, "wb") as f:
@@ -284,7 +297,8 @@ class SplitCache:
         rows = np.arange(len(self)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if not len(rows):
             return 0
-        if self._problem() is None and self.filled()[rows].all():
+        problem, meta = self._state()
+        if problem is None and meta["filled"][rows].all():
             return 0  # every row is there: read without the lock
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         workers = max(1, int(workers or 1))
@@ -295,7 +309,7 @@ class SplitCache:
                 while True:
                     with self.lock():
                         self._create_or_repair()
-                        filled = self.filled()
+                        filled, sums = self.marks()
                         missing = rows[~filled[rows]]
                         if bar is None and progress and len(missing):
                             from tqdm.auto import tqdm
@@ -305,9 +319,7 @@ class SplitCache:
                         todo = missing[:chunk]
                         started = time.perf_counter()
                         before = self._verified()
-                        new_sums = self._decode_rows(todo, pool, bar)
-                        sums = self.sums()
-                        sums[todo], filled[todo] = new_sums, True
+                        sums[todo], filled[todo] = self._decode_rows(todo, pool, bar), True
                         self._write_meta(filled, sums)  # checksums and the marks, in one file
                         before[todo] = True  # decoded from the files just now: nothing to verify
                         _VERIFIED[str(self.path)] = (_signature(self.path), before)
@@ -358,14 +370,14 @@ class SplitCache:
 
         `array`: the memory map the caller will read the rows from (`CachedImages`), so that the
         pages the check touches are already mapped when they are read (about half the check's cost)."""
-        filled = self.filled()
+        filled, sums = self.marks()
         rows = np.flatnonzero(filled) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         signature = _signature(self.path)
         verified = self._verified()
         todo = rows[~verified[rows] & filled[rows]]
         if not len(todo):
             return 0
-        sums, arr, bad = self.sums(), (self.open() if array is None else array), []
+        arr, bad = (self.open() if array is None else array), []
 
         def check(part: np.ndarray, arr=arr) -> np.ndarray:  # numpy's reductions let go of the GIL: threads help
             block = arr[part[0]:part[-1] + 1] if part[-1] - part[0] == len(part) - 1 else arr[part]
@@ -386,9 +398,9 @@ class SplitCache:
         warnings.warn(f"decoded-image cache {self.path}: {len(bad)} row(s) do not match their checksums (dataset "
                       f"indices {shown}); decoding them again", CacheRebuiltWarning, stacklevel=2)
         with self.lock():
-            filled = self.filled()
+            filled, sums = self.marks()
             filled[bad] = False
-            self._write_meta(filled, self.sums())
+            self._write_meta(filled, sums)
         self.ensure(bad, workers=workers)
         return len(bad)
 
