@@ -22,11 +22,10 @@ from typing import Callable
 
 import nbformat
 
+from ..analysis.plots import PLOTLY_MIME, figure_html
 from ..paths import write_bytes
-from .report_index import (PLOTLYJS_FILE, TEMPLATES, grid_values, notebook_parts, notebook_title, plotlyjs, point_info,
-                           read_page_meta, report_roots, stale_failed_pages, write_index, write_plotlyjs)
+from .report_index import (TEMPLATES, grid_values, notebook_parts, notebook_title, point_info, read_page_meta, report_roots, stale_failed_pages, write_index, write_plotlyjs)
 
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ("<p><i>An interactive widget was here (e.g. the failure browser); it runs only with a live "
                "kernel: open the notebook in JupyterLab (<code>make lab</code>). The static gallery stands in "
@@ -36,10 +35,6 @@ _SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL
 _PARAMS_HEADER = ("# The values this notebook ran with: its defaults, with those `clipdg run` / papermill gave\n"
                   "# put in place and marked `given`.\n")
 
-
-# ---------------------------------------------------------------------------------------------
-# Outputs: plotly.js out, HTML in, widgets noted
-# ---------------------------------------------------------------------------------------------
 
 def strip_plotlyjs(text: str) -> tuple[str, int]:
     """`text` without the `<script>`s that hold plotly.js itself (its banner names it); figure
@@ -71,8 +66,7 @@ def prepare_outputs(nb: nbformat.NotebookNode) -> dict[str, int]:
                 out["data"] = {"text/html": WIDGET_NOTE}
                 counts["widgets"] += 1
             elif PLOTLY_MIME in data and "text/html" not in data:
-                fig = pio.from_json(json.dumps(data[PLOTLY_MIME]), skip_invalid=True)
-                data["text/html"] = fig.to_html(full_html=False, include_plotlyjs=False)
+                data["text/html"] = figure_html(pio.from_json(json.dumps(data[PLOTLY_MIME]), skip_invalid=True))
                 counts["converted"] += 1
             elif "text/html" in data:
                 text, n = strip_plotlyjs("".join(data["text/html"]))
@@ -85,10 +79,6 @@ def prepare_outputs(nb: nbformat.NotebookNode) -> dict[str, int]:
             cell["outputs"] = kept
     return counts
 
-
-# ---------------------------------------------------------------------------------------------
-# The parameters actually used
-# ---------------------------------------------------------------------------------------------
 
 def _tags(cell) -> list:
     return list(cell.get("metadata", {}).get("tags", []))
@@ -151,71 +141,48 @@ def merge_parameter_cells(nb: nbformat.NotebookNode) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------------------------
-# One page
-# ---------------------------------------------------------------------------------------------
-
 class UnreadableNotebook(ValueError):
     """An executed notebook that cannot be read (truncated, not JSON); the message names it."""
 
 
-def _exporter():
+def render_notebook(notebook: Path, out_html: Path, out_dir: Path, roots: list[Path], no_code: bool = False,
+                    self_contained: bool = False, neighbours: tuple[str | None, str | None] = (None, None)) -> Path:
+    """Render one executed notebook to `out_html`, a page of the report folder `out_dir`.
+
+    plotly.js: inline once if `self_contained`, else loaded from `plotly.min.js` in `out_dir`.
+    `no_code`: code starts hidden. `roots`: folders the run folders of its done marker are relative
+    to (`report_index.report_roots`). `neighbours`: the previous and next point pages of its stage.
+    """
     import jinja2
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.FileSystemLoader(str(TEMPLATES))])
-    exporter.template_file = "notebook.html.j2"
-    exporter.embed_images = True
-    return exporter
-
-
-def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no_code: bool = False,
-                    title: str | None = None, self_contained: bool = False, index: str | os.PathLike | None = None,
-                    roots: list | None = None, neighbours: tuple[str | None, str | None] = (None, None)) -> Path:
-    """Render one executed notebook to `out_html` (written atomically).
-
-    plotly.js: inline once if `self_contained`, else loaded from `plotly.min.js` in the folder of
-    `index` (default: `out_html`'s folder; see `write_plotlyjs`). `no_code`: code starts hidden.
-    `roots`: folders the run folders of its done marker are relative to (`report_index.report_roots`).
-    `neighbours`: the previous and next point pages of its stage (file names), linked from its bar.
-    """
-    notebook, out_html = Path(notebook), Path(out_html)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
     try:
         nb = nbformat.read(str(notebook), as_version=4)
     except (ValueError, OSError, UnicodeDecodeError) as err:  # NotJSONError is a ValueError
         raise UnreadableNotebook(f"{notebook}: not a readable notebook ({type(err).__name__}: "
                                  f"{str(err)[:200]})") from err
-    info = point_info(notebook, roots or report_roots(notebook.parent))
+    info = point_info(notebook, roots)
     grid = grid_values(notebook.stem, info["parameters"])
     nb_title = notebook_title(nb) or notebook.stem
-    title = title or (f"{nb_title} · {grid}" if grid else nb_title)
+    title = f"{nb_title} · {grid}" if grid else nb_title
     merge_parameter_cells(nb)
     prepare_outputs(nb)
     nb.metadata.pop("widgets", None)  # widget state needs the remote widget manager; the gallery stands in
     nb.metadata["title"] = title
-    index_path = Path(index) if index is not None else out_html.parent / "index.html"
-    rel = Path(os.path.relpath(index_path.parent, out_html.parent)).as_posix()
-    root = "" if rel == "." else f"{rel}/"
+    rel = out_html.relative_to(out_dir)
+    root = "../" * (len(rel.parts) - 1)
     has_figures = any("plotly-graph-div" in "".join(o.get("data", {}).get("text/html", ""))
                       for c in nb.cells for o in c.get("outputs", []))
-    plotly_src = plotly_inline = None
-    if has_figures and self_contained:
-        plotly_inline = plotlyjs()
-    elif has_figures:
-        write_plotlyjs(index_path.parent)
-        plotly_src = f"{root}{PLOTLYJS_FILE}"
-    prev, next_ = neighbours
     meta = {"mode": "self-contained" if self_contained else "linked", "code": "hidden" if no_code else "shown",
-            "notebook_title": nb_title, "grid": grid, "neighbours": [prev, next_]}
+            "notebook_title": nb_title, "grid": grid, "neighbours": list(neighbours)}
     # breadcrumbs: experiment > stage (its page) > this point, for a page in <experiment>/<stage>/
-    parts = out_html.resolve().relative_to(index_path.parent.resolve()).parts if root == "../../" else ()
-    crumbs = [(parts[0], None), (parts[1], "index.html")] if len(parts) == 3 else []
-    clipdg = notebook_parts(info, nb, meta, root, title, crumbs, prev, next_, plotly_src, plotly_inline)
-    resources = {"metadata": {"name": title},
-                 "clipdg": {**clipdg, "body_class": " clipdg-hide-code" if no_code else ""}}
-    body, _ = _exporter().from_notebook_node(nb, resources=resources)
+    crumbs = [(rel.parts[0], None), (rel.parts[1], "index.html")] if len(rel.parts) == 3 else []
+    parts = notebook_parts(info, nb, meta, root=root, title=title, crumbs=crumbs, prev=neighbours[0], next=neighbours[1],
+                           plotly=has_figures and ("inline" if self_contained else "linked"))
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.FileSystemLoader(str(TEMPLATES))],
+                            template_file="notebook.html.j2", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}, "clipdg": {
+        **parts, "body_class": " clipdg-hide-code" if no_code else ""}})
     if _REMOTE_SCRIPT.search(body):
         warnings.warn(f"{out_html} still loads a remote script (from an output of {notebook}); it will not "
                       "open fully offline", stacklevel=2)
@@ -223,62 +190,50 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, no
     return out_html
 
 
-# ---------------------------------------------------------------------------------------------
-# A folder of reports
-# ---------------------------------------------------------------------------------------------
-
-def find_notebooks(notebooks_dir: str | os.PathLike = "outputs/notebooks", experiment: str | None = None,
-                   stage: str | None = None) -> list[Path]:
-    """Executed notebooks under `<notebooks_dir>/<experiment>/<stage>/*.ipynb`, sorted."""
-    root = Path(notebooks_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no executed notebooks: {root} does not exist; run an experiment first "
-                                "(clipdg run parameters/demo.yaml)")
-    pattern = f"{experiment or '*'}/{stage or '*'}/*.ipynb"
-    # hidden names are the runner's notebooks being written (renamed into place when complete)
-    found = sorted(p for p in root.glob(pattern) if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("."))
-    if not found:
-        raise FileNotFoundError(f"no executed notebooks match {root / pattern}")
-    return found
-
-
-def _up_to_date(page: Path, notebook: Path, mode: str, code: str, neighbours: tuple) -> bool:
+def _up_to_date(page: Path, notebook: Path, want: dict) -> bool:
+    """`page` is newer than its notebook and markers, and was rendered as `want` says (mode, code, neighbours)."""
     if not page.is_file():
         return False
-    inputs = [notebook, *(notebook.with_suffix(s) for s in (".done.json", ".failed.json"))]
-    newest = max(p.stat().st_mtime for p in inputs if p.exists())
+    newest = max(p.stat().st_mtime for p in (notebook, notebook.with_suffix(".done.json"),
+                                             notebook.with_suffix(".failed.json")) if p.exists())
     meta = read_page_meta(page)
-    return page.stat().st_mtime >= newest and (meta.get("mode"), meta.get("code"), tuple(meta.get("neighbours") or (
-        None, None))) == (mode, code, tuple(neighbours))
+    return page.stat().st_mtime >= newest and {k: meta.get(k) for k in want} == want
 
 
 def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_dir: str | os.PathLike = "outputs/reports",
                    experiment: str | None = None, stage: str | None = None, no_code: bool = False,
                    only_changed: bool = False, self_contained: bool = False, root: str | os.PathLike | None = None,
                    log: Callable[[str], None] | None = None) -> list[Path]:
-    """Render every executed notebook (optionally of one experiment / stage) to
-    `<out_dir>/<experiment>/<stage>/<point>.html`, write `plotly.min.js` (unless `self_contained`)
-    and `<out_dir>/index.html`. `only_changed` keeps a page newer than its notebook and markers
-    (a rerun of an unchanged sweep). An unreadable notebook is skipped with a message naming it
-    (`log`, default: a warning). `root`: where the run folders of done markers are relative to
-    (default: the folder holding outputs/notebooks, then the project root)."""
+    """Render every executed notebook `<notebooks_dir>/<experiment>/<stage>/*.ipynb` (optionally of
+    one experiment / stage) to `<out_dir>/<experiment>/<stage>/<point>.html` and write the site
+    around them (`report_index.write_index`). `only_changed` keeps a page newer than its notebook and
+    markers and of the same mode (a rerun of an unchanged sweep). An unreadable notebook is skipped
+    with a message naming it (`log`, default: a warning). `root`: where the run folders of done
+    markers are relative to (default: the folder holding outputs/notebooks, then the project root)."""
     notebooks_dir, out = Path(notebooks_dir), Path(out_dir)
+    if not notebooks_dir.is_dir():
+        raise FileNotFoundError(f"no executed notebooks: {notebooks_dir} does not exist; run an experiment first "
+                                "(clipdg run parameters/demo.yaml)")
+    pattern = f"{experiment or '*'}/{stage or '*'}/*.ipynb"
+    # hidden names are the runner's notebooks being written (renamed into place when complete)
+    found = sorted(p for p in notebooks_dir.glob(pattern) if not any(
+        part.startswith(".") for part in p.relative_to(notebooks_dir).parts))  # .ipynb_checkpoints too
+    if not found:
+        raise FileNotFoundError(f"no executed notebooks match {notebooks_dir / pattern}")
     say = log or (lambda msg: warnings.warn(msg, stacklevel=3))
     roots = report_roots(notebooks_dir, root)
+    mode = {"mode": "self-contained" if self_contained else "linked", "code": "hidden" if no_code else "shown"}
     written = []
-    found = find_notebooks(notebooks_dir, experiment, stage)
     for nb in found:
         target = out / nb.relative_to(notebooks_dir).with_suffix(".html")
-        siblings = [p.with_suffix(".html").name for p in found if p.parent == nb.parent]
+        siblings = [None] + [p.with_suffix(".html").name for p in found if p.parent == nb.parent] + [None]
         at = siblings.index(target.name)
-        neighbours = (siblings[at - 1] if at > 0 else None, siblings[at + 1] if at + 1 < len(siblings) else None)
-        if only_changed and _up_to_date(target, nb, "self-contained" if self_contained else "linked",
-                                        "hidden" if no_code else "shown", neighbours):
+        neighbours = (siblings[at - 1], siblings[at + 1])
+        if only_changed and _up_to_date(target, nb, {**mode, "neighbours": list(neighbours)}):
             written.append(target)
             continue
         try:
-            written.append(render_notebook(nb, target, no_code=no_code, self_contained=self_contained,
-                                           index=out / "index.html", roots=roots, neighbours=neighbours))
+            written.append(render_notebook(nb, target, out, roots, no_code, self_contained, neighbours))
         except UnreadableNotebook as err:
             say(f"skipping {err}")
     if written and not self_contained:
