@@ -144,7 +144,7 @@ def test_stage_pages_list_titles_status_headline_and_links(rendered):
     row = re.search(r'<tr class="failed">.*?</tr>', stage, re.S).group(0)
     assert "dataset-iwildcam" in row and "FAILED" in row and "ZeroDivisionError: division by zero" in row
     assert "ID test acc_avg" in stage and "0.613" in stage and "0.346" in stage  # headline numbers
-    assert "finetune lr=0.0001" in stage
+    assert "<tr><td>finetune</td><td>0.5</td><td>best (reported)</td><td>0.0001</td>" in stage
     assert "truncated" not in stages + stage + rendered["index"]
     # the summary names the failed point and links it
     assert '1 failed point(s)</b>: <a href="exp/stage/dataset-iwildcam.html">exp/stage/dataset-iwildcam</a>' in \

@@ -1,14 +1,8 @@
-"""Executed notebooks -> a report site that opens offline (`clipdg report`).
-
-One folder: a page per executed notebook under `<experiment>/<stage>/`, `plotly.min.js` once (loaded
-by relative `<script src>`; `self_contained=True` inlines it per page), and the summary, stage,
-download and search pages `report_index.write_index` writes around them.
-
-Each page has the site's bar (navigation, status, a show / hide code button), a provenance block
-(from the run records: versions, commit, hardware, data, weights, parameters) and one parameters
-cell with the values the run used. CDN scripts are left out, inline plotly.js is stripped, plotly
-outputs get an HTML form and widget outputs become a note (they need a live kernel).
-nbconvert + Jinja2 (templates/), not a site generator: it is already a dependency and works offline.
+"""Executed notebooks -> a report site that opens offline (`clipdg report`): a page per notebook
+under `<experiment>/<stage>/` (nbconvert + templates/) with the site's bar, its provenance and one
+parameters cell holding the values the run used; `plotly.min.js` once per folder (inline per page
+if `self_contained`); the summary, stage, download, docs and search pages of `report_index.write_index`.
+Widget outputs become a note (they need a live kernel); nothing loads from a CDN.
 """
 from __future__ import annotations
 
@@ -24,7 +18,8 @@ import nbformat
 
 from ..analysis.plots import PLOTLY_MIME, figure_html
 from ..paths import write_bytes
-from .report_index import (TEMPLATES, grid_values, notebook_parts, notebook_title, point_info, read_page_meta, report_roots, stale_failed_pages, write_index, write_plotlyjs)
+from .report_index import (TEMPLATES, grid_values, notebook_parts, notebook_title, point_info, read_page_meta,
+                           report_roots, stale_failed_pages, write_index, write_plotlyjs)
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ("<p><i>An interactive widget was here (e.g. the failure browser); it runs only with a live "
@@ -141,13 +136,9 @@ def merge_parameter_cells(nb: nbformat.NotebookNode) -> bool:
     return True
 
 
-class UnreadableNotebook(ValueError):
-    """An executed notebook that cannot be read (truncated, not JSON); the message names it."""
-
-
-def render_notebook(notebook: Path, out_html: Path, out_dir: Path, roots: list[Path], no_code: bool = False,
+def render_notebook(nb: nbformat.NotebookNode, notebook: Path, out_html: Path, out_dir: Path, roots: list[Path], no_code: bool = False,
                     self_contained: bool = False, neighbours: tuple[str | None, str | None] = (None, None)) -> Path:
-    """Render one executed notebook to `out_html`, a page of the report folder `out_dir`.
+    """Render one executed notebook (`nb`, read from `notebook`) to `out_html`, a page of the report folder `out_dir`.
 
     plotly.js: inline once if `self_contained`, else loaded from `plotly.min.js` in `out_dir`.
     `no_code`: code starts hidden. `roots`: folders the run folders of its done marker are relative
@@ -156,11 +147,6 @@ def render_notebook(notebook: Path, out_html: Path, out_dir: Path, roots: list[P
     import jinja2
     from nbconvert import HTMLExporter
 
-    try:
-        nb = nbformat.read(str(notebook), as_version=4)
-    except (ValueError, OSError, UnicodeDecodeError) as err:  # NotJSONError is a ValueError
-        raise UnreadableNotebook(f"{notebook}: not a readable notebook ({type(err).__name__}: "
-                                 f"{str(err)[:200]})") from err
     info = point_info(notebook, roots)
     grid = grid_values(notebook.stem, info["parameters"])
     nb_title = notebook_title(nb) or notebook.stem
@@ -233,9 +219,11 @@ def render_reports(notebooks_dir: str | os.PathLike = "outputs/notebooks", out_d
             written.append(target)
             continue
         try:
-            written.append(render_notebook(nb, target, out, roots, no_code, self_contained, neighbours))
-        except UnreadableNotebook as err:
-            say(f"skipping {err}")
+            node = nbformat.read(str(nb), as_version=4)
+        except (ValueError, OSError, UnicodeDecodeError) as err:  # NotJSONError is a ValueError
+            say(f"skipping {nb}: not a readable notebook ({type(err).__name__}: {str(err)[:200]})")
+            continue
+        written.append(render_notebook(node, nb, target, out, roots, no_code, self_contained, neighbours))
     if written and not self_contained:
         write_plotlyjs(out)  # pages kept by only_changed load it too
     for page in stale_failed_pages(out, notebooks_dir, experiment, stage):  # the point succeeded since

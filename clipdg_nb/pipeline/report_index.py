@@ -18,12 +18,12 @@ from pathlib import Path
 from markupsafe import Markup
 
 from ..analysis.tables import ci_text
-from ..data import DATASETS, SPLIT_TITLES, headline_metric
+from ..data import SPLIT_TITLES, headline_metric
 from ..paths import experiment_dir, project_root, read_json, write_bytes
 from ..runs import Run, is_run_record, load_records, tidy
 from .experiment import point_name
-from .report_summary import (CLIP_METHOD, ID_SPLIT, LEVEL, VISION_METHOD, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, distinct, experiment_summaries,
-                             findings_frame, provenance, write_downloads)
+from .report_summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
+                             experiment_summaries, findings_frame, provenance, write_downloads)
 
 PLOTLYJS_FILE = "plotly.min.js"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -119,18 +119,6 @@ def read_page_meta(page: Path) -> dict:
         return {}
 
 
-def headline_rows(records: list[dict]) -> list[dict]:
-    """Per run record: label, dataset, and its ID / OOD headline metric and value."""
-    rows = []
-    for rec in (r for r in records if r.get("dataset") in DATASETS):
-        row = {"label": rec.get("method", "?") + (f" lr={rec['lr']:g}" if isinstance(rec.get("lr"), (int, float)) else "")}
-        for key, split in (("id", ID_SPLIT), ("ood", OOD_SPLIT)):
-            row[f"{key}_metric"] = headline_metric(rec["dataset"], split)
-            row[key] = ((rec.get("metrics") or {}).get(split) or {}).get(row[f"{key}_metric"])
-        rows.append(row)
-    return rows
-
-
 @functools.lru_cache(maxsize=1)
 def environment():
     """The Jinja2 environment of the report templates (autoescaped: text from records is never HTML)."""
@@ -138,7 +126,9 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(plotlyjs=plotlyjs, plotlyjs_file=PLOTLYJS_FILE)
+    env.globals.update(plotlyjs=plotlyjs, plotlyjs_file=PLOTLYJS_FILE, titles=TITLES, level=f"{LEVEL:.0%}",
+                       select_split=SPLIT_TITLES[SELECT_SPLIT], soup_stage=SOUP_STAGE, clip_method=CLIP_METHOD,
+                       vision_method=VISION_METHOD)
     return env
 
 
@@ -186,40 +176,12 @@ def docs_sections(root: str | os.PathLike | None = None) -> list[dict]:
     return sections
 
 
-def provenance_rows(info: dict, nb) -> tuple[list[tuple], str]:
-    """A notebook page's provenance: (label, values, note) rows (`report_summary.provenance` of the
-    run records the point wrote, else of those it read; the parameters as given; its run records;
-    when it ran) and a one-line summary."""
-    recs = info["records"] or info["read"]
-    rows = [(label, values, "") for label, values in provenance(recs) if values]
-    pm = nb.metadata.get("papermill") or {}
-    given = info["parameters"] or pm.get("parameters") or {}
-    rows.append(("parameters as given", [f"{k} = {json.dumps(v)}" for k, v in given.items()], ""))
-    listed = [f"{r.get('run_id')} ({r.get('created_at', '')})" for r in info["records"]]
-    listed += [f"{d} (missing or superseded)" for d in info["missing"]]
-    note = "none listed (this notebook writes none, or it has no done marker)" if not listed else ""
-    if not info["records"] and info["read"]:
-        note = (f"none written; it read {len(info['read'])} run record(s) under {info['read_from']} "
-                "(the rows above are theirs)")
-    rows.append(("run records", listed, note))
-    if pm.get("end_time"):
-        kernel = (nb.metadata.get("language_info") or {}).get("version")
-        rows.append(("executed", [], f"{pm.get('start_time')} .. {pm['end_time']} ({pm.get('duration') or 0:.0f} s), "
-                                     f"papermill {pm.get('version')}" + (f", Python {kernel}" if kernel else "")))
-    found = dict(provenance(recs))
-    summary = [f"{len(info['records'])} run record(s)" if info["records"] or not info["read"]
-               else f"{len(info['read'])} run record(s) read"]
-    summary += [f"git {c[:10]}" for c in found["git commit"][:2]]
-    summary += [v for v in found["library versions"] if v.split()[0] in ("torch", "open_clip")]
-    return rows, " · ".join(summary + [f"data {d}" for d in found["data root"][:1]])
-
-
 def notebook_parts(info: dict, nb, meta: dict, **context) -> dict:
     """The head (meta tag, CSS, plotly.js), top (navigation, status, code button, provenance) and
     bottom (search) of a notebook page; `context`: root, title, crumbs, prev, next, plotly."""
-    rows, summary = provenance_rows(info, nb)
-    return {part: render("notebook_parts.html.j2", part=part, info=info, meta=json.dumps(meta), provenance_rows=rows,
-                         provenance_summary=summary, **context) for part in ("head", "top", "bottom")}
+    context.update(info=info, meta=json.dumps(meta), provenance=provenance(info["records"] or info["read"]),
+                   papermill=nb.metadata.get("papermill") or {}, python=(nb.metadata.get("language_info") or {}).get("version"))
+    return {part: render("notebook_parts.html.j2", part=part, **context) for part in ("head", "top", "bottom")}
 
 
 def stale_failed_pages(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, experiment: str | None = None,
@@ -266,8 +228,7 @@ def _point_row(e: dict, local: bool = False) -> dict:
     info = e["info"]
     datasets = distinct([info["parameters"].get("dataset")] + [r.get("dataset") for r in info["records"]])
     return {"text": _point_text(e), "href": (e["page"].rsplit("/", 1)[-1] if local else e["page"]) if e["page"] else None,
-            "info": info, "datasets": ", ".join(datasets), "headline": headline_rows(info["records"]),
-            "path": f"{e['experiment']}/{e['stage']}/{e['name']}"}
+            "info": info, "datasets": ", ".join(datasets), "path": f"{e['experiment']}/{e['stage']}/{e['name']}"}
 
 
 def _lr_label(lr) -> str:
@@ -361,7 +322,7 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, ro
             write_bytes(out / href, render("stage.html.j2", page_title=f"{exp} / {stage}", root="../../", here="stages",
                                            crumbs=[(exp, None), (stage, None)], stage=stage, title=title, experiment=exp,
                                            entries=[_point_row(e, local=True) for e in group], n_failed=failed,
-                                           titles=TITLES, groups=stage_groups(group), level=f"{LEVEL:.0%}").encode())
+                                           groups=stage_groups(group)).encode())
             search.append(_search_entry(f"{exp} / {stage}" + (f" · {title}" if title else ""), href, "stage",
                                         f"{len(group)} points", ", ".join(datasets)))
             search += [_point_search(e, out) for e in group if e["page"]]
@@ -379,8 +340,6 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, ro
         "index.html": render("summary.html.j2", page_title="summary", here="summary", **common,
                              experiments=list(summaries.values()), failed=failed,
                              rendered=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                             select_split=SPLIT_TITLES[SELECT_SPLIT], level=f"{LEVEL:.0%}", soup_stage=SOUP_STAGE, titles=TITLES,
-                             clip_method=CLIP_METHOD, vision_method=VISION_METHOD,
                              plotly=has_figures and ("inline" if self_contained else "linked")),
         "stages.html": render("stages.html.j2", page_title="stages", here="stages", **common, experiments=experiments,
                               n_points=len(entries), n_failed=len(failed),
