@@ -1,10 +1,8 @@
 """What the report's summary page says about an experiment: its findings per dataset with plain
-verdicts, the key figures (their titles and captions are in templates/summary.html.j2), whether
-the numbers come from synthetic data or a tiny model, provenance, and the downloadable tables.
-
-Everything is computed from run records (`result.json`) through the analysis functions the 04
-notebook uses (`clipdg_nb.analysis`), so the summary and the analysis pages agree; the learning
-rate of each method is chosen on `SELECT_SPLIT`, never on a test split.
+verdicts, the key figures (titles and captions in templates/summary.html.j2), whether the numbers
+come from synthetic data or a tiny model, provenance, and the downloadable tables. All of it comes
+from run records through the analysis functions the 04 notebook uses (`clipdg_nb.analysis`), so the
+summary and the analysis pages agree; learning rates are chosen on `SELECT_SPLIT`, never on a test split.
 """
 from __future__ import annotations
 
@@ -51,17 +49,6 @@ class DatasetSummary:
     figures: list[Figure] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     error: str = ""
-
-
-def main_and_side(records: list[tuple[dict, Path]]) -> tuple[list[dict], list[dict]]:
-    """Split an experiment's (record, folder) pairs into the runs its analysis reads (those in the
-    output folder holding the most of them, as 04_analysis reads `{output_dir}/{experiment}`) and
-    side runs (e.g. the SWA ablation's own folder), kept apart: their run ids may repeat a sweep
-    run's, and mixing them would count one point twice."""
-    if not records:
-        return [], []
-    main = Counter(folder.parent for _, folder in records).most_common(1)[0][0]
-    return [r for r, f in records if f.parent == main], [r for r, f in records if f.parent != main]
 
 
 def distinct(values) -> list:
@@ -218,7 +205,12 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
     """The summary of one experiment's (record, folder) pairs: per dataset findings and figures,
     data kind (synthetic / tiny), provenance. A dataset whose analysis fails gets its error shown
     (and warned), not a blank section."""
-    main, side = main_and_side([(r, f) for r, f in records if is_run_record(r)])
+    # the runs its analysis reads: those in the output folder holding the most of them, as 04_analysis reads
+    # {output_dir}/{experiment}; side runs (e.g. the SWA ablation's own folder) are kept apart: their run ids
+    # may repeat a sweep run's, and mixing them would count one point twice
+    runs = [(r, f) for r, f in records if is_run_record(r)]
+    folder = Counter(f.parent for _, f in runs).most_common(1)[0][0] if runs else None
+    main = [r for r, f in runs if f.parent == folder]
     frame = tidy(main) if main else None
     # the soups stage: the experiment folder holding the most soups (<output_dir>/<experiment>/soups/<soup>)
     stages = Counter(folder.parent.parent for record, folder in records if record.get("kind") == "soup")
@@ -231,7 +223,7 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
             warnings.warn(f"report summary of {ds}: {type(err).__name__}: {err}", stacklevel=2)
             datasets.append(DatasetSummary(ds, pd.DataFrame(), error=f"{type(err).__name__}: {err}"))
     return {"datasets": datasets, "kind": data_kind([r for r, _ in records]),
-            "provenance": provenance([r for r, _ in records]), "n_runs": len(main), "n_side": len(side)}
+            "provenance": provenance([r for r, _ in records]), "n_runs": len(main), "n_side": len(runs) - len(main)}
 
 
 def findings_frame(summaries: dict[str, dict]) -> pd.DataFrame:
