@@ -162,27 +162,16 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_readme_numbers(args) -> int:
-    """The number blocks of README.md and docs/*.md rewritten from the run records (after `make demo`),
-    or --check'ed."""
-    from .pipeline.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
+    """The number blocks of README.md and docs/*.md rewritten from the run records, or --check'ed."""
     from .pipeline import readme
 
     files = args.readme or readme.documents()
     if args.check:
-        problems = readme.check_files(files, REQUIRED)
+        problems = readme.check_files(files, readme.REQUIRED)
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
-    made = blocks(args.output_dir, args.soups_dir)
-    absent = [name for name in REQUIRED if made[name] is None]
-    if absent:
-        raise FileNotFoundError(f"no records for the README block(s) {absent} under {args.output_dir} and "
-                                f"{args.soups_dir}: run `make demo` (clipdg demo) first")
-    waiting = {n: f"Not written yet: no records of `{BLOCKS[n]}` under {args.output_dir}. Run `clipdg run "
-                  f"parameters/{BLOCKS[n]}.yaml --jobs 2`, then `clipdg readme-numbers`." for n, b in made.items() if b is None}
-    status = readme.write_files(files, {n: None if b is None else (b.body, provenance(b.records))
-                                        for n, b in made.items()}, waiting)
-    for name, what in status.items():
+    for name, what in readme.update(files, args.output_dir, args.soups_dir).items():
         print(f"{name}: {what}")
     return 0
 
