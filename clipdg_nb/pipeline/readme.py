@@ -23,6 +23,7 @@ import pandas as pd
 from .. import analysis, paths, runs
 from ..analysis import weight_averaging as wa
 from ..analysis.tables import ci_text, markdown_table
+from ..data import DEMO_DATASETS
 from ..evaluate import CALIBRATION_BINS
 from ..paths import atomic_path
 
@@ -331,27 +332,18 @@ def methods_block(output_dir, experiment: str = "methods_demo", level: float = 0
     return Block(body.strip(), tuple(runs.load_records(folder)))
 
 
-def blocks(output_dir: str | Path = "outputs/runs", soups_dir: str | Path = "outputs/runs/soups",
-           datasets=None, level: float = 0.95) -> dict[str, Block | None]:
-    """Every README block from the records under `output_dir` (the soup stage's under `soups_dir`);
-    a block is None when its experiment's records are absent."""
-    from ..data import DEMO_DATASETS
-
-    datasets = tuple(datasets or DEMO_DATASETS)
-    demo = BLOCKS["findings"]
-    have = paths.experiment_dir(output_dir, demo).is_dir()
-    return {"findings": findings_block(output_dir, demo, datasets, level) if have else None,
-            "soups": soups_block(output_dir, soups_dir, demo, datasets, level) if have else None,
-            "greedy": greedy_block(soups_dir, demo, datasets),
-            "calibration": calibration_block(output_dir, soups_dir, demo, datasets, level) if have else None,
-            "coverage": coverage_block(output_dir, BLOCKS["coverage"], level),
-            "methods": methods_block(output_dir, BLOCKS["methods"], level)}
-
-
 def update(files, output_dir: str | Path = "outputs/runs", soups_dir: str | Path = "outputs/runs/soups") -> dict[str, str]:
-    """`clipdg readme-numbers`: every block of `files` rewritten from the records (after `make demo`);
-    a block whose experiment was not run is left as it is, or says what to run when never stamped."""
-    made = blocks(output_dir, soups_dir)
+    """`clipdg readme-numbers`: every block of `files` rewritten from the records under `output_dir`
+    (the soup stage's under `soups_dir`); a block whose experiment was not run is left as it is, or
+    says what to run when never stamped."""
+    demo, datasets = BLOCKS["findings"], DEMO_DATASETS
+    have = paths.experiment_dir(output_dir, demo).is_dir()
+    made = {"findings": findings_block(output_dir, demo, datasets) if have else None,
+            "soups": soups_block(output_dir, soups_dir, demo, datasets) if have else None,
+            "greedy": greedy_block(soups_dir, demo, datasets),
+            "calibration": calibration_block(output_dir, soups_dir, demo, datasets) if have else None,
+            "coverage": coverage_block(output_dir, BLOCKS["coverage"]),
+            "methods": methods_block(output_dir, BLOCKS["methods"])}
     absent = [name for name in REQUIRED if made[name] is None]
     if absent:
         raise FileNotFoundError(f"no records for the README block(s) {absent} under {output_dir} and "

@@ -258,22 +258,9 @@ def _estimates(experiment: Experiment, stages, wanted: Callable, fields: tuple, 
     return out
 
 
-def planned_configs(experiment: Experiment, stages: list[Stage] | None = None):
-    """(stage name, config) of every run the (chosen) stages' points make, finished or not; points
-    whose parameters do not validate are left out (validation reports them)."""
-    for stage in stages if stages is not None else experiment.stages:
-        for point in stage.points:
-            try:
-                yield from ((stage.name, cfg) for cfg in point_configs(point) or [])
-            except (ValueError, TypeError):
-                continue
-
-
 def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
-    """One line saying the disk the runs that keep their final weights (keep_weights, for model
-    soups) will take, per stage, estimated from each model built on the meta device
-    (`soups.kept_weights_estimate`); None when no run keeps weights. Runs already finished count too:
-    the line is the experiment's whole footprint."""
+    """One line: the disk the runs that keep their final weights (for model soups) take, per stage,
+    finished ones too (the experiment's whole footprint); None when no run keeps weights."""
     from ..soups import kept_weights_estimate
 
     kept = _estimates(experiment, stages, lambda cfg: getattr(cfg, "keep_weights", False),
@@ -287,11 +274,10 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
 
 
 def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> str | None:
-    """One line saying what the runs that train end to end write in resumable checkpoints: each run
-    at most ceil(epochs / checkpoint_every) of them (checkpoint_minutes can only make fewer) of
-    `soups.checkpoint_estimate` bytes, and the most on disk at once: a run's checkpoint is deleted
-    when it finishes (`runs.Run.finish`) and a point trains its runs one after another, so `jobs`
-    points at once hold at most `jobs` checkpoints. None when no run trains end to end."""
+    """One line: what the runs that train end to end write in checkpoints, each at most
+    ceil(epochs / checkpoint_every) of them, and the most on disk at once: a run's is deleted when it
+    finishes and a point trains its runs in turn, so `jobs` points hold at most `jobs`. None when no
+    run trains end to end."""
     from ..config import METHODS
     from ..soups import checkpoint_estimate
 
@@ -316,14 +302,12 @@ def _size(n: int) -> str:
     return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True,
-                        say: Callable[[str], None] | None = print, jobs: int = 1) -> None:
-    """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages; then
-    `say` the disk the kept weights and checkpoints will take (`kept_weights_plan`, `checkpoint_plan`
-    with `jobs` points at once), before anything runs."""
-    problems = experiment_problems(experiment, stages, paths)
+def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> None:
+    """Raise one `ValidationError` listing every problem of the (chosen) stages; then print the disk
+    the kept weights and checkpoints will take with `jobs` points at once, before anything runs."""
+    problems = experiment_problems(experiment, stages)
     if problems:
         raise ValidationError(experiment.path, problems)
     for line in (kept_weights_plan(experiment, stages), checkpoint_plan(experiment, stages, jobs)):
-        if say is not None and line:
-            say(line)
+        if line:
+            print(line)
