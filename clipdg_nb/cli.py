@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def _cmd_synth(args) -> int:
@@ -96,17 +98,14 @@ def _cmd_report(args) -> int:
 def _cmd_train(args) -> int:
     """One run from a YAML of flat parameters; under torchrun, one run across processes (DDP):
     torchrun --nproc-per-node N -m clipdg_nb.cli train --config params.yaml"""
-    import os
-
     import yaml
 
     from . import devices
-    from .config import from_params
-    from .config import config_of
+    from .config import config_of, from_params
     from .methods import run
     from .runs import Run
 
-    params = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
+    params = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{args.config}: expected a mapping of parameters, got {type(params).__name__}")
     cfg = from_params(config_of(params.get("method", "finetune")), params)
