@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def _cmd_synth(args) -> int:
@@ -11,10 +13,9 @@ def _cmd_synth(args) -> int:
     from .demo.synthetic import SynthConfig, real_profile_config, write_synthetic
 
     if args.profile == "real":  # the real benchmarks' image sizes and formats, `--count` train images
-        cfg = real_profile_config(args.count, seed=args.seed, shift=args.shift, mixed_timestamps=args.mixed_timestamps)
+        cfg = real_profile_config(args.count, shift=args.shift, mixed_timestamps=args.mixed_timestamps)
     else:
-        cfg = SynthConfig(seed=args.seed, image_size=args.image_size, shift=args.shift,
-                          mixed_timestamps=args.mixed_timestamps)
+        cfg = SynthConfig(image_size=args.image_size, shift=args.shift, mixed_timestamps=args.mixed_timestamps)
     start = time.perf_counter()
     folders = write_synthetic(args.root, datasets=args.datasets, cfg=cfg, overwrite=args.overwrite)
     print(f"synthetic WILDS data under {args.root} ({time.perf_counter() - start:.1f} s)")
@@ -45,8 +46,7 @@ def _cmd_pretrain_tiny(args) -> int:
     from .demo.pretrain import PretrainConfig, pretrain_tiny
 
     for coverage in args.coverage:
-        cfg = PretrainConfig(seed=args.seed, data_seed=args.data_seed, coverage=coverage)
-        out = pretrain_tiny(args.cache_dir, cfg, force=args.force)
+        out = pretrain_tiny(args.cache_dir, PretrainConfig(coverage=coverage), force=args.force)
         print(f"coverage {coverage:g}: clip weights: {out.clip}\nvision-only weights: {out.vision}\n"
               f"({out.meta['seconds']} s to pretrain)")
     return 0
@@ -98,17 +98,14 @@ def _cmd_report(args) -> int:
 def _cmd_train(args) -> int:
     """One run from a YAML of flat parameters; under torchrun, one run across processes (DDP):
     torchrun --nproc-per-node N -m clipdg_nb.cli train --config params.yaml"""
-    import os
-
     import yaml
 
     from . import devices
-    from .config import from_params
-    from .config import config_of
+    from .config import config_of, from_params
     from .methods import run
     from .runs import Run
 
-    params = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
+    params = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{args.config}: expected a mapping of parameters, got {type(params).__name__}")
     cfg = from_params(config_of(params.get("method", "finetune")), params)
@@ -162,27 +159,16 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_readme_numbers(args) -> int:
-    """The number blocks of README.md and docs/*.md rewritten from the run records (after `make demo`),
-    or --check'ed."""
-    from .pipeline.readme_numbers import BLOCKS, REQUIRED, blocks, provenance
+    """The number blocks of README.md and docs/*.md rewritten from the run records, or --check'ed."""
     from .pipeline import readme
 
     files = args.readme or readme.documents()
     if args.check:
-        problems = readme.check_files(files, REQUIRED)
+        problems = readme.check_files(files, readme.REQUIRED)
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
-    made = blocks(args.output_dir, args.soups_dir)
-    absent = [name for name in REQUIRED if made[name] is None]
-    if absent:
-        raise FileNotFoundError(f"no records for the README block(s) {absent} under {args.output_dir} and "
-                                f"{args.soups_dir}: run `make demo` (clipdg demo) first")
-    waiting = {n: f"Not written yet: no records of `{BLOCKS[n]}` under {args.output_dir}. Run `clipdg run "
-                  f"parameters/{BLOCKS[n]}.yaml --jobs 2`, then `clipdg readme-numbers`." for n, b in made.items() if b is None}
-    status = readme.write_files(files, {n: None if b is None else (b.body, provenance(b.records))
-                                        for n, b in made.items()}, waiting)
-    for name, what in status.items():
+    for name, what in readme.update(files, args.output_dir, args.soups_dir).items():
         print(f"{name}: {what}")
     return 0
 
@@ -192,13 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="clipdg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    quiet = argparse.ArgumentParser(add_help=False)  # the options several commands share
+    quiet.add_argument("--no-progress", action="store_true", help="no progress bars")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--root", default="outputs/data",
+                      help=f"folder that holds {' and '.join(DATASETS[n].folder + '/' for n in DEMO_DATASETS)}")
+    data.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=list(DATASETS),
+                      help=f"default: the offline demo's ({', '.join(DEMO_DATASETS)})")
 
-    synth = sub.add_parser("synth", help="write small synthetic datasets in the WILDS on-disk formats")
-    synth.add_argument("--root", default="outputs/data",
-                       help=f"folder that will hold {' and '.join(DATASETS[n].folder + '/' for n in DEMO_DATASETS)}")
-    synth.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=list(DATASETS),
-                       help=f"default: the offline demo's ({', '.join(DEMO_DATASETS)})")
-    synth.add_argument("--seed", type=int, default=0)
+    synth = sub.add_parser("synth", parents=[data], help="write small synthetic datasets in the WILDS on-disk formats")
     synth.add_argument("--image-size", type=int, default=32, help="pixels; 224 for real ViT-B/32 runs")
     synth.add_argument("--shift", type=float, default=1.0, help="strength of the domain shift (0 = none)")
     synth.add_argument("--mixed-timestamps", action="store_true",
@@ -209,27 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--count", type=int, default=300, help="with --profile real: train images per dataset")
     synth.set_defaults(func=_cmd_synth)
 
-    summary = sub.add_parser("summary", help="print what each split of a WILDS folder holds")
-    summary.add_argument("--root", default="outputs/data")
-    summary.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=list(DATASETS))
+    summary = sub.add_parser("summary", parents=[data], help="print what each split of a WILDS folder holds")
     summary.set_defaults(func=_cmd_summary)
-    demo = sub.add_parser("demo", help="run the offline default end to end (synthetic data, tiny model)")
+
+    demo = sub.add_parser("demo", parents=[quiet], help="run the offline default end to end (synthetic data, tiny model)")
     demo.add_argument("--root", default="outputs/data", help="where the synthetic datasets are written")
     demo.add_argument("--jobs", "-j", type=int, default=2, help="sweep points run at once")
-    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
     pre = sub.add_parser("pretrain-tiny", help="pretrain the tiny CLIP (and its vision-only twin) on synthetic captions")
     pre.add_argument("--cache-dir", default="outputs/cache")
-    pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic datasets (their class objects)")
     pre.add_argument("--coverage", type=float, nargs="+", default=[1.0], metavar="C",
                      help="share of the concepts the captions name, in [0, 1] (several: one pretraining each; "
                           "1.0, the default, is the demo's corpus; others go to pretrain/coverage-C/)")
     pre.add_argument("--force", action="store_true", help="retrain even when the cache matches")
     pre.set_defaults(func=_cmd_pretrain_tiny)
 
-    run = sub.add_parser("run", help="execute the stages of an experiment file (parameters/*.yaml) with papermill")
+    run = sub.add_parser("run", parents=[quiet], help="execute the stages of an experiment file (parameters/*.yaml) with papermill")
     run.add_argument("experiment", help="experiment YAML, e.g. parameters/demo.yaml")
     run.add_argument("--jobs", "-j", type=int, default=1, help="points run at once (one per GPU when GPUs are visible)")
     run.add_argument("--only", action="append", metavar="STAGE",
@@ -238,13 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun points (and runs) that are already done")
     run.add_argument("--slurm", action="store_true", help="write Slurm job-array scripts to outputs/slurm/ instead")
     run.add_argument("--root", default=".", help="repository root: notebooks, outputs and the kernels' working folder")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
-    prep = sub.add_parser("prepare", help="decode every split an experiment needs into the cache, with all cores")
+    prep = sub.add_parser("prepare", parents=[quiet], help="decode every split an experiment needs into the cache, with all cores")
     prep.add_argument("experiment", help="experiment YAML, e.g. parameters/paper_fmow.yaml")
     prep.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
-    prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=_cmd_prepare)
 
     report = sub.add_parser("report", help="render executed notebooks to HTML that opens offline (outputs/reports/)")
@@ -259,10 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", help="folder the run folders in done markers are relative to "
                         "(default: the one holding outputs/notebooks, then the project root)")
     report.set_defaults(func=_cmd_report)
-    train = sub.add_parser("train", help="one run from a YAML of parameters; under torchrun, across processes (DDP)")
+
+    train = sub.add_parser("train", parents=[quiet],
+                           help="one run from a YAML of parameters; under torchrun, across processes (DDP)")
     train.add_argument("--config", required=True, help="YAML of FinetuneConfig / ZeroShotConfig fields")
     train.add_argument("--force", action="store_true", help="rerun even if the run record exists")
-    train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
     table = sub.add_parser("table", help="headline ID / OOD numbers of experiments and their soups: per dataset, "
@@ -297,17 +280,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message says what to fix
         print(f"clipdg {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # the machine's fault (a full disk, permissions): one line, no traceback
-        from .pipeline.oserrors import describe_os_error
-
-        print(f"clipdg {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
-        return 1
-    except Exception as err:  # a full disk in a library's own words (safetensors: "os error 28")
+    except Exception as err:  # the machine's fault (a full disk, permissions): one line, no traceback
         from .pipeline.oserrors import describe_os_error, out_of_space
 
-        if not out_of_space(err):
-            raise
-        print(f"clipdg {args.command}: error: {describe_os_error(err, ['.'])}", file=sys.stderr)
+        if not isinstance(err, OSError) and not out_of_space(err):  # a full disk in a library's own words too
+            raise  # a bug: its traceback
+        where = [] if isinstance(err, OSError) else ["."]  # safetensors' "os error 28" names no file
+        print(f"clipdg {args.command}: error: {describe_os_error(err, where)}", file=sys.stderr)
         return 1
 
 

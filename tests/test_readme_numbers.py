@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from clipdg_nb.pipeline import readme_numbers as rn
 from clipdg_nb.cli import main
 from clipdg_nb.pipeline import readme
 
@@ -22,10 +21,10 @@ PROVENANCE = {"cpu": "Test CPU", "torch": "2.x", "commit": "abc"}
 
 def test_the_committed_readme_and_docs_pass_the_check():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme.check(text, rn.REQUIRED) == []
-    assert set(rn.REQUIRED) <= set(readme.parse(text))
+    assert readme.check_files([ROOT / "README.md"], readme.REQUIRED) == []
+    assert set(readme.REQUIRED) <= set(readme.parse(text))
     files = readme.documents(ROOT)
-    assert len(files) > 1 and readme.check_files(files, rn.BLOCKS) == []  # every block, in one file each
+    assert len(files) > 1 and readme.check_files(files, readme.BLOCKS) == []  # every block, in one file each
     assert main(["readme-numbers", "--check", "--readme", *map(str, files)]) == 0
 
 
@@ -54,21 +53,23 @@ def test_a_digit_edited_inside_a_block_fails_the_check(tmp_path):
     digit = re.compile(r"\d").search(text, start)
     assert digit and digit.start() < block["span"][1]
     edited = text[:digit.start()] + str((int(digit[0]) + 1) % 10) + text[digit.end():]
-    problems = readme.check(edited, rn.REQUIRED)
-    assert len(problems) == 1 and "numbers:soups was edited by hand" in problems[0]
     copy = tmp_path / "README.md"
     copy.write_text(edited, encoding="utf-8")
+    problems = readme.check_files([copy], readme.REQUIRED)
+    assert len(problems) == 1 and "numbers:soups was edited by hand" in problems[0]
     assert main(["readme-numbers", "--check", "--readme", str(copy)]) == 1
     # no records: the command says what to run and leaves the README as it is
     none = str(tmp_path / "none")
     assert main(["readme-numbers", "--readme", str(copy), "--output-dir", none, "--soups-dir", none]) == 2
     assert copy.read_text(encoding="utf-8") == edited
     # a missing block and an unclosed marker are failures too
-    assert readme.check(text[:block["span"][0]] + text[block["span"][1]:], rn.REQUIRED) == ["block numbers:soups is missing"]
-    assert "closing" in readme.check("<!-- numbers:x -->\n1\n", ())[0]
+    copy.write_text(text[:block["span"][0]] + text[block["span"][1]:], encoding="utf-8")
+    assert readme.check_files([copy], readme.REQUIRED) == [f"block numbers:soups is missing from {copy}"]
+    copy.write_text("<!-- numbers:x -->\n1\n", encoding="utf-8")
+    assert "closing" in readme.check_files([copy])[0]
 
 
-def test_rewrite_puts_stamped_bodies_in_place_and_is_idempotent():
+def test_rewrite_puts_stamped_bodies_in_place_and_is_idempotent(tmp_path):
     text = "a\n<!-- numbers:t -->\n<!-- /numbers:t -->\nb\n<!-- numbers:u old -->\nkept 1\n<!-- /numbers:u -->\n"
     new, status = readme.rewrite(text, {"t": ("| x |\n|---|\n| 0.5 |", PROVENANCE), "u": None})
     assert status == {"t": "rewritten", "u": "left as it is (its records are absent)"}
@@ -77,14 +78,15 @@ def test_rewrite_puts_stamped_bodies_in_place_and_is_idempotent():
     again, status = readme.rewrite(new, {"t": ("| x |\n|---|\n| 0.5 |", PROVENANCE), "u": None})
     assert again == new and status["t"] == "unchanged"
     assert readme.parse(new)["t"]["stamp"]["cpu"] == "Test CPU"
-    assert [p.split(" was")[0] for p in readme.check(new, ("t",))] == ["block numbers:u"]  # never stamped
+    copy = tmp_path / "README.md"
+    copy.write_text(new, encoding="utf-8")
+    assert [p.split(" was")[0] for p in readme.check_files([copy], ("t",))] == [f"{copy}: block numbers:u"]  # never stamped
     # a block with no records: a never-stamped one gets the text saying what to run, a stamped one stays
     filled, status = readme.rewrite(new, {"t": None, "u": None}, {"t": "run X", "u": "run Y"})
     assert readme.render("u", "run Y", {"records": "none"}) in filled and "kept 1" not in filled
-    assert readme.check(filled, ("t", "u")) == [] and filled.startswith(new[:new.index("<!-- numbers:u")])
+    copy.write_text(filled, encoding="utf-8")
+    assert readme.check_files([copy], ("t", "u")) == [] and filled.startswith(new[:new.index("<!-- numbers:u")])
     assert status == {"t": "left as it is (its records are absent)", "u": "rewritten"}
-    with pytest.raises(ValueError, match="no block"):
-        readme.rewrite(text, {"v": ("1", PROVENANCE)})
 
 
 def _value(seed, lr, variant, split):
@@ -132,7 +134,7 @@ def _cells(body: str, label: str) -> list[str]:
 
 def test_the_soups_block_equals_a_hand_computation(tmp_path):
     soups_dir = _soup_stage(tmp_path)
-    block = rn.soups_block(tmp_path / "runs", soups_dir, "demo", ("fmow",))
+    block = readme.soups_block(tmp_path / "runs", soups_dir, "demo", ("fmow",))
     # the best single run: lr 3e-4 (the better mean on ID val), its `best` epoch
     best = {s: np.array([_value(seed, 3e-4, "best", s) for seed in (0, 1, 2)]) for s in ("id_test", "test")}
     assert _cells(block.body, "best single run")[:2] == [f"{best['id_test'].mean():.3f}", f"{best['test'].mean():.3f}"]
@@ -148,11 +150,11 @@ def test_the_soups_block_equals_a_hand_computation(tmp_path):
         assert _cells(block.body, "SWA")[i] == paired(swa)
     # SWA is +0.005 to +0.007: its interval lies above zero on both splits
     assert "paired intervals above zero on both ID and OOD test: SWA" in block.body
-    assert rn.provenance(block.records) == {"cpu": "Test CPU", "torch": "2.x", "commit": "0123456789ab"}
+    assert readme.provenance(block.records) == {"cpu": "Test CPU", "torch": "2.x", "commit": "0123456789ab"}
 
 
 def test_the_greedy_block_counts_the_kept_runs(tmp_path):
-    body = rn.greedy_block(_soup_stage(tmp_path), "demo", ("fmow",)).body
+    body = readme.greedy_block(_soup_stage(tmp_path), "demo", ("fmow",)).body
     rows = [line for line in body.splitlines() if line.startswith("| fmow")]
     assert [r.split("|")[5].strip() for r in rows] == ["2 of 2", "1 of 2", "2 of 2"]
     assert rows[1].split("|")[6].strip() == "0.0003"
@@ -180,7 +182,7 @@ def test_the_coverage_block_pairs_clip_with_its_twin_per_coverage(tmp_path):
         for seed in (0, 1, 2):
             _write(folder, run("finetune", coverage, seed, 0.2 * coverage + ood[seed] * seed))
             _write(folder, run("vision_only", coverage, seed, 0.1 + ood[seed]))
-    body = rn.coverage_block(tmp_path / "runs").body
+    body = readme.coverage_block(tmp_path / "runs").body
     for coverage in (1.0, 0.5):
         d = np.array([0.2 * coverage + ood[s] * s - 0.1 - ood[s] for s in (0, 1, 2)])
         half = st.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)

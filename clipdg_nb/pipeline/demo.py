@@ -14,7 +14,7 @@ DEMO_EXPERIMENT = Path("parameters") / "demo.yaml"
 
 def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", experiment: str | Path = DEMO_EXPERIMENT,
              jobs: int = 2, progress: bool = True, log=print) -> int:
-    from .readme_numbers import findings_block
+    from .readme import findings_block
     from ..data import DEMO_DATASETS, format_summary, load_dataset
     from ..demo.pretrain import pretrain_tiny
     from ..demo.synthetic import SynthConfig, write_synthetic

@@ -7,6 +7,7 @@ fixed parameters, over shared defaults. Every grid point becomes one papermill e
 from __future__ import annotations
 
 import decimal
+import functools
 import glob
 import itertools
 import os
@@ -65,14 +66,12 @@ class Point:
                 for p in folder.glob(f".{stem}.{kind}.*")]
 
     def to_json(self) -> dict:
-        return {"experiment": self.experiment, "stage": self.stage, "name": self.name,
-                "notebook": str(self.notebook), "parameters": to_jsonable(self.parameters),
-                "output": str(self.output), "root": str(self.root), "force_param": self.force_param}
+        return {k: to_jsonable(v) if k == "parameters" else str(v) if isinstance(v, Path) else v
+                for k, v in vars(self).items()}
 
     @classmethod
     def from_json(cls, d: Mapping) -> "Point":
-        return cls(d["experiment"], d["stage"], d["name"], Path(d["notebook"]), dict(d["parameters"]),
-                   Path(d["output"]), Path(d["root"]), bool(d.get("force_param", False)))
+        return cls(**{k: Path(v) if k in ("notebook", "output", "root") else v for k, v in d.items()})
 
 
 @dataclass
@@ -106,8 +105,7 @@ class Experiment:
 def expand_grid(grid: Mapping[str, Iterable] | None) -> list[dict]:
     """The product of the grid's lists, in file order: {a: [1, 2], b: [x]} -> [{a:1,b:x}, {a:2,b:x}]."""
     grid = dict(grid or {})
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
+    return [dict(zip(grid, values)) for values in itertools.product(*map(list, grid.values()))]
 
 
 def _token(value) -> str:
@@ -125,37 +123,17 @@ def point_name(values: Mapping[str, Any]) -> str:
     return "_".join(f"{_token(k)}-{_token(v)}" for k, v in values.items())
 
 
-_DECLARED_CACHE: dict = {}
-
-
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
     """The parameters a notebook declares (papermill's ``inspect_notebook``): name -> {default, help, ...}."""
+    path = Path(notebook).resolve()
+    return _declared(str(path), path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _declared(path: str, mtime_ns: int) -> dict:  # once per version of the file
     import papermill
 
-    path = Path(notebook)
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
-    if key not in _DECLARED_CACHE:
-        _DECLARED_CACHE[key] = dict(papermill.inspect_notebook(str(path)))
-    return _DECLARED_CACHE[key]
-
-
-class _Problems(list):
-    """Every structural problem of one experiment file, collected: the user fixes them all in one go."""
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def __call__(self, key: str, message: str) -> None:
-        line = f"{self.path}: {key}: {message}"
-        if line not in self:
-            self.append(line)
-
-    def raise_any(self) -> None:
-        if len(self) == 1:
-            raise ExperimentError(self[0])
-        if self:
-            raise ExperimentError(f"{len(self)} problems in {self.path}:\n  " + "\n  ".join(self))
+    return dict(papermill.inspect_notebook(path))
 
 
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -176,12 +154,9 @@ def _check_values(fail, key, value) -> None:
 
 
 def _check_mapping(fail, key, value) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
+    if value is not None and not isinstance(value, Mapping):
         fail(key, f"must be a mapping (name: value), got {type(value).__name__}")
-        return {}
-    return dict(value)
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -205,12 +180,11 @@ def _check_after(fail, key, raw: Mapping, earlier: list[str]) -> tuple:
     return tuple(name for name in earlier if name in value)  # in file order, each once
 
 
-def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = None,
-                    output_dir: str | os.PathLike = "outputs/notebooks") -> Experiment:
+def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Experiment:
     """Read and validate an experiment YAML; expand every stage's grid into points.
 
-    Relative paths (notebooks, outputs) resolve against ``root`` (default: the current folder,
-    i.e. the repository root), which is also each notebook's working folder. Every structural
+    Relative paths (notebooks, outputs/notebooks/) resolve against ``root`` (default: the current
+    folder, i.e. the repository root), which is also each notebook's working folder. Every structural
     problem of the file is collected and raised together (`ExperimentError`, one line each, naming
     the file and the key): unknown keys, missing notebooks, parameters a notebook does not declare.
     """
@@ -225,7 +199,12 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
         raise ExperimentError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, Mapping):
         raise ExperimentError(f"{path}: must be a mapping with keys {list(TOP_KEYS)}")
-    fail = _Problems(path)
+    problems: list[str] = []  # every one, so that the user fixes them all in one go
+
+    def fail(key: str, message: str) -> None:
+        if (line := f"{path}: {key}: {message}") not in problems:
+            problems.append(line)
+
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         fail(unknown[0], f"unknown key(s) {unknown}; allowed: {list(TOP_KEYS)}")
@@ -242,7 +221,7 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
         fail("stages", "must be a non-empty list of stages (name, notebook, grid, params)")
         stages_raw = []
     root = Path(root if root is not None else Path.cwd()).resolve()
-    out_root = (root / output_dir).resolve()
+    out_root = (root / "outputs/notebooks").resolve()
 
     stages, seen, used_defaults, declared_anywhere = [], set(), set(), True
     earlier: list[str] = []  # the names of the stages above the current one
@@ -279,11 +258,9 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
             fail(f"{where}.params.{both[0]}", "is set both in grid and params; keep one")
         nb_rel = raw.get("notebook")
         notebook = (root / nb_rel).resolve() if isinstance(nb_rel, str) else None
-        if notebook is None:
-            fail(f"{where}.notebook", "must be the path of a .ipynb (relative to the repository root)")
-        elif not notebook.is_file():
-            fail(f"{where}.notebook", f"{nb_rel} does not exist (looked in {root})")
         if notebook is None or not notebook.is_file():
+            fail(f"{where}.notebook", f"{nb_rel} does not exist (looked in {root})" if notebook else
+                 "must be the path of a .ipynb (relative to the repository root)")
             declared_anywhere = False  # which defaults are used is unknown: not checked
             continue
         declared = notebook_parameters(notebook)
@@ -312,5 +289,8 @@ def load_experiment(path: str | os.PathLike, root: str | os.PathLike | None = No
     unused = sorted(set(defaults) - used_defaults - {"experiment"})
     if unused and declared_anywhere and stages:
         fail(f"defaults.{unused[0]}", f"no stage's notebook declares {unused}; check the spelling")
-    fail.raise_any()
+    if len(problems) == 1:
+        raise ExperimentError(problems[0])
+    if problems:
+        raise ExperimentError(f"{len(problems)} problems in {path}:\n  " + "\n  ".join(problems))
     return Experiment(name, path, root, defaults, stages)

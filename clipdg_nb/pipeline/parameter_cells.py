@@ -16,7 +16,6 @@ from pathlib import Path
 from ..config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, sizes_note, tuned_lists
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-PAPERMILL_MARK = "# Parameters"  # the comment papermill's Python translator puts atop the injected cell
 FORCE = "force: bool = False  # rerun even if a finished run with the same identity exists"
 LIST_EXAMPLES = {"wise_alphas": "[0.0, 0.25, 0.5, 0.75]"}  # list fields whose default is empty
 PROFILE = "# " + sizes_note(FinetuneConfig)  # atop the cells of the notebooks that train

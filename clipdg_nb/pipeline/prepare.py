@@ -13,16 +13,8 @@ from ..config import METHODS
 from ..data import SPLITS, load_dataset
 from ..images import prepare_splits
 from ..inputs import image_size
-from ..paths import rooted_at
 from .experiment import Experiment, load_experiment
-from .validate import VALIDATORS, declared_defaults
-
-
-def point_configs(point) -> list:
-    """The run configs of one point: its parameters over the notebook's declared defaults, built by
-    the same validators `clipdg run` checks them with (04_analysis builds none: it decodes nothing)."""
-    validator = VALIDATORS.get(point.notebook.name)
-    return validator.check({**declared_defaults(point.notebook), **point.parameters}) if validator else []
+from .validate import point_configs
 
 
 def plan(experiment: Experiment) -> dict[tuple, set]:
@@ -30,9 +22,7 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
     needs: dict[tuple, set] = {}
     for stage in experiment.stages:
         for point in stage.points:
-            with rooted_at(point.root):  # relative paths mean the experiment's root, as in its kernels
-                configs = point_configs(point)
-            for cfg in configs:
+            for cfg in point_configs(point) or []:  # 04_analysis builds none: it decodes nothing
                 root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
                 cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
                 splits = set(cfg.eval_splits)

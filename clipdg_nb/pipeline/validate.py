@@ -1,23 +1,24 @@
 """An experiment checked before anything runs: every point's config, the files it reads, the
 folders it writes.
 
-`clipdg run` (also `--dry-run`, `--slurm`) calls `validate_experiment` first. Each point's
-parameters go through the code its notebook will run (`config.from_namespace`,
-`config.sweep_configs`; the table `VALIDATORS`); every problem of every point is raised together,
-naming the file, stage, point and key. A failing value is put back to its default so the rest is
-still checked, and each distinct weights file's header is read once, so a wrong file stops here.
+Each point's parameters go through the code its notebook will run (the table `VALIDATORS`); every
+problem of every point is raised together, naming the file, stage, point and key. A failing value is
+put back to its default so the rest is still checked, and each distinct weights file's header is
+read once, so a wrong file stops here.
 """
 from __future__ import annotations
 
 import ast
+import functools
 import numbers
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, tuned_lists
+from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, sweep_configs, tuned_lists
 from ..data import DATASETS, SPLITS, check_select_split, data_present, dataset_spec
 from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
@@ -34,22 +35,8 @@ class ValidationError(ExperimentError):
         super().__init__(f"{len(self.problems)} problem(s) in {path}; nothing was run:\n  " + "\n  ".join(self.problems))
 
 
-def _zero_shot(ns: Mapping) -> list:
-    return [from_namespace(ZeroShotConfig, ns)]
-
-
-def _sweep(ns: Mapping) -> list:
-    from ..config import sweep_configs
-
-    return sweep_configs(ns, ns.get("methods"), ns.get("lrs"))
-
-
-def _finetune(ns: Mapping) -> list:
-    return [from_namespace(FinetuneConfig, ns)]
-
-
 def _soups(ns: Mapping) -> list:
-    from ..soups import ingredient_configs
+    from ..soups import ingredient_configs  # torch: only when a soup stage is checked
 
     return ingredient_configs(ns, ns.get("lrs"))
 
@@ -58,9 +45,6 @@ def _analysis(ns: Mapping) -> list:
     if ns.get("dataset") not in DATASETS:
         raise ValueError(f"dataset={ns.get('dataset')!r} is not valid; choose one of {list(DATASETS)}")
     check_select_split(ns["dataset"], ns.get("select_split"))  # where learning rates are chosen
-    name = ns.get("experiment")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise ValueError(f"experiment={name!r} must be letters, digits, '-' or '_' (it names a folder)")
     for key in ("id_split", "ood_split"):
         if ns.get(key) not in SPLITS:
             raise ValueError(f"{key}={ns.get(key)!r} is not a split; choose one of {list(SPLITS)}")
@@ -78,10 +62,11 @@ class Validator:
 
 # Notebook file name -> how its parameters are checked. Other notebooks get the path checks only.
 VALIDATORS = {
-    "01_zero_shot.ipynb": Validator(_zero_shot),
-    "02_few_shot_sweep.ipynb": Validator(_sweep, {"method": "methods", "lr": "lrs",
-                                                  **{name: plural for plural, name in tuned_lists().items()}}),
-    "03_swa_ablation.ipynb": Validator(_finetune),
+    "01_zero_shot.ipynb": Validator(lambda ns: [from_namespace(ZeroShotConfig, ns)]),
+    "02_few_shot_sweep.ipynb": Validator(lambda ns: sweep_configs(ns, ns.get("methods"), ns.get("lrs")),
+                                         {"method": "methods", "lr": "lrs",
+                                          **{name: plural for plural, name in tuned_lists().items()}}),
+    "03_swa_ablation.ipynb": Validator(lambda ns: [from_namespace(FinetuneConfig, ns)]),
     "04_analysis.ipynb": Validator(_analysis),
     "05_model_soups.ipynb": Validator(_soups, {"lr": "lrs"}),
 }
@@ -137,6 +122,20 @@ def _resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+WEIGHTS, WRITTEN = ("pretrained", "vision_weights"), ("output_dir", "cache_dir")
+
+
+def named_path_problems(values: Mapping, keys, root: Path, writable: Callable[[Path], str | None]) -> list[str]:
+    """The weights files among `keys` of `values` that are not there, and the folders it writes
+    into that are not writable."""
+    problems = [problem for key in WEIGHTS if key in keys and (problem := missing_file(key, values.get(key), root))]
+    for key in WRITTEN:
+        value = values.get(key)
+        if key in keys and isinstance(value, str) and value and (why := writable(_resolve(root, value))):
+            problems.append(f"{key}={value!r} is not writable: {why}")
+    return problems
+
+
 def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | None]) -> list[str]:
     """The data a config reads, its weight files, and the folders it writes into. A value that was
     put back to its default after an error (`reset`) is not the user's and is not checked."""
@@ -152,16 +151,8 @@ def check_paths(cfg, root: Path, reset: set, writable: Callable[[Path], str | No
                 problems.append(f"root_dir={cfg.root_dir!r}: no WILDS dataset {spec.folder}/ (with {spec.release_marker}) "
                                 f"in {data}; write a synthetic copy with `clipdg synth --root {cfg.root_dir}`, "
                                 "point root_dir at the folder holding it, or set download: true")
-    for key in ("pretrained", "vision_weights"):
-        value = getattr(cfg, key, None)
-        if key not in reset and (problem := missing_file(key, value, root)):
-            problems.append(problem)
-    for key in ("output_dir", "cache_dir"):
-        if key not in reset:
-            why = writable(_resolve(root, getattr(cfg, key)))
-            if why:
-                problems.append(f"{key}={getattr(cfg, key)!r} is not writable: {why}")
-    return problems
+    values = {key: getattr(cfg, key, None) for key in WEIGHTS + WRITTEN}
+    return problems + named_path_problems(values, set(values) - reset, root, writable)
 
 
 def missing_file(key: str, value, root: Path) -> str | None:
@@ -176,21 +167,6 @@ def missing_file(key: str, value, root: Path) -> str | None:
     make = f"clipdg pretrain-tiny --coverage {cov[1]}" if cov else "clipdg pretrain-tiny"
     return (f"{key}={value!r}: no such file ({_resolve(root, value)}); create it first "
             f"(the demo's weights: `{make}`) or fix the path")
-
-
-def raw_path_problems(namespace: Mapping, given: Mapping, root: Path, writable) -> list[str]:
-    """The files and folders a point's own values name, checked from the values themselves: when
-    other values fail, the configs that would read them cannot be built (or were built from
-    defaults), yet a missing file or an unwritable folder is still the user's to fix now."""
-    problems = []
-    for key in ("pretrained", "vision_weights"):
-        if key in given and (problem := missing_file(key, namespace.get(key), root)):
-            problems.append(problem)
-    for key in ("output_dir", "cache_dir"):
-        value = namespace.get(key)
-        if key in given and isinstance(value, str) and value and (why := writable(_resolve(root, value))):
-            problems.append(f"{key}={value!r} is not writable: {why}")
-    return problems
 
 
 def weights_problems(cfg, root: Path, memo: dict) -> list[str]:
@@ -217,48 +193,36 @@ def weights_problems(cfg, root: Path, memo: dict) -> list[str]:
     return problems
 
 
-def point_problems(point: Point, writable: Callable[[Path], str | None] | None = None,
-                   paths: bool = True, weights_memo: dict | None = None) -> list[str]:
+def point_problems(point: Point, writable: Callable[[Path], str | None], paths: bool, weights_memo: dict) -> list[str]:
     """Every problem of one point (no file names): values, then (``paths``) files and folders, and
     the weights files' contents."""
-    writable = writable or unwritable
-    weights_memo = {} if weights_memo is None else weights_memo
     problems = []
-    if paths:
-        why = writable(point.output.parent)
-        if why:
-            problems.append(f"the executed notebooks' folder {point.output.parent} is not writable: {why}")
+    if paths and (why := writable(point.output.parent)):
+        problems.append(f"the executed notebooks' folder {point.output.parent} is not writable: {why}")
     validator = VALIDATORS.get(point.notebook.name)
     if validator is None:
         return problems
     defaults = declared_defaults(point.notebook)
+    given = {**defaults, **point.parameters}
     with rooted_at(point.root):  # relative paths mean the experiment's root, as in its kernels
-        errors, configs, reset = check_values(validator, {**defaults, **point.parameters}, defaults)
+        errors, configs, reset = check_values(validator, given, defaults)
     problems += errors
     if paths:
         for cfg in configs:
-            problems += [p for p in check_paths(cfg, point.root, reset, writable) if p not in problems]
-        if errors:
-            problems += [p for p in raw_path_problems({**defaults, **point.parameters}, point.parameters,
-                                                      point.root, writable) if p not in problems]
+            problems += check_paths(cfg, point.root, reset, writable)
+        if errors:  # the configs that would read them were not built (or from defaults): the point's own values
+            problems += named_path_problems(given, point.parameters, point.root, writable)
         for cfg in configs if not errors else []:  # the weights the point will read, as it will read them
-            problems += [p for p in weights_problems(cfg, point.root, weights_memo) if p not in problems]
-    return problems
+            problems += weights_problems(cfg, point.root, weights_memo)
+    return list(dict.fromkeys(problems))
 
 
 def experiment_problems(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True) -> list[str]:
     """Every problem of every point, one line each: `<file>: stage S, point P: <key>=... <why>`.
     The same problem at many points is listed once, at its first point, with how many more (and
     in which other stages) have it."""
-    writable_cache: dict = {}
+    writable = functools.cache(unwritable)  # each folder once
     weights_memo: dict = {}  # each distinct weights file is opened once
-
-    def writable(folder: Path):
-        key = str(folder.resolve())
-        if key not in writable_cache:
-            writable_cache[key] = unwritable(folder)
-        return writable_cache[key]
-
     where: dict[str, list[tuple[str, str]]] = {}
     for stage in stages if stages is not None else experiment.stages:
         for point in stage.points:
@@ -275,58 +239,52 @@ def experiment_problems(experiment: Experiment, stages: list[Stage] | None = Non
     return lines
 
 
-def planned_configs(experiment: Experiment, stages: list[Stage] | None = None):
-    """(stage name, config) of every run the (chosen) stages' points make, finished or not; points
-    whose parameters do not validate are left out (validation reports them)."""
+def _estimates(experiment: Experiment, stages, wanted: Callable, fields: tuple, estimate: Callable) -> list[tuple]:
+    """(stage name, config, bytes) of every run of the (chosen) stages that `wanted` picks, finished
+    or not; `estimate` runs once per distinct value of the config `fields` it reads. Points whose
+    parameters do not validate are left out (validation reports them)."""
+    memo, out = {}, []
     for stage in stages if stages is not None else experiment.stages:
         for point in stage.points:
             try:
-                yield from ((stage.name, cfg) for cfg in point_configs(point) or [])
+                configs = point_configs(point) or []
             except (ValueError, TypeError):
                 continue
+            for cfg in filter(wanted, configs):
+                key = tuple(getattr(cfg, f) for f in fields)
+                if key not in memo:
+                    memo[key] = estimate(cfg)
+                out.append((stage.name, cfg, memo[key]))
+    return out
 
 
 def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
-    """One line saying the disk the runs that keep their final weights (keep_weights, for model
-    soups) will take, per stage, estimated from each model built on the meta device
-    (`soups.kept_weights_estimate`); None when no run keeps weights. Runs already finished count too:
-    the line is the experiment's whole footprint."""
+    """One line: the disk the runs that keep their final weights (for model soups) take, per stage,
+    finished ones too (the experiment's whole footprint); None when no run keeps weights."""
     from ..soups import kept_weights_estimate
 
-    sizes: dict = {}
-    per_stage: dict[str, list[int]] = {}
-    for stage_name, cfg in planned_configs(experiment, stages):
-        if getattr(cfg, "keep_weights", False):
-            key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset)
-            if key not in sizes:
-                sizes[key] = kept_weights_estimate(cfg)
-            per_stage.setdefault(stage_name, []).append(sizes[key])
-    if not per_stage:
+    kept = _estimates(experiment, stages, lambda cfg: getattr(cfg, "keep_weights", False),
+                      ("method", "model", "text_mode", "vision_arch", "dataset"), kept_weights_estimate)
+    if not kept:
         return None
-    every = [b for sizes_ in per_stage.values() for b in sizes_]
-    stages_text = ", ".join(f"stage {name}: {len(b)}" for name, b in per_stage.items())
+    every = [b for _, _, b in kept]
+    stages_text = ", ".join(f"stage {name}: {n}" for name, n in Counter(name for name, _, _ in kept).items())
     return (f"keep_weights: {len(every)} runs x {_span(every)} = {_size(sum(every))} on disk "
             f"({stages_text}; final weights in float16, for model soups)")
 
 
 def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> str | None:
-    """One line saying what the runs that train end to end write in resumable checkpoints: each run
-    at most ceil(epochs / checkpoint_every) of them (checkpoint_minutes can only make fewer) of
-    `soups.checkpoint_estimate` bytes, and the most on disk at once: a run's checkpoint is deleted
-    when it finishes (`runs.Run.finish`) and a point trains its runs one after another, so `jobs`
-    points at once hold at most `jobs` checkpoints. None when no run trains end to end."""
+    """One line: what the runs that train end to end write in checkpoints, each at most
+    ceil(epochs / checkpoint_every) of them, and the most on disk at once: a run's is deleted when it
+    finishes and a point trains its runs in turn, so `jobs` points hold at most `jobs`. None when no
+    run trains end to end."""
     from ..config import METHODS
     from ..soups import checkpoint_estimate
 
-    sizes: dict = {}
-    runs: list[tuple[int, int]] = []  # (checkpoints, bytes) per run
-    for _, cfg in planned_configs(experiment, stages):
-        if cfg.method in METHODS and METHODS[cfg.method].trains == "end_to_end":
-            key = (cfg.method, cfg.model, cfg.text_mode, cfg.vision_arch, cfg.dataset, cfg.train_blocks,
-                   cfg.swa, cfg.ema_decay)  # what the estimate reads
-            if key not in sizes:
-                sizes[key] = checkpoint_estimate(cfg)
-            runs.append((-(-cfg.epochs // cfg.checkpoint_every), sizes[key]))
+    runs = [(-(-cfg.epochs // cfg.checkpoint_every), b) for _, cfg, b in _estimates(
+        experiment, stages, lambda cfg: cfg.method in METHODS and METHODS[cfg.method].trains == "end_to_end",
+        ("method", "model", "text_mode", "vision_arch", "dataset", "train_blocks", "swa", "ema_decay"),
+        checkpoint_estimate)]  # (checkpoints, bytes) per run
     if not runs:
         return None
     counts, each = [n for n, _ in runs], [b for _, b in runs]
@@ -344,14 +302,12 @@ def _size(n: int) -> str:
     return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, paths: bool = True,
-                        say: Callable[[str], None] | None = print, jobs: int = 1) -> None:
-    """Raise one `ValidationError` listing every problem of the experiment's (chosen) stages; then
-    `say` the disk the kept weights and checkpoints will take (`kept_weights_plan`, `checkpoint_plan`
-    with `jobs` points at once), before anything runs."""
-    problems = experiment_problems(experiment, stages, paths)
+def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> None:
+    """Raise one `ValidationError` listing every problem of the (chosen) stages; then print the disk
+    the kept weights and checkpoints will take with `jobs` points at once, before anything runs."""
+    problems = experiment_problems(experiment, stages)
     if problems:
         raise ValidationError(experiment.path, problems)
     for line in (kept_weights_plan(experiment, stages), checkpoint_plan(experiment, stages, jobs)):
-        if say is not None and line:
-            say(line)
+        if line:
+            print(line)
