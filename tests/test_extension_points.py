@@ -77,6 +77,31 @@ def test_a_dataset_without_id_val_declares_its_selection_split_and_validation_re
     assert cfg.eval_splits == ("val", "test", "id_test") == spec.eval_splits  # its own evaluation splits
 
 
+@pytest.mark.skipif(int(pd.__version__.split(".")[0]) < 3, reason="the loader runs on pandas < 3")
+def test_rxrx1s_loader_on_pandas_3_is_named_a_library_incompatibility_not_bad_metadata(tmp_path, monkeypatch):
+    from wilds.datasets.rxrx1_dataset import RxRx1Dataset
+
+    from clipdg_nb.data import checks, wilds_compat
+
+    folder = tmp_path / "rxrx1_v1.0"
+    folder.mkdir()
+    (folder / "RELEASE_v1.0.txt").write_text("")
+    rows = [("HEPG2", "train", "HEPG2-01", 1, 0), ("HEPG2", "train", "HEPG2-01", 2, 1),
+            ("HUVEC", "test", "HUVEC-01", 1, 0), ("HUVEC", "val", "HUVEC-02", 2, 1)]
+    pd.DataFrame([{"cell_type": c, "dataset": d, "experiment": e, "plate": 1, "well": "B02", "site": s, "sirna_id": y}
+                  for c, d, e, s, y in rows]).to_csv(folder / "metadata.csv", index=False)  # a valid metadata file
+    spec = dataclasses.replace(data.DATASETS["camelyon17"], name="rxrx1", version="1.0", loader="RxRx1Dataset",
+                               splits=("train", "val", "test", "id_test"), select_split="val",
+                               required_columns={"metadata.csv": ("dataset", "site", "experiment", "sirna_id")})
+    monkeypatch.setitem(data.DATASETS, "rxrx1", spec)
+    monkeypatch.setattr(wilds_compat, "RxRx1Dataset", RxRx1Dataset, raising=False)
+    with pytest.raises(checks.LoaderIncompatibleError) as caught:
+        data.load_dataset("rxrx1", tmp_path)
+    message = str(caught.value)
+    assert f"pandas {pd.__version__}" in message and "Copy-on-Write" in message and "rxrx1_dataset.py" in message
+    assert "not a problem of" in message and "fresh download" not in message  # the files are not blamed
+
+
 # -- a calibration figure: the Brier score --------------------------------------------------------
 
 def test_brier_score_is_one_registry_entry_recorded_everywhere():

@@ -187,3 +187,31 @@ def test_table_shows_soups_and_finds_the_soups_stage_folder(tmp_path, capsys):
         code, out, _ = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"), "--format", "csv")
     table = pd.read_csv(io.StringIO(out))
     assert table.loc[table["variant"] == "greedy_soup", "n"].tolist() == [2, 2]
+
+
+def test_table_shows_a_calibration_figure_of_the_chosen_runs_and_soups(tmp_path, capsys):
+    """`--metric ece`: the mean ECE over seeds of the runs of the lr chosen on validation (never of
+    the other lr) and of the soups, read from the records' `calibration` as evaluate.CALIBRATION names it."""
+    _soup_stage(tmp_path / "soups")
+    eces = {}
+    for folder in sorted((tmp_path / "soups" / "demo").rglob("result.json")):
+        record = runs.Run(folder.parent).record()
+        variant = record["selection"]["variant"]
+        ece = round(0.01 * record["seed"] + (0.2 if record.get("lr") == 1e-3 else 0.0) + (0.05 if record.get("kind") else 0), 4)
+        eces[record["run_id"]] = ece
+        record["calibration"] = {variant: {s: {"ece": ece, "ece_ts": ece / 2, "brier": 0.5, "brier_ts": 0.4, "nll": 1.0, "nll_ts": 0.9,
+                                               "temperature": 1.5, "temperature_split": "id_val"}
+                                           for s in ("id_test", "test")}}
+        runs.write_json(folder, record)
+    code, out, _ = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"), "--format", "csv",
+                        "--metric", "ece")
+    assert code == 0
+    table = pd.read_csv(io.StringIO(out)).set_index(["variant", "split"])
+    assert set(table["metric"]) == {"ece"}
+    chosen = [e for r, e in eces.items() if "lr0.0001" in r]  # lr 1e-4 wins on validation
+    assert table.loc[("best", "test"), "mean"] == pytest.approx(stats.mean_ci(chosen)["mean"])
+    assert table.loc[("greedy_soup", "id_test"), "mean"] == pytest.approx(0.06)  # the soups' 0.05 + 0.01 * seed
+    code, out, _ = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"), "--metric", "ece_ts")
+    assert code == 0 and "ID test ece_ts" in out
+    code, _, err = _cli(capsys, "--experiment", "demo", "--output-dir", str(tmp_path / "soups"), "--metric", "nope")
+    assert code == 2 and "--metric 'nope'" in err and "brier" in err and "acc_avg" in err

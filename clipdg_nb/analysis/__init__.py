@@ -403,28 +403,32 @@ def swa_gains(df: pd.DataFrame, splits: Sequence[str], method: str = "finetune",
 
 
 def compare_experiments(frames_by_experiment: dict[str, pd.DataFrame], id_split: str = "id_test",
-                        ood_split: str = "test", level: float = 0.95, select_split: str | None = "id_val") -> pd.DataFrame:
+                        ood_split: str = "test", level: float = 0.95, select_split: str | None = "id_val",
+                        metric: str | None = None) -> pd.DataFrame:
     """Experiments side by side: each one's headline numbers (`tables.headline_table`: mean and
     interval over seeds of each dataset's ID and OOD headline metric per method, variant, fraction),
     then each later experiment minus the first, paired by seed where they share points (same
     dataset, method, variant, fraction, seed; `paired_table`). `frames_by_experiment`: {name: tidy
     frame}. Each experiment's lr is chosen on `select_split` from its own runs; None keeps every lr
     (runs then pair at equal lr). Long rows: tables.HEADLINE_COLUMNS + paired; `column` names the
-    experiment or 'B - A'; `n` counts seeds (pairs for a difference)."""
+    experiment or 'B - A'; `n` counts seeds (pairs for a difference). `metric`: a metric or
+    calibration figure in place of each split's headline metric."""
     if not frames_by_experiment:
         raise ValueError("compare_experiments: no experiments given")
     chosen = {name: apply_selection(df, select_lr(df, select_split)) if select_split is not None else df
               for name, df in frames_by_experiment.items()}
-    parts = [headline_table(df, id_split, ood_split, level, column=name).assign(paired=False) for name, df in chosen.items()]
+    parts = [headline_table(df, id_split, ood_split, level, column=name, metric=metric).assign(paired=False)
+             for name, df in chosen.items()]
     (first, base), by = next(iter(chosen.items())), ["dataset", "method", "variant", "fraction"]
     for name, df in list(chosen.items())[1:]:
         for split in (id_split, ood_split):
-            a, b = (with_lr_key(d[(d["split"] == split) & (d["metric"] == d["dataset"].map(lambda x: headline_metric(x, split)))])
-                    for d in (df, base))
+            def shown(d):  # the rows of `split` of the metric the table shows
+                return d["metric"] == (metric or d["dataset"].map(lambda x: headline_metric(x, split)))
+            a, b = (with_lr_key(d[(d["split"] == split) & shown(d)]) for d in (df, base))
             table = paired_table(a, b, f"{name} - {first}", level, by=by + (["_lr"] if select_split is None else []))
             if not table.empty:
                 lr = table["_lr"].where(table["_lr"] != NO_LR) if select_split is None else np.nan
                 parts.append(table.assign(lr=lr, column=table["comparison"], split=split, mean=table["mean_diff"],
-                                          metric=table["dataset"].map(lambda x: headline_metric(x, split)),
+                                          metric=metric or table["dataset"].map(lambda x: headline_metric(x, split)),
                                           paired=True)[[*HEADLINE_COLUMNS, "paired"]])
     return pd.concat(parts, ignore_index=True)

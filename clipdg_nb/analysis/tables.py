@@ -80,11 +80,12 @@ FORMATS = ("text", "csv", "markdown")
 
 
 def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str = "test", level: float = 0.95,
-                   column: str | None = None) -> pd.DataFrame:
+                   column: str | None = None, metric: str | None = None) -> pd.DataFrame:
     """Mean and `level` interval over seeds (`stats.mean_ci`) of each dataset's ID and OOD headline
-    metric, per (dataset, method, variant, fraction, lr): long rows with columns HEADLINE_COLUMNS
-    (`column`: a label, e.g. the experiment; default the frame's experiment). Pass the frame after
-    `analysis.apply_selection` for one learning rate per method and fraction."""
+    metric (or `metric`, e.g. a calibration figure), per (dataset, method, variant, fraction, lr):
+    long rows with columns HEADLINE_COLUMNS (`column`: a label, e.g. the experiment; default the
+    frame's experiment). Pass the frame after `analysis.apply_selection` for one learning rate per
+    method and fraction."""
     from ..runs import check_one_setting
     from .stats import mean_ci
 
@@ -92,7 +93,7 @@ def headline_table(df: pd.DataFrame, id_split: str = "id_test", ood_split: str =
     rows = []
     for split in (id_split, ood_split):
         part = df[df["split"] == split]
-        part = part[part["metric"] == part["dataset"].map(lambda d: headline_metric(d, split))]
+        part = part[part["metric"] == (metric or part["dataset"].map(lambda d: headline_metric(d, split)))]
         part = with_lr_key(part).drop(columns="lr").rename(columns={"_lr": "lr"})
         per_seed = part.groupby([*HEADLINE_KEYS, "seed", "metric"], dropna=False)["value"].mean().reset_index()
         for key, group in per_seed.groupby([*HEADLINE_KEYS, "metric"], dropna=False, sort=True):

@@ -43,12 +43,30 @@ def variant_label(variant: str) -> str:
     return "best single run" if variant == BASELINE else variant_title(variant)
 
 
-def load_soup_stage(output_dir: str | Path, experiment: str, dataset: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_soup_stage(output_dir: str | Path, experiment: str, dataset: str | None = None,
+                    calibration: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ingredient runs, current soups) of the soup stage (`soup_stage_records`) as tidy frames, empty if none. A
-    soup's `setting` is cleared: its ingredients differ by seed by design, not by a setting that splits methods."""
+    soup's `setting` is cleared: its ingredients differ by seed by design, not by a setting that splits methods.
+    `calibration`: with the calibration figures as metric rows (`with_calibration`)."""
     records = soup_stage_records(output_dir, experiment, dataset)
     trained, soups = ([r for r in records if (r.get("kind") == "soup") is soup] for soup in (False, True))
-    return runs.split_settings(runs.tidy(trained)), runs.tidy(soups).assign(setting="")
+    frames = runs.split_settings(runs.tidy(trained)), runs.tidy(soups).assign(setting="")
+    if calibration:
+        frames = tuple(with_calibration(frame, recs) for frame, recs in zip(frames, (trained, soups)))
+    return frames
+
+
+def with_calibration(df: pd.DataFrame, records: Sequence[Mapping]) -> pd.DataFrame:
+    """`df` (the tidy rows of `records`) plus, per (run, weight variant, split), a row per figure of
+    CALIBRATION_NUMBERS (metric 'ece', 'ece_ts', ..., 'temperature'), from `calibration_rows`: so
+    any table of metrics (`tables.headline_table`) shows a calibration figure as it shows a metric."""
+    cal = calibration_rows(records)
+    if df.empty or cal.empty:
+        return df
+    long = cal.melt(id_vars=["run_id", "variant", "split"], value_vars=list(CALIBRATION_NUMBERS),
+                    var_name="metric", value_name="value")
+    base = df.drop(columns=["metric", "value"]).drop_duplicates(["run_id", "variant", "split"])
+    return pd.concat([df, base.merge(long, on=["run_id", "variant", "split"])], ignore_index=True)
 
 
 def averaging_comparison(runs_df: pd.DataFrame, soups_df: pd.DataFrame, splits: Sequence[str] = ("id_test", "test"),

@@ -47,10 +47,28 @@ def check_files(spec, folder: Path) -> None:
                 f"{list(columns)}). {remedy(folder)}")
 
 
-def loader_failure(spec, folder: Path, error: Exception) -> DatasetFormatError:
-    """WILDS's loader raised on values (not columns): the error in words, naming the files it read."""
+class LoaderIncompatibleError(ValueError):
+    """WILDS's loader fails on this machine's libraries whatever the files hold (not a format error)."""
+
+
+def loader_failure(spec, folder: Path, error: Exception) -> ValueError:
+    """WILDS's loader raised on values (not columns): the error in words, naming the files it read, or
+    naming the library incompatibility when the loader cannot run on today's pandas at all."""
     files = ", ".join(str(folder / f) for f in spec.required_columns)
     detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, ValueError) and "read-only" in str(error):
+        # pandas >= 3 (Copy-on-Write) hands out `Series.values` read-only; wilds 2.0.0 loaders such as
+        # RxRx1's write split ids into them. The files are fine: no download would help.
+        import traceback
+
+        import pandas as pd
+
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        return LoaderIncompatibleError(
+            f"WILDS's {spec.name} loader ({spec.loader}) cannot run on pandas {pd.__version__}: it writes into an "
+            f"array pandas >= 3 makes read-only (Copy-on-Write) at {where.filename}:{where.lineno} ({detail}). "
+            f"This is not a problem of {files}. Load it through a subclass in clipdg_nb/data/wilds_compat.py that "
+            f"builds those arrays writable (as CompatFMoW does for FMoW's timestamps), or use pandas < 3.")
     extra = spec.diagnose(folder, error) if spec.diagnose is not None else ""
     return DatasetFormatError(f"WILDS's {spec.name} loader could not read {files} ({detail}{extra}): a value in the "
                               f"metadata is not what it expects ({spec.value_hint}). {remedy(folder)}")
