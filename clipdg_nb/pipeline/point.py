@@ -241,8 +241,7 @@ def _newer(path: Path, since: float | None) -> bool:
         return False
 
 
-def run_point(point: Point, force: bool = False, log_output: bool = False, wait: bool = True,
-              since: float | None = None) -> PointResult:
+def run_point(point: Point, force: bool = False, wait: bool = True, since: float | None = None) -> PointResult:
     """Execute one point with papermill unless it is done; write its done / failed marker.
 
     The point is claimed with a file lock: when another process holds it, ``wait=False`` returns
@@ -263,7 +262,7 @@ def run_point(point: Point, force: bool = False, log_output: bool = False, wait:
                 return result("failed", error=f"{info.get('ename')}: {info.get('evalue')} (in process {info.get('pid')})")
             for leftover in point.leftovers():  # of attempts that were killed; we hold the lock
                 leftover.unlink(missing_ok=True)
-            return _execute(point, force, log_output)
+            return _execute(point, force)
     except Timeout:
         return result("busy")
     except OSError as err:  # the disk, not the notebook (a marker, the manifest): the sweep goes on
@@ -283,7 +282,7 @@ def kernel_options(socket_dir: str) -> dict:
     return {"config": config, "shutdown_kernel": "immediate"}
 
 
-def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
+def _execute(point: Point, force: bool) -> PointResult:
     """Run papermill into a temporary notebook; rename it onto `<point>.ipynb` and write the marker
     only on success. On failure the point's earlier outputs are left as they are."""
     import papermill
@@ -303,8 +302,7 @@ def _execute(point: Point, force: bool, log_output: bool) -> PointResult:
                 try:
                     nb = papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
                                                     kernel_name="python3", cwd=str(point.root),
-                                                    progress_bar=False, log_output=log_output,
-                                                    **kernel_options(sockets))
+                                                    progress_bar=False, **kernel_options(sockets))
                     found = notebook_warnings(nb)
                 except BaseException:
                     found = _keep_failed(tmp, point.failed_notebook_path)

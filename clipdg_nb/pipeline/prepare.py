@@ -1,28 +1,18 @@
 """`clipdg prepare <experiment.yaml>`: decode every split an experiment needs, once, with all cores.
 
-Training and evaluation fill the per-split decode cache lazily anyway; preparing first moves the
-one-time decode out of the (GPU) runs, uses every core, and lets parallel points start from a full
-cache instead of waiting on each other's locks. Usable as a first stage of a batch job.
+The runs fill the decode cache lazily anyway; preparing first takes the decode out of the (GPU) runs
+and lets parallel points start from a full cache instead of waiting on each other's locks.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..config import METHODS
 from ..data import SPLITS, load_dataset
 from ..images import prepare_splits
 from ..inputs import image_size
-from ..paths import rooted_at
 from .experiment import Experiment, load_experiment
-from .validate import VALIDATORS, declared_defaults
-
-
-def point_configs(point) -> list:
-    """The run configs of one point: its parameters over the notebook's declared defaults, built by
-    the same validators `clipdg run` checks them with (04_analysis builds none: it decodes nothing)."""
-    validator = VALIDATORS.get(point.notebook.name)
-    return validator.check({**declared_defaults(point.notebook), **point.parameters}) if validator else []
+from .validate import point_configs
 
 
 def plan(experiment: Experiment) -> dict[tuple, set]:
@@ -30,11 +20,8 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
     needs: dict[tuple, set] = {}
     for stage in experiment.stages:
         for point in stage.points:
-            with rooted_at(point.root):  # relative paths mean the experiment's root, as in its kernels
-                configs = point_configs(point)
-            for cfg in configs:
-                root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
-                cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
+            for cfg in point_configs(point) or []:  # 04_analysis builds none: it decodes nothing
+                root, cache = experiment.root / cfg.root_dir, experiment.root / cfg.cache_dir  # absolute stays
                 splits = set(cfg.eval_splits)
                 if METHODS[cfg.method].trains != "nothing":
                     splits |= {"train", cfg.select_split}

@@ -1,11 +1,7 @@
-"""`clipdg run parameters/X.yaml`: every point of an experiment's stages through papermill (`point`).
-
-Checked first (`validate.validate_experiment`): any problem stops the command before a point runs.
-Resumable and safe to run twice at once: done points are skipped and each point is claimed with a
-file lock. `jobs` > 1 runs points in worker processes dealt round-robin over the visible GPUs; a
-stage starts once the stages it runs `after` have ended. Workers end with the runner, even a
-SIGKILLed one. The points' stage times and kernel warnings are summed at the end (`SweepSummary`).
-"""
+"""`clipdg run parameters/X.yaml`: an experiment's points through papermill (`point.run_point`),
+checked first (`validate.validate_experiment`), done points skipped; `jobs` > 1 runs them in worker
+processes dealt round-robin over the visible GPUs, a stage starting once the stages it runs `after`
+have ended. The points' stage times and kernel warnings are summed at the end (`SweepSummary`)."""
 from __future__ import annotations
 
 import json
@@ -42,22 +38,16 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
-def watch_parent(parent: int, interval: float = 1.0) -> None:
-    """End this process when `parent` (the runner) is gone, even if it was SIGKILLed: a worker left
-    behind would run the queued points for nobody. Its kernel notices the worker's end by itself
-    (ipykernel polls its parent likewise) and ends too."""
-    def poll():
+def _init_worker(gpus, parent: int) -> None:
+    """A worker ends when the runner (`parent`) is gone, even SIGKILLed: left behind, it would run
+    the queued points for nobody (its kernel polls its parent likewise and ends too). It keeps one
+    GPU for its lifetime (shared with others when jobs > GPUs): its kernels inherit the variable."""
+    def watch():
         while os.getppid() == parent:  # a reparented process has another parent
-            time.sleep(interval)
+            time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
-
-
-def _init_worker(gpus, parent: int) -> None:
-    watch_parent(parent)
-    # Each worker keeps one GPU for its lifetime (shared with others when jobs > GPUs): the kernels
-    # it starts inherit the variable.
+    threading.Thread(target=watch, name="clipdg-watch-parent", daemon=True).start()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
@@ -126,7 +116,6 @@ class SweepSummary:
 def select_stages(experiment: Experiment, only) -> list[Stage]:
     if not only:
         return list(experiment.stages)
-    only = [only] if isinstance(only, str) else list(only)
     for name in only:
         experiment.stage(name)  # raises naming the known stages
     return [s for s in experiment.stages if s.name in only]
@@ -212,36 +201,30 @@ def _run_stages(experiment, stages, force, since, pool, summary, progress, on_re
         summary.results.append(result)
         bar = bars[result.stage]
         bar.update(1)
-        counts = Counter(r.status for r in summary.results if r.stage == result.stage)
-        bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
+        bar.set_postfix(Counter(r.status for r in summary.results if r.stage == result.stage))
         if result.status == "failed":
             bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
         if on_result is not None:
             on_result(result)
-
-    def end(stage_name: str) -> None:
-        ended.add(stage_name)
-        bars.pop(stage_name).close()
+        left[result.stage] -= 1
+        if left[result.stage] == 0:  # the stage has ended: open the stages that waited for it
+            ended.add(result.stage)
+            bars.pop(result.stage).close()
+            open_ready()
 
     def open_ready() -> None:
-        opened = True
-        while opened:  # a stage with nothing to execute ends at once and may open others
-            opened = False
-            for stage in [s for s in closed if all(a in ended or a not in chosen for a in s.after)]:
-                closed.remove(stage)
-                bars[stage.name] = tqdm(total=len(stage.points), desc=f"{experiment.name}/{stage.name}",
-                                        disable=not progress, unit="point", file=sys.stderr)
-                todo = []
-                for p, done in zip(stage.points, _done(stage, force)):
-                    if done:
-                        record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
-                    else:
-                        todo.append(p)
-                left[stage.name] = len(todo)
-                queue.extend((p, False) for p in todo)
-                if not todo:
-                    end(stage.name)
-                    opened = True
+        for stage in [s for s in closed if all(a in ended or a not in chosen for a in s.after)]:
+            if stage not in closed:  # opened already, by a stage that ended in this loop
+                continue
+            closed.remove(stage)
+            bars[stage.name] = tqdm(total=len(stage.points), desc=f"{experiment.name}/{stage.name}",
+                                    disable=not progress, unit="point", file=sys.stderr)
+            left[stage.name] = len(stage.points)
+            for p, done in zip(stage.points, _done(stage, force)):
+                if done:
+                    record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
+                else:
+                    queue.append((p, False))
 
     try:
         open_ready()
@@ -260,10 +243,6 @@ def _run_stages(experiment, stages, force, since, pool, summary, progress, on_re
                     queue.append((point, True))
                     continue
                 record(result)
-                left[point.stage] -= 1
-                if left[point.stage] == 0:
-                    end(point.stage)
-                    open_ready()
     except BaseException:  # an interrupted sweep (Ctrl-C, `on_result` raising): queued points are dropped
         for fut in running:
             fut.cancel()
