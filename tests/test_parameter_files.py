@@ -44,10 +44,10 @@ def test_every_point_builds_valid_configs_with_weights_for_its_model(path):
     """Each point's configs (its parameters over the notebook defaults) validate, and a file that
     names a real model never falls back on the offline demo's tiny weights (the notebooks' default)."""
     from clipdg_nb.config import METHODS, TINY_CLIP_WEIGHTS, TINY_MODEL, TINY_VISION_WEIGHTS
-    from clipdg_nb.pipeline.prepare import point_configs
+    from clipdg_nb.pipeline.validate import point_configs
 
     experiment = load_experiment(path, root=ROOT)
-    configs = [c for stage in experiment.stages for point in stage.points for c in point_configs(point)]
+    configs = [c for stage in experiment.stages for point in stage.points for c in point_configs(point) or []]
     assert configs or experiment.name == "never"
     for cfg in configs:
         if cfg.model != TINY_MODEL:

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,8 +36,7 @@ INLINE_PLOTLYJS_ENV = "CLIPDG_INLINE_PLOTLYJS"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Intra-op threads of every kernel, whatever the core count or `jobs`: a fixed number keeps the
 # numbers (float reductions split over threads) the same on any machine of one CPU type, and N
-# kernels each spinning up one thread per core oversubscribe the CPU (seen here: a 2-core machine
-# ran 5-10x slower with 2 jobs). $OMP_NUM_THREADS, when set, is used instead.
+# kernels each taking every core oversubscribe the CPU. $OMP_NUM_THREADS, when set, wins.
 KERNEL_THREADS = 1
 
 
@@ -150,12 +149,8 @@ def record_failure(point: Point, err: BaseException, seconds: float = 0.0, warni
 
 def _written_folders(point: Point) -> list[Path]:
     """Where a point writes: its notebooks' folder, and the output / cache folders it is given."""
-    folders = [point.output.parent]
-    for key in ("output_dir", "cache_dir"):
-        value = point.parameters.get(key)
-        if isinstance(value, str) and value:
-            folders.append(point.root / value)  # an absolute value stays itself
-    return folders
+    given = [point.parameters.get(key) for key in ("output_dir", "cache_dir")]
+    return [point.output.parent, *(point.root / v for v in given if isinstance(v, str) and v)]  # absolute stays
 
 
 _WARNING_LINE = re.compile(r"(?:^|:\d+: )([A-Z]\w*Warning): (.+)")
@@ -208,11 +203,8 @@ def stage_times(nb, records=(), seconds: float | None = None) -> dict:
     cells = [(c, (c.get("metadata") or {}).get("papermill") or {}) for c in getattr(nb, "cells", [])]
     ran = [(c, m, _iso_seconds(m.get("start_time")), _iso_seconds(m.get("end_time"))) for c, m in cells]
     ran = [(c, m, a, b) for c, m, a, b in ran if a is not None and b is not None]
-    out: dict = {}
     if start is None or end is None or not ran:
-        if seconds is not None:
-            out["total_s"] = round(seconds, 3)
-        return out
+        return {} if seconds is None else {"total_s": round(seconds, 3)}
     # the imports: every code cell up to and including the first one after the parameters cells
     tags = [set((c.get("metadata") or {}).get("tags") or []) for c, *_ in ran]
     after = max((i for i, t in enumerate(tags) if t & {"parameters", "injected-parameters"}), default=-1)
@@ -357,9 +349,7 @@ def _keep_failed(tmp: Path, target: Path) -> list[str]:
     except Exception:  # truncated JSON (a full disk), schema errors, no file
         target.unlink(missing_ok=True)
         return []
-    try:
+    with suppress(OSError):
         tmp.chmod(0o644)
         os.replace(tmp, target)
-    except OSError:
-        pass
     return notebook_warnings(nb)

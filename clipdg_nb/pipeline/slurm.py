@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..paths import write_bytes, write_json
-from .experiment import Experiment, Point, load_experiment
+from .experiment import Experiment, Point
 from .point import run_point
 from .runner import select_stages
 
@@ -30,14 +30,11 @@ ${{CLIPDG_PYTHON:-{python}}} -m clipdg_nb.pipeline.slurm {points} "$SLURM_ARRAY_
 """
 
 
-def write_slurm(experiment: Experiment | str | os.PathLike, *, only=None, force: bool = False, jobs: int | None = None,
-                out_dir: str | os.PathLike = "outputs/slurm", root=None) -> list[Path]:
-    """Write ``<out_dir>/<experiment>-<stage>.sh`` (a job array) + ``.points.json`` per stage, and a
-    ``<experiment>-submit.sh`` that submits the stages in order, each once the stages it runs `after`
-    have ended (afterany: a failed point does not hold the next stages back, as with `clipdg run`)."""
-    if not isinstance(experiment, Experiment):
-        experiment = load_experiment(experiment, root=root)
-    out = (experiment.root / out_dir).resolve()
+def write_slurm(experiment: Experiment, *, only=None, force: bool = False, jobs: int | None = None) -> list[Path]:
+    """Write ``outputs/slurm/<experiment>-<stage>.sh`` (a job array) + ``.points.json`` per stage, and
+    ``<experiment>-submit.sh`` submitting the stages, each once the stages it runs `after` have ended
+    (afterany: a failed point does not hold the next stages back, as with `clipdg run`)."""
+    out = (experiment.root / "outputs/slurm").resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     written, submit = [], ["#!/bin/bash", f"# Submit the stages of {experiment.name} in order.", "set -euo pipefail",
                            f"cd {shlex.quote(str(experiment.root))}"]
