@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from clipdg_nb.pipeline.point import kernel_options, stage_times
 
     print(f"machine: {machine()}")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the runner's kernels' setting (runner.KERNEL_THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the runner's kernels' setting (point.KERNEL_THREADS)
     ways = {"papermill's default kernel": lambda sockets: {}, "the runner's kernel": kernel_options}
     times: dict = {name: [] for name in ways}
     with tempfile.TemporaryDirectory() as tmp:

@@ -202,7 +202,7 @@ pathlib.Path(f"together-{x}.txt").write_text(str(len(list(pathlib.Path().glob("s
 
 def test_more_jobs_than_gpus_share_the_gpus_round_robin(tmp_path, capsys, monkeypatch):
     """jobs=4 on 2 GPUs: four workers, two on each GPU (a run's record cannot depend on it: see
-    `runner._make_workers`)."""
+    `runner.run_experiment`)."""
     monkeypatch.setattr(sweep_runner, "visible_gpus", lambda: ["0", "1"])
     write_notebook(tmp_path / "nb.ipynb", "x = 0  # the grid value\n", BARRIER_BODY)
     path = write_experiment(tmp_path, [{"name": "s", "notebook": "nb.ipynb", "grid": {"x": [0, 1, 2, 3]}}])

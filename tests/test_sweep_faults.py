@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from clipdg_nb.cli import main
-from clipdg_nb.pipeline import runner
+from clipdg_nb.pipeline import point, runner
 from clipdg_nb.pipeline.validate import ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def executions(root: Path) -> list[int]:
 
 
 def cli_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in runner.THREAD_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in point.THREAD_VARS}
     return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep), **extra}
 
 
@@ -180,7 +180,7 @@ def test_two_runs_at_once_split_the_points_and_execute_each_once(tmp_path):
         marker = json.loads((folder(tmp_path) / f"x-{x}.done.json").read_text())
         assert marker["parameters"]["x"] == x and marker["run_dirs"] == [f"runs/x{x}"]
         # a fixed thread count per kernel, whatever the cores or --jobs
-        assert (tmp_path / f"threads-{x}.txt").read_text() == str(runner.KERNEL_THREADS)
+        assert (tmp_path / f"threads-{x}.txt").read_text() == str(point.KERNEL_THREADS)
     assert len(runner.run_experiment(path, root=tmp_path, dry_run=True, progress=False).skipped) == len(xs)
 
 
@@ -272,12 +272,12 @@ def test_bad_values_are_all_reported_up_front_and_nothing_runs(tmp_path, capsys)
 
 
 def test_thread_count_is_fixed_unless_the_user_sets_it(monkeypatch):
-    for var in runner.THREAD_VARS:
+    for var in point.THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    assert set(runner.kernel_thread_env().values()) == {str(runner.KERNEL_THREADS)}
+    assert set(point.kernel_thread_env().values()) == {str(point.KERNEL_THREADS)}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert set(runner.kernel_thread_env().values()) == {"3"}
+    assert set(point.kernel_thread_env().values()) == {"3"}
 
 
 def test_full_disk_fails_the_point_in_one_line_writes_nothing_half_and_the_sweep_goes_on(tmp_path, capsys,

@@ -1,11 +1,6 @@
-"""JupyterLab as `make lab` starts it: the notebooks open with the project's kernel, "Python (clipdg-nb)",
-while their files keep naming the portable `python3`.
-
-The notebooks name `python3` so papermill, nbclient and CI run them anywhere. The lab offers only
-clipdg-nb (`KernelSpecManager.allowed_kernelspecs`), so JupyterLab picks it for Python notebooks;
-`pre_save`, the pre-save hook, writes `python3` back (and drops outputs from committed notebooks),
-keeping the file on disk clean. The Makefile passes `SERVER_OPTIONS`.
-"""
+"""JupyterLab as `make lab` starts it (`SERVER_OPTIONS`): it offers only the project's kernel, while
+the notebook files keep naming the portable `python3` (papermill, nbclient and CI run them anywhere):
+`pre_save` writes it back, and drops outputs from committed notebooks."""
 from __future__ import annotations
 
 KERNEL_NAME = "clipdg-nb"

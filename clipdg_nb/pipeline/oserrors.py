@@ -1,9 +1,5 @@
-"""OS errors said in one line: what failed, on which path, and how much space is left there.
-
-A full disk shows up in many guises (`OSError(ENOSPC)`, safetensors' "os error 28", a quota's
-EDQUOT); the one thing a user needs is which file, which filesystem and how much is free on it, so
-every message built here names the path and `shutil.disk_usage`'s free space.
-"""
+"""OS errors said in one line: what failed, on which path, and how much space is left there (a full
+disk shows up as ENOSPC, safetensors' "os error 28", a quota's EDQUOT: the user needs the place)."""
 from __future__ import annotations
 
 import errno
@@ -22,20 +18,10 @@ def out_of_space(err: BaseException | str) -> bool:
     return any(s in str(err) for s in _NO_SPACE)
 
 
-def _existing(path: Path) -> Path | None:
-    path = Path(os.path.abspath(path))
-    while not path.exists():
-        if path.parent == path:
-            return None
-        path = path.parent
-    return path
-
-
 def free_space(path: str | os.PathLike) -> str:
-    """'1.2 GB free on /data (of 252 GB)' for the filesystem holding `path` (or its nearest folder)."""
-    where = _existing(Path(path))
-    if where is None:
-        return f"free space unknown ({path} has no existing parent)"
+    """'1.2 GB free on the filesystem of /data (of 252.0 GB)', for `path` or its nearest existing folder."""
+    path = Path(os.path.abspath(path))
+    where = next(p for p in (path, *path.parents) if p.exists())
     try:
         usage = shutil.disk_usage(where)
     except OSError as err:
@@ -43,12 +29,12 @@ def free_space(path: str | os.PathLike) -> str:
     return f"{_size(usage.free)} free on the filesystem of {where} (of {_size(usage.total)})"
 
 
-def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n} bytes"
+    return f"{n:.1f} TB"
 
 
 def describe_os_error(err: BaseException, paths: Iterable[str | os.PathLike] = ()) -> str:

@@ -1,13 +1,11 @@
 """`clipdg prepare <experiment.yaml>`: decode every split an experiment needs, once, with all cores.
 
-Training and evaluation fill the per-split decode cache lazily anyway; preparing first moves the
-one-time decode out of the (GPU) runs, uses every core, and lets parallel points start from a full
-cache instead of waiting on each other's locks. Usable as a first stage of a batch job.
+The runs fill the decode cache lazily anyway; preparing first takes the decode out of the (GPU) runs
+and lets parallel points start from a full cache instead of waiting on each other's locks.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..config import METHODS
 from ..data import SPLITS, load_dataset
@@ -23,8 +21,7 @@ def plan(experiment: Experiment) -> dict[tuple, set]:
     for stage in experiment.stages:
         for point in stage.points:
             for cfg in point_configs(point) or []:  # 04_analysis builds none: it decodes nothing
-                root = Path(cfg.root_dir) if Path(cfg.root_dir).is_absolute() else experiment.root / cfg.root_dir
-                cache = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else experiment.root / cfg.cache_dir
+                root, cache = experiment.root / cfg.root_dir, experiment.root / cfg.cache_dir  # absolute stays
                 splits = set(cfg.eval_splits)
                 if METHODS[cfg.method].trains != "nothing":
                     splits |= {"train", cfg.select_split}

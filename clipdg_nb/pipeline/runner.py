@@ -1,19 +1,7 @@
-"""Running an experiment's points with papermill: `clipdg run parameters/X.yaml`.
-
-* checked first (`validate.validate_experiment`): any problem stops the command before a point runs;
-* resumable: a succeeded point writes `<point>.done.json` (parameters + the runs it reported through
-  `runs.note_runs`) atomically; a rerun skips points whose marker still matches (`point.is_done`);
-* safe to run twice at once: a point is claimed with a file lock (`<point>.lock`), so two runs split
-  the work and each point executes once;
-* never half written: papermill executes into a temporary notebook renamed onto `<point>.ipynb` only
-  on success; a failure is kept as `<point>.failed.ipynb` + `<point>.failed.json` (cell, error);
-* parallel: `jobs` worker processes dealt round-robin over the visible GPUs; a stage starts once the
-  stages it runs `after` have ended (`_run_scheduled`); every kernel gets a fixed thread count
-  (`KERNEL_THREADS` or $OMP_NUM_THREADS), so the numbers depend on neither the cores nor `jobs`;
-* no orphans: workers watch the runner (`watch_parent`), kernels their worker;
-* a full disk or vanished folder fails the point, naming the path and free space (`oserrors`);
-* the points' stage times and kernel warnings are summed and printed at the end (`SweepSummary`).
-"""
+"""`clipdg run parameters/X.yaml`: an experiment's points through papermill (`point.run_point`),
+checked first (`validate.validate_experiment`), done points skipped; `jobs` > 1 runs them in worker
+processes dealt round-robin over the visible GPUs, a stage starting once the stages it runs `after`
+have ended. The points' stage times and kernel warnings are summed at the end (`SweepSummary`)."""
 from __future__ import annotations
 
 import json
@@ -24,19 +12,18 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..fingerprint import one_scan_per_folder
-from ..paths import to_jsonable, write_json
+from ..paths import to_jsonable
 from .experiment import Experiment, Point, Stage, load_experiment
-from .oserrors import describe_os_error
-from .point import STAGES, PointResult, failure_info, is_done, run_point, set_env
+from .point import STAGES, PointResult, is_done, record_failure, run_point
 
-__all__ = ["PointResult", "SweepSummary", "is_done", "run_experiment", "run_point", "select_stages", "visible_gpus"]
+__all__ = ["SweepSummary", "run_experiment", "select_stages", "visible_gpus"]
 
 
 def visible_gpus() -> list[str]:
@@ -51,61 +38,18 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-# Intra-op threads of every kernel, whatever the core count or `jobs`: a fixed number keeps the
-# numbers (float reductions split over threads) the same on any machine of one CPU type, and N
-# kernels each spinning up one thread per core oversubscribe the CPU (seen here: a 2-core machine
-# ran 5-10x slower with 2 jobs). $OMP_NUM_THREADS, when set, is used instead.
-KERNEL_THREADS = 1
-
-
-def kernel_thread_env() -> dict[str, str]:
-    """The thread variables every kernel gets: the user's where set, else KERNEL_THREADS (or the
-    user's OMP_NUM_THREADS) for the others."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(KERNEL_THREADS)
-    return {var: os.environ.get(var) or threads for var in THREAD_VARS}
-
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def watch_parent(parent: int, interval: float = 1.0) -> None:
-    """End this process when `parent` (the runner) is gone, even if it was SIGKILLed: the kernel's
-    death signal on Linux (prctl PR_SET_PDEATHSIG), and, everywhere, a daemon thread that polls
-    os.getppid() (a reparented process has another parent). A pool worker left behind would
-    otherwise run the queued points for nobody, then idle for good. Its kernel notices the worker's
-    end by itself (ipykernel polls its parent likewise) and ends too."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the thread below still watches
-
-    def poll():
-        while os.getppid() == parent:
-            time.sleep(interval)
+def _init_worker(gpus, parent: int) -> None:
+    """A worker ends when the runner (`parent`) is gone, even SIGKILLed: left behind, it would run
+    the queued points for nobody (its kernel polls its parent likewise and ends too). It keeps one
+    GPU for its lifetime (shared with others when jobs > GPUs): its kernels inherit the variable."""
+    def watch():
+        while os.getppid() == parent:  # a reparented process has another parent
+            time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if os.getppid() != parent:  # the runner died before the watch was set up
-        os.kill(os.getpid(), signal.SIGKILL)
-    threading.Thread(target=poll, name="clipdg-watch-parent", daemon=True).start()
-
-
-def _init_worker(gpus, threads: dict, parent: int | None = None) -> None:
-    if parent is not None:
-        watch_parent(parent)
-    # Each worker process keeps one GPU for its lifetime (shared with others when jobs > GPUs): the
-    # kernels it starts inherit the variable.
+    threading.Thread(target=watch, name="clipdg-watch-parent", daemon=True).start()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
-    os.environ.update(threads)
-
-
-def _run_point_job(point_json: dict, force: bool, wait: bool, since: float) -> PointResult:
-    return run_point(Point.from_json(point_json), force=force, wait=wait, since=since)
 
 
 @dataclass
@@ -116,21 +60,10 @@ class SweepSummary:
     def _of(self, status):
         return [r for r in self.results if r.status == status]
 
-    @property
-    def done(self):
-        return self._of("done")
-
-    @property
-    def skipped(self):
-        return self._of("skipped")
-
-    @property
-    def failed(self):
-        return self._of("failed")
-
-    @property
-    def planned(self):
-        return self._of("planned")
+    done = property(lambda self: self._of("done"))
+    skipped = property(lambda self: self._of("skipped"))
+    failed = property(lambda self: self._of("failed"))
+    planned = property(lambda self: self._of("planned"))
 
     def format(self) -> str:
         if self.dry_run:
@@ -146,15 +79,14 @@ class SweepSummary:
 
     def stage_totals(self) -> dict[str, float]:
         """Seconds per stage (`point.STAGES`) summed over the points executed in this sweep."""
-        totals: dict[str, float] = {}
+        totals: Counter = Counter()
         for r in self.results:
-            for k, v in (r.stages or {}).items():
-                totals[k] = totals.get(k, 0.0) + v
-        return totals
+            totals.update(r.stages or {})
+        return dict(totals)
 
     def format_stages(self) -> list[str]:
-        """Where the executed points' time went: each stage summed over them, the slowest stage and
-        the slowest point (the points overlap in time when they run in parallel)."""
+        """Each stage summed over the executed points, the slowest stage and the slowest point (the
+        points overlap in time when they run in parallel)."""
         timed = [r for r in self.results if r.stages]
         totals = self.stage_totals()
         if not timed or not totals.get("total_s"):
@@ -168,19 +100,13 @@ class SweepSummary:
                 f"  slowest stage: {STAGES.get(worst_key, worst_key)} {worst:.1f} s ({worst / total:.0%}); "
                 f"slowest point: {slowest.stage}/{slowest.name} {slowest.seconds:.1f} s"]
 
-    def warned(self) -> dict[str, list[str]]:
-        """Each warning the points' kernels wrote -> the points (stage/name) that wrote it."""
-        out: dict[str, list[str]] = {}
+    def format_warnings(self) -> list[str]:
+        """Each warning the points' kernels wrote, once, with the points that wrote it."""
+        warned: dict[str, list[str]] = {}
         for r in self.results:
             for w in r.warnings or []:
-                out.setdefault(w, []).append(f"{r.stage}/{r.name}")
-        return out
-
-    def format_warnings(self) -> list[str]:
-        warned = self.warned()
-        if not warned:
-            return []
-        lines = [f"{len(warned)} warning(s) from the points (in full in their executed notebooks):"]
+                warned.setdefault(w, []).append(f"{r.stage}/{r.name}")
+        lines = [f"{len(warned)} warning(s) from the points (in full in their executed notebooks):"] if warned else []
         for text, points in warned.items():
             at = ", ".join(points[:3]) + (f" and {len(points) - 3} more" if len(points) > 3 else "")
             lines.append(f"  WARNING {text} [{at}]")
@@ -190,7 +116,6 @@ class SweepSummary:
 def select_stages(experiment: Experiment, only) -> list[Stage]:
     if not only:
         return list(experiment.stages)
-    only = [only] if isinstance(only, str) else list(only)
     for name in only:
         experiment.stage(name)  # raises naming the known stages
     return [s for s in experiment.stages if s.name in only]
@@ -199,20 +124,17 @@ def select_stages(experiment: Experiment, only) -> list[Stage]:
 def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1, only=None, force: bool = False,
                    dry_run: bool = False, progress: bool = True, root=None,
                    on_result: Callable[[PointResult], None] | None = None) -> SweepSummary:
-    """Run every stage's points; a stage starts once the stages it runs `after` (by default: every
-    stage above it) have ended, so with ``jobs`` > 1 independent stages share the workers.
-
-    Every point of the chosen stages is validated first (`validate.validate_experiment`): any
-    problem raises one `ValidationError` listing all of them, before anything runs or is touched.
-    ``jobs`` points run at once in worker processes; with GPUs visible each worker gets one, dealt
-    round-robin (``jobs`` may exceed the GPU count: points then share a GPU). Points another process holds are left for later,
-    then waited for. ``on_result`` is called after each point (the tests use it to
-    interrupt a sweep). ``dry_run`` validates, prints the plan and executes nothing.
-    """
+    """Run every point of the chosen stages (`only`), `jobs` at once; with GPUs visible each worker
+    gets one, round-robin (`jobs` may exceed the GPU count: points then share a GPU, and a run's
+    record does not depend on it: each point is its own process, reading no other's state).
+    ``on_result`` is called after each point; ``dry_run`` validates, prints the plan, runs nothing."""
     # here, not at the top: the pool workers import this module, and validation imports the model
     # registry (torch, open_clip: ~3 s that each worker would pay before its first point)
     from .validate import validate_experiment
 
+    # markers newer than this may be another process's, written after our done checks (taken before
+    # validation, as file times lag the clock by up to a tick)
+    since = time.time()
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment, root=root)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -220,191 +142,127 @@ def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1,
     summary = SweepSummary(dry_run=dry_run)
     stages = select_stages(experiment, only)
     validate_experiment(experiment, stages, jobs=jobs)
-    if dry_run:  # per stage: its fixed parameters on one line, then a table of one line per point
-        import pandas as pd
-        for stage in stages:
-            with one_scan_per_folder():
-                done = [not force and is_done(p) for p in stage.points]
-            print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s), "
-                  f"{_after_text(experiment, stage)}")
-            if stage.params:
-                print("  with " + ", ".join(f"{k} {json.dumps(to_jsonable(v))}" for k, v in stage.params.items()))
-            rows = []
-            for p, skip in zip(stage.points, done):
-                status = "skipped" if skip else "planned"
-                summary.results.append(PointResult(stage.name, p.name, status, output=str(p.output)))
-                rows.append({"": "done, skip" if status == "skipped" else "would run",
-                             **{k: p.parameters.get(k) for k in stage.grid}})
-            print("  " + pd.DataFrame(rows).to_string(index=False).replace("\n", "\n  "))
+    if dry_run:
+        _print_plan(experiment, stages, force, summary)
         return summary
-    since = time.time()  # markers newer than this were written by another process of this sweep
-    workers = _make_workers(stages, jobs)  # one set of workers for every stage
-    try:
-        _run_stages(experiment, stages, force, progress, since, summary, on_result, workers)
-    finally:
-        if workers is not None:
-            workers.close()
-    return summary
-
-
-def _make_workers(stages: list[Stage], jobs: int) -> "_Workers | None":
-    """The worker processes for `jobs` points at once (None for one job: it runs in this process).
-    With GPUs visible they are dealt round-robin, so with `jobs` above the GPU count several points
-    share a GPU (the many small runs of a grid leave one card mostly idle). A run's record does not
-    depend on how many points share its GPU: each point is its own process with its own seeds, and
-    nothing in a run reads another's state (kernels' float reductions do not depend on the load)."""
     gpus = visible_gpus()
     workers = min(jobs, max(sum(len(s.points) for s in stages), 1))
     if gpus and workers > len(gpus):
         print(f"jobs={jobs} on {len(gpus)} GPU(s): up to {-(-workers // len(gpus))} points share each GPU",
               file=sys.stderr)
-    return _Workers(gpus, workers) if jobs > 1 else None
-
-
-class _StageBars:
-    """One progress bar per stage, opened when the stage starts and closed when its last point
-    ends; what each point ended as goes to the summary and `on_result`."""
-
-    def __init__(self, experiment, summary, progress: bool, on_result):
-        self.experiment, self.summary, self.progress, self.on_result = experiment, summary, progress, on_result
-        self.bars: dict = {}
-
-    def open(self, stage: Stage) -> None:
-        from tqdm.auto import tqdm
-
-        self.bars[stage.name] = tqdm(total=len(stage.points), desc=f"{self.experiment.name}/{stage.name}",
-                                     disable=not self.progress, unit="point", file=sys.stderr)
-
-    def record(self, result: PointResult) -> None:
-        self.summary.results.append(result)
-        bar = self.bars[result.stage]
-        bar.update(1)
-        # counts of this stage only (not carried over from the other stages)
-        counts = Counter(r.status for r in self.summary.results if r.stage == result.stage)
-        bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"])
-        if result.status == "failed":
-            bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
-        if self.on_result is not None:
-            self.on_result(result)
-
-    def todo(self, stage: Stage, force: bool) -> list[Point]:
-        """The stage's points to execute; those already done are recorded as skipped (cheap, here)."""
-        with one_scan_per_folder():  # each dataset folder is scanned once per stage, not once per point
-            done = [not force and is_done(p) for p in stage.points]
-        for p, skip in zip(stage.points, done):
-            if skip:
-                self.record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
-        return [p for p, skip in zip(stage.points, done) if not skip]
-
-    def close(self, name: str | None = None) -> None:
-        for key in [name] if name is not None else list(self.bars):
-            bar = self.bars.pop(key, None)
-            if bar is not None:
-                bar.close()
-
-
-def _after_text(experiment: Experiment, stage: Stage) -> str:
-    above = [s.name for s in experiment.stages[:experiment.stages.index(stage)]]
-    if not stage.after:
-        return "starts with the first stage" if above else "the first stage"
-    return "after every stage above it" if list(stage.after) == above else f"after {', '.join(stage.after)}"
-
-
-def _run_stages(experiment, stages, force, progress, since, summary, on_result, workers) -> None:
-    bars = _StageBars(experiment, summary, progress, on_result)
+    pool = _Workers(gpus, workers) if jobs > 1 else _InProcess()
     try:
-        if workers is not None:
-            _run_scheduled(stages, force, bars, since, workers)
-            return
-        # one at a time: stage by stage in the file's order, which satisfies every stage's `after`
-        for stage in stages:
-            bars.open(stage)
-            todo = bars.todo(stage, force)
-            with set_env(**kernel_thread_env()):
-                deferred = []
-                for p in todo:
-                    result = run_point(p, force=force, wait=False, since=since)
-                    if result.status == "busy":  # another process runs it: come back at the end
-                        deferred.append(p)
-                    else:
-                        bars.record(result)
-                for p in deferred:
-                    bars.record(run_point(p, force=force, wait=True, since=since))
-            bars.close(stage.name)
+        _run_stages(experiment, stages, force, since, pool, summary, progress, on_result)
     finally:
-        bars.close()
+        pool.close()
+    return summary
 
 
-def _run_scheduled(stages: list[Stage], force: bool, bars: _StageBars, since: float, workers: "_Workers") -> None:
-    """Every chosen stage's points through one set of workers. A stage opens once the stages it
-    runs `after` have ended (every point done, skipped or failed; a stage not chosen counts as
-    ended); its points join the queue in file order, and a worker that frees up takes the first
-    queued point. So independent stages share the workers: no worker idles while one stage's last
-    point runs and another stage has points waiting. A point another process holds goes back to
-    the end of the queue, to be waited for."""
+def _done(stage: Stage, force: bool) -> list[bool]:
+    with one_scan_per_folder():  # each dataset folder is scanned once per stage, not once per point
+        return [not force and is_done(p) for p in stage.points]
+
+
+def _print_plan(experiment: Experiment, stages: list[Stage], force: bool, summary: SweepSummary) -> None:
+    """Per stage: its fixed parameters on one line, then a table of one line per point."""
+    import pandas as pd
+
+    for stage in stages:
+        above = [s.name for s in experiment.stages[:experiment.stages.index(stage)]]
+        after = f"after {', '.join(stage.after)}"
+        if not stage.after:
+            after = "starts with the first stage" if above else "the first stage"
+        elif list(stage.after) == above:
+            after = "after every stage above it"
+        print(f"[{experiment.name}/{stage.name}] {stage.notebook.name}: {len(stage.points)} point(s), {after}")
+        if stage.params:
+            print("  with " + ", ".join(f"{k} {json.dumps(to_jsonable(v))}" for k, v in stage.params.items()))
+        rows = []
+        for p, done in zip(stage.points, _done(stage, force)):
+            summary.results.append(PointResult(stage.name, p.name, "skipped" if done else "planned", output=str(p.output)))
+            rows.append({"": "done, skip" if done else "would run", **{k: p.parameters.get(k) for k in stage.grid}})
+        print("  " + pd.DataFrame(rows).to_string(index=False).replace("\n", "\n  "))
+
+
+def _run_stages(experiment, stages, force, since, pool, summary, progress, on_result) -> None:
+    """Every chosen stage's points through `pool`, with one progress bar per open stage. A stage
+    opens once the stages it runs `after` have ended (a stage not chosen counts as ended); its points
+    not done join the queue in file order and a free worker takes the first, so independent stages
+    share the workers. A point another process holds goes back to the end of the queue, to be
+    waited for (its done-ness is then read again: `point.run_point`'s `since`)."""
+    from tqdm.auto import tqdm
+
     chosen = {s.name for s in stages}
-    closed, ended = list(stages), set()
-    left: dict[str, int] = {}
+    closed, ended, bars, left = list(stages), set(), {}, {}
     queue: list[tuple[Point, bool]] = []  # (point, wait for its lock)
     running: dict = {}  # future -> point
 
-    def end(stage_name: str) -> None:
-        ended.add(stage_name)
-        bars.close(stage_name)
-
-    def open_ready() -> None:
-        opened = True
-        while opened:  # a stage with nothing to execute ends at once and may open others
-            opened = False
-            for stage in [s for s in closed if all(a in ended or a not in chosen for a in s.after)]:
-                closed.remove(stage)
-                bars.open(stage)
-                todo = bars.todo(stage, force)
-                left[stage.name] = len(todo)
-                queue.extend((p, False) for p in todo)
-                if not todo:
-                    end(stage.name)
-                    opened = True
-
-    def finished(point: Point, result: PointResult) -> None:
-        bars.record(result)
-        left[point.stage] -= 1
-        if left[point.stage] == 0:
-            end(point.stage)
+    def record(result: PointResult) -> None:
+        summary.results.append(result)
+        bar = bars[result.stage]
+        bar.update(1)
+        bar.set_postfix(Counter(r.status for r in summary.results if r.stage == result.stage))
+        if result.status == "failed":
+            bar.write(f"FAILED {result.stage}/{result.name}: {result.error}")
+        if on_result is not None:
+            on_result(result)
+        left[result.stage] -= 1
+        if left[result.stage] == 0:  # the stage has ended: open the stages that waited for it
+            ended.add(result.stage)
+            bars.pop(result.stage).close()
             open_ready()
 
-    open_ready()
+    def open_ready() -> None:
+        for stage in [s for s in closed if all(a in ended or a not in chosen for a in s.after)]:
+            if stage not in closed:  # opened already, by a stage that ended in this loop
+                continue
+            closed.remove(stage)
+            bars[stage.name] = tqdm(total=len(stage.points), desc=f"{experiment.name}/{stage.name}",
+                                    disable=not progress, unit="point", file=sys.stderr)
+            left[stage.name] = len(stage.points)
+            for p, done in zip(stage.points, _done(stage, force)):
+                if done:
+                    record(PointResult(stage.name, p.name, "skipped", output=str(p.output)))
+                else:
+                    queue.append((p, False))
+
     try:
+        open_ready()
         while queue or running:
-            while queue and len(running) < workers.workers:
+            while queue and len(running) < pool.workers:
                 point, wait_for_lock = queue.pop(0)
-                running[workers.submit(_run_point_job, point.to_json(), force, wait_for_lock, since)] = point
+                running[pool.submit(run_point, point, force=force, wait=wait_for_lock, since=since)] = point
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 point = running.pop(fut)
                 try:
                     result = fut.result()
                 except Exception as err:  # the worker itself died
-                    result = _worker_died(point, err)
+                    result = record_failure(point, err)
                 if result.status == "busy":  # another process runs it: queued again, behind the rest, waiting
                     queue.append((point, True))
                     continue
-                finished(point, result)
+                record(result)
     except BaseException:  # an interrupted sweep (Ctrl-C, `on_result` raising): queued points are dropped
         for fut in running:
             fut.cancel()
         raise
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
-def _worker_died(point: Point, err: BaseException) -> PointResult:
-    result = PointResult(point.stage, point.name, "failed", error=f"{type(err).__name__}: {err}",
-                         output=str(point.output))
-    try:
-        write_json(point.failed_path, failure_info(point, err))
-    except OSError as werr:  # a full disk: the sweep still goes on
-        result.error += (f" (and its failure record {point.failed_path.name} could not be written "
-                         f"either: {describe_os_error(werr, [point.failed_path.parent])})")
-    return result
+class _InProcess:
+    """jobs=1: a point runs here as it is submitted (its kernel is this process's child)."""
+    workers = 1
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+    def close(self) -> None:
+        pass
 
 
 class _Workers:
@@ -415,12 +273,12 @@ class _Workers:
         self.gpus, self.workers = gpus, workers
         self._pool = None
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, **kwargs) -> Future:
         try:
-            return self.pool().submit(fn, *args)
+            return self.pool().submit(fn, *args, **kwargs)
         except BrokenProcessPool:
             self.close()
-            return self.pool().submit(fn, *args)
+            return self.pool().submit(fn, *args, **kwargs)
 
     def pool(self) -> ProcessPoolExecutor:
         import multiprocessing
@@ -433,11 +291,10 @@ class _Workers:
                 for i in range(self.workers):  # round-robin: each GPU gets ceil or floor(workers / GPUs)
                     queue.put(self.gpus[i % len(self.gpus)])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(queue, kernel_thread_env(), os.getpid()))
+                                             initargs=(queue, os.getpid()))
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from ..paths import write_bytes, write_json
-from .experiment import Experiment, Point, load_experiment
-from .point import set_env
-from .runner import kernel_thread_env, run_point, select_stages
+from .experiment import Experiment, Point
+from .point import run_point
+from .runner import select_stages
 
 
 SLURM_TEMPLATE = """#!/bin/bash
@@ -30,14 +30,11 @@ ${{CLIPDG_PYTHON:-{python}}} -m clipdg_nb.pipeline.slurm {points} "$SLURM_ARRAY_
 """
 
 
-def write_slurm(experiment: Experiment | str | os.PathLike, *, only=None, force: bool = False, jobs: int | None = None,
-                out_dir: str | os.PathLike = "outputs/slurm", root=None) -> list[Path]:
-    """Write ``<out_dir>/<experiment>-<stage>.sh`` (a job array) + ``.points.json`` per stage, and a
-    ``<experiment>-submit.sh`` that submits the stages in order, each once the stages it runs `after`
-    have ended (afterany: a failed point does not hold the next stages back, as with `clipdg run`)."""
-    if not isinstance(experiment, Experiment):
-        experiment = load_experiment(experiment, root=root)
-    out = (experiment.root / out_dir).resolve()
+def write_slurm(experiment: Experiment, *, only=None, force: bool = False, jobs: int | None = None) -> list[Path]:
+    """Write ``outputs/slurm/<experiment>-<stage>.sh`` (a job array) + ``.points.json`` per stage, and
+    ``<experiment>-submit.sh`` submitting the stages, each once the stages it runs `after` have ended
+    (afterany: a failed point does not hold the next stages back, as with `clipdg run`)."""
+    out = (experiment.root / "outputs/slurm").resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     written, submit = [], ["#!/bin/bash", f"# Submit the stages of {experiment.name} in order.", "set -euo pipefail",
                            f"cd {shlex.quote(str(experiment.root))}"]
@@ -66,18 +63,8 @@ def write_slurm(experiment: Experiment | str | os.PathLike, *, only=None, force:
     return [*written, submit_path]
 
 
-def run_point_from_file(points_json: str | os.PathLike, index: int, force: bool = False) -> int:
-    """Run point ``index`` of a points file written by :func:`write_slurm`; 0 on success or skip."""
-    points = json.loads(Path(points_json).read_text(encoding="utf-8"))
-    if not 0 <= index < len(points):
-        raise IndexError(f"index {index} out of range: {points_json} holds {len(points)} point(s)")
-    with set_env(**kernel_thread_env()):  # the same thread count as under `clipdg run`
-        result = run_point(Point.from_json(points[index]), force=force)
-    print(f"{result.stage}/{result.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
-    return 1 if result.status == "failed" else 0
-
-
 def _main(argv=None) -> int:
+    """Run point `index` of a points file `write_slurm` wrote; 0 on success or skip."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m clipdg_nb.pipeline.slurm",
@@ -86,7 +73,12 @@ def _main(argv=None) -> int:
     parser.add_argument("index", type=int)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    return run_point_from_file(args.points_json, args.index, force=args.force)
+    points = json.loads(Path(args.points_json).read_text(encoding="utf-8"))
+    if not 0 <= args.index < len(points):
+        parser.error(f"index {args.index} out of range: {args.points_json} holds {len(points)} point(s)")
+    result = run_point(Point.from_json(points[args.index]), force=args.force)
+    print(f"{result.stage}/{result.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
+    return 1 if result.status == "failed" else 0
 
 
 if __name__ == "__main__":
