@@ -14,7 +14,7 @@ DEMO_EXPERIMENT = Path("parameters") / "demo.yaml"
 
 def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", experiment: str | Path = DEMO_EXPERIMENT,
              jobs: int = 2, progress: bool = True, log=print) -> int:
-    from .readme import findings_block
+    from .. import analysis
     from ..data import DEMO_DATASETS, format_summary, load_dataset
     from ..demo.pretrain import pretrain_tiny
     from ..demo.synthetic import SynthConfig, write_synthetic
@@ -42,10 +42,13 @@ def run_demo(root: str = "outputs/data", cache_dir: str = "outputs/cache", exper
     t = lap("sweep", t)
     reports = render_reports(out_dir="outputs/reports", experiment=plan.name, only_changed=True)
     t = lap("reports", t)
-    if (Path("outputs/runs") / plan.name).is_dir():  # the same table `clipdg readme-numbers` writes
-        log("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)\n"
-            + findings_block("outputs/runs", plan.name, DEMO_DATASETS).body)
-        log("the number tables of README.md and docs/ from these records: clipdg readme-numbers")
+    if (Path("outputs/runs") / plan.name).is_dir():  # the findings the report's summary opens on
+        log("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)")
+        for name in DEMO_DATASETS:
+            runs = analysis.load_experiment_runs("outputs/runs", plan.name, name)
+            found = analysis.findings(analysis.apply_selection(runs, analysis.select_lr(runs, "id_val")), name)
+            log(f"{name}:\n" + found[["question", "measured", "verdict"]].to_string(index=False))
+        log("the number tables of README.md and docs/ from these records: make readme-numbers")
     total = round(time.perf_counter() - started, 1)
     log(f"\nreports ({len(reports)}): {Path('outputs/reports').resolve()}/index.html")
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total}")
