@@ -35,7 +35,7 @@ demo: $(STAMP)
 
 # The number tables of README.md and docs/*.md, rewritten from the demo's run records (after make demo; `--check` in the tests).
 readme-numbers: $(STAMP)
-	$(VENV)/bin/clipdg readme-numbers
+	$(PY) tools/readme_numbers.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

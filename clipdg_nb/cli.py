@@ -165,21 +165,6 @@ def _cmd_table(args) -> int:
     return 0
 
 
-def _cmd_readme_numbers(args) -> int:
-    """The number blocks of README.md and docs/*.md rewritten from the run records, or --check'ed."""
-    from .pipeline import readme
-
-    files = args.readme or readme.documents()
-    if args.check:
-        problems = readme.check_files(files, readme.REQUIRED)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1 if problems else 0
-    for name, what in readme.update(files, args.output_dir, args.soups_dir).items():
-        print(f"{name}: {what}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS, DEMO_DATASETS  # the registry: one module per dataset
 
@@ -273,13 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--output-dir", default="outputs/runs")
     table.set_defaults(func=_cmd_table)
 
-    numbers = sub.add_parser("readme-numbers", help="rewrite the number blocks of README.md and docs/*.md from the "
-                             "demo's run records (after make demo); --check: fail when a block was edited by hand")
-    numbers.add_argument("--check", action="store_true", help="only check each block's body against its stamped sha256")
-    numbers.add_argument("--readme", nargs="+", metavar="FILE", help="the files (default: README.md and docs/*.md)")
-    numbers.add_argument("--output-dir", default="outputs/runs")
-    numbers.add_argument("--soups-dir", default="outputs/runs/soups", help="output_dir of the demo's soups stage")
-    numbers.set_defaults(func=_cmd_readme_numbers)
     return parser
 
 

@@ -14,7 +14,7 @@ PHASES = ("synthetic data", "pretraining", "sweep", "reports")
 
 
 def run_demo(root: str = "outputs/data", jobs: int = 2, progress: bool = True) -> int:
-    from .readme import findings_block
+    from .. import analysis
     from ..data import DEMO_DATASETS, format_summary, load_dataset
     from ..demo.pretrain import pretrain_tiny
     from ..demo.synthetic import SynthConfig, write_synthetic
@@ -36,10 +36,13 @@ def run_demo(root: str = "outputs/data", jobs: int = 2, progress: bool = True) -
     ends.append(time.perf_counter())
     reports = render_reports(out_dir="outputs/reports", experiment=plan.name, only_changed=True)
     ends.append(time.perf_counter())
-    if (Path("outputs/runs") / plan.name).is_dir():  # the same table `clipdg readme-numbers` writes
-        print("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)\n"
-              + findings_block("outputs/runs", plan.name, DEMO_DATASETS).body)
-        print("the number tables of README.md and docs/ from these records: clipdg readme-numbers")
+    if (Path("outputs/runs") / plan.name).is_dir():  # the findings the report's summary opens on
+        print("\nwhat the demo shows (synthetic data, tiny model: not the paper's numbers)")
+        for name in DEMO_DATASETS:
+            runs = analysis.load_experiment_runs("outputs/runs", plan.name, name)
+            found = analysis.findings(analysis.apply_selection(runs, analysis.select_lr(runs, "id_val")), name)
+            print(f"{name}:\n" + found[["question", "measured", "verdict"]].to_string(index=False))
+        print("the number tables of README.md and docs/ from these records: make readme-numbers")
     print(f"\nreports ({len(reports)}): {Path('outputs/reports').resolve()}/index.html")
     print("wall time (s): " + ", ".join(f"{name} {b - a:.1f}" for name, a, b in zip(PHASES, ends, ends[1:]))
           + f"; total {time.perf_counter() - ends[0]:.1f}")

@@ -166,10 +166,9 @@ def docs_sections(root: str | os.PathLike | None = None) -> list[dict]:
     a link to another of them becomes a link to its section)."""
     import mistune
 
-    from .readme import documents
-
+    base = project_root(root)
     sections = []
-    for path in (p for p in documents(project_root(root)) if p.is_file()):
+    for path in (p for p in [base / "README.md", *sorted((base / "docs").glob("*.md"))] if p.is_file()):
         text = _DOC_LINK.sub(lambda m: f"](#doc-{m[1].lower()})", path.read_text(encoding="utf-8"))
         body = mistune.html(text).replace("<table>", '<table class="clipdg-table">')
         sections.append({"id": f"doc-{path.stem.lower()}", "title": path.stem, "html": Markup(body)})

@@ -1,7 +1,11 @@
 """The number blocks of README.md and docs/*.md: computed from run records by the functions that
 compute them everywhere else (`analysis.findings`, `weight_averaging`, `coverage`, `tables`), never
-typed by hand; written by `clipdg readme-numbers`, checked by `--check`. Which file holds a block is
-the file's choice.
+typed by hand; written by `make readme-numbers` (this script, after `make demo`), checked by
+`--check` (in the tests). Which file holds a block is the file's choice. A tool of this repository's
+documents, not of the package: a study of one's own reads its records through `clipdg table`, 04
+and the report.
+
+    python tools/readme_numbers.py [--check] [--readme FILE ...] [--output-dir D] [--soups-dir D]
 
 A block is the text between `<!-- numbers:NAME cpu="..." torch="..." commit="..." sha256="..." -->`
 and `<!-- /numbers:NAME -->`. The stamp says where the records were computed (their CPU model, torch
@@ -20,12 +24,12 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .. import analysis, paths, runs
-from ..analysis import weight_averaging as wa
-from ..analysis.tables import ci_text, markdown_table
-from ..data import DEMO_DATASETS
-from ..evaluate import CALIBRATION_BINS
-from ..paths import atomic_path
+from clipdg_nb import analysis, paths, runs
+from clipdg_nb.analysis import weight_averaging as wa
+from clipdg_nb.analysis.tables import ci_text, markdown_table
+from clipdg_nb.data import DEMO_DATASETS
+from clipdg_nb.evaluate import CALIBRATION_BINS
+from clipdg_nb.paths import atomic_path
 
 BLOCK = re.compile(r"<!-- numbers:(?P<name>[a-z_]+)(?P<stamp>[^>]*)-->\n(?P<body>.*?)\n?<!-- /numbers:(?P=name) -->",
                    re.S)
@@ -60,7 +64,7 @@ def parse(text: str) -> dict[str, dict]:
 
 
 def documents(root: str | Path = ".") -> list[Path]:
-    """The files whose number blocks `clipdg readme-numbers` keeps: README.md and docs/*.md."""
+    """The files whose number blocks this script keeps: README.md and docs/*.md (the report's Docs page)."""
     root = Path(root)
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
@@ -77,7 +81,7 @@ def check_files(files, required=()) -> list[str]:
             problems.append(f"{path}: {err}")
             continue
         problems += [f"{path}: block numbers:{n} was edited by hand (its body's sha256 is not its stamp's); rerun "
-                     "`clipdg readme-numbers` after `make demo`" for n, b in found.items()
+                     "`make readme-numbers` after `make demo`" for n, b in found.items()
                      if b["stamp"].get("sha256") != digest(b["body"])]
         problems += [f"block numbers:{n} is in both {where[n]} and {path}; keep one" for n in found if n in where]
         where.update({n: path for n in found if n not in where})
@@ -289,7 +293,7 @@ def calibration_block(output_dir, soups_dir, experiment: str, datasets, level: f
 def coverage_block(output_dir, experiment: str = "coverage_demo", level: float = 0.95) -> Block | None:
     """Zero-shot CLIP and CLIP minus vision-only (OOD, paired by seed) per caption coverage and fraction
     (`coverage.gap_by_coverage`), and OOD accuracy on the classes named / unnamed in the captions."""
-    from ..analysis import coverage
+    from clipdg_nb.analysis import coverage
 
     folder = paths.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
@@ -322,7 +326,7 @@ def coverage_block(output_dir, experiment: str = "coverage_demo", level: float =
 
 def methods_block(output_dir, experiment: str = "methods_demo", level: float = 0.95) -> Block | None:
     """`clipdg table --experiment methods_demo --format markdown`: every method and weight variant."""
-    from ..analysis.tables import format_headline
+    from clipdg_nb.analysis.tables import format_headline
 
     folder = paths.experiment_dir(output_dir, experiment)
     if not folder.is_dir():
@@ -333,7 +337,7 @@ def methods_block(output_dir, experiment: str = "methods_demo", level: float = 0
 
 
 def update(files, output_dir: str | Path = "outputs/runs", soups_dir: str | Path = "outputs/runs/soups") -> dict[str, str]:
-    """`clipdg readme-numbers`: every block of `files` rewritten from the records under `output_dir`
+    """Every block of `files` rewritten from the records under `output_dir`
     (the soup stage's under `soups_dir`); a block whose experiment was not run is left as it is, or
     says what to run when never stamped."""
     demo, datasets = BLOCKS["findings"], DEMO_DATASETS
@@ -349,6 +353,37 @@ def update(files, output_dir: str | Path = "outputs/runs", soups_dir: str | Path
         raise FileNotFoundError(f"no records for the README block(s) {absent} under {output_dir} and "
                                 f"{soups_dir}: run `make demo` (clipdg demo) first")
     waiting = {n: f"Not written yet: no records of `{BLOCKS[n]}` under {output_dir}. Run `clipdg run "
-                  f"parameters/{BLOCKS[n]}.yaml --jobs 2`, then `clipdg readme-numbers`." for n, b in made.items() if b is None}
+                  f"parameters/{BLOCKS[n]}.yaml --jobs 2`, then `make readme-numbers`." for n, b in made.items() if b is None}
     return write_files(files, {n: None if b is None else (b.body, provenance(b.records)) for n, b in made.items()},
                        waiting)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="rewrite the number blocks of README.md and docs/*.md from the "
+                                     "demo's run records (after make demo); --check: fail when a block was edited by hand")
+    parser.add_argument("--check", action="store_true", help="only check each block's body against its stamped sha256")
+    parser.add_argument("--readme", nargs="+", metavar="FILE", help="the files (default: README.md and docs/*.md)")
+    parser.add_argument("--output-dir", default="outputs/runs")
+    parser.add_argument("--soups-dir", default="outputs/runs/soups", help="output_dir of the demo's soups stage")
+    args = parser.parse_args(argv)
+    files = args.readme or documents()
+    if args.check:
+        problems = check_files(files, REQUIRED)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    try:
+        status = update(files, args.output_dir, args.soups_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"readme_numbers: error: {err}", file=sys.stderr)
+        return 2
+    for name, what in status.items():
+        print(f"{name}: {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
