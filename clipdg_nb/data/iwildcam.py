@@ -139,7 +139,7 @@ def write_synthetic(folder: Path, cfg) -> None:
 
 
 SPEC = DatasetSpec(
-    name="iwildcam", version="2.0", loader="CompatIWildCam",
+    name="iwildcam", version="2.0", loader="IWildCamDataset",
     splits=("train", "id_val", "id_test", "val", "test"),
     required_columns={
         "metadata.csv": ("split", "filename", "y", "location_remapped", "sequence_remapped", "datetime"),
