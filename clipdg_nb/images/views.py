@@ -31,11 +31,8 @@ class CachedImages:
         self.image_size = int(image_size)
         self.maps = [np.load(p, mmap_mode="r") for p in self.paths]
 
-    def __getstate__(self):
-        return {"paths": self.paths, "part": self.part, "rows": self.rows, "image_size": self.image_size}
-
-    def __setstate__(self, state):
-        self.__init__(**state)
+    def __reduce__(self):
+        return CachedImages, (self.paths, self.part, self.rows, self.image_size)
 
     @property
     def shape(self) -> tuple:
