@@ -19,12 +19,6 @@ def remedy(folder: Path) -> str:
             f"write a synthetic copy with `clipdg synth --root {folder.parent}`.")
 
 
-def csv_header(path: Path) -> list[str]:
-    """The column names of a CSV file (its first line only), as pandas would read them."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return next(csv.reader(fh), [])
-
-
 def check_files(spec, folder: Path) -> None:
     """Before the loader: every CSV it reads exists and has every column it reads."""
     for file, columns in spec.required_columns.items():
@@ -32,7 +26,8 @@ def check_files(spec, folder: Path) -> None:
         if not path.is_file():
             raise DatasetFormatError(f"{path} is missing; WILDS's {spec.name} loader reads it. {remedy(folder)}")
         try:
-            header = csv_header(path)
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # the first line, as pandas reads it
+                header = next(csv.reader(fh), [])
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise DatasetFormatError(f"{path} is not a readable CSV file ({type(e).__name__}: {e}). "
                                      f"{remedy(folder)}") from e

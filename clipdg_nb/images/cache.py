@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from ..data.splits import split_indices
 from ..fingerprint import CacheRebuiltWarning, content_fingerprint, identity_mismatch, image_digests
 from ..paths import atomic_path
-from ..data.splits import split_indices
 from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, image_names, load_uint8
 
 CHUNK = 256  # rows decoded (and marked) in the first hold of the lock; later holds aim at HOLD_S

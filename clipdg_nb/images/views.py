@@ -45,11 +45,8 @@ class CachedImages:
         return len(self.rows)
 
     def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            k = int(key)
-            if not -len(self) <= k < len(self):
-                raise IndexError(f"index {k} out of range for {len(self)} images")
-            return self.maps[self.part[k]][self.rows[k]]
+        if isinstance(key, (int, np.integer)):  # numpy raises the IndexError of an index out of range
+            return self.maps[self.part[key]][self.rows[key]]
         part, rows = self.part[key], self.rows[key]
         if len(self.maps) == 1:
             return self.maps[0][rows]
@@ -84,7 +81,7 @@ def _by_split(dataset, indices: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def decode_split(dataset, indices: Sequence[int], image_size: int, cache_dir: str | os.PathLike | None = DEFAULT_CACHE,
-                 workers: int = 4, *, draft: bool = DEFAULT_DRAFT, progress: bool = False, verify: bool = True):
+                 workers: int = 4, *, draft: bool = DEFAULT_DRAFT, verify: bool = True):
     """uint8 images [N, H, W, 3] of `indices` (any mix of splits). With a `cache_dir`: a `CachedImages`
     view of the per-split caches, decoding only rows no process decoded before; rows this process has
     not read are checked against their checksums first (`SplitCache.verify`; `verify=False`: benchmarks
@@ -101,7 +98,7 @@ def decode_split(dataset, indices: Sequence[int], image_size: int, cache_dir: st
     for k, (split, pos) in enumerate(_by_split(dataset, indices)):
         cache = SplitCache(dataset, split, image_size, cache_dir, draft=draft)
         part[pos], rows[pos] = k, cache.rows_of(indices[pos])
-        cache.ensure(rows[pos], workers=workers, progress=progress)
+        cache.ensure(rows[pos], workers=workers)
         caches.append(cache)
     view = CachedImages([c.path for c in caches], part, rows, image_size)
     if verify:  # through the view's own maps: the pages checked are then mapped for the reads
