@@ -5,8 +5,8 @@ the per-row checksum check, in one run.
     python benchmarks/bench_cache_check.py --smoke    # seconds: 200 images at 64 px
 
 Each way, as a process that has not read the cache before (the per-process memory of verified
-rows is cleared): (a) `cached_images(verify=False)` then one epoch through the training loop's
-DataLoader and sampler; (b) `cached_images(verify=True)` (every row of the subset hashed and
+rows is cleared): (a) `decode_split(verify=False)` then one epoch through the training loop's
+DataLoader and sampler; (b) `decode_split(verify=True)` (every row of the subset hashed and
 compared with its stored checksum) then the same epoch. The cache is built once beforehand and
 the page cache is warm, so (a) is the fastest a cached epoch gets and the ratio is the worst case:
 later epochs of the same process verify nothing, and a model's forward/backward is not counted.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_ROOT, machine, synthetic_fmow  # noqa: E402
 
 from clipdg_nb.data import SAMPLERS, metadata_column, split_indices  # noqa: E402
-from clipdg_nb.images import ArrayImages, SplitCache, cached_images  # noqa: E402
+from clipdg_nb.images import ArrayImages, SplitCache, decode_split  # noqa: E402
 from clipdg_nb.images.cache import forget_verified  # noqa: E402
 from clipdg_nb.train import _whole_batch  # noqa: E402
 
@@ -47,7 +47,7 @@ def epoch(ds, idx, groups, size, cache_dir, batch_size, verify: bool) -> tuple[f
     """(seconds to open the view, seconds to read one epoch through it), as a fresh process."""
     forget_verified()  # as a process that has not read the cache before
     started = time.perf_counter()
-    view = cached_images(ds, idx, size, cache_dir, verify=verify)
+    view = decode_split(ds, idx, size, cache_dir, verify=verify)
     opened = time.perf_counter()
     images = ArrayImages(view, np.asarray(ds.y_array)[idx], idx)
     sampler = SAMPLERS["group_uniform"](groups, 0)  # the study's sampler: random access
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     idx = split_indices(ds, "train")
     groups = metadata_column(ds, "region")[idx]
     cache_dir = args.root / "cache"
-    cached_images(ds, idx, args.image_size, cache_dir)  # built once (no-op when it is there)
+    decode_split(ds, idx, args.image_size, cache_dir)  # built once (no-op when it is there)
     cache = SplitCache(ds, "train", args.image_size, cache_dir)
     times = {False: [], True: []}
     for _ in range(args.repeats):  # interleaved, so that a busy machine slows both alike

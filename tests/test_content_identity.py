@@ -102,7 +102,7 @@ def test_a_flipped_megabyte_in_the_decoded_cache_is_found_and_decoded_again(easy
     size = train.path.stat().st_size
     assert size > 1_500_000  # 620 rows of 32x32x3: the megabyte lies inside the rows, header intact
     flip(train.path, size // 2 - 500_000, 1_000_000)
-    assert train._problem() is None and train.path.stat().st_size == size  # what the old check saw
+    assert train._state()[0] is None and train.path.stat().st_size == size  # what the old check saw
     again, caught = run(cfg, experiment="again")
     assert again["metrics"] == fresh["metrics"]
     messages = rebuilt(caught)
@@ -131,7 +131,7 @@ def test_a_swapped_page_or_a_lost_checksum_file_is_found_too(fmow, tmp_path):
     forget_verified()  # a new process
     with pytest.warns(RuntimeWarning, match="meta file .* is missing"):
         out = decode_split(fmow, idx, 64, cache_dir=tmp_path)
-    assert np.array_equal(np.asarray(out), direct(fmow, idx, 64)) and cache.sums() is not None
+    assert np.array_equal(np.asarray(out), direct(fmow, idx, 64)) and cache.marks()[1] is not None
 
 
 def test_rows_are_verified_once_per_process(fmow, tmp_path, monkeypatch):

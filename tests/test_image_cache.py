@@ -150,7 +150,7 @@ def test_prepare_splits_fills_whole_splits(fmow, tmp_path, decodes):
 CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from clipdg_nb.images import cache as image_cache, decode as image_decode, views as image_cache_views
+    from clipdg_nb.images import cache as image_cache, decode as image_decode, views as image_views
     from clipdg_nb.data import load_dataset, split_indices
     root, cache, log, go, out, lo, hi = sys.argv[1:8]
     image_cache.CHUNK, image_cache.HOLD_S = 8, 0.005  # many short holds of the lock, so the two processes interleave
@@ -165,7 +165,7 @@ CHILD = textwrap.dedent("""
     open(out + ".ready", "w").close()
     while not os.path.exists(go):
         time.sleep(0.01)
-    arr = image_cache_views.decode_split(ds, idx, 24, cache_dir=cache, workers=2)
+    arr = image_views.decode_split(ds, idx, 24, cache_dir=cache, workers=2)
     np.save(out, np.asarray(arr))
 """)
 
@@ -214,7 +214,7 @@ def test_damaged_cache_entry_is_detected_warned_and_rebuilt(fmow, tmp_path, deco
         arr = decode_split(fmow, idx, 16, cache_dir=tmp_path)
     assert sum(decodes.values()) == len(idx)  # decoded again
     assert np.array_equal(np.asarray(arr), direct(fmow, idx, 16))
-    assert cache._problem() is None and cache.filled().sum() == len(idx) and no_tmp(tmp_path)
+    assert cache._state()[0] is None and cache.filled().sum() == len(idx) and no_tmp(tmp_path)
 
 
 def test_changed_image_file_changes_the_key(synth_root, tmp_path):

@@ -1,10 +1,6 @@
-"""The WILDS datasets: a registry of one module per dataset, and what the rest of the package uses.
-
-Every per-dataset fact sits in that dataset's module (`fmow.py`, ...) as its `SPEC`; `DATASETS`
-collects them. Adding a dataset is one module plus its line in `_MODULES`. Every dataset loads
-through the real `wilds` loader (with `wilds_compat`'s shims), so synthetic and real data take one
-code path. Nothing heavy is imported here.
-"""
+"""The WILDS datasets: every per-dataset fact is its module's `SPEC` (`fmow.py`, ...), collected in
+`DATASETS` (a new dataset: one module plus its line in `_MODULES`). Synthetic and real data load through
+the real `wilds` loader (with `wilds_compat`'s shims). Nothing heavy is imported here."""
 from __future__ import annotations
 
 import os
@@ -46,17 +42,15 @@ def headline_metric(dataset: str, split: str) -> str:
 
 
 def data_present(root_dir: str | os.PathLike, name: str) -> bool:
-    """The one "data present" rule: `<root_dir>/<name>_v<version>/RELEASE_v<version>.txt` exists. WILDS
-    writes that marker last into a complete download (and checks it before downloading again); the
-    synthetic writer writes it last too."""
+    """`<root_dir>/<name>_v<version>/RELEASE_v<version>.txt` exists: the marker WILDS (and the synthetic
+    writer) writes last into a complete copy."""
     spec = dataset_spec(name)
     return (Path(root_dir).expanduser() / spec.folder / spec.release_marker).is_file()
 
 
 def dataset_splits(name: str, requested) -> tuple:
-    """The evaluated splits for a dataset: `requested`, except that the package's default list
-    (`EVAL_SPLITS`) means "the default splits this dataset has" (Camelyon17 has no id_test). A split
-    asked for by name that the dataset lacks is an error naming the splits it has."""
+    """The evaluated splits: `requested`, where the default `EVAL_SPLITS` means the dataset's own defaults
+    (Camelyon17 has no id_test); a split it lacks, asked for by name, is an error naming those it has."""
     spec = dataset_spec(name)
     requested = tuple(requested)
     if requested == EVAL_SPLITS:
@@ -81,11 +75,9 @@ CLASS_NAMES_FILE = "class_names.csv"  # in a dataset folder: rows `y,name` renam
 
 
 def class_names(name: str, data=None) -> list[str]:
-    """Readable class names in WILDS label order (the prompts' names). `data` (a loaded WILDS dataset
-    or its folder) lets the dataset's own files name them where it has them (iWildCam's
-    categories.csv), and a `class_names.csv` there (columns y,name; only the classes to rename)
-    overrides those names: a top-level file of the folder, so it is part of the data fingerprint and
-    of every run id. Without `data` the dataset module's fallback (WILDS's list, or a bundled one) answers."""
+    """Readable class names in WILDS label order (the prompts'). With `data` (a loaded dataset or its folder)
+    the dataset's own files name them (iWildCam's categories.csv), and a `class_names.csv` there (y,name;
+    the classes to rename) overrides them: a top-level file, so part of the data fingerprint and run ids."""
     spec = dataset_spec(name)
     folder = None if data is None else Path(getattr(data, "data_dir", data))
     names = list(spec.class_names(folder))
@@ -137,11 +129,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool = False):
-    """Load a registered dataset through the real WILDS loader (`download=False` by default).
-
-    The folder is checked at the door (`checks`, reading the spec's files and columns): a missing file
-    or column, or rows that no longer match their images, raise `DatasetFormatError` (a ValueError)
-    naming the file and what to do, instead of a pandas KeyError or silently relabelled images."""
+    """Load a registered dataset through the real WILDS loader, the folder checked at the door (`checks`):
+    a missing file or column, or rows that no longer match their images, raise `DatasetFormatError`."""
     from . import wilds_compat
 
     spec = dataset_spec(name)

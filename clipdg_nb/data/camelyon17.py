@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_first_and_last
 from .spec import DatasetSpec, metadata_csv_paths
 
 TRAIN_CENTRES = (0, 3, 4)
@@ -33,11 +32,6 @@ def class_names(folder: Path | None = None) -> list[str]:
 image_paths = metadata_csv_paths(
     lambda r: f"patches/patient_{r.patient}_node_{r.node}/patch_patient_{r.patient}_node_{r.node}_x_{r.x_coord}_y_{r.y_coord}.png",
     index_col=0, dtype={"patient": "str"})
-
-
-def check_images(dataset, folder: Path) -> None:
-    check_first_and_last(SPEC, dataset, folder, "patches/patient_<patient>_node_<node>/"
-                                                "patch_patient_<patient>_node_<node>_x_<x_coord>_y_<y_coord>.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +99,7 @@ SPEC = DatasetSpec(
         "metadata.csv": ("patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"),
     },
     metadata_file="metadata.csv",
-    image_paths=image_paths, check_images=check_images, class_names=class_names,
+    image_paths=image_paths, class_names=class_names,
     sampler_field="hospital", eval_groups=("hospital", "slide"),
     id_metric="acc_avg", ood_metric="acc_avg",
     n_classes=2, download_gb=10.7,

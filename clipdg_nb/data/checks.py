@@ -1,10 +1,7 @@
-"""A WILDS folder checked at the door: the files and columns the loader reads, before it reads them,
-and what the loaded tables promise about the images, right after (no image is opened).
-
-Cheap enough for every notebook run (a CSV header, a few `stat` calls via the spec's `check_images`).
-A failure raises `DatasetFormatError` naming the file, the problem and the remedy. The files and
-columns are the spec's `required_columns`: exactly those wilds 2.0.0's loader reads.
-"""
+"""A WILDS folder checked at the door: the files and columns the loader reads (the spec's
+`required_columns`), before it reads them, and what the loaded tables promise about the images, right
+after. Cheap enough for every run (a CSV header, a few `stat`s); a failure raises `DatasetFormatError`
+naming the file, the problem and the remedy."""
 from __future__ import annotations
 
 import csv
@@ -22,12 +19,6 @@ def remedy(folder: Path) -> str:
             f"write a synthetic copy with `clipdg synth --root {folder.parent}`.")
 
 
-def csv_header(path: Path) -> list[str]:
-    """The column names of a CSV file (its first line only), as pandas would read them."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return next(csv.reader(fh), [])
-
-
 def check_files(spec, folder: Path) -> None:
     """Before the loader: every CSV it reads exists and has every column it reads."""
     for file, columns in spec.required_columns.items():
@@ -35,7 +26,8 @@ def check_files(spec, folder: Path) -> None:
         if not path.is_file():
             raise DatasetFormatError(f"{path} is missing; WILDS's {spec.name} loader reads it. {remedy(folder)}")
         try:
-            header = csv_header(path)
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # the first line, as pandas reads it
+                header = next(csv.reader(fh), [])
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise DatasetFormatError(f"{path} is not a readable CSV file ({type(e).__name__}: {e}). "
                                      f"{remedy(folder)}") from e
@@ -77,7 +69,10 @@ def loader_failure(spec, folder: Path, error: Exception) -> ValueError:
 def check_loaded(spec, dataset, folder: Path) -> None:
     """After the loader: the images the tables point at are there, every split is non-empty, and
     the label space is the benchmark's."""
-    spec.check_images(dataset, folder)
+    if spec.check_images is not None:
+        spec.check_images(dataset, folder)
+    else:
+        check_first_and_last(spec, dataset, folder)
     split_array = np.asarray(dataset.split_array)
     empty = [s for s in spec.splits if not (split_array == dataset.split_dict[s]).any()]
     if empty:
@@ -90,13 +85,12 @@ def check_loaded(spec, dataset, folder: Path) -> None:
             f"{spec.n_classes}: the class names and prompts would not match the labels. {remedy(folder)}")
 
 
-def check_first_and_last(spec, dataset, folder: Path, rule: str) -> None:
-    """The images of the first and last row exist (a missing one in between is named when it is
-    decoded): for datasets that name each image in their metadata. `rule` says where WILDS looks."""
+def check_first_and_last(spec, dataset, folder: Path) -> None:
+    """The images of the first and last rows exist (a missing one between is named when it is decoded)."""
     n = len(dataset)
     paths = spec.image_paths(dataset, sorted({0, n - 1}))
     missing = [folder / p for p in paths if not (folder / p).is_file()]
     if missing:
         raise DatasetFormatError(
-            f"{folder / spec.metadata_file} names images that are not there: {', '.join(map(str, sorted(missing)))} "
-            f"(WILDS reads {rule}). {remedy(folder)}")
+            f"{folder / spec.metadata_file} names images that are not there: {', '.join(map(str, sorted(missing)))}. "
+            f"{remedy(folder)}")

@@ -42,10 +42,9 @@ def image_paths(dataset, indices) -> list[str]:
 
 
 def check_images(dataset, folder: Path) -> None:
-    """FMoW addresses images by row: row i of rgb_metadata.csv is images/rgb_img_{i}.png. A removed
-    or added row shifts every later label onto another image, so the row count must equal the
-    image count. Three stats decide it (the first and last row's images exist, none beyond); the
-    folder (523,846 files in the real release) is listed only to word the error."""
+    """Row i of rgb_metadata.csv is images/rgb_img_{i}.png, so a removed or added row would shift every
+    later label onto another image: three stats check the counts match (first and last exist, none
+    beyond); the folder (523,846 files in the real release) is listed only to word the error."""
     n_rows = len(dataset.metadata)
     images = folder / "images"
     first, last, beyond = (images / f"rgb_img_{i}.png" for i in (0, n_rows - 1, n_rows))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_first_and_last
 from .spec import DatasetSpec, metadata_csv_paths
 
 # The release's categories.csv (y, category_id, name: scientific names) plus an `english` column,
@@ -37,11 +36,6 @@ def class_names(folder: Path | None = None) -> list[str]:
 
 
 image_paths = metadata_csv_paths(lambda row: f"train/{row.filename}", usecols=["filename"])  # IWildCamDataset.get_input
-
-
-def check_images(dataset, folder: Path) -> None:
-    """iWildCam names each image in metadata.csv's `filename` column (under train/)."""
-    check_first_and_last(SPEC, dataset, folder, "train/<filename>")
 
 
 def label_gaps(folder: Path, error: Exception) -> str:
@@ -139,13 +133,13 @@ def write_synthetic(folder: Path, cfg) -> None:
 
 
 SPEC = DatasetSpec(
-    name="iwildcam", version="2.0", loader="CompatIWildCam",
+    name="iwildcam", version="2.0", loader="IWildCamDataset",
     splits=("train", "id_val", "id_test", "val", "test"),
     required_columns={
         "metadata.csv": ("split", "filename", "y", "location_remapped", "sequence_remapped", "datetime"),
     },
     metadata_file="metadata.csv",
-    image_paths=image_paths, check_images=check_images, class_names=class_names,
+    image_paths=image_paths, class_names=class_names,
     sampler_field="location", eval_groups=("location",),
     id_metric="F1-macro_all", ood_metric="F1-macro_all",
     n_classes=182, download_gb=12.0,

@@ -1,12 +1,8 @@
-"""What a WILDS dataset is to this package: one `DatasetSpec` per dataset module.
-
-A dataset module (`fmow.py`, `iwildcam.py`, `camelyon17.py`) holds every fact that differs between
-datasets and exports `SPEC`; the registry (`data/__init__.py`) collects them. Nothing here imports
-torch or wilds: analysis code reads the table without either. A spec missing a required field
-fails at import, naming the spec and the field.
-"""
+"""What a WILDS dataset is to this package: one `DatasetSpec`, the `SPEC` of its module (`fmow.py`, ...).
+Nothing here imports torch or wilds; a spec missing a required field fails at import, naming it."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 from pathlib import Path
@@ -25,70 +21,37 @@ class SpecError(TypeError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything the package needs to know about one WILDS dataset.
-
-    name, version: WILDS's `dataset_name` and release (the folder is `<name>_v<version>`).
-    loader: class name in `clipdg_nb.data.wilds_compat` (imported only when the data is loaded).
-    splits: the WILDS splits this dataset has under its official split scheme, in order.
-    required_columns: {file: columns} the loader reads; checked before it reads them.
-    metadata_file: the CSV whose rows are the images (named in errors about splits and labels).
-    image_paths: (loaded WILDS dataset, indices) -> paths relative to `dataset.data_dir`, the files
-        its `get_input` opens (the decode cache reads them directly).
-    check_images: (loaded dataset, folder) -> None; raises `DatasetFormatError` when the tables
-        point at images that are not there (cheap: a few `stat` calls).
-    class_names: (folder or None) -> readable names in label order; read from the dataset's own
-        files when a folder is given and the dataset has them, else from WILDS or a bundled list.
-    sampler_field: the metadata group the uniform-over-groups sampler balances.
-    eval_groups: metadata fields reported per group, in display order.
-    id_metric, ood_metric: WILDS's headline metric on the ID and on the OOD splits.
-    n_classes, download_gb: the benchmark's label space and download size.
-    writer: (folder, SynthConfig) -> None, the synthetic copy in this dataset's exact on-disk
-        format (the generic part, staging and markers, is `demo.synthetic`).
-    real_size: (width, height) of the release's images (the synthetic `real` profile writes these).
-    value_hint: what a bad value in the metadata typically is (worded into loader failures).
-    diagnose: optional (folder, error) -> extra words for a loader failure.
-    split_rule: how WILDS assigns rows to splits (worded into the empty-split error).
-    select_split: where choices (checkpoint, learning rate, probe strength) are made by default: a
-        validation split it has (id_val where it has one).
-    in_demo: part of the offline default (`clipdg synth` and the demo write and run it by default).
-    """
-    name: str = _MISSING
+    """Everything the package needs to know about one WILDS dataset (paths relative to its folder)."""
+    name: str = _MISSING  # WILDS's `dataset_name`; the folder is `<name>_v<version>`
     version: str = _MISSING
-    loader: str = _MISSING
-    splits: tuple = _MISSING
-    required_columns: Mapping[str, tuple] = _MISSING
-    metadata_file: str = _MISSING
-    image_paths: Callable = _MISSING
-    check_images: Callable = _MISSING
-    class_names: Callable = _MISSING
-    sampler_field: str = _MISSING
-    eval_groups: tuple = _MISSING
-    id_metric: str = _MISSING
-    ood_metric: str = _MISSING
+    loader: str = _MISSING  # class name in `clipdg_nb.data.wilds_compat` (imported only when loading)
+    splits: tuple = _MISSING  # the WILDS splits it has under its official scheme, in order
+    required_columns: Mapping[str, tuple] = _MISSING  # {file: columns} the loader reads, checked before it reads
+    metadata_file: str = _MISSING  # the CSV whose rows are the images (named in errors)
+    image_paths: Callable = _MISSING  # (loaded dataset, indices) -> the files its `get_input` opens
+    class_names: Callable = _MISSING  # (folder or None) -> names in label order (its own files where given)
+    sampler_field: str = _MISSING  # the metadata group the uniform-over-groups sampler balances
+    eval_groups: tuple = _MISSING  # metadata fields reported per group, in display order
+    id_metric: str = _MISSING  # WILDS's headline metric on the ID splits
+    ood_metric: str = _MISSING  # ... and on the OOD ones
     n_classes: int = _MISSING
     download_gb: float = _MISSING
-    writer: Callable = _MISSING
-    real_size: tuple = _MISSING
-    value_hint: str = ""
-    diagnose: Callable | None = None
-    split_rule: str = "its 'split' column"
-    select_split: str = "id_val"
-    in_demo: bool = False
+    writer: Callable = _MISSING  # (folder, SynthConfig) -> None: a synthetic copy in the exact on-disk format
+    real_size: tuple = _MISSING  # (width, height) of the release's images (the synthetic `real` profile's)
+    # (loaded dataset, folder) -> None, raising `DatasetFormatError` when the tables point at images that
+    # are not there (a few `stat`s); None: the images of the first and last rows exist
+    check_images: Callable | None = None
+    value_hint: str = ""  # what a bad metadata value typically is (worded into loader failures)
+    diagnose: Callable | None = None  # (folder, error) -> extra words for a loader failure
+    split_rule: str = "its 'split' column"  # how WILDS assigns rows to splits (for the empty-split error)
+    select_split: str = "id_val"  # the validation split choices are made on by default
+    in_demo: bool = False  # part of the offline default (`clipdg synth` and the demo)
 
     def __post_init__(self):
         label = self.name if isinstance(self.name, str) else "<unnamed>"
         for f in fields(self):
             if getattr(self, f.name) is _MISSING:
                 raise SpecError(f"dataset spec {label!r} lacks the required field {f.name!r} (see clipdg_nb/data/spec.py)")
-        kinds = {"name": str, "version": str, "loader": str, "metadata_file": str, "sampler_field": str,
-                 "id_metric": str, "ood_metric": str, "splits": tuple, "eval_groups": tuple, "real_size": tuple}
-        for name, kind in kinds.items():
-            if not isinstance(getattr(self, name), kind):
-                raise SpecError(f"dataset spec {label!r}: field {name!r} must be a {kind.__name__}, "
-                                f"not {getattr(self, name)!r}")
-        for name in ("image_paths", "check_images", "class_names", "writer"):
-            if not callable(getattr(self, name)):
-                raise SpecError(f"dataset spec {label!r}: field {name!r} must be callable")
         unknown = [s for s in self.splits if s not in ALL_SPLITS]
         if unknown or "train" not in self.splits:
             raise SpecError(f"dataset spec {label!r}: splits {list(self.splits)} must include 'train' and use only "
@@ -115,8 +78,15 @@ class DatasetSpec:
         return self.id_metric if split in ID_SPLITS else self.ood_metric
 
     def templates(self, kind: str = "paper") -> list[str]:
-        from .prompts import prompt_templates
-        return prompt_templates(self.name, kind)
+        """Prompt templates (`kind`: one of `prompts.TEMPLATE_SETS`), `{c}` for the class name."""
+        from .prompts import TEMPLATE_SETS, TEMPLATES_FILE
+        if kind not in TEMPLATE_SETS:
+            raise ValueError(f"templates={kind!r} is unknown; choose one of {list(TEMPLATE_SETS)}")
+        table = json.loads(TEMPLATES_FILE.read_text())
+        if self.name not in table:
+            raise ValueError(f"{TEMPLATES_FILE} has no templates for dataset {self.name!r}: add a '{self.name}' "
+                             f"entry with the sets {list(TEMPLATE_SETS)}")
+        return list(table[self.name][kind])
 
 
 def metadata_csv_paths(rule: Callable, **read_csv) -> Callable:

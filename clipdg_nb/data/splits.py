@@ -1,6 +1,5 @@
 """Splits: one list of WILDS split names for the whole package, a split's indices, seeded nested
-subsets, metadata columns and their readable group names (the per-split summary, which needs the
-registry, is `data.split_summary`)."""
+subsets, metadata columns and their readable group names."""
 from __future__ import annotations
 
 import zlib
@@ -31,14 +30,9 @@ def split_indices(dataset, split: str) -> np.ndarray:
 
 
 def fraction_indices(dataset, fraction: float, seed: int, stratify: bool = False, split: str = "train") -> np.ndarray:
-    """A seeded subset of `split` holding `fraction` of it (indices into the full dataset, ascending).
-
-    Subsets of one seed are nested: each is a prefix of one fixed permutation (per class when
-    `stratify`), so the 5 % subset lies inside the 10 % one. With `stratify`, every class present
-    in the split keeps at least one example, which can add a few examples beyond `fraction`.
-    PCG64 seeded from integers gives the same stream on every platform; the dataset name is part
-    of the key so the two datasets' draws are independent.
-    """
+    """A seeded subset holding `fraction` of `split` (full-dataset indices, ascending). Subsets of one seed
+    are nested: prefixes of one permutation (per class with `stratify`, which keeps >= 1 example of every
+    class). PCG64 seeded from integers is the same on every platform; the dataset name keys the draws."""
     pool = split_indices(dataset, split)
     key = zlib.crc32(dataset.dataset_name.encode())
     if not stratify:

@@ -1,21 +1,13 @@
-"""Batched training augmentation on the device.
+"""Batched training augmentation on the device: the reference study's per-sample torchvision pipeline
+`Compose([RandomHorizontalFlip(), ColorJitter(0.1, 0.1, 0.1), RandomRotation(2)])`, with independent
+parameters per sample, for a whole uint8 batch [N, 3, H, W] at once.
 
-Reproduces, with independent random parameters per sample, the per-sample torchvision pipeline
-
-    Compose([RandomHorizontalFlip(), ColorJitter(0.1, 0.1, 0.1), RandomRotation(2)])
-
-for a whole uint8 batch [N, 3, H, W], instead of a Python loop over samples.
-
-The result equals torchvision's functional ops on the *float* image up to float32 rounding (at most
-0.5 after the final uint8 rounding; `out_dtype=torch.float32` skips it). torchvision's uint8 path
-truncates after every op, so against it a pixel differs by 1-2 levels; rotation's nearest sampling
-can pick the neighbour of a pixel within float rounding of a half-pixel boundary.
-
-Every draw comes from the caller's `torch.Generator` (on the batch's device, seeded per (seed, epoch,
-step)), in a fixed order: flip, brightness/contrast/saturation, jitter order, angle. CPU and CUDA
-streams differ, so one seed gives different parameters on the two devices. On a CPU, chunking to the
-L2 cache and folding the flip into the rotation grid make it about 4x the per-sample loop
-(benchmarks/bench_augment.py).
+It equals torchvision's functional ops on the *float* image up to float32 rounding (torchvision's uint8
+path truncates after every op: 1-2 levels apart; nearest sampling near a half-pixel boundary may pick
+the neighbour). Draws come from the caller's `torch.Generator` (seeded per (seed, epoch, step)) in a
+fixed order: flip, brightness/contrast/saturation, jitter order, angle; CPU and CUDA streams differ.
+On a CPU, chunking to the L2 cache and folding the flip into the rotation grid make it about 4x the
+per-sample loop (benchmarks/bench_augment.py).
 """
 from __future__ import annotations
 
@@ -67,16 +59,11 @@ def sample_params(n: int, generator: torch.Generator, device=None, flip_p: float
 
 
 def _theta(params: AugParams, h: int, w: int) -> torch.Tensor:
-    """[N, 2, 2] linear maps from output to input coordinates, normalised like F.affine_grid.
-
-    torchvision's rotate samples the input at R(angle) p for every output pixel p (pixel units,
-    origin at the image centre, y down) with R = [[cos, -sin], [sin, cos]]. Normalising x by w/2
-    and y by h/2 (align_corners=False) puts h/w and w/h on the off-diagonal.
-    The horizontal flip happens first: sampling the flipped image at u equals sampling the
-    original at (-u_x, u_y), so the flip is folded in by negating the first row, which spares
-    a pass over the pixels. The colour ops in between act per pixel (plus an image mean, which
-    a flip does not change), so they commute with the flip.
-    """
+    """[N, 2, 2] maps from output to input coordinates, normalised like F.affine_grid: torchvision's
+    rotate samples the input at R(angle) p (pixel units, origin at the centre, y down); normalising x by
+    w/2 and y by h/2 puts h/w and w/h on the off-diagonal. The flip (first) is folded in by negating
+    the first row, sparing a pass over the pixels: the colour ops between act per pixel (and on an
+    image mean a flip keeps), so they commute with it."""
     rad = params.angle.to(torch.float64) * (math.pi / 180)
     cos, sin = rad.cos(), rad.sin()
     sign = 1.0 - 2.0 * params.flip.to(torch.float64)
@@ -86,13 +73,9 @@ def _theta(params: AugParams, h: int, w: int) -> torch.Tensor:
 
 
 def _jitter_(x: torch.Tensor, op: int, factor: torch.Tensor, gray: torch.Tensor) -> None:
-    """One ColorJitter op, in place, on float [C, 3, H, W] in [0, 255]; factor [C, 1, 1, 1].
-
-    torchvision's _blend(x, other, f) = clamp(f x + (1 - f) other) with other = 0 (brightness),
-    the mean grayscale (contrast) or the grayscale image (saturation). Computed here in place
-    with the same products and sum, in whichever form measured fastest on a CPU (lerp_ would
-    round differently, and is slow with a per-sample end). `gray`: a [C, H, W] buffer.
-    """
+    """One ColorJitter op in place on float [C, 3, H, W] in [0, 255] (factor [C, 1, 1, 1], `gray` a
+    [C, H, W] buffer): torchvision's clamp(f x + (1 - f) other), other = 0, the mean grayscale or the
+    grayscale, with the same products and sum (lerp_ would round differently, and is slow here)."""
     if op == BRIGHTNESS:
         x.mul_(factor)
     elif op == CONTRAST:
@@ -110,16 +93,10 @@ def _jitter_(x: torch.Tensor, op: int, factor: torch.Tensor, gray: torch.Tensor)
 
 def apply_params(images: torch.Tensor, params: AugParams, out_dtype: torch.dtype = torch.uint8,
                  chunk: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply given per-sample parameters to a uint8 batch [N, 3, H, W].
-
-    Returns a new batch in [0, 255] of `out_dtype` (uint8: rounded to nearest; float32: not
-    rounded): flip -> (brightness, contrast, saturation in each sample's order, each clamped to
-    [0, 255]) -> rotation about the centre (nearest, fill 0).
-    `chunk`: images processed together (default: 3 at 224 px on a CPU, all on a GPU).
-    `out`: an optional [N, 3, H, W] tensor to write into (its dtype wins over `out_dtype`). On a
-    CPU the first writes to a fresh output page-fault (float32 at 224 px: about 0.2 ms an
-    image); a loop that reuses one output buffer avoids that.
-    """
+    """flip -> jitter (each sample's order, each op clamped) -> rotation (nearest, fill 0) of a uint8 batch
+    [N, 3, H, W], into [0, 255] of `out_dtype` (uint8 rounded to nearest). `chunk`: images processed
+    together (default: 3 at 224 px on a CPU, all on a GPU). `out`: a tensor to write into (its dtype
+    wins); reusing one spares a CPU the page faults of a fresh output (about 0.2 ms an image)."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a batch [N, 3, H, W], got {tuple(images.shape)}")
     n, _, h, w = images.shape
@@ -178,12 +155,8 @@ def apply_params(images: torch.Tensor, params: AugParams, out_dtype: torch.dtype
 
 
 class BatchAugment(torch.nn.Module):
-    """flip(p) + ColorJitter(jitter, jitter, jitter) + RandomRotation(degrees), per sample, batched.
-
-    `forward(images, generator)`: images uint8 [N, 3, H, W] on any device, generator on the same
-    device; returns [N, 3, H, W] in [0, 255] of `out_dtype` (uint8 by default, like the per-sample
-    torchvision pipeline; float32 skips the final rounding). See the module docstring.
-    """
+    """flip(p) + ColorJitter(jitter, jitter, jitter) + RandomRotation(degrees), per sample, batched:
+    `forward(images, generator)` on uint8 [N, 3, H, W] and a generator on the same device."""
 
     def __init__(self, flip_p: float = 0.5, jitter: float = 0.1, degrees: float = 2.0,
                  out_dtype: torch.dtype = torch.uint8):

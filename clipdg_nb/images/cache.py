@@ -1,26 +1,18 @@
 """The decode cache: each image decoded once, into a per-split uint8 memmap shared by every subset.
 
-Kept per *split*, not per subset, because the grid (fractions x seeds) draws many overlapping subsets
-of one split: one array `[N_split, H, W, 3]` under `outputs/cache/decoded/`, rows in split order,
-each resized as open_clip's eval preprocessing does; a subset is an index into it (`CachedImages`).
-It fills lazily (a request decodes only its missing rows); its blocks are reserved up front, so a
-full disk fails at creation, not mid-write. Normalising reproduces open_clip's `preprocess(img)`.
+Per *split*, not per subset, because the grid (fractions x seeds) draws many overlapping subsets of
+one split; a subset is an index into it (`CachedImages`). It fills lazily, rows in split order, each
+in open_clip's eval geometry (docs/scale.md). One entry per (dataset, split, size, draft mode, key):
 
-One entry per (dataset, split, size, draft mode, key over what the pixels depend on; see `SplitCache`):
-
-    <dataset>-<split>-<size>px-<full|draft>-<key>.npy       the rows (memory-mapped)
+    <dataset>-<split>-<size>px-<full|draft>-<key>.npy       the rows (memory-mapped, blocks reserved up front)
     <dataset>-<split>-<size>px-<full|draft>-<key>.meta.npz  identity (JSON), filled (bitmap), sums (checksums)
     <dataset>-<split>-<size>px-<full|draft>-<key>.lock      a `filelock.FileLock`
 
-The meta file's identity is checked on every open; each row's checksum (`row_sums`: a weighted sum
-of its 4 KiB blocks, near memory speed, see benchmarks/bench_cache_check.py) is verified the first
-time a process asks for the row (`verify`). A copied entry or damaged row is decoded again with a
-`CacheRebuiltWarning` naming the file. The checksums catch accidents, not deliberate edits.
-
-Writers hold the lock, write and flush rows, and only then mark them in the meta file (written to a
-temporary name and `os.replace`d): a crash leaves rows unmarked, never marked but unwritten. A reader
-whose rows are all marked takes no lock. Indices spanning several splits are resolved through
-WILDS's `split_array`/`split_dict`. `PILImages` is the same pipeline straight from disk (no cache).
+The identity is checked on every open; a row's checksum (`row_sums`, near memory speed:
+benchmarks/bench_cache_check.py) the first time a process asks for it. A copied entry or damaged row
+is decoded again with a `CacheRebuiltWarning` naming the file (accidents, not deliberate edits).
+Writers hold the lock, write and flush rows, and only then mark them (the meta file is replaced
+atomically): a crash leaves rows unmarked, never marked but unwritten. A reader of marked rows takes no lock.
 """
 from __future__ import annotations
 
@@ -37,9 +29,10 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from ..data.splits import split_indices
 from ..fingerprint import CacheRebuiltWarning, content_fingerprint, identity_mismatch, image_digests
 from ..paths import atomic_path
-from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, load_uint8, relative_names
+from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, image_names, load_uint8
 
 CHUNK = 256  # rows decoded (and marked) in the first hold of the lock; later holds aim at HOLD_S
 HOLD_S = 2.0  # seconds a decoder holds the lock at a time, so others needing other rows get turns
@@ -87,47 +80,24 @@ def forget_verified() -> None:
     """Forget which rows this process verified (as a new process would)."""
     _VERIFIED.clear()
 
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-
-def _split_members(dataset, split: str) -> np.ndarray:
-    if split not in dataset.split_dict:
-        raise ValueError(f"split={split!r} is not a split of {dataset.dataset_name}; choose one of {list(dataset.split_dict)}")
-    return np.flatnonzero(np.asarray(dataset.split_array) == dataset.split_dict[split])
-
-
-# ---------------------------------------------------------------------------------------------
-# The per-split cache
-# ---------------------------------------------------------------------------------------------
 
 class SplitCache:
     """The decoded images of one split of one dataset at one size and decode mode, on disk.
 
     The key (in the file name) covers: dataset name and version, the split and its member indices,
-    the image size, the preprocessing (`PREPROCESS`), the draft mode, the checksum (`CHECKSUM`), and
-    every image file of the split: name relative to the data folder, size and mtime (stat'ed once,
-    when the object is made; with `fingerprint.content_fingerprint()` on, its sha256 in place of the
-    mtime). Replacing or touching an image therefore gives a new entry; the old one stays until
-    removed. The data folder's own path is not in it: a moved folder (`mv` keeps
-    mtimes) is the same content and shares the entry. `key` is also the identity of the decoded
-    images that frozen features are keyed by.
-
-    `draft=True` lets PIL decode large JPEGs at 1/2, 1/4 or 1/8 scale (`Image.draft`), keeping the
-    shorter side >= `DRAFT_FACTOR` x `image_size`, before the same bicubic resize + centre crop. It
-    only ever applies to JPEGs (PNGs decode in full). It is off by default (`DEFAULT_DRAFT`): each
-    image is decoded once, so drafting saves a one-time cost but would leave every later pass with
-    pixels ~0.3-0.9/255 away from open_clip's `preprocess`.
+    the image size, `PREPROCESS`, the draft mode, `CHECKSUM`, and every image file of the split: name
+    relative to the data folder, size and mtime (stat'ed when the object is made; with
+    `fingerprint.content_fingerprint()` on, its sha256 in place of the mtime). A replaced or touched
+    image gives a new entry; a moved data folder (`mv` keeps mtimes) shares it. `key` is also the
+    identity of the decoded images that frozen features are keyed by. `draft`: see `decode.DEFAULT_DRAFT`
+    (JPEGs only, drafted to a shorter side >= `DRAFT_FACTOR` x `image_size`).
     """
 
     def __init__(self, dataset, split: str, image_size: int, cache_dir=DEFAULT_CACHE, *, draft: bool = DEFAULT_DRAFT):
         self.dataset_name, self.split = dataset.dataset_name, split
         self.image_size, self.draft = int(image_size), bool(draft)
-        self.indices = _split_members(dataset, split)
-        names = relative_names(dataset, self.indices)
-        if names is None:
-            raise ValueError(f"the decoded-image cache knows where the images of fmow and iwildcam are, not of "
-                             f"{self.dataset_name!r}; use cache_dir=None (decode into memory) or image_cache=False")
+        self.indices = split_indices(dataset, split)
+        names = image_names(dataset, self.indices)
         data_dir = Path(dataset.data_dir).resolve()
         self.paths = [os.path.join(data_dir, n) for n in names]
         self.shape = (len(self.indices), self.image_size, self.image_size, 3)
@@ -181,13 +151,8 @@ class SplitCache:
 
     # -- state on disk ------------------------------------------------------------------------
 
-    def _problem(self) -> str | None:
-        """None when the entry is sound; 'missing'; or what is wrong with it."""
-        return self._state()[0]
-
     def _state(self) -> tuple[str | None, dict | None]:
-        """(None, the meta file's contents) when the entry is sound, else (what is wrong, None): one
-        read of the meta file answers both "is it sound" and "which rows are there"."""
+        """(None, the meta file's contents) when the entry is sound, else (what is wrong, None)."""
         try:
             size, arr = self.path.stat().st_size, np.load(self.path, mmap_mode="r")  # reads the header only
         except FileNotFoundError:
@@ -218,8 +183,8 @@ class SplitCache:
         return meta
 
     def marks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Which rows are decoded (bool) and each row's checksum (uint64, meaningful where decoded), from
-        one read of the meta file: fresh arrays, all False / 0 when the meta file is not sound."""
+        """Which rows are decoded (bool) and their checksums (uint64), from one read of the meta file:
+        fresh arrays, all False / 0 when the meta file is not sound."""
         meta = self._meta()
         if isinstance(meta, str):
             return np.zeros(len(self), dtype=bool), np.zeros(len(self), dtype=np.uint64)
@@ -228,17 +193,13 @@ class SplitCache:
     def filled(self) -> np.ndarray:
         return self.marks()[0]
 
-    def sums(self) -> np.ndarray:
-        return self.marks()[1]
-
     def _write_meta(self, filled: np.ndarray, sums: np.ndarray) -> None:
         with atomic_path(self.meta_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, identity=np.array(json.dumps(self.identity, sort_keys=True)),
                      filled=np.ascontiguousarray(filled, dtype=bool), sums=np.ascontiguousarray(sums, dtype=np.uint64))
 
     def _check_disk_space(self, always: bool = False) -> None:
-        needed = self.nbytes + len(self) + 4096  # rows, bitmap, headers
-        free = shutil.disk_usage(self.cache_dir).free
+        needed, free = self.nbytes + len(self) + 4096, shutil.disk_usage(self.cache_dir).free  # rows, bitmap, headers
         if free < needed or always:
             raise OSError(errno.ENOSPC,
                           f"not enough disk space for the decoded-image cache of {self.dataset_name} {self.split!r} "
@@ -249,7 +210,7 @@ class SplitCache:
 
     def _create_or_repair(self) -> None:
         """Under the lock: make sure a sound entry exists (a damaged one is deleted, with a warning)."""
-        problem = self._problem()
+        problem, _ = self._state()
         if problem is None:
             return
         if problem != "missing":
@@ -259,26 +220,19 @@ class SplitCache:
         self.meta_path.unlink(missing_ok=True)
         self._check_disk_space()
         with atomic_path(self.path) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
-            arr.flush()
-            del arr
-            self._allocate(tmp)
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape).flush()
+            # Reserve the blocks now: a memory-mapped write into a sparse file on a full disk kills the
+            # process (SIGBUS) instead of raising. Without fallocate (or EOPNOTSUPP) the file stays sparse.
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    self._check_disk_space(always=True)
+            finally:
+                os.close(fd)
             self._write_meta(np.zeros(len(self), dtype=bool), np.zeros(len(self), dtype=np.uint64))  # all undecoded
-
-    def _allocate(self, path: Path) -> None:
-        """Reserve the file's blocks now. A memory-mapped write into a sparse file on a full disk kills
-        the process (SIGBUS) instead of raising, so the space the check found is claimed at once."""
-        if not hasattr(os, "posix_fallocate"):
-            return
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                self._check_disk_space(always=True)
-            # EOPNOTSUPP/EINVAL: a filesystem without it; the file stays sparse
-        finally:
-            os.close(fd)
 
     def lock(self) -> FileLock:
         return FileLock(str(self.lock_path), poll_interval=LOCK_POLL_S)
@@ -286,13 +240,11 @@ class SplitCache:
     # -- filling ------------------------------------------------------------------------------
 
     def ensure(self, rows=None, workers: int = 4, progress: bool = False) -> int:
-        """Decode the rows (all by default) not yet in the cache. Returns how many this call decoded.
+        """Decode the rows (all by default) not yet in the cache; returns how many this call decoded.
 
-        Rows are decoded in chunks, each under the lock: re-read the bitmap, decode this process's
-        missing rows, write them in place, flush, then mark them. Another process waiting on the
-        lock finds them marked and does not decode them again. Chunks last about `HOLD_S` and the
-        lock is let go for `YIELD_S` between them, so a long fill (`prepare_splits`) does not keep a
-        process that needs other rows of the split waiting until it ends.
+        Chunks, each under the lock: re-read the bitmap, decode the missing rows, write, flush, mark.
+        A process waiting on the lock then finds them marked. Chunks last about `HOLD_S`, with the lock
+        let go for `YIELD_S` between them, so a long fill does not starve a process needing other rows.
         """
         rows = np.arange(len(self)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if not len(rows):
@@ -302,8 +254,7 @@ class SplitCache:
             return 0  # every row is there: read without the lock
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         workers = max(1, int(workers or 1))
-        chunk = max(1, int(CHUNK))
-        decoded, bar = 0, None
+        chunk, decoded, bar = CHUNK, 0, None
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 while True:
@@ -364,12 +315,10 @@ class SplitCache:
         return known[1].copy() if same else np.zeros(len(self), dtype=bool)
 
     def verify(self, rows=None, workers: int = 4, array: np.ndarray | None = None) -> int:
-        """Check decoded rows (all marked ones by default) against their checksums, each once per
-        process while the file is unchanged; rows that fail are decoded again, with a
-        `CacheRebuiltWarning` naming the file. Returns how many rows were decoded again.
-
-        `array`: the memory map the caller will read the rows from (`CachedImages`), so that the
-        pages the check touches are already mapped when they are read (about half the check's cost)."""
+        """Check decoded rows (all marked ones by default) against their checksums, each once per process
+        while the file is unchanged; failing rows are decoded again, with a `CacheRebuiltWarning` naming
+        the file. Returns how many. `array`: the map the caller will read (`CachedImages`), so the pages
+        checked are already mapped when read (about half the check's cost)."""
         filled, sums = self.marks()
         rows = np.flatnonzero(filled) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         signature = _signature(self.path)

@@ -3,7 +3,6 @@ size, bicubic, centre crop), optionally JPEG-drafted first; errors name the file
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +13,10 @@ from torchvision.transforms import InterpolationMode
 from ..data import DATASETS
 
 DEFAULT_CACHE = Path("outputs") / "cache" / "decoded"
-
-# JPEG draft decoding (see `SplitCache`) is off by default. Measured with
-# benchmarks/bench_cache_grid.py on synthetic 1920x1080 JPEGs at 224 px, one thread: drafting to a
-# shorter side >= 2 x 224 decoded 2.1-2.3x faster than a full decode and changed the resized pixels by
-# 0.25/255 on average (>= 1 x 224: 2.8-3.1x, 0.51/255); FACTS.md has 2.4-3x and 0.55-0.85/255 on other
-# JPEGs. Now that each image is decoded once per machine, the speed-up only shortens a one-time fill,
-# while the difference would stay in every training and evaluation pass and make our pixels differ
-# from open_clip's `preprocess` (what the reference numbers used). So exactness wins; pass
-# `draft=True` (e.g. to `prepare_splits`) where the one-time decode of a full iWildCam is too slow
-# (~200k JPEGs: about 1.5-3.5 core-hours in full).
+# JPEG drafting is off by default. Each image is decoded once per machine, so drafting only shortens a
+# one-time fill (2.1-3.1x at 224 px, benchmarks/bench_cache_grid.py), while its pixels (0.25-0.85/255
+# away, FACTS.md) would differ from open_clip's `preprocess` in every later pass. `draft=True` (e.g. to
+# `prepare_splits`) is for a full iWildCam on few cores (~200k JPEGs: 1.5-3.5 core-hours in full).
 DEFAULT_DRAFT = False
 DRAFT_FACTOR = 2  # draft to a shorter side >= DRAFT_FACTOR * image_size before the bicubic resize
 # Part of every cache key. Bump it whenever the pixels a cache holds would change (geometry, format).
@@ -38,34 +31,22 @@ class ImageDecodeError(OSError):
         self.path, self.index = path, index
 
 
+@functools.lru_cache(maxsize=16)
 def resize_crop(image_size: int) -> T.Compose:
     """open_clip's eval geometry (resize_mode 'shortest', bicubic), up to the uint8 image."""
     return T.Compose([T.Resize(image_size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(image_size)])
 
 
-@functools.lru_cache(maxsize=16)
-def _geometry(image_size: int) -> T.Compose:
-    return resize_crop(image_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Where the images are, and decoding one
-# ---------------------------------------------------------------------------------------------
-
-def relative_names(dataset, indices: np.ndarray) -> list[str] | None:
-    """Paths (relative to `dataset.data_dir`) the WILDS loader reads for these indices (the dataset
-    spec's image path rule), or None when the dataset is not a registered one."""
-    spec = DATASETS.get(getattr(dataset, "dataset_name", None))
-    return None if spec is None else spec.image_paths(dataset, indices)
+def image_names(dataset, indices) -> list[str]:
+    """The files (relative to `dataset.data_dir`) WILDS's `get_input` opens: the dataset spec's rule."""
+    name = getattr(dataset, "dataset_name", type(dataset).__name__)
+    if name not in DATASETS:
+        raise ValueError(f"no image paths for dataset {name!r}: only {', '.join(DATASETS)} are known")
+    return DATASETS[name].image_paths(dataset, np.asarray(indices))
 
 
 def image_path(dataset, idx: int) -> Path:
-    """The file WILDS's `get_input(idx)` opens, for every registered dataset."""
-    names = relative_names(dataset, np.asarray([int(idx)]))
-    if names is None:
-        raise ValueError(f"no image_path for dataset {getattr(dataset, 'dataset_name', type(dataset).__name__)!r}: "
-                         f"only {', '.join(DATASETS)} are known")
-    return Path(dataset.data_dir) / names[0]
+    return Path(dataset.data_dir) / image_names(dataset, [int(idx)])[0]
 
 
 def _decode_image(path: str, image_size: int, draft: bool = False, draft_factor: float = DRAFT_FACTOR) -> np.ndarray:
@@ -76,19 +57,15 @@ def _decode_image(path: str, image_size: int, draft: bool = False, draft_factor:
             side = int(draft_factor * image_size)
             img.draft("RGB", (side, side))
         rgb = img.convert("RGB")
-    return np.array(_geometry(image_size)(rgb), dtype=np.uint8)
+    return np.array(resize_crop(image_size)(rgb), dtype=np.uint8)
 
 
 def load_uint8(dataset, idx: int, image_size: int, draft: bool = False, path: str | None = None) -> np.ndarray:
-    """Decode dataset[idx]'s image; errors name the file and the index."""
+    """Decode dataset[idx]'s image (the file `path` when given); errors name the file and the index."""
     idx = int(idx)
-    if path is None:
-        names = relative_names(dataset, np.asarray([idx]))
-        path = None if names is None else os.path.join(dataset.data_dir, names[0])
+    path = str(image_path(dataset, idx)) if path is None else path
     try:
-        if path is None:  # a dataset we know nothing about: its own loader, no draft
-            return np.array(_geometry(image_size)(dataset.get_input(idx).convert("RGB")), dtype=np.uint8)
         return _decode_image(path, image_size, draft)
     except Exception as e:
-        raise ImageDecodeError(f"could not decode image {path or '(dataset.get_input)'} (dataset index {idx}): "
-                               f"{type(e).__name__}: {e}", path=path, index=idx) from e
+        raise ImageDecodeError(f"could not decode image {path} (dataset index {idx}): {type(e).__name__}: {e}",
+                               path=path, index=idx) from e
