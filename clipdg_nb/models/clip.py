@@ -103,24 +103,18 @@ def _quick_gelu_flag(name: str, kind: str, tag: str | None, tag_cfg: dict, quick
     return False
 
 
-def _check_local_dir(path: str) -> None:
-    folder = Path(path)
-    if not (folder / "open_clip_config.json").is_file():
-        raise FileNotFoundError(f"model_name='local-dir:{path}' needs {folder / 'open_clip_config.json'}; "
-                                "create the folder with save_local_dir(bundle, path)")
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-        raise FileNotFoundError(f"model_name='local-dir:{path}' has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
-
-
 def _resolve_source(model_name: str, pretrained, weights_arg: str = "pretrained") -> tuple[str, str, dict]:
     """(open_clip model name, kind of weights: none|tag|file|local-dir|hf-hub, the tag's config)."""
-    for prefix, kind in ((HF_HUB, "hf-hub"), (LOCAL_DIR, "local-dir")):
-        if model_name.startswith(prefix):
-            if pretrained is not None:
-                raise ValueError(f"pretrained must be None with model_name='{prefix}...' (it holds the weights)")
-            if kind == "local-dir":
-                _check_local_dir(model_name[len(prefix):])
-            return model_name, kind, {}
+    if model_name.startswith((HF_HUB, LOCAL_DIR)):
+        if pretrained is not None:
+            raise ValueError(f"pretrained must be None with model_name={model_name!r} (it holds the weights)")
+        folder = Path(model_name[len(LOCAL_DIR):])
+        if model_name.startswith(LOCAL_DIR) and not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"model_name={model_name!r} needs {folder / 'open_clip_config.json'}; "
+                                    "create the folder with save_local_dir(bundle, path)")
+        if model_name.startswith(LOCAL_DIR) and not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+            raise FileNotFoundError(f"model_name={model_name!r} has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+        return model_name, model_name.split(":")[0], {}
     name = _check_model_name(model_name)
     if pretrained is None:
         if name not in TINY_MODELS:

@@ -12,9 +12,10 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 from ..fingerprint import CacheRebuiltWarning, file_digest, identity_mismatch
-from ..paths import resolve
+from ..paths import atomic_path, resolve
 
 
 def encode_images(model, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, device="cpu",
@@ -77,10 +78,6 @@ def cached_split_features(folder: Path, identity: dict, compute) -> torch.Tensor
     computed from) from `<folder>/<dataset>-<split>-<key>.pt`, or `compute()` written there
     atomically under a lock (two processes compute an entry once). A file that does not load or
     match is recomputed, with a `CacheRebuiltWarning` naming it and why."""
-    from filelock import FileLock
-
-    from ..paths import atomic_path
-
     stated = json.dumps(identity, sort_keys=True, default=str)
     path = Path(folder) / f"{identity['dataset']}-{identity['split']}-{hashlib.sha256(stated.encode()).hexdigest()[:20]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)

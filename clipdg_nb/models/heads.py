@@ -15,9 +15,6 @@ from torch import nn
 
 from .text import encode_text_trimmed, train_used_rows, trim_tokens
 
-TEXT_MODES = ("trainable", "frozen", "head")
-
-
 def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
     """Token ids [C*T, L], class-major (all templates of class 0, then class 1, ...) like open_clip,
     cut after the last end-of-text token (on the CPU, so no device sync is needed later)."""

@@ -16,8 +16,7 @@ class LinearProbe:
     """Multinomial logistic regression on frozen features: logits = x @ W.T + b."""
     W: torch.Tensor  # [C, D]
     b: torch.Tensor  # [C]
-    C: float  # chosen inverse regularisation (sklearn's meaning)
-    weight_decay: float  # the same as an L2 coefficient on the mean loss: 1 / (C * n_train)
+    C: float  # chosen inverse regularisation (sklearn's meaning): L2 coefficient 1 / (C * n_train) on the mean loss
     val_scores: dict[float, float] = field(default_factory=dict)  # C -> validation score
     normalize: bool = True  # whether features are L2-normalised before the head
 
@@ -70,12 +69,10 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
     b = torch.zeros(n_classes, device=device, requires_grad=True)
     best, scores = None, {}
     for C in sorted(float(c) for c in Cs):
-        lam = 1.0 / (C * len(y))
-        _fit_lbfgs(x, y, W, b, lam, absent, max_iter)
+        _fit_lbfgs(x, y, W, b, 1.0 / (C * len(y)), absent, max_iter)
         with torch.no_grad():
             pred = top_classes(xv @ W.T + b)[:, 0].cpu()
         scores[C] = float(score_fn(yv, pred))
-        if best is None or scores[C] > scores[best[0]]:
-            best = (C, lam, W.detach().clone(), b.detach().clone())
-    C, lam, Wb, bb = best
-    return LinearProbe(W=Wb, b=bb, C=C, weight_decay=lam, val_scores=scores, normalize=normalize)
+        if best is None or scores[C] > scores[best.C]:  # `scores` shared: the probe gets every C's
+            best = LinearProbe(W=W.detach().clone(), b=b.detach().clone(), C=C, val_scores=scores, normalize=normalize)
+    return best

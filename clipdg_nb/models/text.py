@@ -13,9 +13,8 @@ from torch import nn
 from open_clip.transformer import text_global_pool
 
 _TRIM_POOLS = ("argmax", "eos", "first")
-# model -> (mask identity, is causal): checked once per mask tensor, not once per call,
-# because reading a GPU mask back costs a device sync. A new mask (another tensor, or the model
-# moved) is checked again; open_clip builds its mask once (`build_causal_mask`) and never edits it.
+# model -> (mask identity, is causal): checked once per mask tensor (another tensor, or the model
+# moved, is checked again), not once per call: reading a GPU mask back costs a device sync.
 _causal_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 

@@ -12,7 +12,6 @@ from .weights import describe_clip, mismatch_error, read_state_dict, shape_diffe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VISION_ARCHS = ("vit_b_32", "tiny", "clip-visual")
 
 
 class VisionClassifier(nn.Module):
@@ -55,12 +54,9 @@ def _fresh_head(dim: int, num_classes: int) -> nn.Linear:
 
 def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.PathLike | None = None,
                 image_size: int = 224, *, clip=None) -> VisionClassifier:
-    """The vision-only baseline: a backbone with a fresh linear head.
-
-    arch: "vit_b_32" (torchvision; weights None | "imagenet" | a state-dict file), "tiny" (a 2-layer
-    ViT for tests) or "clip-visual" (the image tower of the ClipBundle `clip`). A state-dict file may
-    be a torchvision ViT (its head ignored) or a saved VisionClassifier.
-    """
+    """A backbone with a fresh linear head. arch: "vit_b_32" (torchvision; weights None | "imagenet" |
+    a state-dict file: a torchvision ViT's, its head ignored, or a saved VisionClassifier's), "tiny"
+    (a 2-layer ViT for tests) or "clip-visual" (the image tower of the ClipBundle `clip`)."""
     from torchvision.models import VisionTransformer, vit_b_32
     from torchvision.models.vision_transformer import interpolate_embeddings
 

@@ -10,16 +10,19 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..paths import atomic_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
 
 
 def names_a_file(value) -> bool:
-    """Whether a `pretrained` / `vision_weights` value names a weights file (a path, or a name with a
-    weights suffix) rather than a tag ('openai', 'imagenet') or a scheme ('hf-hub:', 'local-dir:'):
-    the one rule for "is this a weights file" (validation, the loader's error, the missing-inputs check)."""
+    """The one rule for whether a `pretrained` / `vision_weights` value names a weights file (a path,
+    or a name with a weights suffix), not a tag ('openai', 'imagenet') or a scheme ('local-dir:')."""
     text = str(value)
     return (isinstance(value, (str, Path)) and not _SCHEME.match(text)
             and ("/" in text or os.sep in text or text.lower().endswith(WEIGHT_SUFFIXES + (".npz",))))
@@ -77,8 +80,6 @@ def _read(path: str | os.PathLike, what: str, header_only: bool) -> dict:
         raise FileNotFoundError(folder_problem(path, what) or f"{what}={path!r}: no such file (resolved from {Path.cwd()})")
     try:
         if path.endswith(".safetensors"):
-            from safetensors import safe_open
-            from safetensors.torch import load_file
             if not header_only:
                 return load_file(path)
             with safe_open(path, "pt") as fh:
@@ -106,8 +107,6 @@ def shapes_of(weights: nn.Module | dict) -> dict[str, tuple]:
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     return {k: tuple(getattr(v, "shape", v)) for k, v in sd.items() if isinstance(v, (torch.Tensor, tuple))}
 
-
-# What a state dict holds, in words: enough to tell one architecture from another.
 
 def _layers(shapes: dict, pattern: str) -> int:
     return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
@@ -180,10 +179,6 @@ def save_weights(module_or_state_dict: nn.Module | dict, path: str | os.PathLike
                  metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors, atomically. Tensors are cloned contiguous, so tied or shared
     storages (which safetensors refuses) are written as separate copies."""
-    from safetensors.torch import save_file
-
-    from ..paths import atomic_path
-
     sd = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, nn.Module) else module_or_state_dict
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     with atomic_path(Path(path)) as tmp:
