@@ -1,6 +1,5 @@
-"""CLIP through open_clip: pretrained tags, local weight files, `local-dir:` folders, and the
-tiny test configs shipped with the package (registered with `open_clip.add_model_config`, never a
-fork of open_clip's model code)."""
+"""CLIP through open_clip: pretrained tags, local weight files, `local-dir:` folders, and the tiny
+test configs shipped with the package (registered with `open_clip.add_model_config`, not a fork)."""
 from __future__ import annotations
 
 import difflib
@@ -17,7 +16,8 @@ import torch
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from .weights import WEIGHT_SUFFIXES, folder_problem, mismatch_error, names_a_file, save_weights, shape_differences, weight_shapes
+from .weights import (WEIGHT_SUFFIXES, folder_problem, mismatch_error, names_a_file, save_weights, shape_differences,
+                      shapes_of, weight_shapes)
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "data_files" / "model_configs"
 TINY_MODELS = ("clipdg-tiny-vit", "clipdg-tiny-vit-64")
@@ -35,11 +35,10 @@ def register_tiny_configs() -> list[str]:
 def config_image_size(model_name: str) -> int | None:
     """The image size of an open_clip model config (a name or 'local-dir:'), without building it."""
     register_tiny_configs()
-    if model_name.startswith(LOCAL_DIR):
-        config_file = Path(model_name[len(LOCAL_DIR):]) / "open_clip_config.json"
-        cfg = json.loads(config_file.read_text())["model_cfg"] if config_file.is_file() else {}
-    else:
-        cfg = open_clip.get_model_config(model_name.replace("/", "-")) or {}
+    local = model_name.startswith(LOCAL_DIR)
+    if local and not (Path(model_name[len(LOCAL_DIR):]) / "open_clip_config.json").is_file():
+        return None
+    cfg = open_clip.get_model_config(model_name if local else model_name.replace("/", "-")) or {}
     size = cfg.get("vision_cfg", {}).get("image_size")
     return None if size is None else int(size if isinstance(size, int) else size[0])
 
@@ -72,24 +71,17 @@ def _check_model_name(name: str) -> str:
     return cleaned
 
 
-def _weights_cache_hint(tag_cfg: dict, cache_dir) -> str:
-    """Where open_clip looks for a tag's weights (HF hub cache, or ~/.cache/clip for URLs)."""
-    if cache_dir:
-        return str(cache_dir)
-    if tag_cfg.get("hf_hub"):
-        from huggingface_hub import constants
-        return f"{constants.HF_HUB_CACHE} (huggingface_hub default cache)"
-    return os.path.expanduser("~/.cache/clip")
-
-
 def _fetch_tag_weights(name: str, tag: str, tag_cfg: dict, cache_dir) -> None:
     """Fetch (or find cached) weights first, so a missing download gets a message that says what to do."""
     try:
         open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as e:  # hf_hub / urllib raise many types offline; all mean "not available"
+        from huggingface_hub import constants
+        where = cache_dir or (f"{constants.HF_HUB_CACHE} (huggingface_hub default cache)" if tag_cfg.get("hf_hub")
+                              else os.path.expanduser("~/.cache/clip"))  # where open_clip looks for it
         raise RuntimeError(
-            f"No weights for model_name={name!r}, pretrained={tag!r}: not in the cache "
-            f"({_weights_cache_hint(tag_cfg, cache_dir)}) and the download failed ({type(e).__name__}: {e}). "
+            f"No weights for model_name={name!r}, pretrained={tag!r}: not in the cache ({where}) and the "
+            f"download failed ({type(e).__name__}: {e}). "
             f"To get them: run load_clip({name!r}, {tag!r}, cache_dir=...) once on a machine with internet "
             "access and reuse that cache_dir; or pass pretrained='/path/to/weights.safetensors' "
             "(quick_gelu=True for OpenAI weights); or model_name='local-dir:/path' to a folder holding "
@@ -111,24 +103,18 @@ def _quick_gelu_flag(name: str, kind: str, tag: str | None, tag_cfg: dict, quick
     return False
 
 
-def _check_local_dir(path: str) -> None:
-    folder = Path(path)
-    if not (folder / "open_clip_config.json").is_file():
-        raise FileNotFoundError(f"model_name='local-dir:{path}' needs {folder / 'open_clip_config.json'}; "
-                                "create the folder with save_local_dir(bundle, path)")
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-        raise FileNotFoundError(f"model_name='local-dir:{path}' has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
-
-
 def _resolve_source(model_name: str, pretrained, weights_arg: str = "pretrained") -> tuple[str, str, dict]:
     """(open_clip model name, kind of weights: none|tag|file|local-dir|hf-hub, the tag's config)."""
-    for prefix, kind in ((HF_HUB, "hf-hub"), (LOCAL_DIR, "local-dir")):
-        if model_name.startswith(prefix):
-            if pretrained is not None:
-                raise ValueError(f"pretrained must be None with model_name='{prefix}...' (it holds the weights)")
-            if kind == "local-dir":
-                _check_local_dir(model_name[len(prefix):])
-            return model_name, kind, {}
+    if model_name.startswith((HF_HUB, LOCAL_DIR)):
+        if pretrained is not None:
+            raise ValueError(f"pretrained must be None with model_name={model_name!r} (it holds the weights)")
+        folder = Path(model_name[len(LOCAL_DIR):])
+        if model_name.startswith(LOCAL_DIR) and not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"model_name={model_name!r} needs {folder / 'open_clip_config.json'}; "
+                                    "create the folder with save_local_dir(bundle, path)")
+        if model_name.startswith(LOCAL_DIR) and not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+            raise FileNotFoundError(f"model_name={model_name!r} has no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+        return model_name, model_name.split(":")[0], {}
     name = _check_model_name(model_name)
     if pretrained is None:
         if name not in TINY_MODELS:
@@ -152,41 +138,30 @@ def _resolve_source(model_name: str, pretrained, weights_arg: str = "pretrained"
 _OPEN_CLIP_ADJUSTS = ("logit_scale", "logit_bias", "text.transformer.embeddings.position_ids")
 
 
-def _expected_shapes(name: str, force_qg: bool) -> dict:
-    """The tensor shapes of `name`, from a model built on the meta device (its warning muted)."""
+def clip_weights_mismatch(model_name: str, path: str, weights_arg: str, found: dict,
+                          loaded: bool | None = None) -> Exception | None:
+    """The error for a weights file of these tensor shapes (`weight_shapes`) that does not fit
+    `model_name` (built on the meta device), or None. Once open_clip has loaded the file (`loaded`;
+    None: judged from whether it holds most of the model's tensors) only the shapes of the tensors
+    both have can differ: open_clip silently interpolates position embeddings to another image size
+    or context length, which would run weights at a size they were never trained for."""
+    register_tiny_configs()
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # "No pretrained weights loaded ..." would only confuse here
-    try:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=force_qg, device="meta")
+    try:  # QuickGELU changes no shape
+        expected = shapes_of(open_clip.create_model(model_name, pretrained=None, device="meta"))
     finally:
         logging.disable(previous)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _file_mismatch(name: str, path: str, weights_arg: str, found: dict, expected: dict, loaded: bool):
-    """The one error for a weights file that does not fit `name`, or None when it fits. Once open_clip
-    has loaded the file (`loaded`), keys are known to match and only shapes can still differ: open_clip
-    silently interpolates position embeddings to another image size or context length, which would
-    run weights at a size they were never trained for."""
-    common = found.keys() & expected.keys() if loaded else None
-    differences = shape_differences({k: v for k, v in found.items() if common is None or k in common},
-                                    {k: v for k, v in expected.items() if common is None or k in common},
-                                    ignore=_OPEN_CLIP_ADJUSTS)
+    common = found.keys() & expected.keys()
+    loaded = len(common) * 2 >= len(expected) if loaded is None else loaded
+    keep = common if loaded else found.keys() | expected.keys()
+    differences = shape_differences({k: v for k, v in found.items() if k in keep},
+                                    {k: v for k, v in expected.items() if k in keep}, ignore=_OPEN_CLIP_ADJUSTS)
     if not differences:
         return None
-    return mismatch_error(path, weights_arg, f"model_name={name!r}", found, expected,
+    return mismatch_error(path, weights_arg, f"model_name={model_name!r}", found, expected,
                           f"Pass the model_name the weights were made for (open_clip.list_models() lists the "
-                          f"configs), or a weights file made for {name!r}.", differences)
-
-
-def clip_weights_mismatch(model_name: str, path: str, weights_arg: str, found: dict) -> Exception | None:
-    """The error `load_clip` would raise for a weights file of these tensor shapes (`weight_shapes`),
-    judged without loading it: shapes of the tensors file and model share, the whole table when
-    most of the model's tensors are not in the file. None when it fits."""
-    register_tiny_configs()
-    expected = _expected_shapes(model_name, False)  # QuickGELU changes no shape
-    loaded = len(found.keys() & expected.keys()) * 2 >= len(expected)
-    return _file_mismatch(model_name, path, weights_arg, found, expected, loaded=loaded)
+                          f"configs), or a weights file made for {model_name!r}.", differences)
 
 
 def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, cache_dir: str | None = None,
@@ -199,9 +174,8 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, c
     (.safetensors/.bin/.pt, loaded with weights_only=True). `model_name="local-dir:/path"` loads
     config and weights from a folder; "hf-hub:org/repo" is passed through to open_clip.
     QuickGELU is forced for tags trained with it (incl. "openai") and when `quick_gelu=True`.
-    A weights file is checked at the door: unreadable -> `WeightsFileError`, another architecture
-    than `model_name` -> `WeightsMismatchError` (both name the file as `weights_arg`, the argument
-    the caller knows it by, e.g. 'vision_weights').
+    A weights file that is unreadable or of another architecture raises `WeightsFileError` /
+    `WeightsMismatchError`, naming it as `weights_arg` (e.g. 'vision_weights').
     """
     register_tiny_configs()
     name, kind, tag_cfg = _resolve_source(model_name, pretrained, weights_arg)
@@ -215,34 +189,25 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, c
         model = open_clip.create_model(name, pretrained=pretrained, device=device, force_quick_gelu=force_qg,
                                        cache_dir=cache_dir, weights_only=True)
     except Exception as e:  # open_clip asserts, load_state_dict raises RuntimeError: say it once, plainly
-        if found is not None and (error := _file_mismatch(name, pretrained, weights_arg, found,
-                                                          _expected_shapes(name, force_qg), loaded=False)):
+        if found is not None and (error := clip_weights_mismatch(name, pretrained, weights_arg, found, loaded=False)):
             raise error from e
         if kind != "hf-hub" or not isinstance(e, RuntimeError):
             raise
         raise RuntimeError(f"model_name={name!r}: config/weights not in the cache ({cache_dir or 'HF default'}) "
                            "and not downloadable. Run it once online, or use a local file / 'local-dir:'. "
                            f"Cause: {e}") from e
-    if found is not None and (error := _file_mismatch(name, pretrained, weights_arg, found,
-                                                      {k: tuple(v.shape) for k, v in model.state_dict().items()},
-                                                      loaded=True)):
+    if found is not None and (error := clip_weights_mismatch(name, pretrained, weights_arg, found, loaded=True)):
         raise error
     model.eval()
     pp = PreprocessCfg(**model.visual.preprocess_cfg)
-    size = tuple(model.visual.image_size) if isinstance(model.visual.image_size, (tuple, list)) \
-        else (model.visual.image_size,) * 2
     return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer(name, cache_dir=cache_dir),
-                      image_size=int(size[0]), mean=tuple(pp.mean), std=tuple(pp.std),
+                      image_size=int(pp.input_size[1]), mean=tuple(pp.mean), std=tuple(pp.std),
                       model_name=name, pretrained=pretrained, quick_gelu=force_qg)
 
 
 def save_local_dir(bundle: ClipBundle, path: str | os.PathLike) -> str:
     """Write `open_clip_config.json` + `open_clip_model.safetensors`; returns 'local-dir:<path>'."""
-    if bundle.model_name.startswith(LOCAL_DIR):
-        src = Path(bundle.model_name[len(LOCAL_DIR):]) / "open_clip_config.json"
-        model_cfg = json.loads(src.read_text())["model_cfg"]
-    else:
-        model_cfg = open_clip.get_model_config(bundle.model_name)
+    model_cfg = open_clip.get_model_config(bundle.model_name)  # a name's or a local-dir: folder's
     if bundle.quick_gelu:
         model_cfg["quick_gelu"] = True  # the folder must rebuild the same activation
     folder = Path(path)

@@ -1,10 +1,6 @@
-"""CLIP as an image classifier: the zero-shot prompt head and the module that fine-tunes.
-
-Templates are open_clip-style callables (`datasets.prompt_functions`), so the zero-shot head is
-exactly open_clip's `build_zero_shot_classifier` and the trainable head embeds the same prompts.
-Class prompts always go through the text tower on their first L tokens only (`models.text`):
-the same embeddings as the full context, several times cheaper.
-"""
+"""CLIP as an image classifier: the zero-shot head (open_clip's `build_zero_shot_classifier` over
+open_clip-style template callables) and the module that fine-tunes. Prompts go through the text
+tower on their first L tokens only (`models.text`): the same embeddings, several times cheaper."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +15,6 @@ from torch import nn
 
 from .text import encode_text_trimmed, train_used_rows, trim_tokens
 
-TEXT_MODES = ("trainable", "frozen", "head")
-
-
 def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
     """Token ids [C*T, L], class-major (all templates of class 0, then class 1, ...) like open_clip,
     cut after the last end-of-text token (on the CPU, so no device sync is needed later)."""
@@ -29,36 +22,29 @@ def tokenize_prompts(tokenizer, classnames: Sequence[str], templates: Sequence[C
 
 
 def identical_prompt_classes(tokenizer, classnames: Sequence[str], templates: Sequence[Callable[[str], str]]) -> list[list[int]]:
-    """Groups of classes (lowest first) whose prompts are token for token the same, e.g. names equal
-    up to case (CLIP's tokenizer lowercases): their logits tie on every image, so only the lowest of
-    each group is ever predicted (`evaluate.top_classes`)."""
+    """Groups of classes (lowest first) whose prompts are token for token the same (CLIP's tokenizer
+    lowercases): their logits tie on every image, so only the lowest is ever predicted."""
     tokens = tokenize_prompts(tokenizer, classnames, templates).reshape(len(classnames), -1)
-    groups: dict[int, list[int]] = {}
-    for y, group in enumerate(torch.unique(tokens, dim=0, return_inverse=True)[1].tolist()):
-        groups.setdefault(group, []).append(y)
-    return sorted(g for g in groups.values() if len(g) > 1)
+    inverse = torch.unique(tokens, dim=0, return_inverse=True)[1]
+    groups = ((inverse == i).nonzero().flatten().tolist() for i in inverse.unique())
+    return sorted(g for g in groups if len(g) > 1)
 
 
 def class_text_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Class embeddings [C, D]: each prompt L2-normalised, averaged over templates, renormalised
-    (open_clip's zero-shot recipe). Differentiable, so the trainable head can back-propagate."""
+    """Class embeddings [C, D] by open_clip's zero-shot recipe (normalise, average over templates,
+    renormalise), differentiably."""
     emb = encode_text_trimmed(model, tokens, normalize=True)
     emb = emb.reshape(n_classes, tokens.shape[0] // n_classes, -1).mean(dim=1)
     return F.normalize(emb, dim=-1)
 
 
 class ClipClassifier(nn.Module):
-    """`forward(images) -> logits [N, C]`, in one of three modes:
-
-      "trainable": both towers train; logits = exp(logit_scale) * img @ text.T with the class
-                   prompt embeddings recomputed every forward (the reference study's CE fine-tuning).
-      "frozen":    text tower dropped; a linear head initialised to exp(logit_scale) * the zero-shot
-                   weights on normalised image features (WiSE-FT style).
-      "head":      image tower + a given linear head on normalised features (linear probe, LP-FT).
-    The classifier takes the model's modules (no copy; trainable: only the token rows the prompts
-    read train, `models.text.UsedRowsEmbedding`). Within one mode the state-dict keys never
-    change, so zero-shot and fine-tuned weights interpolate key by key (WiSE-FT).
-    """
+    """`forward(images) -> logits [N, C]` on normalised image features, in one of three modes:
+    "trainable": both towers train, exp(logit_scale) * img @ text.T with the prompts embedded every
+    forward (only the token rows they read train, `models.text.UsedRowsEmbedding`); "frozen": a
+    linear head initialised to exp(logit_scale) * the zero-shot weights; "head": a given linear head
+    (linear probe, LP-FT). The model's modules are taken, not copied. Within one mode the state-dict
+    keys never change, so weights interpolate key by key (WiSE-FT)."""
 
     def __init__(self, model, *, text_mode: str = "trainable", tokenizer=None, classnames=None, templates=None,
                  head_weight: torch.Tensor | None = None, head_bias: torch.Tensor | None = None):
@@ -105,9 +91,8 @@ class ClipClassifier(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         """Class embeddings [C, D] of the trainable mode (computed once inside `cached_text_features`)."""
-        if self._text_cache is not None:
-            return self._text_cache
-        return class_text_embeddings(self.clip, self.prompt_tokens, self.n_classes)
+        cached = self._text_cache
+        return cached if cached is not None else class_text_embeddings(self.clip, self.prompt_tokens, self.n_classes)
 
     @contextlib.contextmanager
     def cached_text_features(self):
@@ -121,8 +106,8 @@ class ClipClassifier(nn.Module):
             self._text_cache = None
 
     def batch_class_features(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [K, D] of the K distinct classes in `labels` (same recipe as `text_features`,
-        only those prompts through the text tower) and each label's row in them [B]."""
+        """Embeddings [K, D] of the K distinct classes in `labels` (only their prompts through the
+        text tower) and each label's row in them [B]."""
         classes, targets = torch.unique(labels, return_inverse=True)
         per_class = self.prompt_tokens.shape[0] // self.n_classes
         rows = (classes[:, None] * per_class + torch.arange(per_class, device=classes.device)).reshape(-1)

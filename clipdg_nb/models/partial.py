@@ -1,11 +1,6 @@
 """Which parameters train: `TRAINABLE`, read through `config.MethodSpec.trainable` (nothing else
-freezes a parameter). Partial fine-tuning trains only the image tower's last k blocks; BitFit only
-the biases and the head.
-
-`train_last_blocks(model, k)` freezes the rest of the image tower; everything outside it (text tower,
-logit_scale, linear heads) keeps training. The layers after the blocks train with the last block (so
-k=0 freezes the whole tower) and the stem with the first (so k = the number of blocks is all).
-"""
+freezes a parameter): the image tower's last k blocks (partial fine-tuning) or the biases and the
+head (BitFit)."""
 from __future__ import annotations
 
 from torch import nn
@@ -31,12 +26,10 @@ def tower_blocks(tower: nn.Module) -> nn.ModuleList:
                      "(transformer.resblocks or encoder.layers); use train_blocks=None")
 
 
-def _after_blocks(name: str) -> bool:
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in AFTER_BLOCKS)
-
-
 def train_last_blocks(model: nn.Module, k: int | None) -> nn.Module:
-    """Freeze the image tower of `model` but its last `k` blocks (None: nothing frozen); in place."""
+    """Freeze the image tower of `model` but its last `k` blocks (None: nothing frozen), in place;
+    the rest of the model keeps training. The layers after the blocks train with the last block (so
+    k=0 freezes the whole tower) and the stem with the first (k = the number of blocks is all)."""
     if k is None:
         return model
     tower = image_tower(model)
@@ -49,7 +42,8 @@ def train_last_blocks(model: nn.Module, k: int | None) -> nn.Module:
     in_blocks = {id(p) for block in blocks for p in block.parameters()}
     trainable = {id(p) for block in blocks[len(blocks) - k:] for p in block.parameters()}
     for name, p in tower.named_parameters():
-        p.requires_grad_(id(p) in trainable or (k > 0 and id(p) not in in_blocks and _after_blocks(name)))
+        after = any((name + ".").startswith(prefix + ".") for prefix in AFTER_BLOCKS)
+        p.requires_grad_(id(p) in trainable or (k > 0 and id(p) not in in_blocks and after))
     return model
 
 

@@ -16,8 +16,7 @@ class LinearProbe:
     """Multinomial logistic regression on frozen features: logits = x @ W.T + b."""
     W: torch.Tensor  # [C, D]
     b: torch.Tensor  # [C]
-    C: float  # chosen inverse regularisation (sklearn's meaning)
-    weight_decay: float  # the same as an L2 coefficient on the mean loss: 1 / (C * n_train)
+    C: float  # chosen inverse regularisation (sklearn's meaning): L2 coefficient 1 / (C * n_train) on the mean loss
     val_scores: dict[float, float] = field(default_factory=dict)  # C -> validation score
     normalize: bool = True  # whether features are L2-normalised before the head
 
@@ -29,16 +28,9 @@ class LinearProbe:
 DEFAULT_CS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def _accuracy(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
-    return (y_true == y_pred).float().mean().item()
-
-
 def _fit_lbfgs(x, y, W, b, lam, absent, max_iter):
     """Minimise mean CE + lam/2 (|W|^2 + |b_absent|^2) in place, full batch, strong-Wolfe L-BFGS.
-
-    The bias of classes never seen in training is penalised too, so it stays finite instead of
-    drifting to -inf (the head must still be n_classes wide).
-    """
+    The bias of classes absent from training is penalised too, so it stays finite, not -inf."""
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
                             tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
@@ -56,21 +48,16 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
                      n_classes: int, Cs: Sequence[float] = DEFAULT_CS, seed: int = 0, *, normalize: bool = True,
                      max_iter: int = 300, score_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
                      device: str | torch.device = "cpu") -> LinearProbe:
-    """Logistic regression on frozen features, regularisation chosen on the given validation split.
-
-    Fits every C in increasing order (each warm-started from the last; the problem is convex, so
-    this only saves time), scores each on (val_x, val_y) with `score_fn(y_true, y_pred)` and
-    returns the best; ties go to the smaller C. `score_fn` is the dataset's selection metric
-    (`methods` passes WILDS's: iWildCam's F1-macro_all, FMoW's acc_avg on id_val); plain accuracy
-    when none is given. Never pass test data as the validation split. Initialisation is zero, so
-    the fit is deterministic; `seed` only seeds torch for any stochastic backend behaviour.
-    """
+    """Logistic regression on frozen features, its C chosen on (val_x, val_y) by `score_fn(y_true,
+    y_pred)` (the dataset's selection metric; accuracy when None), ties to the smaller C. Every C is
+    fitted in increasing order, warm-started from the last (convex: only saves time), from zeros,
+    so the fit is deterministic; `seed` only seeds torch for any stochastic backend behaviour."""
     if not Cs:
         raise ValueError("Cs is empty; pass candidate inverse regularisation strengths, e.g. (0.1, 1, 10)")
     if len(val_y) == 0:
         raise ValueError("the validation split is empty; the regularisation must be chosen on validation data")
     torch.manual_seed(seed)
-    score_fn = score_fn or _accuracy
+    score_fn = score_fn or (lambda y_true, y_pred: (y_true == y_pred).float().mean().item())
     prep = (lambda t: F.normalize(t.float(), dim=-1)) if normalize else (lambda t: t.float())
     x, xv = prep(torch.as_tensor(train_x)).to(device), prep(torch.as_tensor(val_x)).to(device)
     y = torch.as_tensor(train_y).long().to(device)
@@ -82,12 +69,10 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
     b = torch.zeros(n_classes, device=device, requires_grad=True)
     best, scores = None, {}
     for C in sorted(float(c) for c in Cs):
-        lam = 1.0 / (C * len(y))
-        _fit_lbfgs(x, y, W, b, lam, absent, max_iter)
+        _fit_lbfgs(x, y, W, b, 1.0 / (C * len(y)), absent, max_iter)
         with torch.no_grad():
             pred = top_classes(xv @ W.T + b)[:, 0].cpu()
         scores[C] = float(score_fn(yv, pred))
-        if best is None or scores[C] > scores[best[0]]:
-            best = (C, lam, W.detach().clone(), b.detach().clone())
-    C, lam, Wb, bb = best
-    return LinearProbe(W=Wb, b=bb, C=C, weight_decay=lam, val_scores=scores, normalize=normalize)
+        if best is None or scores[C] > scores[best.C]:  # `scores` shared: the probe gets every C's
+            best = LinearProbe(W=W.detach().clone(), b=b.detach().clone(), C=C, val_scores=scores, normalize=normalize)
+    return best

@@ -1,14 +1,7 @@
-"""Exact short-context prompt encoding for open_clip `CLIP` models.
-
-open_clip pads every prompt to the full context (77 tokens), but class prompts end after about 10.
-The text transformer is causal and every other layer acts per position, so running only the first
-L positions (`positional_embedding[:L]`, `attn_mask[:L, :L]`), L = 1 + the largest pooled position,
-gives the same pooled features. `encode_text_trimmed` does that, differentiably.
-
-It trims only when (else it calls `model.encode_text` unchanged): the class uses
-`open_clip.model.CLIP.encode_text` itself; `text_pool_type` is 'argmax', 'eos' (with `text_eos_id`)
-or 'first'; `attn_mask` is causal; tokens are [B, W] with W <= the positional embeddings.
-"""
+"""Exact short-context prompt encoding for open_clip `CLIP` models, and the token table that trains
+only the rows the prompts read. Prompts are padded to 77 tokens but end after about 10; the text
+transformer is causal and all else acts per position, so the first L = 1 + the largest pooled
+position positions give the same pooled features (`can_trim` says when this holds)."""
 from __future__ import annotations
 
 import weakref
@@ -20,19 +13,14 @@ from torch import nn
 from open_clip.transformer import text_global_pool
 
 _TRIM_POOLS = ("argmax", "eos", "first")
-# model -> (mask identity, is causal): checked once per mask tensor, not once per call,
-# because reading a GPU mask back costs a device sync. A new mask (another tensor, or the model
-# moved) is checked again; open_clip builds its mask once (`build_causal_mask`) and never edits it.
+# model -> (mask identity, is causal): checked once per mask tensor (another tensor, or the model
+# moved, is checked again), not once per call: reading a GPU mask back costs a device sync.
 _causal_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def needed_length(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> int:
-    """Smallest L such that tokens[:, :L] pools the same positions: 1 + the largest pooled index.
-
-    argmax pooling (open_clip's default) pools at the highest token id, the EOT token of the
-    CLIP tokenizer, which comes after the prompt; pads are 0. On a GPU this reads one number
-    back (a sync): trim once on the CPU with `trim_tokens` where the prompts are fixed.
-    """
+    """Smallest L such that tokens[:, :L] pools the same positions (argmax: at the EOT token, the
+    highest id). On a GPU this is a sync: trim fixed prompts once on the CPU (`trim_tokens`)."""
     if pool_type == "first":
         return 1
     if pool_type == "argmax":
@@ -65,7 +53,8 @@ def _mask_is_causal(model: torch.nn.Module) -> bool:
 
 
 def can_trim(model: torch.nn.Module) -> bool:
-    """Whether `encode_text_trimmed` runs the short context for this model (module docstring)."""
+    """Whether `encode_text_trimmed` runs the short context: the class's own `CLIP.encode_text`,
+    pooling 'argmax', 'eos' (with `text_eos_id`) or 'first', and a causal 2-D `attn_mask`."""
     return (getattr(type(model), "encode_text", None) is CLIP.encode_text
             and getattr(model, "text_pool_type", None) in _TRIM_POOLS
             and (model.text_pool_type != "eos" or getattr(model, "text_eos_id", None) is not None)
@@ -76,10 +65,7 @@ def can_trim(model: torch.nn.Module) -> bool:
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Same output (and gradients) as `model.encode_text(tokens, normalize=normalize)`, faster.
-
-    `tokens`: [B, context_length] from the tokenizer, or already cut by `trim_tokens` (then no
-    device sync is needed to find L on a GPU; the cut must keep each prompt's EOT token).
-    """
+    `tokens`: from the tokenizer, or already cut by `trim_tokens` (no device sync on a GPU)."""
     n_pos = getattr(model, "positional_embedding", None)
     if (not can_trim(model) or tokens.ndim != 2 or n_pos is None or tokens.shape[1] > n_pos.shape[0]):
         return model.encode_text(tokens, normalize=normalize)
@@ -104,14 +90,11 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, normalize:
 
 
 class UsedRowsEmbedding(nn.Module):
-    """open_clip's token embedding with only the rows that fixed prompts read trainable (FMoW's 108,
-    iWildCam's 368 of 49,408; the table is 93 % of the tiny CLIP, 25 M of ViT-B/32's 151 M parameters).
-    The table is frozen and `rows`, a copy of the used rows, trains: the same embeddings, gradients
-    and elementwise Adam updates for them, so the same predictions, without a table-sized gradient and
-    Adam update every step. Other tokens read the frozen table. The state dict is open_clip's: its
-    `weight` is the table with `rows` written in (a copy), and loading one refills both.
-    Unused rows never move (with a dense table, Adam's weight decay shrank them; no prompt read them).
-    """
+    """open_clip's token embedding with only the rows fixed prompts read trainable (iWildCam's 368 of
+    49,408; the table is 25 M of ViT-B/32's 151 M parameters): `rows`, a copy of them, trains and the
+    table is frozen, so the same predictions without a table-sized gradient and Adam update every
+    step (unused rows never move; weight decay no longer shrinks them). The state dict is open_clip's:
+    `weight` is the table with `rows` written in, and loading one refills both."""
 
     def __init__(self, embedding: nn.Embedding, tokens: torch.Tensor):
         super().__init__()

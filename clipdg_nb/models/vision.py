@@ -8,11 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .weights import describe_clip, mismatch_error, read_state_dict, shape_differences
+from .weights import describe_clip, mismatch_error, read_state_dict, shape_differences, shapes_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VISION_ARCHS = ("vit_b_32", "tiny", "clip-visual")
 
 
 class VisionClassifier(nn.Module):
@@ -32,15 +31,13 @@ class VisionClassifier(nn.Module):
 
 
 def _imagenet_vit_b_32() -> dict[str, torch.Tensor]:
-    """ImageNet vit_b_32 weights from torchvision's cache (downloading if online), weights_only."""
+    """ImageNet vit_b_32 weights from torchvision's hub cache (downloaded there if online), weights_only."""
     from torchvision.models import ViT_B_32_Weights
-    url = ViT_B_32_Weights.IMAGENET1K_V1.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
     try:
         return ViT_B_32_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
     except Exception as e:
+        url = ViT_B_32_Weights.IMAGENET1K_V1.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
         raise RuntimeError(
             f"No ImageNet weights for vit_b_32: {cached} does not exist and the download failed "
             f"({type(e).__name__}: {e}). Run once online (or set TORCH_HOME to a folder that holds "
@@ -57,12 +54,9 @@ def _fresh_head(dim: int, num_classes: int) -> nn.Linear:
 
 def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.PathLike | None = None,
                 image_size: int = 224, *, clip=None) -> VisionClassifier:
-    """The vision-only baseline: a backbone with a fresh linear head.
-
-    arch: "vit_b_32" (torchvision; weights None | "imagenet" | a state-dict file), "tiny" (a 2-layer
-    ViT for tests) or "clip-visual" (the image tower of the ClipBundle `clip`). A state-dict file may
-    be a torchvision ViT (its head ignored) or a saved VisionClassifier.
-    """
+    """A backbone with a fresh linear head. arch: "vit_b_32" (torchvision; weights None | "imagenet" |
+    a state-dict file: a torchvision ViT's, its head ignored, or a saved VisionClassifier's), "tiny"
+    (a 2-layer ViT for tests) or "clip-visual" (the image tower of the ClipBundle `clip`)."""
     from torchvision.models import VisionTransformer, vit_b_32
     from torchvision.models.vision_transformer import interpolate_embeddings
 
@@ -80,12 +74,12 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
     backbone.heads = nn.Identity()  # features() = the class token; the head is ours
     model = VisionClassifier(backbone, _fresh_head(backbone.hidden_dim, num_classes),
                              mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
+    if sd is not None and (error := _mismatch(shapes_of(sd), model, weights, arch)):
+        raise error
     if sd is not None and any(k.startswith("backbone.") for k in sd):
-        _check_fits(sd, model, weights, arch)
         model.load_state_dict(sd, strict=True)  # a saved VisionClassifier
     elif sd is not None:
         sd = {k: v for k, v in sd.items() if not k.startswith("heads.")}
-        _check_fits(sd, backbone, weights, arch, ignore=("encoder.pos_embedding",))
         if sd.get("encoder.pos_embedding") is not None and \
                 sd["encoder.pos_embedding"].shape != backbone.encoder.pos_embedding.shape:
             sd = interpolate_embeddings(image_size, backbone.patch_size, sd)  # another resolution
@@ -94,31 +88,26 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
 
 
 def vision_weights_mismatch(found: dict, weights, arch: str, num_classes: int, image_size: int) -> Exception | None:
-    """The error `vision_only` would raise for a weights file of these tensor shapes
-    (`weight_shapes`), judged on a model built on the meta device (nothing allocated); None when
-    it fits. For `arch` 'tiny' / 'vit_b_32' (a 'clip-visual' file is a CLIP's: `clip_weights_mismatch`)."""
+    """The error `vision_only` would raise for a weights file of these tensor shapes (`weight_shapes`),
+    judged on a model built on the meta device; None when it fits. For `arch` 'tiny' / 'vit_b_32'
+    (a 'clip-visual' file is a CLIP's: `clip_weights_mismatch`)."""
     with torch.device("meta"):
-        model = vision_only(num_classes, arch=arch, weights=None, image_size=image_size)
-    try:
-        if any(k.startswith("backbone.") for k in found):
-            _check_fits(found, model, weights, arch)
-        else:
-            _check_fits({k: v for k, v in found.items() if not k.startswith("heads.")}, model.backbone, weights, arch,
-                        ignore=("encoder.pos_embedding",))
-    except ValueError as err:
-        return err
-    return None
+        return _mismatch(found, vision_only(num_classes, arch=arch, weights=None, image_size=image_size), weights, arch)
 
 
-def _check_fits(sd: dict, module: nn.Module, weights, arch: str, ignore=()) -> None:
-    """One clear error when a state dict is not `arch`'s (torchvision resizes position embeddings to
-    another image size on purpose, hence `ignore`)."""
-    found = {k: tuple(getattr(v, "shape", v)) for k, v in sd.items()}  # tensors, or their shapes (validation)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    differences = shape_differences(found, expected, ignore=ignore)
-    if differences:
-        hint = ("These are open_clip CLIP weights: use vision_arch='clip-visual' with the model_name they were "
-                "made for." if describe_clip(found) else
-                "Pass the vision_arch the weights were saved with (a saved VisionClassifier also fixes the "
-                "number of classes, i.e. the dataset).")
-        raise mismatch_error(weights, "vision_weights", f"vision_arch={arch!r}", found, expected, hint, differences)
+def _mismatch(found: dict, model: VisionClassifier, weights, arch: str) -> Exception | None:
+    """One clear error when a state dict's {name: shape} is not `arch`'s: a saved VisionClassifier's,
+    or a torchvision ViT's (its head ignored; torchvision resizes position embeddings to another
+    image size on purpose). None when it fits."""
+    saved_classifier = any(k.startswith("backbone.") for k in found)
+    if not saved_classifier:
+        found = {k: v for k, v in found.items() if not k.startswith("heads.")}
+    expected = shapes_of(model if saved_classifier else model.backbone)
+    differences = shape_differences(found, expected, ignore=() if saved_classifier else ("encoder.pos_embedding",))
+    if not differences:
+        return None
+    hint = ("These are open_clip CLIP weights: use vision_arch='clip-visual' with the model_name they were "
+            "made for." if describe_clip(found) else
+            "Pass the vision_arch the weights were saved with (a saved VisionClassifier also fixes the "
+            "number of classes, i.e. the dataset).")
+    return mismatch_error(weights, "vision_weights", f"vision_arch={arch!r}", found, expected, hint, differences)

@@ -1,11 +1,6 @@
-"""Model weights on disk: safetensors for what we write, `weights_only=True` for torch files we read.
-Never a pickled module.
-
-Weights are checked at the door. A file that cannot be read (junk, a truncated download, a pickled
-module) raises `WeightsFileError`, naming the file; one that does not fit the architecture asked for
-raises `WeightsMismatchError`, saying what the file holds and what was expected (`mismatch_error`).
-`weight_shapes` reads only a file's header or index, so checking costs next to nothing.
-"""
+"""Model weights on disk: safetensors for what we write, `weights_only=True` for torch files we read,
+never a pickled module. Checked at the door: unreadable -> `WeightsFileError`, another architecture
+than asked for -> `WeightsMismatchError` (what the file holds vs what was expected)."""
 from __future__ import annotations
 
 import math
@@ -15,16 +10,19 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..paths import atomic_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # hf-hub:org/name, local-dir:/path: not a file
 
 
 def names_a_file(value) -> bool:
-    """Whether a `pretrained` / `vision_weights` value names a weights file (a path, or a name with a
-    weights suffix) rather than a tag ('openai', 'imagenet') or a scheme ('hf-hub:', 'local-dir:'):
-    the one rule for "is this a weights file" (validation, the loader's error, the missing-inputs check)."""
+    """The one rule for whether a `pretrained` / `vision_weights` value names a weights file (a path,
+    or a name with a weights suffix), not a tag ('openai', 'imagenet') or a scheme ('local-dir:')."""
     text = str(value)
     return (isinstance(value, (str, Path)) and not _SCHEME.match(text)
             and ("/" in text or os.sep in text or text.lower().endswith(WEIGHT_SUFFIXES + (".npz",))))
@@ -38,33 +36,25 @@ class WeightsMismatchError(ValueError):
     """A readable weights file that holds another architecture than the one asked for."""
 
 
-def _where(path: str | os.PathLike, what: str) -> str:
-    return f"{what}={str(path)!r}"
-
-
 def folder_problem(path: str | os.PathLike, what: str) -> str | None:
     """For a weights parameter naming a folder: that it is one and what to pass instead (the weights
     files in it, or `local-dir:` for an open_clip model folder); None for anything else."""
-    folder = Path(path)
+    folder, where = Path(path), f"{what}={str(path)!r}"
     if not folder.is_dir():
         return None
     if (folder / "open_clip_config.json").is_file():
-        return (f"{_where(path, what)} is an open_clip model folder, not a weights file: pass "
+        return (f"{where} is an open_clip model folder, not a weights file: pass "
                 f"model='local-dir:{folder}' and pretrained=None (the folder holds its weights)")
     files = sorted(str(f) for f in folder.iterdir() if f.name.lower().endswith(WEIGHT_SUFFIXES))
-    return (f"{_where(path, what)} is a folder, not a weights file: pass "
+    return (f"{where} is a folder, not a weights file: pass "
             + (f"one of the weights files in it, e.g. {files[0]!r}" if files else
                f"a weights file ({', '.join(WEIGHT_SUFFIXES)}); this folder holds none"))
-
-
-def _missing(path: str | os.PathLike, what: str) -> FileNotFoundError:
-    return FileNotFoundError(folder_problem(path, what) or f"{_where(path, what)}: no such file (resolved from {Path.cwd()})")
 
 
 def _unreadable(path, what: str, error: Exception) -> WeightsFileError:
     detail = str(error) if len(str(error)) <= 160 else str(error)[:160].rsplit(" ", 1)[0] + " ..."
     return WeightsFileError(
-        f"{_where(path, what)} is not a readable weights file ({type(error).__name__}: {detail}). It may be "
+        f"{what}={str(path)!r} is not a readable weights file ({type(error).__name__}: {detail}). It may be "
         f"truncated (an interrupted download or copy?) or not weights at all: download or save it again. "
         f"Readable are .safetensors files and torch state dicts (.pt / .pth / .bin) that "
         f"torch.load(weights_only=True) accepts; pickled modules are refused.")
@@ -82,50 +72,41 @@ def _unwrap(sd, path, what: str) -> dict:
     return sd
 
 
-def _torch_load(path: str, mmap: bool):
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-
-def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or from a torch file with weights_only=True (never pickles).
-    `what` names the file in errors as the caller knows it (e.g. 'vision_weights')."""
+def _read(path: str | os.PathLike, what: str, header_only: bool) -> dict:
+    """The state dict of a weights file, or (`header_only`) as little of it as gives the shapes:
+    a safetensors header, or a memory-mapped torch zip file."""
     path = str(path)
     if not os.path.isfile(path):
-        raise _missing(path, what)
+        raise FileNotFoundError(folder_problem(path, what) or f"{what}={path!r}: no such file (resolved from {Path.cwd()})")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path)
-        sd = _torch_load(path, mmap=False)
+            if not header_only:
+                return load_file(path)
+            with safe_open(path, "pt") as fh:
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=header_only and zipfile.is_zipfile(path))
     except Exception as e:  # safetensors, pickle, zip and torch all raise their own types
         raise _unreadable(path, what, e) from e
     return _unwrap(sd, path, what)
 
 
+def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file with weights_only=True (never pickles).
+    `what` names the file in errors as the caller knows it (e.g. 'vision_weights')."""
+    return _read(path, what, header_only=False)
+
+
 def weight_shapes(path: str | os.PathLike, what: str = "weights file") -> dict[str, tuple]:
-    """Names and shapes of the tensors in a weights file, read from its header (safetensors) or
-    memory-mapped (torch zip files): a cheap check that the file is readable and what it holds."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise _missing(path, what)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-            with safe_open(path, "pt") as fh:
-                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-        sd = _torch_load(path, mmap=zipfile.is_zipfile(path))
-    except Exception as e:
-        raise _unreadable(path, what, e) from e
-    return {k: tuple(v.shape) for k, v in _unwrap(sd, path, what).items() if isinstance(v, torch.Tensor)}
+    """Names and shapes of the tensors in a weights file, from its header: a cheap check that the
+    file is readable and of what it holds."""
+    return shapes_of(_read(path, what, header_only=True))
 
 
-def shapes_of(module: nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+def shapes_of(weights: nn.Module | dict) -> dict[str, tuple]:
+    """{name: shape} of a module's or a state dict's tensors (a table of shapes passes through)."""
+    sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    return {k: tuple(getattr(v, "shape", v)) for k, v in sd.items() if isinstance(v, (torch.Tensor, tuple))}
 
-
-# ---------------------------------------------------------------------------------------------
-# What a state dict holds, in words: enough to tell one architecture from another
-# ---------------------------------------------------------------------------------------------
 
 def _layers(shapes: dict, pattern: str) -> int:
     return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
@@ -168,11 +149,8 @@ def describe_vit(shapes: dict) -> str | None:
 def describe(shapes: dict) -> str:
     """What a state dict holds, in words."""
     known = describe_clip(shapes) or describe_vit(shapes)
-    if known:
-        return known
-    first = ", ".join(list(shapes)[:4])
-    return (f"a state dict of {len(shapes)} tensors that is neither an open_clip CLIP nor a torchvision ViT "
-            f"(keys {first}, ...)")
+    return known or (f"a state dict of {len(shapes)} tensors that is neither an open_clip CLIP nor a torchvision "
+                     f"ViT (keys {', '.join(list(shapes)[:4])}, ...)")
 
 
 def _listing(items: list, n: int = 3) -> str:
@@ -181,27 +159,19 @@ def _listing(items: list, n: int = 3) -> str:
 
 def shape_differences(found: dict, expected: dict, ignore=()) -> list[str]:
     """How two {name: shape} tables differ, in words (empty when they fit)."""
-    common = [k for k in expected if k in found and k not in ignore]
     differ = [f"{k} {list(found[k])} in the file vs {list(expected[k])} expected"
-              for k in common if tuple(found[k]) != tuple(expected[k])]
+              for k in expected if k in found and k not in ignore and tuple(found[k]) != tuple(expected[k])]
     missing = [k for k in expected if k not in found and k not in ignore]
     extra = [k for k in found if k not in expected and k not in ignore]
-    out = []
-    if differ:
-        out.append(f"{len(differ)} tensor(s) of another shape: {_listing(differ)}")
-    if missing:
-        out.append(f"{len(missing)} tensor(s) missing: {_listing(missing)}")
-    if extra:
-        out.append(f"{len(extra)} tensor(s) the model does not have: {_listing(extra)}")
-    return out
+    return [f"{len(keys)} tensor(s) {what}: {_listing(keys)}" for keys, what in
+            ((differ, "of another shape"), (missing, "missing"), (extra, "the model does not have")) if keys]
 
 
 def mismatch_error(path, what: str, asked: str, found: dict, expected: dict, remedy: str,
-                   differences: list[str] | None = None) -> WeightsMismatchError:
+                   differences: list[str]) -> WeightsMismatchError:
     """One message: the file, what it holds, what `asked` expects, how they differ, what to do."""
-    differences = shape_differences(found, expected) if differences is None else differences
     return WeightsMismatchError(
-        f"{_where(path, what)} does not fit {asked}: the file holds {describe(found)}, but {asked} expects "
+        f"{what}={str(path)!r} does not fit {asked}: the file holds {describe(found)}, but {asked} expects "
         f"{describe(expected)} ({'; '.join(differences) or 'the tensors differ'}). {remedy}")
 
 
@@ -209,21 +179,7 @@ def save_weights(module_or_state_dict: nn.Module | dict, path: str | os.PathLike
                  metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors, atomically. Tensors are cloned contiguous, so tied or shared
     storages (which safetensors refuses) are written as separate copies."""
-    from safetensors.torch import save_file
-
-    from ..paths import atomic_path
-
     sd = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, nn.Module) else module_or_state_dict
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True):
-    """Load a safetensors (or weights_only torch) state dict into `module`; returns the key report."""
-    sd = read_state_dict(path)
-    found, expected = {k: tuple(v.shape) for k, v in sd.items()}, shapes_of(module)
-    if strict and shape_differences(found, expected):
-        raise mismatch_error(path, "weights file", f"this {type(module).__name__}", found, expected,
-                             "Load it into the kind of module it was saved from.")
-    return module.load_state_dict(sd, strict=strict)
