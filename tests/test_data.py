@@ -282,7 +282,7 @@ def test_a_spec_missing_a_required_field_fails_naming_it():
 
     from clipdg_nb.data.spec import DatasetSpec, SpecError
     complete = {f.name: getattr(data.DATASETS["fmow"], f.name) for f in dataclasses.fields(DatasetSpec)}
-    for field in ("version", "required_columns", "image_paths", "class_names", "writer", "id_metric"):
+    for field in ("version", "required_columns", "image_paths", "class_names", "real_size", "id_metric"):
         with pytest.raises(SpecError, match=f"dataset spec 'fmow' lacks the required field '{field}'"):
             DatasetSpec(**{k: v for k, v in complete.items() if k != field})
     with pytest.raises(SpecError, match="splits \\['id_val', 'ood'\\] must include 'train'"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from .spec import DatasetSpec, metadata_csv_paths
 
@@ -34,63 +33,6 @@ image_paths = metadata_csv_paths(
     index_col=0, dtype={"patient": "str"})
 
 
-# ---------------------------------------------------------------------------------------------
-# The synthetic copy (demo.synthetic stages it and writes the markers)
-# ---------------------------------------------------------------------------------------------
-
-def _slides(slides_per_centre: int) -> list[dict]:
-    """Slides 0..5k-1, k per centre in centre order (as the release numbers them), each one
-    (patient, node) of that centre (the release has 20 patients per centre: 000-019 in centre 0...)."""
-    return [{"slide": c * slides_per_centre + j, "center": c, "patient": f"{20 * c + j:03d}", "node": j % 5}
-            for c in range(N_CENTRES) for j in range(slides_per_centre)]
-
-
-def write_synthetic(folder: Path, cfg) -> None:
-    """metadata.csv (unnamed index column first) and the patches/ tree, as in camelyon17_v1.0."""
-    import pandas as pd
-
-    from ..demo.render import Grain, class_prototypes, image_rng, output_size, random_scene, render, save_image
-
-    sizes, k = cfg.camelyon17_sizes, int(cfg.camelyon17_slides_per_centre)
-    slides = _slides(k)
-    rng = np.random.default_rng([cfg.seed, 41])
-    protos = class_prototypes(len(CLASS_NAMES), cfg.seed, "camelyon17")
-    # Each hospital stains and scans differently: its own colour cast, wider for the unseen ones.
-    spread = {c: (0.12 if c in TRAIN_CENTRES else 0.35) * cfg.shift for c in range(N_CENTRES)}
-    stains = {c: random_scene(np.random.default_rng([cfg.seed, 42, c]), spread[c]) for c in range(N_CENTRES)}
-    # (WILDS split, centres it draws from, the CSV's split value)
-    plan = [("train", TRAIN_CENTRES, 0), ("id_val", TRAIN_CENTRES, 1), ("val", (VAL_CENTRE,), 0),
-            ("test", (TEST_CENTRE,), 0)]
-    records = []
-    for split, centres, csv_split in plan:
-        n = int(sizes[split])
-        pool = [s for s in slides if s["center"] in centres]
-        chosen = rng.choice(len(pool), size=n)
-        chosen[: min(n, len(pool))] = np.arange(min(n, len(pool)))  # every slide of the split occurs
-        labels = rng.permutation(np.arange(n) % 2)  # balanced, as the release is
-        for s, label in zip(chosen, labels):
-            records.append({**pool[s], "tumor": int(label), "split": csv_split})
-    # distinct patch coordinates per slide (multiples of the patch size, as patches tile the slide)
-    taken: dict[int, set] = {}
-    for rec in records:
-        while True:
-            xy = (int(rng.integers(0, 400)) * PATCH, int(rng.integers(0, 400)) * PATCH)
-            if xy not in taken.setdefault(rec["slide"], set()):
-                taken[rec["slide"]].add(xy)
-                rec["x_coord"], rec["y_coord"] = xy
-                break
-    records = [records[i] for i in rng.permutation(len(records))]
-    size = output_size(cfg, SPEC)
-    grain = Grain(cfg.seed, "camelyon17", SPEC.real_size) if cfg.profile == "real" else None
-    for i, rec in enumerate(records):
-        p, n = rec["patient"], rec["node"]
-        path = folder / "patches" / f"patient_{p}_node_{n}" / f"patch_patient_{p}_node_{n}_x_{rec['x_coord']}_y_{rec['y_coord']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(render(protos, rec["tumor"], stains[rec["center"]], image_rng(cfg.seed, "camelyon17", i),
-                          cfg.image_size, cfg.signal), path, cfg, "camelyon17", i, grain, size)
-    columns = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"]
-    pd.DataFrame(records)[columns].to_csv(folder / "metadata.csv")  # index written, unnamed, as the release's
-
 
 SPEC = DatasetSpec(
     name="camelyon17", version="1.0", loader="CompatCamelyon17",
@@ -103,7 +45,7 @@ SPEC = DatasetSpec(
     sampler_field="hospital", eval_groups=("hospital", "slide"),
     id_metric="acc_avg", ood_metric="acc_avg",
     n_classes=2, download_gb=10.7,
-    writer=write_synthetic, real_size=(PATCH, PATCH),
+    real_size=(PATCH, PATCH),
     value_hint="e.g. a tumor label other than 0 / 1, a center or slide that is not an integer, or a split other "
                "than 0 (train) / 1 (ID val)",
     split_rule="its 'split' column (0 train, 1 ID val) and the 'center' column (centre 1 is OOD val, 2 OOD test)",

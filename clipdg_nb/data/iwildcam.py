@@ -7,7 +7,6 @@ metadata.csv's `filename` column, under train/.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -56,81 +55,6 @@ def label_gaps(folder: Path, error: Exception) -> str:
     return f"; {'; '.join(found)}" if found else ""
 
 
-# ---------------------------------------------------------------------------------------------
-# The synthetic copy (demo.synthetic stages it and writes the markers)
-# ---------------------------------------------------------------------------------------------
-
-def _labels(n: int, n_classes: int, rng: np.random.Generator, cover_all: bool) -> np.ndarray:
-    """Long-tailed labels (Zipf-like, 'empty' most common, as in the real traps)."""
-    p = 1.0 / np.arange(1, n_classes + 1) ** 1.1
-    labels = rng.choice(n_classes, size=n, p=p / p.sum())
-    if cover_all:  # WILDS requires every label 0..181 somewhere; put each at least once in train
-        labels[rng.permutation(n)[:n_classes]] = np.arange(n_classes)
-    return labels
-
-
-def write_synthetic(folder: Path, cfg) -> None:
-    """metadata.csv, categories.csv and train/<uuid>.jpg, as in iwildcam_v2.0."""
-    import pandas as pd
-
-    from ..demo.render import Grain, Scene, class_prototypes, image_rng, output_size, random_scene, render, save_image
-
-    (folder / "train").mkdir(parents=True, exist_ok=True)
-    labels_table = pd.read_csv(ENGLISH_NAMES)
-    n_classes = len(labels_table)
-    rng = np.random.default_rng([cfg.seed, 21])
-    protos = class_prototypes(n_classes, cfg.seed, "iwildcam")
-    n_loc = cfg.iwildcam_locations
-    # ID traps vary a little; unseen OOD traps vary more, so they are scenes training never saw.
-    loc_spread = {"id": 0.12, "val": 0.35, "test": 0.35}
-    locations, kinds = [], []
-    for kind in ("id", "val", "test"):
-        for j in range(n_loc[kind]):
-            locations.append(random_scene(np.random.default_rng([cfg.seed, 22, len(locations)]),
-                                          loc_spread[kind] * cfg.shift, gray_prob=0.0))
-            kinds.append(kind)
-    loc_ids = {k: [i for i, kk in enumerate(kinds) if kk == k] for k in ("id", "val", "test")}
-    plan = [("train", "id"), ("id_val", "id"), ("id_test", "id"), ("val", "val"), ("test", "test")]
-    records = []
-    for split, kind in plan:
-        n = int(cfg.iwildcam_sizes[split])
-        labels = _labels(n, n_classes, rng, cover_all=(split == "train"))
-        locs = rng.choice(loc_ids[kind], size=n)
-        # every location occurs (WILDS requires location ids 0..L-1 to be contiguous)
-        locs[: len(loc_ids[kind])] = loc_ids[kind][: n]
-        for label, loc in zip(labels, locs):
-            records.append({"split": split, "y": int(label), "location_remapped": int(loc)})
-    records = [records[i] for i in rng.permutation(len(records))]
-    rows = []
-    size = output_size(cfg, SPEC)
-    grain = Grain(cfg.seed, "iwildcam", SPEC.real_size) if cfg.profile == "real" else None
-    for i, rec in enumerate(records):
-        img_rng = image_rng(cfg.seed, "iwildcam", i)
-        hour = int(img_rng.integers(0, 24))
-        night = hour < 6 or hour >= 19
-        scene = locations[rec["location_remapped"]]
-        if night:  # camera traps shoot infrared at night: grey images
-            scene = Scene(scene.bg_color, scene.bg_angle, scene.bg_freq, scene.gain, scene.contrast * 0.8,
-                          scene.noise + 0.02, gray=True)
-        uid = "%08x-%04x-11ea-%04x-%012x" % tuple(int(v) for v in (img_rng.integers(0, 2**32), img_rng.integers(0, 2**16),
-                                                                   img_rng.integers(0, 2**16), img_rng.integers(0, 2**48)))
-        filename = f"{uid}.jpg"
-        save_image(render(protos, rec["y"], scene, img_rng, cfg.image_size, cfg.signal),
-                   folder / "train" / filename, cfg, "iwildcam", i, grain, size)
-        moment = dt.datetime(2013, 1, 1) + dt.timedelta(days=int(img_rng.integers(0, 5 * 365)), hours=hour,
-                                                        minutes=int(img_rng.integers(0, 60)), seconds=int(img_rng.integers(0, 60)))
-        rows.append({
-            "split": rec["split"], "location_remapped": rec["location_remapped"],
-            "location": 1000 + 7 * rec["location_remapped"],
-            "sequence_remapped": i, "sequence": uid[:8],  # one image per sequence
-            "y": rec["y"], "category_id": int(labels_table.loc[rec["y"], "category_id"]),
-            "datetime": moment.strftime("%Y-%m-%d %H:%M:%S.000"),
-            "filename": filename, "image_id": uid,
-            "width": size[0], "height": size[1],
-        })
-    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
-    labels_table[["y", "category_id", "name"]].to_csv(folder / "categories.csv", index=False)
-
 
 SPEC = DatasetSpec(
     name="iwildcam", version="2.0", loader="IWildCamDataset",
@@ -143,7 +67,7 @@ SPEC = DatasetSpec(
     sampler_field="location", eval_groups=("location",),
     id_metric="F1-macro_all", ood_metric="F1-macro_all",
     n_classes=182, download_gb=12.0,
-    writer=write_synthetic, real_size=(1920, 1080),
+    real_size=(1920, 1080),
     value_hint="e.g. a split name other than train / val / test / id_val / id_test, a datetime not "
                "written as 2013-01-01 00:00:00.000, or labels y, location_remapped or sequence_remapped "
                "that do not run 0, 1, ... without gaps (the loader asserts that)",

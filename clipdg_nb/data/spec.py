@@ -36,7 +36,6 @@ class DatasetSpec:
     ood_metric: str = _MISSING  # ... and on the OOD ones
     n_classes: int = _MISSING
     download_gb: float = _MISSING
-    writer: Callable = _MISSING  # (folder, SynthConfig) -> None: a synthetic copy in the exact on-disk format
     real_size: tuple = _MISSING  # (width, height) of the release's images (the synthetic `real` profile's)
     # (loaded dataset, folder) -> None, raising `DatasetFormatError` when the tables point at images that
     # are not there (a few `stat`s); None: the images of the first and last rows exist

@@ -1,8 +1,8 @@
 """Small datasets in the exact on-disk formats of WILDS's releases, for the offline default.
 
 The unmodified WILDS loaders read what this writes (`download=False`). Each image carries a
-learnable class signal (a textured object) on a domain-dependent scene; each dataset's module
-(`clipdg_nb.data.<name>`) writes its own files and domains mirroring the real shift, so ID-trained
+learnable class signal (a textured object) on a domain-dependent scene; each dataset's writer
+(`demo.writers.WRITERS`) writes its own files and domains mirroring the real shift, so ID-trained
 models score lower OOD by an amount `shift` controls. Deterministic for a seed. This module is the
 generic part: the config, staging beside the target, and the markers.
 
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..data import DATASETS, DEMO_DATASETS, data_present
+from .writers import WRITERS
 
 # A field that only one dataset reads is declared with `field(metadata={"dataset": name})`: it is
 # left out of the other datasets' markers, so adding a dataset keeps the others' copies current.
@@ -127,8 +128,9 @@ def write_synthetic(root, datasets=DEMO_DATASETS, cfg: SynthConfig | None = None
     cfg = (cfg or SynthConfig()).validate()
     out = {}
     for name in datasets:
-        if name not in DATASETS:
-            raise ValueError(f"dataset={name!r} has no synthetic writer; choose from {sorted(DATASETS)}")
+        if name not in WRITERS:
+            raise ValueError(f"dataset={name!r} has no synthetic writer; choose from {sorted(WRITERS)} (a writer "
+                             "is one entry in clipdg_nb/demo/writers.py)")
         folder = Path(root) / DATASETS[name].folder
         if synthetic_is_current(root, name, cfg) and not overwrite:
             out[name] = folder
@@ -140,7 +142,7 @@ def write_synthetic(root, datasets=DEMO_DATASETS, cfg: SynthConfig | None = None
         staging = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        DATASETS[name].writer(staging, cfg)
+        WRITERS[name](staging, cfg)
         _finish(staging, name, cfg)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
