@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import devices
-from .averaging import wise_ft
+from .averaging import interpolate
 from .config import METHODS, FinetuneConfig
 from .data import (CLASS_NAMES_FILE, class_names, dataset_spec, fraction_indices, headline_metric, load_dataset,
                    metadata_column, prompt_functions, split_indices)
@@ -233,8 +233,8 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     if cfg.wise_alphas and "wise_ft" not in method.variants:
         warnings.warn(f"wise_alphas ignored for {cfg.method}: it has no zero-shot end point", stacklevel=2)
     elif cfg.wise_alphas:  # WiSE-FT: from the zero-shot (or LP) start to the final fine-tuned weights
-        for alpha, state in wise_ft(initial_state, trained.last_state, cfg.wise_alphas).items():
-            states[f"wise_ft_{alpha:g}"] = state
+        states.update({f"wise_ft_{float(a):g}": interpolate(initial_state, trained.last_state, a)
+                       for a in cfg.wise_alphas})
     started, logits = time.perf_counter(), {}
     for variant, state in states.items():
         # weights equal to an earlier variant's (e.g. the best epoch is the last) give its logits
