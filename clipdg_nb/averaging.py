@@ -32,8 +32,7 @@ def _describe(value: Any) -> str:
 
 
 class _Accumulator:
-    """A running combination of state dicts on `device` and an update count; the first update copies.
-    Keep EMA (updated every step) on the model's device: a CPU copy per step would dominate a GPU step."""
+    """A running combination of state dicts on `device` and an update count; the first update copies."""
 
     kind = "accumulator"
     first_non_float = False  # non-float entries: the first state's (soups) or the latest's (SWA, EMA)
@@ -156,17 +155,11 @@ def swa_epochs(n_epochs: int, swa_last_k: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Averaging:
-    """One averaged weight variant of `train.fit`.
-
-    enabled_by: the config field that turns it on (any truthy value: `swa=True`, `ema_decay=0.999`).
-    make(cfg, device): a fresh accumulator (its `kind` names it in checkpoints).
-    every: "step" (after each optimizer step) or "epoch" (at the end of each epoch).
-    first_epoch(cfg): the first 0-based epoch whose weights go in; every later epoch's do too.
-    """
-    enabled_by: str
-    make: Callable[[Any, torch.device], _Accumulator]
-    every: str
-    first_epoch: Callable[[Any], int]
+    """One averaged weight variant of `train.fit`."""
+    enabled_by: str  # the config field that turns it on (any truthy value: swa=True, ema_decay=0.999)
+    make: Callable[[Any, torch.device], _Accumulator]  # (cfg, device) -> a fresh accumulator
+    every: str  # "step" (after each optimizer step) or "epoch" (at the end of each epoch)
+    first_epoch: Callable[[Any], int]  # (cfg) -> the first 0-based epoch whose weights go in, as do all later
 
     def enabled(self, cfg) -> bool:
         return bool(getattr(cfg, self.enabled_by))

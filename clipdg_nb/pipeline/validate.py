@@ -289,9 +289,9 @@ def planned_configs(experiment: Experiment, stages: list[Stage] | None = None):
 def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
     """One line saying the disk the runs that keep their final weights (keep_weights, for model
     soups) will take, per stage, estimated from each model built on the meta device
-    (`soups.kept_weights_estimate`); None when no run keeps weights. Runs already finished count too:
+    (`train.kept_weights_estimate`); None when no run keeps weights. Runs already finished count too:
     the line is the experiment's whole footprint."""
-    from ..soups import kept_weights_estimate
+    from ..train import kept_weights_estimate
 
     sizes: dict = {}
     per_stage: dict[str, list[int]] = {}
@@ -312,11 +312,11 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
 def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> str | None:
     """One line saying what the runs that train end to end write in resumable checkpoints: each run
     at most ceil(epochs / checkpoint_every) of them (checkpoint_minutes can only make fewer) of
-    `soups.checkpoint_estimate` bytes, and the most on disk at once: a run's checkpoint is deleted
+    `train.checkpoint_estimate` bytes, and the most on disk at once: a run's checkpoint is deleted
     when it finishes (`runs.Run.finish`) and a point trains its runs one after another, so `jobs`
     points at once hold at most `jobs` checkpoints. None when no run trains end to end."""
     from ..config import METHODS
-    from ..soups import checkpoint_estimate
+    from ..train import checkpoint_estimate
 
     sizes: dict = {}
     runs: list[tuple[int, int]] = []  # (checkpoints, bytes) per run
