@@ -1,6 +1,5 @@
-"""Evaluation: batched prediction, WILDS's own metrics per split, prediction tables, accuracy per
-group, failure cases. Metric names and numbers are exactly `dataset.eval(...)`'s (no torch_scatter:
-see `data.wilds_compat`)."""
+"""Evaluation: batched prediction, WILDS's own metrics (exactly `dataset.eval(...)`'s), prediction
+tables, accuracy per group, failure cases, calibration."""
 from __future__ import annotations
 
 import warnings
@@ -40,7 +39,7 @@ def image_batches(images: Dataset, batch_size: int, num_workers: int, device: to
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: torch.device,
-                   batch_size: int = 512, precision: str = "fp32", num_workers: int = 0) -> torch.Tensor:
+                   batch_size: int = 512, precision: str = "fp32") -> torch.Tensor:
     """Logits [N, C] (float32, CPU) of a model over a dataset of (uint8 image, label, idx) items."""
     was_training = model.training
     model.eval()
@@ -49,7 +48,7 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
     out = []
     try:
         with cache, autocast(device, precision):
-            for x, _, _ in image_batches(images, batch_size, num_workers, device):
+            for x, _, _ in image_batches(images, batch_size, 0, device):
                 out.append(model(normalize(x.to(device, non_blocking=True))).float().cpu())
     finally:
         model.train(was_training)
@@ -181,15 +180,13 @@ def negative_log_likelihood(logits, y) -> float:
 
 
 def brier_score(logits, y) -> float:
-    """Mean over rows of `sum_c (p_c - [c == y])^2` of the softmax probabilities (Brier 1950; in
-    [0, 2], the multi-class form of Guo et al. 2017)."""
+    """Mean over rows of `sum_c (p_c - [c == y])^2` of the softmax probabilities (Brier 1950), in [0, 2]."""
     x, y = _checked(logits, y, "logits")
     return float((torch.softmax(x, dim=1) - torch.nn.functional.one_hot(y, x.shape[1])).pow(2).sum(dim=1).mean())
 
 
 class Figure(NamedTuple):
-    """A calibration figure (lower is better), recorded per weight variant and split by
-    `calibration_record` and shown by the analysis tables, 04 and 05: all read `CALIBRATION`."""
+    """A calibration figure (lower is better), recorded and shown for every entry of `CALIBRATION`."""
     of_logits: Callable  # (logits [N, C], labels) -> float
     # (saved predictions) -> float, for records made before the figure; None: they cannot give it
     from_predictions: Callable | None = None

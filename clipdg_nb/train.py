@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from . import devices
@@ -249,13 +249,15 @@ def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedu
             acc.load_state(checkpoint_part(tensors, name), meta[f"{name}_meta"])
     chosen.best_state = checkpoint_part(tensors, "best") or None
     chosen.history, chosen.best_score, chosen.best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
-    restore_rng(tensors)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     return meta["epoch"] + 1
 
 
 def step_module(model: torch.nn.Module, cfg, device: torch.device, world: devices.DistInfo) -> torch.nn.Module:
-    """The module the steps call: DDP-wrapped and/or compiled; `model` (same parameters) is what is
-    evaluated, averaged and saved."""
+    """The module the steps call, DDP-wrapped and/or compiled; `model` is evaluated, averaged and saved."""
     step_model = model
     if world.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -316,8 +318,7 @@ def save_checkpoint(path: Path, model, optimizer, averages: dict, best_state: di
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     with safe_open(str(path), "pt") as fh:
-        meta = json.loads(fh.metadata()[META_KEY])
-    return load_file(str(path)), meta
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads(fh.metadata()[META_KEY])
 
 
 def checkpoint_part(tensors: dict, prefix: str) -> dict:
@@ -335,13 +336,6 @@ def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
         # the kernel follows the device it resumes on (`uses_fused_adam`), not the one it ran on
         group.update({k: current[k] for k in ("foreach", "fused") if k in current})
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def restore_rng(tensors: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
 
 
 # ---------------------------------------------------------------------------------------------
