@@ -253,11 +253,7 @@ def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id
 def temperature_split(splits, select_split: str | None) -> str | None:
     """Where a run's temperature is fitted: id_val when evaluated, else the run's selection split
     when evaluated, else nowhere (None): never a test split."""
-    splits = set(splits)
-    for split in ("id_val", select_split):
-        if split in splits and split is not None and "test" not in split:
-            return split
-    return None
+    return next((s for s in ("id_val", select_split) if s is not None and s in splits and "test" not in s), None)
 
 
 def calibration_record(logits_by_variant, y_by_split, select_split: str | None) -> dict:

@@ -98,9 +98,6 @@ class Selection:
     best_score: float = -math.inf
     best_epoch: int = -1
 
-    def meta(self) -> dict:
-        return {"history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch}
-
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
     """The draws of one step's augmentation depend only on (seed, epoch, step, rank): replayed on resume."""
@@ -215,7 +212,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
         if ckpt is not None and world.is_main and (due or epoch + 1 == cfg.epochs):
             save_checkpoint(ckpt, model, optimizer, averages, chosen.best_state,
-                            {"epoch": epoch, "params": fingerprint, **chosen.meta()})
+                            {"epoch": epoch, "params": fingerprint, "history": chosen.history,
+                             "best_score": chosen.best_score, "best_epoch": chosen.best_epoch})
             saved = time.perf_counter()
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
