@@ -471,13 +471,12 @@ def part_ddp(table: Table, ctx: Ctx):
 
 
 def part_checkpoints(table: Table, ctx: Ctx):
-    """Checkpoint bytes per run: `soups.checkpoint_estimate` of the paper's run (text tower trained,
+    """Checkpoint bytes per run: `train.checkpoint_estimate` of the paper's run (text tower trained,
     SWA), and one checkpoint `train.save_checkpoint` writes for this model against that estimate."""
     from clipdg_nb import train
     from clipdg_nb.averaging import RunningAverage
     from clipdg_nb.config import FinetuneConfig
-    from clipdg_nb.soups import checkpoint_estimate
-    estimate = checkpoint_estimate(FinetuneConfig(model=ctx.sizes.model, pretrained=None, epochs=20, swa_last_k=10))
+    estimate = train.checkpoint_estimate(FinetuneConfig(model=ctx.sizes.model, pretrained=None, epochs=20, swa_last_k=10))
     ctx.rates["checkpoint_bytes"] = estimate
     model, norm, size = classifier(ctx, FMOW_PROMPTS)
     model.train()

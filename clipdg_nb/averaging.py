@@ -1,12 +1,13 @@
-"""Weight averaging as small pure functions over state dicts: SWA, EMA and WiSE-FT.
+"""Weight averaging as small pure functions over state dicts: SWA, EMA, WiSE-FT and model soups.
 
-`AVERAGES` is the table of averaged variants `train.fit` produces, checkpoints and resumes (name ->
-enabling config field, accumulator, per step or epoch, start epoch); a new variant is one entry.
-Float entries (buffers included, as `AveragedModel(use_buffers=True)`) average in at least float32;
-non-float ones follow the latest weights. Checked against `torch.optim.swa_utils` in the tests.
+`AVERAGES` is the table of averaged variants `train.fit` produces, checkpoints and resumes; a new
+variant is one entry. Float entries (buffers included, as `AveragedModel(use_buffers=True)`) are
+averaged in at least float32 and cast back; non-float ones are copied. Checked against
+`torch.optim.swa_utils` in the tests.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,11 +27,15 @@ def _copy(t: torch.Tensor, dtype=None, device="cpu") -> torch.Tensor:
     return t.detach().to(device=device, dtype=dtype or t.dtype, copy=True).contiguous()
 
 
+def _describe(value: Any) -> str:
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 class _Accumulator:
-    """A running copy of the weights on `device` plus an update count; the first update copies.
-    Keep EMA (updated every step) on the model's device: a CPU copy per step would dominate a GPU step."""
+    """A running combination of state dicts on `device` and an update count; the first update copies."""
 
     kind = "accumulator"
+    first_non_float = False  # non-float entries: the first state's (soups) or the latest's (SWA, EMA)
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -39,17 +44,25 @@ class _Accumulator:
         self.n_averaged = 0
 
     @torch.no_grad()
-    def update(self, state_dict: StateDict) -> None:
+    def update(self, state_dict: StateDict, name: str = "these weights") -> None:
         if self.n_averaged == 0:
-            self._avg = {k: _copy(v, torch.promote_types(v.dtype, torch.float32), self.device) if _is_float(v)
-                         else _copy(v, device=self.device) for k, v in state_dict.items()}
+            self._avg = {k: _copy(v, torch.promote_types(v.dtype, torch.float32) if _is_float(v) else None, self.device)
+                         for k, v in state_dict.items()}
             self._dtypes = {k: v.dtype for k, v in state_dict.items() if _is_float(v)}
         else:
+            if set(state_dict) != set(self._avg):
+                diff = sorted(set(state_dict) ^ set(self._avg))
+                raise ValueError(f"{name} does not have the same weights as the first (keys differ: {diff[:5]}); "
+                                 "only fine-tuned copies of one model are averaged")
             for key, avg in self._avg.items():
                 cur = state_dict[key]
-                if _is_float(avg):
+                if _is_float(avg) != _is_float(cur) or tuple(cur.shape) != tuple(avg.shape):
+                    raise ValueError(f"{name}: weight {key!r} differs in kind or shape from the first's "
+                                     f"({_describe(cur)} vs {_describe(avg)}); only copies of one model are averaged")
+                if _is_float(avg):  # kept weights: float16, or float32 where float16 overflows
+                    self._dtypes[key] = torch.promote_types(self._dtypes[key], cur.dtype)
                     self._combine(avg, cur.detach().to(self.device, avg.dtype))
-                else:
+                elif not self.first_non_float:
                     self._avg[key] = _copy(cur, device=self.device)
         self.n_averaged += 1
 
@@ -84,8 +97,7 @@ class RunningAverage(_Accumulator):
 
 
 class EMA(_Accumulator):
-    """Exponential moving average, `avg = decay * avg + (1 - decay) * cur`, as
-    `AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay))`."""
+    """`avg = decay * avg + (1 - decay) * cur`, as `AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay))`."""
 
     kind = "ema"
 
@@ -106,6 +118,20 @@ class EMA(_Accumulator):
         super().load_state(tensors, meta)
 
 
+class SoupSum(_Accumulator):
+    """A soup's running sum of ingredients; `state_dict()` is their mean, non-float entries the first's."""
+
+    kind = "soup"
+    first_non_float = True
+
+    def _combine(self, avg: torch.Tensor, cur: torch.Tensor) -> None:
+        avg.add_(cur)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: (v / self.n_averaged).to(self._dtypes[k]) if k in self._dtypes else _copy(v)
+                for k, v in self._avg.items()}
+
+
 def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float) -> dict[str, Any]:
     """`(1 - alpha) * theta_0 + alpha * theta_1` on float entries (WiSE-FT); alpha 0 and 1 give the
     endpoints exactly, and non-float entries come from the nearer endpoint."""
@@ -122,11 +148,6 @@ def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float) -> dict[st
     return out
 
 
-def wise_ft(zero_shot: StateDict, fine_tuned: StateDict, alphas: Iterable[float]) -> dict[float, dict[str, Any]]:
-    """`{alpha: interpolate(zero_shot, fine_tuned, alpha)}` for each alpha."""
-    return {float(a): interpolate(zero_shot, fine_tuned, a) for a in alphas}
-
-
 def swa_epochs(n_epochs: int, swa_last_k: int) -> list[int]:
     """0-based epochs whose end-of-epoch weights go into the SWA average: the last K."""
     return list(range(n_epochs - swa_last_k, n_epochs))
@@ -134,17 +155,11 @@ def swa_epochs(n_epochs: int, swa_last_k: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Averaging:
-    """One averaged weight variant of `train.fit`.
-
-    enabled_by: the config field that turns it on (any truthy value: `swa=True`, `ema_decay=0.999`).
-    make(cfg, device): a fresh accumulator (its `kind` names it in checkpoints).
-    every: "step" (after each optimizer step) or "epoch" (at the end of each epoch).
-    first_epoch(cfg): the first 0-based epoch whose weights go in; every later epoch's do too.
-    """
-    enabled_by: str
-    make: Callable[[Any, torch.device], _Accumulator]
-    every: str
-    first_epoch: Callable[[Any], int]
+    """One averaged weight variant of `train.fit`."""
+    enabled_by: str  # the config field that turns it on (any truthy value: swa=True, ema_decay=0.999)
+    make: Callable[[Any, torch.device], _Accumulator]  # (cfg, device) -> a fresh accumulator
+    every: str  # "step" (after each optimizer step) or "epoch" (at the end of each epoch)
+    first_epoch: Callable[[Any], int]  # (cfg) -> the first 0-based epoch whose weights go in, as do all later
 
     def enabled(self, cfg) -> bool:
         return bool(getattr(cfg, self.enabled_by))
@@ -166,10 +181,10 @@ for _name, _avg in AVERAGES.items():
 
 
 # ---------------------------------------------------------------------------------------------
-# Model soups (Wortsman et al. 2022): averages across fine-tuning runs, not along one
+# Model soups (Wortsman et al. 2022): averages across fine-tuning runs, not along one. An
+# ingredient's state is a state dict, or a zero-argument callable that loads one (so a greedy soup
+# over many runs holds one running sum and one ingredient in memory, not every run at once).
 # ---------------------------------------------------------------------------------------------
-# An ingredient's state is a state dict, or a zero-argument callable that loads one (so a greedy
-# soup over many runs holds one running sum and one ingredient in memory, not every run at once).
 
 SOUP_VARIANTS = ("uniform_soup", "greedy_soup")
 
@@ -178,65 +193,20 @@ def _load(state: StateDict | Callable[[], StateDict]) -> StateDict:
     return state() if callable(state) else state
 
 
-def _describe(value: Any) -> str:
-    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-class _SoupSum:
-    """The running sum of ingredients' float entries (in at least float32) and a count; non-float
-    entries come from the first ingredient. `mean()` casts back to the ingredients' dtype."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
-        self.dtypes: dict[str, torch.dtype] = {}
-        self.n = 0
-
-    def plus(self, state: StateDict, name: str = "ingredient") -> "_SoupSum":
-        """A new sum with `state` added (self unchanged)."""
-        out = _SoupSum()
-        if self.n == 0:
-            out.sums = {k: _copy(v, torch.promote_types(v.dtype, torch.float32)) if _is_float(v) else _copy(v)
-                        for k, v in state.items()}
-            out.dtypes = {k: v.dtype for k, v in state.items() if _is_float(v)}
-        else:
-            if set(state) != set(self.sums):
-                diff = sorted(set(state) ^ set(self.sums))
-                raise ValueError(f"{name} does not have the same weights as the first ingredient (keys differ: "
-                                 f"{diff[:5]}); a soup averages fine-tuned copies of one model")
-            for key, total in self.sums.items():
-                value = state[key]
-                if _is_float(total) != _is_float(value) or (
-                        isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(total.shape)):
-                    raise ValueError(f"{name}: weight {key!r} differs in kind or shape from the first ingredient's "
-                                     f"({_describe(value)} vs {_describe(total)}); a soup averages copies of one model")
-                if _is_float(total):
-                    out.dtypes[key] = torch.promote_types(self.dtypes[key], value.dtype)
-                    work = torch.promote_types(total.dtype, value.dtype)
-                    out.sums[key] = total.to(work) + value.detach().to("cpu", work)
-                else:
-                    out.sums[key] = total
-        out.n = self.n + 1
-        return out
-
-    def mean(self) -> dict[str, Any]:
-        return {k: (v / self.n).to(self.dtypes[k]) if k in self.dtypes else _copy(v) for k, v in self.sums.items()}
-
-
 def uniform_soup(states: Iterable[StateDict | Callable[[], StateDict]]) -> dict[str, Any]:
-    """The uniform soup: the mean of every ingredient's float entries (summed in at least float32,
-    cast back to the ingredients' common dtype); non-float entries from the first ingredient."""
-    total = _SoupSum()
+    """The mean of every ingredient's float entries; non-float entries from the first ingredient."""
+    total = SoupSum()
     for i, state in enumerate(states):
-        total = total.plus(_load(state), f"ingredient {i}")
-    if total.n == 0:
+        total.update(_load(state), f"ingredient {i}")
+    if total.n_averaged == 0:
         raise ValueError("uniform_soup needs at least one ingredient (a state dict); got none")
-    return total.mean()
+    return total.state_dict()
 
 
 @dataclass
 class Soup:
-    """A soup's weights, the names of its ingredients (in the order added), its score on the
-    selection split, and for a greedy soup the trace of every ingredient tried."""
+    """A soup's weights, its ingredients' names (in the order added), its score on the selection
+    split, and for a greedy soup the trace of every ingredient tried."""
     state: dict[str, Any]
     ingredients: list[str]
     score: float
@@ -266,34 +236,32 @@ def _sorted_candidates(candidates) -> list[tuple[str, Any, float]]:
 
 def greedy_soup(candidates: Iterable[tuple[str, StateDict | Callable[[], StateDict], float]],
                 evaluate: Callable[[StateDict], float]) -> Soup:
-    """Greedy soup (Wortsman et al. 2022, Recipe 1): candidates `(name, state, score)` sorted by
-    their own selection-split score, best first; the soup starts as the best one and takes each next
-    ingredient if `evaluate(soup with it)` is not lower (>=) than the soup's score without it. The
-    first ingredient is scored by `evaluate` too, so every comparison uses one scorer.
-
-    `evaluate(state) -> score` is the only window onto data: the caller binds it to a validation
-    split (see `soup_variants`), so this function cannot read any other."""
+    """Greedy soup (Wortsman et al. 2022, Recipe 1): candidates `(name, state, score)` sorted by their
+    own selection-split score, best first; each next one is kept if `evaluate(soup with it)` is not
+    lower than the soup's score without it. The first is scored by `evaluate` too (one scorer).
+    `evaluate(state)` is the only window onto data: the caller binds it to a validation split."""
     ordered = _sorted_candidates(candidates)
     name, state, _ = ordered[0]
-    total = _SoupSum().plus(_load(state), name)
-    best = _score(evaluate, total.mean(), f"the soup of {[name]}")
+    total = SoupSum()
+    total.update(_load(state), name)
+    best = _score(evaluate, total.state_dict(), f"the soup of {[name]}")
     kept, trace = [name], [{"name": name, "score": best, "kept": True}]
     for name, state, _ in ordered[1:]:
-        trial = total.plus(_load(state), name)
-        score = _score(evaluate, trial.mean(), f"the soup of {kept + [name]}")
+        trial = copy.deepcopy(total)
+        trial.update(_load(state), name)
+        score = _score(evaluate, trial.state_dict(), f"the soup of {kept + [name]}")
         keep = score >= best
         trace.append({"name": name, "score": score, "kept": keep})
         if keep:
             total, best = trial, score
             kept.append(name)
-    return Soup(total.mean(), kept, best, trace)
+    return Soup(total.state_dict(), kept, best, trace)
 
 
 def soup_variants(candidates: Iterable[tuple[str, StateDict | Callable[[], StateDict], float]],
                   score_on: Callable[[StateDict, str], float], select_split: str) -> dict[str, Soup]:
-    """`{"uniform_soup": ..., "greedy_soup": ...}` from candidates `(name, state, score)` whose scores
-    are on `select_split`. `score_on(state, split)` scores weights on a split; it is only ever called
-    with `select_split`, which must be a validation split: the choice never reads a test split."""
+    """`{"uniform_soup": ..., "greedy_soup": ...}` from candidates `(name, state, score)` scored on
+    `select_split`, which must be a validation split: `score_on(state, split)` is only called with it."""
     if not isinstance(select_split, str) or "test" in select_split:
         raise ValueError(f"select_split={select_split!r}: soups are chosen on a validation split (id_val or val), "
                          "never a test split")

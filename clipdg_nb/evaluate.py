@@ -1,6 +1,5 @@
-"""Evaluation: batched prediction, WILDS's own metrics per split, prediction tables, accuracy per
-group, failure cases. Metric names and numbers are exactly `dataset.eval(...)`'s (no torch_scatter:
-see `data.wilds_compat`)."""
+"""Evaluation: batched prediction, WILDS's own metrics (exactly `dataset.eval(...)`'s), prediction
+tables, accuracy per group, failure cases, calibration."""
 from __future__ import annotations
 
 import warnings
@@ -40,7 +39,7 @@ def image_batches(images: Dataset, batch_size: int, num_workers: int, device: to
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: torch.device,
-                   batch_size: int = 512, precision: str = "fp32", num_workers: int = 0) -> torch.Tensor:
+                   batch_size: int = 512, precision: str = "fp32") -> torch.Tensor:
     """Logits [N, C] (float32, CPU) of a model over a dataset of (uint8 image, label, idx) items."""
     was_training = model.training
     model.eval()
@@ -49,7 +48,7 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
     out = []
     try:
         with cache, autocast(device, precision):
-            for x, _, _ in image_batches(images, batch_size, num_workers, device):
+            for x, _, _ in image_batches(images, batch_size, 0, device):
                 out.append(model(normalize(x.to(device, non_blocking=True))).float().cpu())
     finally:
         model.train(was_training)
@@ -57,12 +56,10 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
 
 
 def top_classes(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """The `k` best classes per row of logits or probabilities [N, C], best first: the one rule by
-    which a class is predicted (metrics, saved predictions, ECE, reliability bins, the failure
-    browser, the probe's choice). Ties go to the lowest class index, on any device (a stable sort;
-    `topk` breaks ties arbitrarily). Ranking the logits, not their softmax, keeps two logits that
-    float32 rounds to one probability apart. Classes with identical prompts tie on every image
-    (`models.identical_prompt_classes`): the lowest of them is always the one predicted."""
+    """The `k` best classes per row of scores [N, C], best first: the one rule by which a class is
+    predicted everywhere. Ties go to the lowest class index on any device (a stable sort; `topk` breaks
+    them arbitrarily), so of classes with identical prompts the lowest is always predicted. Rank the
+    logits, not their softmax: float32 can round two logits to one probability."""
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
@@ -106,9 +103,8 @@ def natural_key(values: pd.Series) -> pd.Series:
 
 
 def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
-    """Accuracy and count per group, per split and group field present in a predictions frame
-    (FMoW region and year, iWildCam location): columns split, field, group, value, n, groups in
-    natural order."""
+    """Accuracy and count per split, group field present (FMoW region and year, iWildCam location) and
+    group: columns split, field, group, value, n; groups in natural order."""
     fields = [f for f in (fields or GROUP_FIELDS) if f in predictions.columns]
     frame = predictions if "split" in predictions.columns else predictions.assign(split="")
     correct = frame["y_true"] == frame["y_pred"]
@@ -122,65 +118,55 @@ def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration: the figures of `CALIBRATION` per split, before and after temperature scaling
+# Calibration: record["calibration"][variant][split] holds `<figure>` and `<figure>_ts` (of logits /
+# temperature) for each figure of `CALIBRATION`, `temperature` and `temperature_split`.
 # ---------------------------------------------------------------------------------------------
-# Names in a record: `<figure>` (as the model stands), `<figure>_ts` (logits / temperature) for each
-# figure of CALIBRATION, `temperature` and `temperature_split` (the split it was fitted on). They
-# live under record["calibration"][variant][split], apart from WILDS's metric names (`acc_avg`,
-# `F1-macro_all`, ...), which none of them shares.
 
 CALIBRATION_BINS = 15
 TEMPERATURE_BOUNDS = (1e-2, 1e2)  # a fitted T at either end means the split wants a more extreme one
 
 
-def _labels(y, n: int, n_classes: int, name: str = "y") -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
-    if len(y) != n:
-        raise ValueError(f"{name} has {len(y)} labels but there are {n} rows of predictions; pass one label per row")
-    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"{name} holds labels outside [0, {n_classes}) for predictions over {n_classes} classes")
-    return y
-
-
-def _scores(values, what: str) -> torch.Tensor:
-    """A [N, C] float64 tensor of logits or probabilities, checked: not empty, finite."""
+def _checked(values, y, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, C] float64 logits or probabilities and their N labels, checked: not empty, finite, in range."""
     x = torch.as_tensor(values).detach().cpu().to(torch.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 2:
         raise ValueError(f"{what} must be a non-empty [N, C] array with C >= 2 classes, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} holds NaN or infinite values; calibration of such predictions means nothing")
-    return x
+    y = torch.as_tensor(np.asarray(y)).long().reshape(-1)
+    if len(y) != len(x):
+        raise ValueError(f"y has {len(y)} labels but there are {len(x)} rows of predictions; pass one label per row")
+    if int(y.min()) < 0 or int(y.max()) >= x.shape[1]:
+        raise ValueError(f"y holds labels outside [0, {x.shape[1]}) for predictions over {x.shape[1]} classes")
+    return x, y
 
 
-def _is_probs(x: torch.Tensor) -> bool:
-    """Rows that are non-negative and sum to 1 are probabilities; anything else is logits."""
-    return bool((x >= 0).all() and torch.allclose(x.sum(dim=1), torch.ones(len(x), dtype=x.dtype), atol=1e-4))
+def confidence_bins(conf: torch.Tensor, n_bins: int = CALIBRATION_BINS) -> torch.Tensor:
+    """The bin of each top-1 confidence among `n_bins` equal-width bins ((b-1)/M, b/M], the one binning
+    of the ECE and of the reliability diagram (`analysis.weight_averaging.reliability_bins`)."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins={n_bins!r} must be a positive integer (the study uses {CALIBRATION_BINS})")
+    # ceil(conf * M) - 1, with conf = 0 (impossible for a top-1) in bin 0
+    return (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
 
 
 def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BINS, *, kind: str = "auto") -> float:
-    """Expected calibration error of the top-1 prediction (`top_classes`) (Guo et al. 2017):
-    `sum_b |B_b| / N * |acc(B_b) - conf(B_b)|` over `n_bins` equal-width confidence bins
-    ((b-1)/M, b/M]. `kind`: 'logits' (softmax in float64, so confident logits do not saturate to
-    1.0 early), 'probs', or 'auto': rows that are non-negative and sum to 1 are probabilities,
-    anything else logits.
-
-    torchmetrics' `MulticlassCalibrationError(norm='l1')` gives the same number except for a
-    confidence exactly on a bin edge: its bins are [lo, hi) and a confidence of exactly 1.0 gets a
-    bin of its own."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins={n_bins!r} must be a positive integer (the study uses {CALIBRATION_BINS})")
+    """ECE of the top-1 prediction (`top_classes`) (Guo et al. 2017): `sum_b |B_b| / N * |acc(B_b) -
+    conf(B_b)|` over `confidence_bins`. `kind`: 'logits' (softmax in float64, so confident logits do
+    not saturate to 1.0 early), 'probs', or 'auto' (rows non-negative with sum 1 are probabilities).
+    torchmetrics' `MulticlassCalibrationError(norm='l1')` agrees except for a confidence exactly on a
+    bin edge (its bins are [lo, hi), and 1.0 gets a bin of its own)."""
     if kind not in ("auto", "probs", "logits"):
         raise ValueError(f"kind={kind!r} must be 'auto', 'probs' or 'logits'")
-    x = _scores(probs_or_logits, "probs_or_logits")
-    if kind == "probs" and not _is_probs(x):
+    x, y = _checked(probs_or_logits, y, "probs_or_logits")
+    is_probs = bool((x >= 0).all() and torch.allclose(x.sum(dim=1), torch.ones(len(x), dtype=x.dtype), atol=1e-4))
+    if kind == "probs" and not is_probs:
         raise ValueError("kind='probs' but the rows are not non-negative with sum 1; pass kind='logits'")
-    probs = x if kind == "probs" or (kind == "auto" and _is_probs(x)) else torch.softmax(x, dim=1)
-    y = _labels(y, len(x), x.shape[1])
+    probs = x if kind == "probs" or (kind == "auto" and is_probs) else torch.softmax(x, dim=1)
     pred = top_classes(x)[:, 0]  # the class the saved predictions and the metrics have
     conf = probs[torch.arange(len(x)), pred]
     correct = (pred == y).to(torch.float64)
-    # bin b holds ((b-1)/M, b/M]: ceil(conf * M) - 1, with conf = 0 (impossible for a top-1) in bin 0
-    bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
+    bins = confidence_bins(conf, n_bins)
     count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(conf))
     gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct - conf)
     # |B_b|/N * |acc_b - conf_b| = |sum over the bin of (correct - conf)| / N
@@ -189,22 +175,18 @@ def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BIN
 
 def negative_log_likelihood(logits, y) -> float:
     """Mean cross-entropy of the true class, `-mean log softmax(logits)[y]` (in float64)."""
-    x = _scores(logits, "logits")
-    y = _labels(y, len(x), x.shape[1])
+    x, y = _checked(logits, y, "logits")
     return float(torch.nn.functional.cross_entropy(x, y))
 
 
 def brier_score(logits, y) -> float:
-    """Mean over rows of `sum_c (p_c - [c == y])^2` of the softmax probabilities (Brier 1950; in
-    [0, 2], the multi-class form of Guo et al. 2017)."""
-    x = _scores(logits, "logits")
-    y = _labels(y, len(x), x.shape[1])
+    """Mean over rows of `sum_c (p_c - [c == y])^2` of the softmax probabilities (Brier 1950), in [0, 2]."""
+    x, y = _checked(logits, y, "logits")
     return float((torch.softmax(x, dim=1) - torch.nn.functional.one_hot(y, x.shape[1])).pow(2).sum(dim=1).mean())
 
 
 class Figure(NamedTuple):
-    """A calibration figure (lower is better), recorded per weight variant and split by
-    `calibration_record` and shown by the analysis tables, 04 and 05: all read `CALIBRATION`."""
+    """A calibration figure (lower is better), recorded and shown for every entry of `CALIBRATION`."""
     of_logits: Callable  # (logits [N, C], labels) -> float
     # (saved predictions) -> float, for records made before the figure; None: they cannot give it
     from_predictions: Callable | None = None
@@ -219,17 +201,14 @@ CALIBRATION_FIELDS = tuple(q for name in CALIBRATION for q in (name, f"{name}_ts
 
 
 def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
-    """The temperature T > 0 minimising `negative_log_likelihood(logits / T, y)` (Guo et al. 2017).
-
-    NLL is convex in 1/T, so it has one minimum along log T: a bounded Brent search on log T finds
-    it deterministically. The result never raises the NLL above T = 1's. A T at a bound is returned
-    with a warning (e.g. every prediction right: the NLL keeps falling as T -> 0)."""
+    """The temperature T > 0 minimising `negative_log_likelihood(logits / T, y)` (Guo et al. 2017), by
+    a bounded Brent search on log T (NLL is convex in 1/T: one minimum), never worse than T = 1. A T at
+    a bound comes with a warning (e.g. every prediction right: the NLL keeps falling as T -> 0)."""
     from scipy.optimize import minimize_scalar
     lo, hi = (float(b) for b in bounds)
     if not 0 < lo < 1 < hi:
         raise ValueError(f"bounds={bounds!r} must satisfy 0 < low < 1 < high (T = 1 is the model as it stands)")
-    x = _scores(logits, "logits")
-    y = _labels(y, len(x), x.shape[1])
+    x, y = _checked(logits, y, "logits")
 
     def nll(log_t: float) -> float:
         return float(torch.nn.functional.cross_entropy(x / np.exp(log_t), y))
@@ -250,9 +229,8 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS)
 
 
 def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id_val") -> dict[str, dict]:
-    """Per split: each figure of CALIBRATION of the logits as they are, and as `<name>_ts` of
-    logits / T with one temperature T fitted on `fit_split`'s logits; `temperature` and `temperature_split`.
-    With `fit_split=None` (no validation split evaluated) the temperature fields are None."""
+    """Per split: each figure of CALIBRATION of the logits, and as `<name>_ts` of logits / T with one T
+    fitted on `fit_split` (None: no validation split evaluated, the temperature fields are None)."""
     missing = set(logits_by_split) ^ set(y_by_split)
     if missing:
         raise ValueError(f"logits_by_split and y_by_split must name the same splits; they differ in {sorted(missing)}")
@@ -275,11 +253,7 @@ def calibration_metrics(logits_by_split, y_by_split, fit_split: str | None = "id
 def temperature_split(splits, select_split: str | None) -> str | None:
     """Where a run's temperature is fitted: id_val when evaluated, else the run's selection split
     when evaluated, else nowhere (None): never a test split."""
-    splits = set(splits)
-    for split in ("id_val", select_split):
-        if split in splits and split is not None and "test" not in split:
-            return split
-    return None
+    return next((s for s in ("id_val", select_split) if s is not None and s in splits and "test" not in s), None)
 
 
 def calibration_record(logits_by_variant, y_by_split, select_split: str | None) -> dict:

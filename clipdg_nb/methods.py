@@ -1,15 +1,13 @@
-"""How each method builds its weights, read from its spec, and `run(cfg)`: data -> model -> train /
-average -> evaluate -> run folder.
-
-A method is one `config.METHODS` entry (a `MethodSpec`); the three builders here read it and never
-branch on a method's name. Each returns its weight variants' logits per split; `run` does the rest
-for all: reuse a finished run, claim it with a file lock, evaluate with WILDS's metrics, write
-atomically. Under torchrun every rank calls `run`; rank 0 decides, prepares caches, and writes.
+"""How each method builds its weights, read from its `config.METHODS` spec (never its name), and
+`run(cfg)`: data -> model -> train / average -> evaluate -> run folder. The builders return logits per
+weight variant and split; `run` reuses a finished run or claims it with a file lock, evaluates with
+WILDS's metrics and writes atomically. Under torchrun every rank calls `run`; rank 0 decides and writes.
 """
 from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from . import devices
-from .averaging import wise_ft
+from .averaging import interpolate
 from .config import METHODS, FinetuneConfig
 from .data import (CLASS_NAMES_FILE, class_names, dataset_spec, fraction_indices, headline_metric, load_dataset,
                    metadata_column, prompt_functions, split_indices)
@@ -62,8 +60,8 @@ class Context:
         return prompt_functions(self.spec.templates(self.cfg.templates))
 
     def zero_shot_classifier(self, bundle, text_mode: str) -> ClipClassifier:
-        """The zero-shot classifier. Classes whose prompts are identical tie on every image (the lowest
-        wins): said once, with the remedy, and kept for the record (a warning: real iWildCam has four)."""
+        """The zero-shot classifier; classes whose prompts are identical (real iWildCam has four) are
+        warned of with the remedy, and kept for the record."""
         names = self.classnames
         groups = identical_prompt_classes(bundle.tokenizer, names, self.prompts)
         if groups:
@@ -86,8 +84,7 @@ class Context:
                            cache_dir=Path(self.cfg.cache_dir) / "decoded")
 
     def features(self, encoder, preprocessing: dict, split: str, indices=None) -> torch.Tensor:
-        """Frozen features of a split (encoded once per model, weights and preprocessing), or of
-        the given indices of it: a subset is an index into its split's features."""
+        """Frozen features of a split (cached per weights and preprocessing), or of its given indices."""
         cfg, split_idx = self.cfg, self.indices(split)
         # by content: the weights' digest and the identity of the decoded images, not their paths
         decoded = SplitCache(self.dataset, split, preprocessing["image_size"], Path(cfg.cache_dir) / "decoded").key
@@ -102,6 +99,26 @@ class Context:
 
         feats = cached_split_features(Path(cfg.cache_dir) / "features", identity, compute)
         return feats if indices is None else feats[torch.as_tensor(subset_rows(split_idx, np.asarray(indices)))]
+
+    def predictor(self, norm: Normalize, size: int) -> Callable[[torch.nn.Module, str], torch.Tensor]:
+        """`logits_of(model, split)` on the evaluated and the selection splits, their images decoded now."""
+        cfg, precision = self.cfg, resolve_precision(self.cfg.precision, self.device)
+        images = {s: self.images(self.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+        return lambda model, split: predict_logits(model, images[split], norm, self.device, cfg.eval_batch_size,
+                                                   precision)
+
+    def scored(self, logits: dict, headline: str) -> tuple[dict, dict]:
+        """WILDS metrics per weight variant and split (predictions written into `run`, the headline's at
+        its top) and the record's calibration (per variant and split, temperature fitted on id_val)."""
+        metrics, y = {}, np.asarray(self.dataset.y_array)
+        for variant, per_split in logits.items():
+            metrics[variant] = {}
+            for split, split_logits in per_split.items():
+                metrics[variant][split], frame = evaluate_logits(self.dataset, self.indices(split), split_logits, split)
+                if self.cfg.save_predictions:
+                    self.run.write_predictions(split, frame, None if variant == headline else variant)
+        return metrics, calibration_record(logits, {s: y[self.indices(s)] for s in self.cfg.eval_splits},
+                                           getattr(self.cfg, "select_split", None))
 
 
 @dataclass
@@ -195,24 +212,18 @@ def selection_metric(cfg: FinetuneConfig) -> str:
 
 
 def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
-    """Fine-tuning through `train.fit` from the spec's start (the zero-shot head, a linear probe
-    first, or a vision-only tower with a new head) with its loss and hooks, training what its spec's
-    `trainable` names (by default the image tower's last `train_blocks` blocks); the weight variants
-    are the best epoch on validation, the last epoch, the averages of `averaging.AVERAGES` the config
-    enables and WiSE-FT alphas."""
+    """Fine-tuning through `train.fit` from the spec's start, with its loss, hooks and `trainable`;
+    the variants: the best epoch on validation, the last, the enabled averages and WiSE-FT alphas."""
     cfg, world, method = ctx.cfg, devices.info(), ctx.method
     with world.main_first():  # rank 0 fills the decode and feature caches; the others then read them
         model, (mean, std, size) = initial_model(ctx)
         TRAINABLE[method.trainable](model, cfg)  # which parameters train: the spec's choice
         initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_idx, data_started = ctx.train_indices(), time.perf_counter()
-        train_images = ctx.images(train_idx, size)
-        split_images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+        norm = Normalize(mean, std)
+        train_images, logits_of = ctx.images(train_idx, size), ctx.predictor(norm, size)
         data_s = time.perf_counter() - data_started  # decoding (or reading the decode cache)
-    norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
-
-    def logits_of(m, split):
-        return predict_logits(m, split_images[split], norm, ctx.device, cfg.eval_batch_size, precision)
+    metric = selection_metric(cfg)
 
     def evaluate(m):  # selection reads only the validation split named in the config
         metrics, _ = evaluate_logits(ctx.dataset, ctx.indices(cfg.select_split), logits_of(m, cfg.select_split),
@@ -233,8 +244,8 @@ def end_to_end(ctx: Context, progress: bool | str = True) -> Outcome | None:
     if cfg.wise_alphas and "wise_ft" not in method.variants:
         warnings.warn(f"wise_alphas ignored for {cfg.method}: it has no zero-shot end point", stacklevel=2)
     elif cfg.wise_alphas:  # WiSE-FT: from the zero-shot (or LP) start to the final fine-tuned weights
-        for alpha, state in wise_ft(initial_state, trained.last_state, cfg.wise_alphas).items():
-            states[f"wise_ft_{alpha:g}"] = state
+        states.update({f"wise_ft_{float(a):g}": interpolate(initial_state, trained.last_state, a)
+                       for a in cfg.wise_alphas})
     started, logits = time.perf_counter(), {}
     for variant, state in states.items():
         # weights equal to an earlier variant's (e.g. the best epoch is the last) give its logits
@@ -295,22 +306,17 @@ _check_specs()
 
 
 def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
-    """Run one config; returns its record (None on torchrun ranks other than 0).
-
-    `progress`: per-epoch progress of training (True: bars in JupyterLab and terminals, a line per
-    epoch under papermill; 'bars' | 'text' | 'off' to choose; False: none).
-
-    A finished run with the same identity is returned as it is unless `force`, marked `reused: True`
-    (`runs.say_reused` puts that on screen). The run is claimed
-    with a file lock, so a second process asking for it waits and then reads the finished record.
+    """Run one config; returns its record (None on torchrun ranks other than 0). A finished run of the
+    same identity is returned as it is unless `force`, marked `reused: True`; a run is claimed with a
+    file lock, so a second process asking for it waits and reads the record. `progress`: see `train.fit`.
     """
     from filelock import FileLock
 
     cfg = cfg.validate()
     world, target = devices.info(), Run.of(cfg)
-    # Decided by rank 0 and shared, so all ranks stop or go on together.
-    done = world.broadcast(not force and target.is_done())
-    if done:  # `reused` tells the notebook nothing was trained (the key is not in result.json)
+    # Decided by rank 0 and shared, so all ranks stop or go on together. `reused` (not in result.json)
+    # tells the notebook nothing was trained.
+    if world.broadcast(not force and target.is_done()):
         return {**target.record(), "reused": True} if world.is_main else None
     # Checked before any computation (a finished run, above, may be read from a read-only folder);
     # rank 0 checks and every rank stops together.
@@ -318,46 +324,30 @@ def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     if problem is not None:
         raise problem
     target.path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(target.lock_path)) if world.is_main else None
-    if lock is not None:
-        lock.acquire()
     try:
-        # Another process may have finished it while we waited for the lock.
-        if world.broadcast(not force and target.is_done()):
-            return {**target.record(), "reused": True} if world.is_main else None
-        started = time.perf_counter()
-        ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download), resolve_device(cfg.device),
-                      target)
-        load_s = time.perf_counter() - started
-        outcome = end_to_end(ctx, progress=progress) if ctx.method.end_to_end else BUILDERS[ctx.method.trains](ctx)
-        if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
-            return None
-        return _finish(target, ctx, outcome, time.perf_counter() - started, load_s)
+        with FileLock(str(target.lock_path)) if world.is_main else nullcontext():
+            # Another process may have finished it while we waited for the lock.
+            if world.broadcast(not force and target.is_done()):
+                return {**target.record(), "reused": True} if world.is_main else None
+            started = time.perf_counter()
+            ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir, download=cfg.download),
+                          resolve_device(cfg.device), target)
+            load_s = time.perf_counter() - started
+            outcome = end_to_end(ctx, progress=progress) if ctx.method.end_to_end else BUILDERS[ctx.method.trains](ctx)
+            if outcome is None:  # a torchrun rank other than 0: training done, rank 0 writes
+                return None
+            return _finish(target, ctx, outcome, time.perf_counter() - started, load_s)
     finally:
-        if lock is not None:
-            lock.release()
         world.barrier()
 
 
 def _finish(target: Run, ctx: Context, outcome: Outcome, seconds: float, load_s: float = 0.0) -> dict:
-    """Metrics per variant and split, predictions, the record: built aside, renamed into place.
-    `timings` (seconds): data_s (loading the dataset, decoding images), train_s and eval_s (logits)
-    where the method reports them, write_s (metrics, predictions, calibration, the record)."""
-    cfg, write_started = ctx.cfg, time.perf_counter()
-    spec = ctx.method
+    """The record, built aside and renamed into place. `timings` (seconds): data_s (loading the dataset,
+    decoding images), train_s and eval_s (logits) where the method reports them, write_s (the rest)."""
+    cfg, write_started, spec = ctx.cfg, time.perf_counter(), ctx.method
     headline = spec.variants[0]
-    variants = {}
-    for variant, per_split in outcome.logits.items():
-        variants[variant] = {}
-        for split, logits in per_split.items():
-            metrics, frame = evaluate_logits(ctx.dataset, ctx.indices(split), logits, split)
-            variants[variant][split] = metrics
-            if cfg.save_predictions:
-                target.write_predictions(split, frame, None if variant == headline else variant)
     extra = dict(outcome.extra)
-    y = np.asarray(ctx.dataset.y_array)  # ECE / NLL per variant and split, temperature fitted on id_val
-    extra["calibration"] = calibration_record(outcome.logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits},
-                                              getattr(cfg, "select_split", None))
+    variants, extra["calibration"] = ctx.scored(outcome.logits, headline)
     timings = {**extra.pop("timings", {}), "total_s": seconds}
     timings["data_s"] = load_s + timings.get("data_s", 0.0)
     timings["write_s"] = time.perf_counter() - write_started

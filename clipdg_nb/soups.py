@@ -1,16 +1,8 @@
-"""The soup stage: model soups (Wortsman et al. 2022) across finished runs of one (dataset, method,
-fraction), over learning rates and/or seeds.
-
-`make_soups(run_dirs)` loads the runs' kept weights (`keep_weights=True`), builds the uniform and the
-greedy soup (chosen on the selection split only, `averaging.soup_variants`), evaluates both, and
-writes one run folder:
-
-    <output_dir>/<experiment>/soups/<dataset>-<method>-f<fraction>-soup-s<seed|all>-<digest>/
-        result.json      greedy soup's metrics (the headline), variants, ingredients, greedy trace
-        predictions/...  greedy soup; variants/uniform_soup/predictions/... the uniform one
-
-Its identity is its ingredients by content (run ids and weights' sha256, checked before reading) and
-its rule. Soups live apart from the runs (`soups_dir`; `load_soups`, `soup_run` read them).
+"""The soup stage: uniform and greedy model soups (Wortsman et al. 2022, `averaging.soup_variants`)
+of finished runs of one (dataset, method, fraction) that kept their weights, chosen on the selection
+split only. `make_soups` writes one run folder under `soups_dir` (the greedy soup the headline, the
+uniform one a variant), identified by its ingredients by content (run ids and the kept weights'
+sha256, checked before reading) and its rule.
 """
 from __future__ import annotations
 
@@ -21,11 +13,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
-import torch
 
-from .averaging import AVERAGES, SOUP_VARIANTS, soup_variants
+from .averaging import SOUP_VARIANTS, soup_variants
 from .config import METHODS
 from .runs import Run, load_records
 from .paths import experiment_dir, to_jsonable
@@ -36,79 +26,9 @@ SHARED_FIELDS = ("dataset", "method", "fraction", "model", "pretrained", "templa
                  "vision_arch", "vision_weights", "select_split", "select_metric", "eval_splits", "stratify")
 
 
-def kept_weights_bytes(state: Mapping[str, torch.Tensor]) -> int:
-    """The size of a run's kept weights (float entries in float16), header aside: for the disk a
-    soup experiment will take, printed before anything runs."""
-    return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size()) for v in state.values())
-
-
-def kept_weights_estimate(cfg) -> int:
-    """The bytes one run of `cfg` keeps with keep_weights=True (`kept_weights_bytes` of its final
-    state dict), from its model built on the meta device (`meta_model`): nothing allocated, no
-    weights read or downloaded, so the disk an experiment will take can be printed before anything
-    runs. Equal to the kept file's tensors (tests/test_soups.py checks it); the header comes on top."""
-    return kept_weights_bytes(meta_model(cfg).state_dict())
-
-
-def checkpoint_estimate(cfg) -> int:
-    """The bytes of one run's resumable checkpoint at its largest (`train.save_checkpoint`, the last
-    epoch's): the weights and the best epoch's, Adam's two moments of each trainable parameter, and
-    each average `cfg` enables (float32), from `meta_model`. The header, Adam's step counts, the RNG
-    state (a few kB) and, with the text tower trained, the moments of the prompts' token rows (the
-    dataset's class names decide them: 1.5 MB for ViT-B/32) come on top (tests/test_soups.py)."""
-    model = meta_model(cfg)
-    state = model.state_dict()
-    weights = sum(v.numel() * v.element_size() for v in state.values())
-    averaged = sum(v.numel() * (max(v.element_size(), 4) if torch.is_floating_point(v) else v.element_size())
-                   for v in state.values())
-    moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return 2 * weights + moments + sum(avg.enabled(cfg) for avg in AVERAGES.values()) * averaged
-
-
-def meta_model(cfg) -> torch.nn.Module:
-    """The model `methods.end_to_end` trains for `cfg`, built on the meta device (shapes only) with
-    what trains as the method's spec says (`models.partial.TRAINABLE`): the whole CLIP when the text
-    tower trains (its token table frozen: only the prompts' few hundred rows train,
-    `models.text.UsedRowsEmbedding`), else the image tower and a linear head."""
-    import logging
-
-    import open_clip
-
-    from .config import method_spec
-    from .data import dataset_spec
-    from .inputs import vision_image_size
-    from .models.clip import register_tiny_configs
-    from .models.partial import TRAINABLE
-
-    spec, n = method_spec(cfg.method), dataset_spec(cfg.dataset).n_classes
-    if spec.init == "vision_tower" and cfg.vision_arch != "clip-visual":
-        from .models.vision import vision_only
-        with torch.device("meta"):
-            return TRAINABLE[spec.trainable](vision_only(n, arch=cfg.vision_arch, image_size=vision_image_size(cfg)), cfg)
-    register_tiny_configs()
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted here
-    try:
-        clip = open_clip.create_model(cfg.model, pretrained=None, device="meta")
-    finally:
-        logging.disable(previous)
-    # as methods.initial_model builds it: the whole CLIP when the text tower trains, else the image
-    # tower and a linear head (frozen text: the zero-shot head; LP-FT: the probe; vision-only: a new one)
-    text_mode = "head" if spec.init in ("probe_first", "vision_tower") else (spec.text_mode or cfg.text_mode)
-    model = torch.nn.Module()
-    model.text_mode = text_mode  # what `models.partial.image_tower` reads
-    if text_mode == "trainable":
-        model.clip = clip
-        clip.token_embedding.requires_grad_(False)
-    else:
-        model.visual, model.head = clip.visual, torch.nn.Linear(clip.visual.output_dim, n, device="meta")
-    return TRAINABLE[spec.trainable](model, cfg)
-
-
 def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:
-    """The runs one point of the soup stage (05_model_soups) trains, or reads back when finished:
-    the point's FinetuneConfig at each learning rate in `lrs`, keeping its final weights. Raises,
-    naming the parameter, unless there are 2+ distinct lrs and the method trains weights."""
+    """The runs one point of the soup stage (05_model_soups) trains or reads back: its FinetuneConfig at
+    each of 2+ distinct learning rates in `lrs`, keeping its final weights."""
     from .config import FinetuneConfig, from_namespace
     from .notebook_kernel import check_injected
 
@@ -117,10 +37,14 @@ def ingredient_configs(namespace: Mapping[str, Any], lrs) -> list:
         raise ValueError(f"lrs={lrs!r} must list at least 2 distinct learning rates: a soup averages the "
                          "runs of one seed over them, e.g. [1.0e-3, 3.0e-4, 1.0e-4]")
     configs = [from_namespace(FinetuneConfig, namespace, lr=lr, keep_weights=True) for lr in dict.fromkeys(lrs)]
-    if not METHODS[configs[0].method].end_to_end:
-        trained = [name for name, spec in METHODS.items() if spec.end_to_end]
-        raise ValueError(f"method={configs[0].method!r} trains no weights to average; soups are for {trained}")
+    _check_trains_weights(configs[0].method)
     return configs
+
+
+def _check_trains_weights(method: str) -> None:
+    if not METHODS[method].end_to_end:
+        trained = [name for name, spec in METHODS.items() if spec.end_to_end]
+        raise ValueError(f"method={method!r} trains no weights to average; soups are for {trained}")
 
 
 def check_kept_weights(configs, force: bool = False) -> None:
@@ -132,9 +56,8 @@ def check_kept_weights(configs, force: bool = False) -> None:
 
 
 def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
-    """One soup record beside its ingredients, for the notebook: a row per model (each ingredient's
-    final weights, `last`, and both soups) and split, with the dataset's headline metric, whether the
-    greedy soup kept it, and its score on the selection split (the only split the choice read)."""
+    """One soup record beside its ingredients (their `last` weights): a row per model and split with the
+    headline metric, whether the greedy soup kept it, and its score on the selection split."""
     from .data import headline_metric
 
     rows, greedy = [], set(record["soups"]["greedy_soup"]["ingredients"])
@@ -168,9 +91,7 @@ def check_ingredients(records: list[Mapping]) -> None:
         if len({json.dumps(to_jsonable(v)) for v in values.values()}) > 1:
             raise ValueError(f"runs differ in {key!r} ({values}); a soup averages runs of one (dataset, method, "
                              f"fraction) with one architecture, start and selection rule")
-    if not METHODS[records[0]["method"]].end_to_end:
-        trained = [name for name, spec in METHODS.items() if spec.end_to_end]
-        raise ValueError(f"method {records[0]['method']!r} trains no weights to average; soups are for {trained}")
+    _check_trains_weights(records[0]["method"])
 
 
 def soup_identity(records: list[Mapping]) -> dict[str, Any]:
@@ -187,8 +108,8 @@ def soups_dir(output_dir, experiment: str) -> Path:
 
 
 def load_soups(output_dir, experiment: str) -> list[dict]:
-    """The experiment's soups whose every ingredient is still one of its runs with the weights averaged
-    (`runs.tidy` takes them like run records); soups of runs since remade, superseded or gone are skipped."""
+    """The experiment's soups whose every ingredient is still one of its runs with the weights averaged;
+    soups of runs since remade, superseded or gone are skipped with a warning."""
     soups = load_records(folder := soups_dir(output_dir, experiment))
     kept = {r["run_id"]: (r.get("kept_weights") or {}).get("sha256") for r in load_records(folder.parent)}
     # a soup without ingredient digests (made before they were recorded) cannot be checked: not current
@@ -208,9 +129,8 @@ def soup_run(records: list[Mapping]) -> Run:
 
 
 def make_soups(run_dirs, *, device: str | None = None, force: bool = False) -> dict:
-    """Uniform and greedy soups of the finished runs in `run_dirs` (kept with keep_weights=True),
-    chosen on their selection split only, evaluated on every evaluated split; returns the record.
-    A finished soup of the same ingredients (by content) is returned as it is unless `force`."""
+    """Uniform and greedy soups of the finished runs in `run_dirs`; returns the record. A finished soup
+    of the same ingredients (by content) is returned as it is unless `force`."""
     from filelock import FileLock
 
     runs = [Run(d) for d in run_dirs]
@@ -234,23 +154,22 @@ def make_soups(run_dirs, *, device: str | None = None, force: bool = False) -> d
 def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], device: str | None) -> dict:
     from .config import config_of, from_params
     from .data import load_dataset
-    from .devices import resolve_device, resolve_precision
-    from .evaluate import calibration_record, evaluate_logits, predict_logits
+    from .devices import resolve_device
+    from .evaluate import evaluate_logits
     from .images import Normalize
     from .methods import Context, initial_model, selection_metric
 
     started = time.perf_counter()
     params = dict(records[0]["params"], **({"device": device} if device else {}))
     cfg = from_params(config_of(params["method"]), params)
-    ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir), resolve_device(cfg.device))
+    ctx = Context(cfg, load_dataset(cfg.dataset, cfg.root_dir), resolve_device(cfg.device), target)
     model, (mean, std, size) = initial_model(ctx, fit_probe=False)
     model.to(ctx.device)
-    norm, precision, metric = Normalize(mean, std), resolve_precision(cfg.precision, ctx.device), selection_metric(cfg)
-    images = {s: ctx.images(ctx.indices(s), size) for s in set(cfg.eval_splits) | {cfg.select_split}}
+    predict, metric = ctx.predictor(Normalize(mean, std), size), selection_metric(cfg)
 
     def logits_of(state, split):
         model.load_state_dict(state)
-        return predict_logits(model, images[split], norm, ctx.device, cfg.eval_batch_size, precision)
+        return predict(model, split)
 
     def score_on(state, split):  # soup_variants calls it with the selection split only
         metrics, _ = evaluate_logits(ctx.dataset, ctx.indices(split), logits_of(state, split), split)
@@ -260,25 +179,17 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
     candidates = [(r["run_id"], run.kept_weights, score_on(run.kept_weights(), cfg.select_split))
                   for r, run in zip(records, runs)]
     soups = soup_variants(candidates, score_on, cfg.select_split)
-
-    headline, variants, logits = "greedy_soup", {}, {}
-    for variant in SOUP_VARIANTS:
-        logits[variant] = {s: logits_of(soups[variant].state, s) for s in cfg.eval_splits}
-        variants[variant] = {}
-        for split, split_logits in logits[variant].items():
-            metrics, frame = evaluate_logits(ctx.dataset, ctx.indices(split), split_logits, split)
-            variants[variant][split] = metrics
-            if cfg.save_predictions:
-                target.write_predictions(split, frame, None if variant == headline else variant)
-    y = np.asarray(ctx.dataset.y_array)
+    headline = "greedy_soup"
+    variants, calibration = ctx.scored({v: {s: logits_of(soups[v].state, s) for s in cfg.eval_splits}
+                                        for v in SOUP_VARIANTS}, headline)
+    seed, lr = _common(records, "seed"), _common(records, "lr")
     record = {
         "run_id": target.id, "experiment": target.path.parent.parent.name, "kind": "soup",
-        "dataset": cfg.dataset, "method": cfg.method, "fraction": cfg.fraction,
-        "seed": _common(records, "seed"), "lr": _common(records, "lr"),
+        "dataset": cfg.dataset, "method": cfg.method, "fraction": cfg.fraction, "seed": seed, "lr": lr,
         "root_dir": str(cfg.root_dir),
         # what the ingredients share (their own parameters are in their records), and where this lives
         "params": {**{k: v for k, v in cfg.params().items() if k in SHARED_FIELDS + ("root_dir", "seed", "lr")},
-                   "seed": _common(records, "seed"), "lr": _common(records, "lr"),
+                   "seed": seed, "lr": lr,
                    "output_dir": str(target.path.parent.parent.parent), "experiment": target.path.parent.parent.name},
         "identity": identity, "metrics": variants[headline],
         "selection": {"split": cfg.select_split, "metric": metric, "variant": headline,
@@ -286,7 +197,7 @@ def _make(target: Run, identity: dict, runs: list[Run], records: list[dict], dev
         "variants": variants,
         "soups": {v: {"ingredients": soups[v].ingredients, "score": soups[v].score, "trace": soups[v].trace or None}
                   for v in SOUP_VARIANTS},
-        "calibration": calibration_record(logits, {s: y[ctx.indices(s)] for s in cfg.eval_splits}, cfg.select_split),
+        "calibration": calibration,
         "timings": {"total_s": time.perf_counter() - started}}
     target.partial.mkdir(parents=True, exist_ok=True)  # save_predictions=False writes nothing before this
     return target.finish(record)

@@ -1,10 +1,9 @@
-"""One fine-tuning loop for every end-to-end method (CLIP fine-tune, LP-FT, vision-only).
+"""One fine-tuning loop for every end-to-end method, its resumable checkpoint, and the disk both take.
 
-`fit` reads top to bottom like nanoGPT's `train.py`: build the optimizer, schedule and averages,
-resume if a checkpoint is there, then for each epoch train, average, evaluate on a *validation*
-split, keep the best, checkpoint. Under torchrun the same call on every rank trains one model with
-DDP on the same global batches (`devices.ShardedBatchSampler`); rank 0 alone writes the checkpoint.
-The LR schedules are pure functions of the epoch, so resuming replays them instead of pickling.
+`fit` reads top to bottom: optimizer, schedule and averages, resume, then per epoch train, average,
+choose on a *validation* split, checkpoint. Under torchrun every rank trains one DDP model on the same
+global batches (`devices.ShardedBatchSampler`); rank 0 alone writes. The LR schedules are functions of
+the epoch, so resuming replays them instead of pickling.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from . import devices
@@ -39,8 +38,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_optimizer(cfg, params, no_decay=()) -> torch.optim.Optimizer:
-    """Adam or AdamW over the trainable `params`, with `cfg.weight_decay` on all of them but those
-    in `no_decay` (a second group, weight decay 0: L2-SP's backbone)."""
+    """Adam or AdamW over the trainable `params`, `cfg.weight_decay` on all but those in `no_decay`."""
     exempt = {id(p) for p in no_decay}
     params = [p for p in params if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) not in exempt]},
@@ -52,9 +50,8 @@ def make_optimizer(cfg, params, no_decay=()) -> torch.optim.Optimizer:
 
 
 def uses_fused_adam(params) -> bool:
-    """Fused Adam (one launch a step) on CUDA: its numbers differ from foreach's in the last digits, a
-    GPU-only choice (tests/test_train.py: equal within a tolerance). Elsewhere the multi-tensor form,
-    bit-identical to the per-tensor Python loop torch picks on a CPU at a quarter of the demo's time."""
+    """Fused Adam on CUDA (one launch a step; last digits differ from foreach's). Elsewhere foreach:
+    bit-identical to torch's per-tensor CPU loop at a quarter of the demo's time."""
     return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
@@ -101,9 +98,6 @@ class Selection:
     best_score: float = -math.inf
     best_epoch: int = -1
 
-    def meta(self) -> dict:
-        return {"history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch}
-
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
     """The draws of one step's augmentation depend only on (seed, epoch, step, rank): replayed on resume."""
@@ -135,18 +129,13 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         checkpoint_dir: str | None = None, progress: bool | str = True, score_name: str = "score",
         desc: str = "training", loss_fn: Callable = cross_entropy,
         after_step: Callable[[torch.nn.Module], None] | None = None, no_decay=()) -> FitResult:
-    """Train `model` on `train_images` (items: uint8 image, label, idx) and return its weight variants.
+    """Train `model` on `train_images` (items: uint8 image, label, idx); returns its weight variants.
 
-    `evaluate(model) -> (score, metrics)` runs after each epoch on the selection split; the epoch
-    with the highest score is `best_state` (ties keep the earlier). With `checkpoint_dir`, an
-    interrupted call resumes from the last checkpoint and ends with the same weights: one is written
-    every `cfg.checkpoint_every` epochs at least `cfg.checkpoint_minutes` apart, and after the last.
-    `progress`: True shows per-epoch progress as `notebook_kernel.progress_mode` decides (bars in JupyterLab
-    and terminals, a line per epoch under papermill), or a mode name, or False.
-    `loss_fn(step_model, images, labels) -> loss` (default: cross-entropy over the logits; FLYP: its
-    contrastive loss), `after_step(model)` after each optimizer step (FLYP: clamp the temperature);
-    the parameters in `no_decay` get no weight decay (L2-SP's backbone).
-    The averaged variants are those of `averaging.AVERAGES` that `cfg` enables.
+    `evaluate(model) -> (score, metrics)` on the selection split after each epoch; the highest score
+    is `best_state` (ties keep the earlier). With `checkpoint_dir` an interrupted call resumes and ends
+    with the same weights; a checkpoint is written every `cfg.checkpoint_every` epochs at least
+    `cfg.checkpoint_minutes` apart, and after the last. `progress`: see `notebook_kernel.progress_mode`.
+    `loss_fn`, `after_step` and `no_decay` (parameters without weight decay) come from the method's spec.
     """
     world = devices.info()
     precision = resolve_precision(cfg.precision, device)
@@ -168,8 +157,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     step_model = step_module(model, cfg, device, world)
 
     def train_step(x, y, epoch: int, step: int) -> torch.Tensor:
-        """One optimizer step on a batch; returns the loss shown (the global-batch mean under DDP), on
-        the device: nothing here waits for the device (a non-finite loss is caught at the epoch's end)."""
+        """One optimizer step; returns the loss shown (the global-batch mean under DDP), on the device:
+        nothing here waits for it (a non-finite loss is caught at the epoch's end)."""
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
@@ -223,7 +212,8 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
         if ckpt is not None and world.is_main and (due or epoch + 1 == cfg.epochs):
             save_checkpoint(ckpt, model, optimizer, averages, chosen.best_state,
-                            {"epoch": epoch, "params": fingerprint, **chosen.meta()})
+                            {"epoch": epoch, "params": fingerprint, "history": chosen.history,
+                             "best_score": chosen.best_score, "best_epoch": chosen.best_epoch})
             saved = time.perf_counter()
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
@@ -238,9 +228,9 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
 
 def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedule, averages: dict,
            chosen: Selection, device: torch.device) -> int | None:
-    """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the
-    same run (same identity); returns the epoch to start from, None when the checkpoint is another run's
-    or holds optimizer state of other shapes (written before only the used token rows trained)."""
+    """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the same
+    run (identity); returns the epoch to start from, None when it is another run's or its optimizer
+    state has other shapes (written before only the used token rows trained)."""
     tensors, meta = load_checkpoint(ckpt)
     shapes = dict(enumerate(p.shape for group in optimizer.param_groups for p in group["params"]))
     if meta.get("params") != fingerprint or any(k.endswith(".exp_avg") and v.shape != shapes.get(int(k.split(".")[0]))
@@ -257,13 +247,15 @@ def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedu
             acc.load_state(checkpoint_part(tensors, name), meta[f"{name}_meta"])
     chosen.best_state = checkpoint_part(tensors, "best") or None
     chosen.history, chosen.best_score, chosen.best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
-    restore_rng(tensors)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     return meta["epoch"] + 1
 
 
 def step_module(model: torch.nn.Module, cfg, device: torch.device, world: devices.DistInfo) -> torch.nn.Module:
-    """The module the steps call: DDP-wrapped and/or compiled; `model` (same parameters) is what is
-    evaluated, averaged and saved."""
+    """The module the steps call, DDP-wrapped and/or compiled; `model` is evaluated, averaged and saved."""
     step_model = model
     if world.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -294,10 +286,8 @@ def select(chosen: Selection, model: torch.nn.Module, evaluate: Callable, epoch:
 
 
 # ---------------------------------------------------------------------------------------------
-# The resumable checkpoint: one safetensors file per run holding the weights, the optimizer state,
-# the SWA / EMA averages, the best weights so far and the RNG state, with the JSON-able rest (epoch,
-# history, parameters) in its header. Written to a unique temporary name and renamed into place, so
-# a reader never sees half a checkpoint and two writers never collide.
+# The resumable checkpoint: one safetensors file per run (weights, optimizer state, averages, best
+# weights so far, RNG state), the JSON-able rest (epoch, history, parameters) in its header; atomic.
 # ---------------------------------------------------------------------------------------------
 
 META_KEY = "clipdg_nb.train"
@@ -311,7 +301,7 @@ def save_checkpoint(path: Path, model, optimizer, averages: dict, best_state: di
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value).detach().cpu()
     meta = dict(meta, optim_groups=opt_state["param_groups"])
     for prefix, acc in averages.items():
-        if acc is not None and acc.n_averaged > 0:
+        if acc.n_averaged > 0:
             acc_tensors, meta[f"{prefix}_meta"] = acc.state()
             tensors.update({f"{prefix}.{k}": v for k, v in acc_tensors.items()})
     tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
@@ -326,8 +316,7 @@ def save_checkpoint(path: Path, model, optimizer, averages: dict, best_state: di
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
     with safe_open(str(path), "pt") as fh:
-        meta = json.loads(fh.metadata()[META_KEY])
-    return load_file(str(path)), meta
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads(fh.metadata()[META_KEY])
 
 
 def checkpoint_part(tensors: dict, prefix: str) -> dict:
@@ -347,8 +336,64 @@ def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def restore_rng(tensors: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
+# ---------------------------------------------------------------------------------------------
+# Disk sizes, estimated from the model built on the meta device (nothing allocated, no weights read
+# or downloaded), so that `pipeline.validate` prints what a grid will take before anything runs.
+# ---------------------------------------------------------------------------------------------
+
+def meta_model(cfg) -> torch.nn.Module:
+    """The model `methods.end_to_end` trains for `cfg`, shapes only, with what trains as its spec says:
+    the whole CLIP when the text tower trains (of its token table only the prompts' rows,
+    `models.text.UsedRowsEmbedding`), else the image tower and a linear head."""
+    import logging
+
+    import open_clip
+
+    from .config import method_spec
+    from .data import dataset_spec
+    from .inputs import vision_image_size
+    from .models.clip import register_tiny_configs
+    from .models.partial import TRAINABLE
+
+    spec, n = method_spec(cfg.method), dataset_spec(cfg.dataset).n_classes
+    if spec.init == "vision_tower" and cfg.vision_arch != "clip-visual":
+        from .models.vision import vision_only
+        with torch.device("meta"):
+            return TRAINABLE[spec.trainable](vision_only(n, arch=cfg.vision_arch, image_size=vision_image_size(cfg)), cfg)
+    register_tiny_configs()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted here
+    try:
+        clip = open_clip.create_model(cfg.model, pretrained=None, device="meta")
+    finally:
+        logging.disable(previous)
+    # as methods.initial_model builds it (frozen text: the zero-shot head; LP-FT: the probe; vision-only: new)
+    text_mode = "head" if spec.init in ("probe_first", "vision_tower") else (spec.text_mode or cfg.text_mode)
+    model = torch.nn.Module()
+    model.text_mode = text_mode  # what `models.partial.image_tower` reads
+    if text_mode == "trainable":
+        model.clip = clip
+        clip.token_embedding.requires_grad_(False)
+    else:
+        model.visual, model.head = clip.visual, torch.nn.Linear(clip.visual.output_dim, n, device="meta")
+    return TRAINABLE[spec.trainable](model, cfg)
+
+
+def kept_weights_estimate(cfg) -> int:
+    """The bytes of the tensors a run of `cfg` keeps with keep_weights=True (`runs.Run.keep_weights`:
+    float entries in float16); the file's header comes on top."""
+    return sum(v.numel() * (2 if torch.is_floating_point(v) else v.element_size())
+               for v in meta_model(cfg).state_dict().values())
+
+
+def checkpoint_estimate(cfg) -> int:
+    """The bytes of a run's largest checkpoint (`save_checkpoint` after the last epoch): the weights and
+    the best epoch's, Adam's two moments of each trainable parameter and each average `cfg` enables (at
+    least float32). The header, step counts, RNG state and trained token rows' moments come on top."""
+    model = meta_model(cfg)
+    state = model.state_dict()
+    weights = sum(v.numel() * v.element_size() for v in state.values())
+    averaged = sum(v.numel() * (max(v.element_size(), 4) if torch.is_floating_point(v) else v.element_size())
+                   for v in state.values())
+    moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * weights + moments + sum(avg.enabled(cfg) for avg in AVERAGES.values()) * averaged

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn
 
-from clipdg_nb.averaging import EMA, RunningAverage, interpolate, swa_epochs, wise_ft
+from clipdg_nb.averaging import EMA, RunningAverage, interpolate, swa_epochs
 from clipdg_nb.config import FinetuneConfig
 
 
@@ -148,7 +148,7 @@ def test_ema_load_state_refuses_other_decay():
         RunningAverage().load_state(tensors, meta)  # an EMA average is not an SWA one
 
 
-def test_interpolate_endpoints_midpoint_and_wise_ft():
+def test_interpolate_endpoints_and_midpoint():
     g = torch.Generator().manual_seed(5)
     t0 = {"w": torch.randn(6, 3, generator=g), "ids": torch.arange(3)}
     t1 = {"w": torch.randn(6, 3, generator=g), "ids": torch.arange(3) + 10}
@@ -158,11 +158,6 @@ def test_interpolate_endpoints_midpoint_and_wise_ft():
     assert torch.equal(interpolate(t0, t1, 1.0)["ids"], t1["ids"])
     torch.testing.assert_close(interpolate(t0, t1, 0.5)["w"], (t0["w"] + t1["w"]) / 2)
     torch.testing.assert_close(interpolate(t0, t1, 0.25)["w"], 0.75 * t0["w"] + 0.25 * t1["w"])
-
-    ws = wise_ft(t0, t1, [0.0, 0.5, 1.0])
-    assert list(ws) == [0.0, 0.5, 1.0]
-    assert torch.equal(ws[1.0]["w"], t1["w"])
-    torch.testing.assert_close(ws[0.5]["w"], (t0["w"] + t1["w"]) / 2)
     # inputs are not modified
     assert not torch.equal(t0["w"], t1["w"])
 

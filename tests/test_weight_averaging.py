@@ -161,7 +161,7 @@ def test_kept_weights_plan_counts_the_runs_that_keep_weights(tmp_path):
     from clipdg_nb.config import FinetuneConfig
     from clipdg_nb.pipeline.experiment import load_experiment
     from clipdg_nb.pipeline.validate import kept_weights_plan
-    from clipdg_nb.soups import kept_weights_estimate
+    from clipdg_nb.train import kept_weights_estimate
 
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     params = {"model": "clipdg-tiny-vit", "pretrained": None, "text_mode": "frozen", "vision_weights": None}
@@ -187,7 +187,7 @@ def test_checkpoint_plan_counts_what_the_checkpoints_write(tmp_path):
     from clipdg_nb.config import FinetuneConfig
     from clipdg_nb.pipeline.experiment import load_experiment
     from clipdg_nb.pipeline.validate import checkpoint_plan
-    from clipdg_nb.soups import checkpoint_estimate
+    from clipdg_nb.train import checkpoint_estimate
 
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     params = {"model": "clipdg-tiny-vit", "pretrained": None, "text_mode": "frozen", "vision_weights": None,

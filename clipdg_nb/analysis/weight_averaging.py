@@ -14,9 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import paths, runs
-from ..evaluate import CALIBRATION, CALIBRATION_BINS, CALIBRATION_FIELDS
+from ..evaluate import CALIBRATION, CALIBRATION_BINS, CALIBRATION_FIELDS, confidence_bins
 from ..soups import load_soups
 from . import stats
 
@@ -253,18 +254,16 @@ def calibration_findings(gains: pd.DataFrame, level: float = 0.95) -> pd.DataFra
 
 def reliability_bins(predictions: pd.DataFrame, n_bins: int = CALIBRATION_BINS) -> pd.DataFrame:
     """A reliability diagram's numbers from saved predictions (`p_top1`, `y_pred`, `y_true`): per
-    equal-width confidence bin ((b-1)/M, b/M], as `evaluate.expected_calibration_error` bins them,
+    confidence bin of `evaluate.confidence_bins` (as the ECE bins them),
     the count, the mean confidence and the accuracy (NaN for an empty bin), and `gap` = accuracy -
     confidence. Their count-weighted mean |gap| is the ECE of the saved top-1 probabilities."""
     missing = [c for c in ("p_top1", "y_pred", "y_true") if c not in predictions.columns]
     if missing:
         raise ValueError(f"reliability_bins: the predictions lack {missing}; pass a saved predictions frame "
                          "(runs.Run(...).predictions(split))")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins={n_bins!r} must be a positive integer")
     conf = predictions["p_top1"].to_numpy(dtype=float)
     correct = (predictions["y_pred"].to_numpy() == predictions["y_true"].to_numpy()).astype(float)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = confidence_bins(torch.from_numpy(conf), n_bins).numpy()
     count = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         confidence = np.bincount(bins, weights=conf, minlength=n_bins) / count

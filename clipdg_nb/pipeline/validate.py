@@ -261,7 +261,7 @@ def _estimates(experiment: Experiment, stages, wanted: Callable, fields: tuple, 
 def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None) -> str | None:
     """One line: the disk the runs that keep their final weights (for model soups) take, per stage,
     finished ones too (the experiment's whole footprint); None when no run keeps weights."""
-    from ..soups import kept_weights_estimate
+    from ..train import kept_weights_estimate
 
     kept = _estimates(experiment, stages, lambda cfg: getattr(cfg, "keep_weights", False),
                       ("method", "model", "text_mode", "vision_arch", "dataset"), kept_weights_estimate)
@@ -279,7 +279,7 @@ def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, j
     finishes and a point trains its runs in turn, so `jobs` points hold at most `jobs`. None when no
     run trains end to end."""
     from ..config import METHODS
-    from ..soups import checkpoint_estimate
+    from ..train import checkpoint_estimate
 
     runs = [(-(-cfg.epochs // cfg.checkpoint_every), b) for _, cfg, b in _estimates(
         experiment, stages, lambda cfg: cfg.method in METHODS and METHODS[cfg.method].trains == "end_to_end",
