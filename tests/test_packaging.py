@@ -76,16 +76,16 @@ def _imports(source: str) -> set[str]:
 
 
 def test_every_imported_package_is_declared():
-    """Package, tests, benchmarks and notebooks: each third-party import names a declared distribution."""
+    """Package, tests, benchmarks, tools and notebooks: each third-party import names a declared distribution."""
     found = set()
-    for folder in ("clipdg_nb", "tests", "benchmarks"):
+    for folder in ("clipdg_nb", "tests", "benchmarks", "tools"):
         for path in (ROOT / folder).rglob("*.py"):
             found |= _imports(path.read_text())
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         for cell in nbformat.read(str(path), as_version=4).cells:
             if cell.cell_type == "code":
                 found |= _imports("\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!"))))
-    local = {p.stem for folder in ("tests", "benchmarks") for p in (ROOT / folder).glob("*.py")}
+    local = {p.stem for folder in ("tests", "benchmarks", "tools") for p in (ROOT / folder).glob("*.py")}
     third_party = found - set(sys.stdlib_module_names) - local - {"clipdg_nb"}
     declared = {_name(r) for r in _declared()}
     missing = sorted(m for m in third_party if _name(DISTRIBUTIONS.get(m, m)) not in declared)
