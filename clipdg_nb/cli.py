@@ -26,7 +26,7 @@ def _cmd_synth(args) -> int:
 
 def _cmd_summary(args) -> int:
     from .data import format_summary, load_dataset
-    from .pipeline.report_summary import data_kind
+    from .analysis.summary import data_kind
 
     for name in args.datasets:
         print(format_summary(name, load_dataset(name, args.root)))

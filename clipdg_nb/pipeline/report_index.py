@@ -17,13 +17,14 @@ from pathlib import Path
 
 from markupsafe import Markup
 
+from ..analysis.summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
+                                findings_frame, provenance)
 from ..analysis.tables import ci_text
 from ..data import SPLIT_TITLES, headline_metric
 from ..paths import experiment_dir, project_root, read_json, write_bytes
 from ..runs import Run, is_run_record, load_records, tidy
 from .experiment import point_name
-from .report_summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
-                             experiment_summaries, findings_frame, provenance, write_downloads)
+from .report_summary import experiment_summaries, write_downloads
 
 PLOTLYJS_FILE = "plotly.min.js"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -331,7 +332,8 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, ro
         experiments.append({"name": exp, "stages": stages, "description": _description(exp, roots),
                             **(experiment_summaries(found) if found else {})})
     summaries = {x["name"]: x for x in experiments if "datasets" in x}
-    downloads = write_downloads(out, [r for r, _ in pairs], [_relative(f, roots) for _, f in pairs], findings_frame(summaries))
+    findings = findings_frame({(exp, d.dataset): d.findings for exp, x in summaries.items() for d in x["datasets"]})
+    downloads = write_downloads(out, [r for r, _ in pairs], [_relative(f, roots) for _, f in pairs], findings)
     has_figures = any(f.html for x in summaries.values() for d in x["datasets"] for f in d.figures)
     failed = [_point_row(e) for e in entries if e["info"]["status"] == "failed"]
     common = dict(root="", downloads=downloads)
