@@ -1,4 +1,4 @@
-"""`clipdg`: the command line. Each subcommand is a thin call into the library."""
+"""`clipdg`: the command line. Each subcommand is a thin call into the library (its help says what it does)."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +36,6 @@ def _cmd_summary(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
     from .pipeline.demo import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
@@ -53,7 +52,6 @@ def _cmd_pretrain_tiny(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
     from .pipeline.experiment import load_experiment
     from .pipeline.runner import run_experiment
     from .pipeline.slurm import write_slurm
@@ -71,7 +69,6 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    """Decode every split an experiment needs, once, with all cores."""
     from .pipeline.prepare import prepare
 
     start = time.perf_counter()
@@ -82,7 +79,6 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    """Render executed notebooks to HTML that opens offline, under outputs/reports/ (index.html)."""
     from .pipeline.report import render_reports
 
     written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
@@ -123,10 +119,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_table(args) -> int:
-    """Headline ID / OOD numbers of one or more experiments and their soups (`analysis.experiments_table`):
-    per dataset, mean and 95 % interval over seeds, learning rate chosen on validation; with several
-    experiments, side by side and paired. `--metric`: another metric of the records or a calibration
-    figure (`evaluate.CALIBRATION`) in place of the headline."""
     from .analysis import experiments_table
     from .analysis.tables import format_headline
 

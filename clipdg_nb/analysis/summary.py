@@ -6,6 +6,7 @@ come from synthetic data or a tiny model, provenance, and the downloadable resul
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,20 @@ def provenance(records: list[dict]) -> list[tuple[str, list[str]]]:
             *((label, list(map(str, distinct(p.get(key) for p in params)))) for label, key in (
                 ("model", "model"), ("CLIP weights", "pretrained"), ("vision-only model", "vision_arch"),
                 ("vision-only weights", "vision_weights")))]
+
+
+def experiment_runs(records: list[tuple[dict, Path]]) -> tuple[list[dict], Path | None, int]:
+    """Of an experiment's (record, folder) pairs: the run records its analysis reads, the folder of
+    its soups stage (None: none) and how many side runs are left out."""
+    # the runs in the output folder holding the most of them, as 04_analysis reads {output_dir}/{experiment};
+    # side runs (e.g. the SWA ablation's own folder) are kept apart: their run ids may repeat a sweep run's,
+    # and mixing them would count one point twice
+    runs = [(r, f) for r, f in records if is_run_record(r)]
+    folder = Counter(f.parent for _, f in runs).most_common(1)[0][0] if runs else None
+    main = [r for r, f in runs if f.parent == folder]
+    # the soups stage: the experiment folder holding the most soups (<output_dir>/<experiment>/soups/<soup>)
+    stages = Counter(f.parent.parent for r, f in records if r.get("kind") == "soup")
+    return main, stages.most_common(1)[0][0] if stages else None, len(runs) - len(main)
 
 
 def wise_ft_record(records: list[dict], dataset: str) -> dict | None:

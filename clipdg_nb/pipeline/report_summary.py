@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +16,11 @@ from markupsafe import Markup
 from .. import analysis
 from ..analysis import figures, plots
 from ..analysis.summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SPLITS, TREND_METHODS, VISION_METHOD,
-                                data_kind, dataset_findings, provenance, results_tables, wise_ft_record)
+                                data_kind, dataset_findings, experiment_runs, provenance, results_tables, wise_ft_record)
 from ..analysis.tables import variant_table
 from ..data import DATASETS, SPLIT_TITLES, headline_metric
 from ..paths import write_bytes
-from ..runs import is_run_record, tidy
+from ..runs import tidy
 
 
 @dataclass
@@ -105,16 +104,8 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
     """The summary of one experiment's (record, folder) pairs: per dataset findings and figures,
     data kind (synthetic / tiny), provenance. A dataset whose analysis fails gets its error shown
     (and warned), not a blank section."""
-    # the runs its analysis reads: those in the output folder holding the most of them, as 04_analysis reads
-    # {output_dir}/{experiment}; side runs (e.g. the SWA ablation's own folder) are kept apart: their run ids
-    # may repeat a sweep run's, and mixing them would count one point twice
-    runs = [(r, f) for r, f in records if is_run_record(r)]
-    folder = Counter(f.parent for _, f in runs).most_common(1)[0][0] if runs else None
-    main = [r for r, f in runs if f.parent == folder]
+    main, stage, n_side = experiment_runs(records)
     frame = tidy(main) if main else None
-    # the soups stage: the experiment folder holding the most soups (<output_dir>/<experiment>/soups/<soup>)
-    stages = Counter(folder.parent.parent for record, folder in records if record.get("kind") == "soup")
-    stage = stages.most_common(1)[0][0] if stages else None
     datasets = []
     for ds in sorted({r.get("dataset") for r in main if r.get("dataset") in DATASETS}):
         try:
@@ -123,7 +114,7 @@ def experiment_summaries(records: list[tuple[dict, Path]]) -> dict:
             warnings.warn(f"report summary of {ds}: {type(err).__name__}: {err}", stacklevel=2)
             datasets.append(DatasetSummary(ds, pd.DataFrame(), error=f"{type(err).__name__}: {err}"))
     return {"datasets": datasets, "kind": data_kind([r for r, _ in records]),
-            "provenance": provenance([r for r, _ in records]), "n_runs": len(main), "n_side": len(runs) - len(main)}
+            "provenance": provenance([r for r, _ in records]), "n_runs": len(main), "n_side": n_side}
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:
