@@ -124,10 +124,11 @@ def read_page_meta(page: Path) -> dict:
 def environment():
     """The Jinja2 environment of the report templates (autoescaped: text from records is never HTML)."""
     import jinja2
+    from plotly.offline import get_plotlyjs
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(plotlyjs=plotlyjs, plotlyjs_file=PLOTLYJS_FILE, titles=TITLES, level=f"{LEVEL:.0%}",
+    env.globals.update(plotlyjs=get_plotlyjs, plotlyjs_file=PLOTLYJS_FILE, titles=TITLES, level=f"{LEVEL:.0%}",
                        select_split=SPLIT_TITLES[SELECT_SPLIT], soup_stage=SOUP_STAGE, clip_method=CLIP_METHOD,
                        vision_method=VISION_METHOD)
     return env
@@ -137,13 +138,6 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
-def plotlyjs() -> str:
-    """The installed plotly.js itself (~4.8 MB): written once per report folder, or inline."""
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
 def _write_changed(target: Path, data: bytes) -> Path:
     if not (target.is_file() and target.read_bytes() == data):  # a rerun leaves an unchanged file alone
         write_bytes(target, data)
@@ -151,7 +145,10 @@ def _write_changed(target: Path, data: bytes) -> Path:
 
 
 def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
-    return _write_changed(Path(out_dir) / PLOTLYJS_FILE, plotlyjs().encode("utf-8"))
+    """The installed plotly.js itself (~4.8 MB), once per report folder (else inline in a page)."""
+    from plotly.offline import get_plotlyjs
+
+    return _write_changed(Path(out_dir) / PLOTLYJS_FILE, get_plotlyjs().encode("utf-8"))
 
 
 def page_text(page: str, limit: int | None = SEARCH_TEXT) -> str:
