@@ -288,11 +288,8 @@ def _execute(point: Point, force: bool) -> PointResult:
                     raise
         except Exception as err:  # any failure of one point is recorded; the sweep goes on
             return record_failure(point, err, time.perf_counter() - start, found)
-        run_dirs = []
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            rel = os.path.relpath((point.root / json.loads(line)).resolve(), point.root)
-            if rel not in run_dirs:
-                run_dirs.append(rel)
+        run_dirs = list(dict.fromkeys(os.path.relpath((point.root / json.loads(line)).resolve(), point.root)
+                                      for line in manifest.read_text(encoding="utf-8").splitlines()))  # each once, in order
     finally:
         manifest.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
