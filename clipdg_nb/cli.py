@@ -119,7 +119,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_table(args) -> int:
-    from .analysis import experiments_table
+    from .analysis.summary import experiments_table
     from .analysis.tables import format_headline
 
     table, selection, notes = experiments_table(args.output_dir, args.experiment or ["demo"], args.dataset, args.level,

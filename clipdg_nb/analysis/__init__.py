@@ -432,38 +432,3 @@ def compare_experiments(frames_by_experiment: dict[str, pd.DataFrame], id_split:
                                           metric=metric or table["dataset"].map(lambda x: headline_metric(x, split)),
                                           paired=True)[[*HEADLINE_COLUMNS, "paired"]])
     return pd.concat(parts, ignore_index=True)
-
-
-def experiments_table(output_dir: str | Path, names: Sequence[str], dataset: str | None = None, level: float = 0.95,
-                      select_split: str | None = "id_val", metric: str | None = None) -> tuple[pd.DataFrame, str, list[str]]:
-    """`clipdg table`'s numbers: the experiments `names` under `output_dir` side by side
-    (`compare_experiments`), then each one's soups (`<experiment>/soups`). A name that is an output
-    folder of its own (the soups stage's `outputs/runs/soups`) stands for the experiments in it.
-    Returns the table, how learning rates were chosen (`tables.format_headline`'s selection) and
-    notes for the reader (which experiments a folder stood for)."""
-    from .weight_averaging import CALIBRATION_NUMBERS, load_soup_stage
-
-    frames, soups, notes = {}, {}, []
-    for name in dict.fromkeys(names):
-        folder = paths.experiment_dir(output_dir, name)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no runs for experiment={name!r}: {folder} does not exist; run it first "
-                                    f"(clipdg run parameters/{name}.yaml)")
-        inside = [] if any(folder.glob(f"*/{runs.RESULT_FILE}")) else list(experiments_with_runs(folder)["experiment"])
-        if inside:
-            notes.append(f"{folder} is an output folder: its experiment(s) {', '.join(inside)}")
-        for label, (out, exp) in ({f"{name}/{e}": (folder, e) for e in inside} or {name: (output_dir, name)}).items():
-            frames[label], soups[label] = load_soup_stage(out, exp, dataset, calibration=metric in CALIBRATION_NUMBERS)
-            if frames[label].empty and soups[label].empty:
-                raise FileNotFoundError(f"no {dataset + ' ' if dataset else ''}runs under {folder}")
-    table = compare_experiments({k: v for k, v in frames.items() if len(v)}, level=level, select_split=select_split,
-                                metric=metric)
-    table = pd.concat([table, *(headline_table(s, level=level, column=k, metric=metric).assign(paired=False)
-                                for k, s in soups.items() if len(s))], ignore_index=True)
-    if table.empty:  # only a metric no record holds
-        known = sorted({*CALIBRATION_NUMBERS, *(m for f in [*frames.values(), *soups.values()] for m in f["metric"])})
-        raise ValueError(f"--metric {metric!r}: no run of {', '.join(frames)} records it on the ID and OOD "
-                         f"test splits; choose one of {', '.join(known)}")
-    selection = ("every learning rate" if select_split is None else f"learning rate chosen on {select_split}") + (
-        "; soups: their ingredients chosen on validation" if any(len(s) for s in soups.values()) else "")
-    return table, selection, notes

@@ -1,7 +1,8 @@
-"""What an experiment's run records say, in the report summary's terms: per dataset the findings
-with plain verdicts (the analysis functions the 04 notebook uses, so the summary and the analysis
-pages agree; learning rates chosen on `SELECT_SPLIT`, never on a test split), whether the numbers
-come from synthetic data or a tiny model, provenance, and the downloadable results tables.
+"""What experiments' run records say, summed up: the headline table of `clipdg table`
+(`experiments_table`), and for the report's summary page per dataset the findings with plain
+verdicts (the analysis functions the 04 notebook uses, so the summary and the analysis pages agree;
+learning rates chosen on `SELECT_SPLIT`, never on a test split), whether the numbers come from
+synthetic data or a tiny model, provenance, and the downloadable results tables.
 """
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from .. import analysis
 from ..data import DATASETS, headline_metric
-from ..runs import is_run_record
+from ..paths import experiment_dir
+from ..runs import RESULT_FILE, is_run_record
 from . import figures
 from . import weight_averaging as wa
+from .tables import headline_table
 
 ID_SPLIT, OOD_SPLIT, SELECT_SPLIT, LEVEL = "id_test", "test", "id_val", 0.95
 SPLITS = (ID_SPLIT, OOD_SPLIT)
@@ -26,6 +30,39 @@ SYNTHETIC_MARKER = "SYNTHETIC.json"  # what `clipdg synth` writes into each data
 TINY_MODEL_PREFIX = "clipdg-tiny"  # the miniature open_clip configs `clipdg pretrain-tiny` trains
 SOUP_STAGE = ("the soups stage (05_model_soups): runs of several learning rates with kept weights, averaged into "
               "uniform and greedy soups")
+
+
+def experiments_table(output_dir: str | Path, names: Sequence[str], dataset: str | None = None, level: float = 0.95,
+                      select_split: str | None = "id_val", metric: str | None = None) -> tuple[pd.DataFrame, str, list[str]]:
+    """`clipdg table`'s numbers: the experiments `names` under `output_dir` side by side
+    (`analysis.compare_experiments`), then each one's soups (`<experiment>/soups`). A name that is an output
+    folder of its own (the soups stage's `outputs/runs/soups`) stands for the experiments in it.
+    Returns the table, how learning rates were chosen (`tables.format_headline`'s selection) and
+    notes for the reader (which experiments a folder stood for)."""
+    frames, soups, notes = {}, {}, []
+    for name in dict.fromkeys(names):
+        folder = experiment_dir(output_dir, name)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no runs for experiment={name!r}: {folder} does not exist; run it first "
+                                    f"(clipdg run parameters/{name}.yaml)")
+        inside = [] if any(folder.glob(f"*/{RESULT_FILE}")) else list(analysis.experiments_with_runs(folder)["experiment"])
+        if inside:
+            notes.append(f"{folder} is an output folder: its experiment(s) {', '.join(inside)}")
+        for label, (out, exp) in ({f"{name}/{e}": (folder, e) for e in inside} or {name: (output_dir, name)}).items():
+            frames[label], soups[label] = wa.load_soup_stage(out, exp, dataset, calibration=metric in wa.CALIBRATION_NUMBERS)
+            if frames[label].empty and soups[label].empty:
+                raise FileNotFoundError(f"no {dataset + ' ' if dataset else ''}runs under {folder}")
+    table = analysis.compare_experiments({k: v for k, v in frames.items() if len(v)}, level=level,
+                                         select_split=select_split, metric=metric)
+    table = pd.concat([table, *(headline_table(s, level=level, column=k, metric=metric).assign(paired=False)
+                                for k, s in soups.items() if len(s))], ignore_index=True)
+    if table.empty:  # only a metric no record holds
+        known = sorted({*wa.CALIBRATION_NUMBERS, *(m for f in [*frames.values(), *soups.values()] for m in f["metric"])})
+        raise ValueError(f"--metric {metric!r}: no run of {', '.join(frames)} records it on the ID and OOD "
+                         f"test splits; choose one of {', '.join(known)}")
+    selection = ("every learning rate" if select_split is None else f"learning rate chosen on {select_split}") + (
+        "; soups: their ingredients chosen on validation" if any(len(s) for s in soups.values()) else "")
+    return table, selection, notes
 
 
 def distinct(values) -> list:
