@@ -1,4 +1,4 @@
-"""`clipdg`: the command line. Each subcommand is a thin call into the library."""
+"""`clipdg`: the command line. Each subcommand is a thin call into the library (its help says what it does)."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +26,7 @@ def _cmd_synth(args) -> int:
 
 def _cmd_summary(args) -> int:
     from .data import format_summary, load_dataset
-    from .pipeline.report_summary import data_kind
+    from .analysis.summary import data_kind
 
     for name in args.datasets:
         print(format_summary(name, load_dataset(name, args.root)))
@@ -36,7 +36,6 @@ def _cmd_summary(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """The offline default end to end: synthetic data, tiny pretraining, sweep, reports."""
     from .pipeline.demo import run_demo
 
     return run_demo(root=args.root, jobs=args.jobs, progress=not args.no_progress)
@@ -53,7 +52,6 @@ def _cmd_pretrain_tiny(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    """Run (or plan, or write Slurm scripts for) the stages of an experiment file."""
     from .pipeline.experiment import load_experiment
     from .pipeline.runner import run_experiment
     from .pipeline.slurm import write_slurm
@@ -71,7 +69,6 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    """Decode every split an experiment needs, once, with all cores."""
     from .pipeline.prepare import prepare
 
     start = time.perf_counter()
@@ -82,7 +79,6 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    """Render executed notebooks to HTML that opens offline, under outputs/reports/ (index.html)."""
     from .pipeline.report import render_reports
 
     written = render_reports(args.notebooks, args.out, experiment=args.experiment, stage=args.stage,
@@ -123,44 +119,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_table(args) -> int:
-    """Headline ID / OOD numbers of one or more experiments: per dataset, mean and 95 % interval over
-    seeds, learning rate chosen on validation, then the experiment's soups (`<experiment>/soups`);
-    with several experiments, side by side and paired. A name that is an output folder of its own
-    (the soups stage's `outputs/runs/soups`) stands for the experiments in it. `--metric`: another
-    metric of the records or a calibration figure (`evaluate.CALIBRATION`) in place of the headline."""
-    import pandas as pd
+    from .analysis.summary import experiments_table
+    from .analysis.tables import format_headline
 
-    from .analysis import compare_experiments, experiments_with_runs
-    from .analysis.tables import format_headline, headline_table
-    from .analysis.weight_averaging import CALIBRATION_NUMBERS, load_soup_stage
-    from .paths import experiment_dir
-
-    frames, soups = {}, {}
-    for name in dict.fromkeys(args.experiment or ["demo"]):
-        folder = experiment_dir(args.output_dir, name)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no runs for experiment={name!r}: {folder} does not exist; run it first "
-                                    f"(clipdg run parameters/{name}.yaml)")
-        inside = [] if any(folder.glob("*/result.json")) else list(experiments_with_runs(folder)["experiment"])
-        if inside:
-            print(f"clipdg table: {folder} is an output folder: its experiment(s) {', '.join(inside)}", file=sys.stderr)
-        for label, (out, exp) in ({f"{name}/{e}": (folder, e) for e in inside} or {name: (args.output_dir, name)}).items():
-            frames[label], soups[label] = load_soup_stage(out, exp, args.dataset,
-                                                          calibration=args.metric in CALIBRATION_NUMBERS)
-            if frames[label].empty and soups[label].empty:
-                print(f"clipdg table: no {args.dataset + ' ' if args.dataset else ''}runs under {folder}", file=sys.stderr)
-                return 1
-    select = None if args.all_lrs else args.select_split
-    table = compare_experiments({k: v for k, v in frames.items() if len(v)}, level=args.level, select_split=select,
-                                metric=args.metric)
-    table = pd.concat([table, *(headline_table(s, level=args.level, column=k, metric=args.metric).assign(paired=False)
-                                for k, s in soups.items() if len(s))], ignore_index=True)
-    if table.empty:  # only a --metric no record holds
-        known = sorted({*CALIBRATION_NUMBERS, *(m for f in [*frames.values(), *soups.values()] for m in f["metric"])})
-        raise ValueError(f"--metric {args.metric!r}: no run of {', '.join(frames)} records it on the ID and OOD "
-                         f"test splits; choose one of {', '.join(known)}")
-    selection = ("every learning rate" if select is None else f"learning rate chosen on {select}") + (
-        "; soups: their ingredients chosen on validation" if any(len(s) for s in soups.values()) else "")
+    table, selection, notes = experiments_table(args.output_dir, args.experiment or ["demo"], args.dataset, args.level,
+                                                None if args.all_lrs else args.select_split, args.metric)
+    for note in notes:
+        print(f"clipdg table: {note}", file=sys.stderr)
     sys.stdout.write(format_headline(table, args.format, level=args.level, selection=selection))
     return 0
 

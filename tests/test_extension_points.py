@@ -133,7 +133,7 @@ def test_a_record_made_before_a_figure_gets_it_from_its_predictions_or_names_it(
 
 
 def test_the_downloads_hold_the_registered_figures():
-    from clipdg_nb.pipeline.report_summary import results_tables
+    from clipdg_nb.analysis.summary import results_tables
 
     cal = {"test": {"ece": 0.1, "nll": 0.5, "brier": 0.3, "ece_ts": 0.05, "nll_ts": 0.4, "brier_ts": 0.25,
                     "temperature": 1.5, "temperature_split": "id_val"}}

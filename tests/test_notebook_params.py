@@ -17,9 +17,11 @@ from clipdg_nb.data import VALIDATION_SPLITS
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = ["01_zero_shot", "02_few_shot_sweep", "03_swa_ablation", "04_analysis", "05_model_soups"]
 NOTEBOOK_ONLY = {"force": False}  # extra parameters a notebook may add beside its dataclass's
-# The generator lives in the package (`python -m clipdg_nb.pipeline.parameter_cells --write`).
 from clipdg_nb.notebook_kernel import UnknownParameterError, check_injected  # noqa: E402
-from clipdg_nb.pipeline.parameter_cells import GENERATED, render_parameters, write_parameters_cells  # noqa: E402
+
+sys.path.insert(0, str(NOTEBOOKS.parent / "tools"))
+# the generator: a script of the repository (`python tools/parameter_cells.py --write`)
+from parameter_cells import GENERATED, render_parameters, write_parameters_cells  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))

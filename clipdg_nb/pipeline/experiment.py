@@ -66,8 +66,7 @@ class Point:
                 for p in folder.glob(f".{stem}.{kind}.*")]
 
     def to_json(self) -> dict:
-        return {k: to_jsonable(v) if k == "parameters" else str(v) if isinstance(v, Path) else v
-                for k, v in vars(self).items()}
+        return to_jsonable(vars(self))
 
     @classmethod
     def from_json(cls, d: Mapping) -> "Point":

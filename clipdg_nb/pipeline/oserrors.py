@@ -26,15 +26,12 @@ def free_space(path: str | os.PathLike) -> str:
         usage = shutil.disk_usage(where)
     except OSError as err:
         return f"free space of {where} unknown ({err.strerror or err})"
-    return f"{_size(usage.free)} free on the filesystem of {where} (of {_size(usage.total)})"
+    return f"{size_text(usage.free)} free on the filesystem of {where} (of {size_text(usage.total)})"
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+def size_text(n: float) -> str:
+    """Bytes in decimal units, MB at the least (sizes of weights, space on a disk)."""
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def describe_os_error(err: BaseException, paths: Iterable[str | os.PathLike] = ()) -> str:

@@ -17,11 +17,12 @@ import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Mapping
+from unittest.mock import patch
 
 from ..fingerprint import one_scan_per_folder
 from ..runs import RESULT_FILE, SUPERSEDED_FILE, Run, utc_now
@@ -97,21 +98,6 @@ def kernel_thread_env() -> dict[str, str]:
     """The thread variables every kernel gets: the user's where set, else $OMP_NUM_THREADS or KERNEL_THREADS."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(KERNEL_THREADS)
     return {var: os.environ.get(var) or threads for var in THREAD_VARS}
-
-
-@contextmanager
-def set_env(**values: str):
-    """Temporarily set environment variables (the kernel papermill starts inherits them)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def record_failure(point: Point, err: BaseException, seconds: float = 0.0, warnings=()) -> PointResult:
@@ -284,12 +270,13 @@ def _execute(point: Point, force: bool) -> PointResult:
     fd, manifest = tempfile.mkstemp(dir=point.output.parent, prefix=f".{point.name}.runs.jsonl.")
     os.close(fd)
     manifest = Path(manifest)
-    # The kernel resolves relative paths from the experiment's root, wherever papermill starts it.
+    # The kernel papermill starts inherits these (set while it runs); it resolves relative paths from the
+    # experiment's root, wherever papermill starts it.
     env = {MANIFEST_ENV: str(manifest), ENV_VAR: str(point.root), INLINE_PLOTLYJS_ENV: "0", **kernel_thread_env()}
     start, wall_start, found = time.perf_counter(), time.time(), []
     try:
         try:
-            with set_env(**env), tempfile.TemporaryDirectory(prefix="clipdg-kernel-") as sockets, \
+            with patch.dict(os.environ, env), tempfile.TemporaryDirectory(prefix="clipdg-kernel-") as sockets, \
                     atomic_path(point.output, suffix=".ipynb") as tmp:
                 try:
                     nb = papermill.execute_notebook(str(point.notebook), str(tmp), parameters=parameters,
@@ -301,11 +288,8 @@ def _execute(point: Point, force: bool) -> PointResult:
                     raise
         except Exception as err:  # any failure of one point is recorded; the sweep goes on
             return record_failure(point, err, time.perf_counter() - start, found)
-        run_dirs = []
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            rel = os.path.relpath((point.root / json.loads(line)).resolve(), point.root)
-            if rel not in run_dirs:
-                run_dirs.append(rel)
+        run_dirs = list(dict.fromkeys(os.path.relpath((point.root / json.loads(line)).resolve(), point.root)
+                                      for line in manifest.read_text(encoding="utf-8").splitlines()))  # each once, in order
     finally:
         manifest.unlink(missing_ok=True)
     seconds = time.perf_counter() - start

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from markupsafe import Markup
 
+from ..analysis.summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
+                                findings_frame, provenance)
 from ..analysis.tables import ci_text
 from ..data import SPLIT_TITLES, headline_metric
 from ..paths import experiment_dir, project_root, read_json, write_bytes
 from ..runs import Run, is_run_record, load_records, tidy
 from .experiment import point_name
-from .report_summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
-                             experiment_summaries, findings_frame, provenance, write_downloads)
+from .report_summary import experiment_summaries, write_downloads
 
 PLOTLYJS_FILE = "plotly.min.js"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -123,10 +124,11 @@ def read_page_meta(page: Path) -> dict:
 def environment():
     """The Jinja2 environment of the report templates (autoescaped: text from records is never HTML)."""
     import jinja2
+    from plotly.offline import get_plotlyjs
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(plotlyjs=plotlyjs, plotlyjs_file=PLOTLYJS_FILE, titles=TITLES, level=f"{LEVEL:.0%}",
+    env.globals.update(plotlyjs=get_plotlyjs, plotlyjs_file=PLOTLYJS_FILE, titles=TITLES, level=f"{LEVEL:.0%}",
                        select_split=SPLIT_TITLES[SELECT_SPLIT], soup_stage=SOUP_STAGE, clip_method=CLIP_METHOD,
                        vision_method=VISION_METHOD)
     return env
@@ -136,13 +138,6 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
-def plotlyjs() -> str:
-    """The installed plotly.js itself (~4.8 MB): written once per report folder, or inline."""
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
 def _write_changed(target: Path, data: bytes) -> Path:
     if not (target.is_file() and target.read_bytes() == data):  # a rerun leaves an unchanged file alone
         write_bytes(target, data)
@@ -150,7 +145,10 @@ def _write_changed(target: Path, data: bytes) -> Path:
 
 
 def write_plotlyjs(out_dir: str | os.PathLike) -> Path:
-    return _write_changed(Path(out_dir) / PLOTLYJS_FILE, plotlyjs().encode("utf-8"))
+    """The installed plotly.js itself (~4.8 MB), once per report folder (else inline in a page)."""
+    from plotly.offline import get_plotlyjs
+
+    return _write_changed(Path(out_dir) / PLOTLYJS_FILE, get_plotlyjs().encode("utf-8"))
 
 
 def page_text(page: str, limit: int | None = SEARCH_TEXT) -> str:
@@ -331,7 +329,8 @@ def write_index(out_dir: str | os.PathLike, notebooks_dir: str | os.PathLike, ro
         experiments.append({"name": exp, "stages": stages, "description": _description(exp, roots),
                             **(experiment_summaries(found) if found else {})})
     summaries = {x["name"]: x for x in experiments if "datasets" in x}
-    downloads = write_downloads(out, [r for r, _ in pairs], [_relative(f, roots) for _, f in pairs], findings_frame(summaries))
+    findings = findings_frame({(exp, d.dataset): d.findings for exp, x in summaries.items() for d in x["datasets"]})
+    downloads = write_downloads(out, [r for r, _ in pairs], [_relative(f, roots) for _, f in pairs], findings)
     has_figures = any(f.html for x in summaries.values() for d in x["datasets"] for f in d.figures)
     failed = [_point_row(e) for e in entries if e["info"]["status"] == "failed"]
     common = dict(root="", downloads=downloads)

@@ -114,11 +114,9 @@ class SweepSummary:
 
 
 def select_stages(experiment: Experiment, only) -> list[Stage]:
-    if not only:
-        return list(experiment.stages)
-    for name in only:
+    for name in only or []:
         experiment.stage(name)  # raises naming the known stages
-    return [s for s in experiment.stages if s.name in only]
+    return [s for s in experiment.stages if not only or s.name in only]
 
 
 def run_experiment(experiment: Experiment | str | os.PathLike, *, jobs: int = 1, only=None, force: bool = False,

@@ -22,6 +22,7 @@ from ..config import FinetuneConfig, ZeroShotConfig, from_namespace, sweep_confi
 from ..data import DATASETS, SPLITS, check_select_split, data_present, dataset_spec
 from ..paths import rooted_at, unwritable
 from .experiment import Experiment, ExperimentError, Point, Stage, notebook_parameters
+from .oserrors import size_text
 
 _KEY = re.compile(r"\s*([A-Za-z_]\w*)")
 _NAMED = re.compile(r"\b([A-Za-z_]\w*)=")
@@ -269,7 +270,7 @@ def kept_weights_plan(experiment: Experiment, stages: list[Stage] | None = None)
         return None
     every = [b for _, _, b in kept]
     stages_text = ", ".join(f"stage {name}: {n}" for name, n in Counter(name for name, _, _ in kept).items())
-    return (f"keep_weights: {len(every)} runs x {_span(every)} = {_size(sum(every))} on disk "
+    return (f"keep_weights: {len(every)} runs x {_span(every)} = {size_text(sum(every))} on disk "
             f"({stages_text}; final weights in float16, for model soups)")
 
 
@@ -290,16 +291,12 @@ def checkpoint_plan(experiment: Experiment, stages: list[Stage] | None = None, j
     counts, each = [n for n, _ in runs], [b for _, b in runs]
     count_text = str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)} .. {max(counts)}"
     peak = min(jobs, len(runs)) * max(each)
-    return (f"checkpoints: {len(runs)} runs x at most {count_text} x {_span(each)} = {_size(sum(n * b for n, b in runs))} "
-            f"written; at most {_size(peak)} on disk at once ({jobs} job(s); a run's is deleted when it finishes)")
+    return (f"checkpoints: {len(runs)} runs x at most {count_text} x {_span(each)} = {size_text(sum(n * b for n, b in runs))} "
+            f"written; at most {size_text(peak)} on disk at once ({jobs} job(s); a run's is deleted when it finishes)")
 
 
 def _span(sizes: list[int]) -> str:
-    return _size(sizes[0]) if len({_size(b) for b in sizes}) == 1 else f"{_size(min(sizes))} .. {_size(max(sizes))}"
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    return size_text(sizes[0]) if len({size_text(b) for b in sizes}) == 1 else f"{size_text(min(sizes))} .. {size_text(max(sizes))}"
 
 
 def validate_experiment(experiment: Experiment, stages: list[Stage] | None = None, jobs: int = 1) -> None:

@@ -1,6 +1,7 @@
-"""The notebooks' `parameters` cells, generated from the config dataclasses and the method registry.
+"""The notebooks' `parameters` cells, generated from the config dataclasses and the method registry:
+a tool of this repository (it rewrites the committed notebooks), not of the package.
 
-`python -m clipdg_nb.pipeline.parameter_cells --write` rewrites the cells of 01-03 and 05 after a change in
+`python tools/parameter_cells.py --write` rewrites the cells of 01-03 and 05 after a change in
 `config.py`; tests/test_notebook_params.py fails while a cell differs. Each line is a typed
 assignment whose comment is the field's comment in config.py: `papermill --help-notebook` shows it as
 the parameter's help, so list parameters carry in it how to pass a list (`-y`, YAML; `-p` passes text).
@@ -13,9 +14,9 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, sizes_note, tuned_lists
+from clipdg_nb.config import TRAINED_METHODS, FinetuneConfig, ZeroShotConfig, sizes_note, tuned_lists
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FORCE = "force: bool = False  # rerun even if a finished run with the same identity exists"
 LIST_EXAMPLES = {"wise_alphas": "[0.0, 0.25, 0.5, 0.75]"}  # list fields whose default is empty
 PROFILE = "# " + sizes_note(FinetuneConfig)  # atop the cells of the notebooks that train
