@@ -1,5 +1,5 @@
 """Evaluation: batched prediction, WILDS's own metrics (exactly `dataset.eval(...)`'s), prediction
-tables, accuracy per group, failure cases, calibration."""
+tables, calibration."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import GROUP_FIELDS, dataset_spec, group_labels, metadata_column
+from .data import dataset_spec, group_labels, metadata_column
 from .devices import autocast
 
 TOP_K = 5
@@ -88,33 +88,6 @@ def evaluate_logits(dataset, indices, logits: torch.Tensor, split: str):
     """(WILDS metrics, prediction frame) for one split."""
     frame = prediction_frame(dataset, indices, logits, split)
     return wilds_metrics(dataset, indices, frame["y_pred"].to_numpy()), frame
-
-
-def failure_cases(predictions: pd.DataFrame, n: int = 24) -> pd.DataFrame:
-    """Wrong predictions ranked by the model's confidence in the wrong class (most confident first)."""
-    wrong = predictions[predictions["y_pred"] != predictions["y_true"]]
-    return wrong.sort_values(["p_top1", "idx"], ascending=[False, True]).head(n).reset_index(drop=True)
-
-
-def natural_key(values: pd.Series) -> pd.Series:
-    """Sort key that orders numbers as numbers (locations 2 before 10) and names alphabetically."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    return numeric if numeric.notna().all() else values.astype(str)
-
-
-def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
-    """Accuracy and count per split, group field present (FMoW region and year, iWildCam location) and
-    group: columns split, field, group, value, n; groups in natural order."""
-    fields = [f for f in (fields or GROUP_FIELDS) if f in predictions.columns]
-    frame = predictions if "split" in predictions.columns else predictions.assign(split="")
-    correct = frame["y_true"] == frame["y_pred"]
-    parts = []
-    for field in fields:
-        table = correct.groupby([frame["split"], frame[field]], sort=False).agg(value="mean", n="count").reset_index()
-        table = table.rename(columns={field: "group"}).assign(field=field)
-        parts.append(table.sort_values(["split", "group"], key=lambda s: natural_key(s) if s.name == "group" else s))
-    columns = ["split", "field", "group", "value", "n"]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import pandas as pd
-
 from .averaging import SOUP_VARIANTS, soup_variants
 from .config import METHODS
 from .runs import Run, load_records
@@ -53,25 +51,6 @@ def check_kept_weights(configs, force: bool = False) -> None:
     for cfg in configs if not force else ():
         if (run := Run.of(cfg)).is_done():
             run.kept_weights_digest()
-
-
-def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
-    """One soup record beside its ingredients (their `last` weights): a row per model and split with the
-    headline metric, whether the greedy soup kept it, and its score on the selection split."""
-    from .data import headline_metric
-
-    rows, greedy = [], set(record["soups"]["greedy_soup"]["ingredients"])
-    scores = record["selection"]["ingredient_scores"]
-    models = [(r["run_id"], f"lr={r['lr']:g}", (r.get("variants") or {}).get("last") or r["metrics"],
-               r["run_id"] in greedy, scores.get(r["run_id"])) for r in ingredients]
-    models += [(record["run_id"], v, record["variants"][v], None, record["soups"][v]["score"])
-               for v in ("uniform_soup", "greedy_soup")]
-    for run_id, model, metrics, kept, score in models:
-        for split, values in metrics.items():
-            metric = headline_metric(record["dataset"], split)
-            rows.append({"model": model, "split": split, "metric": metric, "value": values.get(metric),
-                         "in_greedy_soup": kept, f"{record['selection']['split']}_score": score})
-    return pd.DataFrame(rows)
 
 
 def _common(records: list[dict], key: str):
