@@ -164,9 +164,6 @@ class Averaging:
     def enabled(self, cfg) -> bool:
         return bool(getattr(cfg, self.enabled_by))
 
-    def takes(self, cfg, epoch: int) -> bool:
-        return epoch >= self.first_epoch(cfg)
-
 
 AVERAGES: dict[str, Averaging] = {
     # SWA (the study): the end-of-epoch weights of the last swa_last_k epochs, on the CPU.
