@@ -56,10 +56,9 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
 
 
 def top_classes(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """The `k` best classes per row of scores [N, C], best first: the one rule by which a class is
-    predicted everywhere. Ties go to the lowest class index on any device (a stable sort; `topk` breaks
-    them arbitrarily), so of classes with identical prompts the lowest is always predicted. Rank the
-    logits, not their softmax: float32 can round two logits to one probability."""
+    """The `k` best classes per row of scores [N, C], best first: the one rule by which a class is predicted
+    everywhere. Ties go to the lowest class on any device (a stable sort; `topk` breaks them arbitrarily).
+    Rank the logits, not their softmax: float32 can round two logits to one probability."""
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
@@ -124,11 +123,10 @@ def confidence_bins(conf: torch.Tensor, n_bins: int = CALIBRATION_BINS) -> torch
 
 
 def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BINS, *, kind: str = "auto") -> float:
-    """ECE of the top-1 prediction (`top_classes`) (Guo et al. 2017): `sum_b |B_b| / N * |acc(B_b) -
-    conf(B_b)|` over `confidence_bins`. `kind`: 'logits' (softmax in float64, so confident logits do
-    not saturate to 1.0 early), 'probs', or 'auto' (rows non-negative with sum 1 are probabilities).
-    torchmetrics' `MulticlassCalibrationError(norm='l1')` agrees except for a confidence exactly on a
-    bin edge (its bins are [lo, hi), and 1.0 gets a bin of its own)."""
+    """ECE of the top-1 prediction (Guo et al. 2017) over `confidence_bins`. `kind`: 'logits' (softmax in
+    float64: confident logits do not saturate to 1.0 early), 'probs', or 'auto' (rows >= 0 summing to 1
+    are probabilities). torchmetrics' `MulticlassCalibrationError(norm='l1')` agrees except for a
+    confidence exactly on a bin edge (its bins are [lo, hi), and 1.0 gets a bin of its own)."""
     if kind not in ("auto", "probs", "logits"):
         raise ValueError(f"kind={kind!r} must be 'auto', 'probs' or 'logits'")
     x, y = _checked(probs_or_logits, y, "probs_or_logits")

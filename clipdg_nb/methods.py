@@ -294,8 +294,7 @@ _check_specs()
 def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     """Run one config; returns its record (None on torchrun ranks other than 0). A finished run of the
     same identity is returned as it is unless `force`, marked `reused: True`; a run is claimed with a
-    file lock, so a second process asking for it waits and reads the record. `progress`: see `train.fit`.
-    """
+    file lock, so a second process asking for it waits and reads the record."""
     from filelock import FileLock
 
     cfg = cfg.validate()

@@ -1,9 +1,7 @@
 """The soup stage: uniform and greedy model soups (Wortsman et al. 2022, `averaging.soup_variants`)
 of finished runs of one (dataset, method, fraction) that kept their weights, chosen on the selection
-split only. `make_soups` writes one run folder under `soups_dir` (the greedy soup the headline, the
-uniform one a variant), identified by its ingredients by content (run ids and the kept weights'
-sha256, checked before reading) and its rule.
-"""
+split only. `make_soups` writes one run folder under `soups_dir` (headline: the greedy soup), identified
+by its rule and its ingredients by content (run ids and kept weights' sha256, checked before reading)."""
 from __future__ import annotations
 
 import hashlib

@@ -1,10 +1,6 @@
 """One fine-tuning loop for every end-to-end method, its resumable checkpoint, and the disk both take.
-
-`fit` reads top to bottom: optimizer, schedule and averages, resume, then per epoch train, average,
-choose on a *validation* split, checkpoint. Under torchrun every rank trains one DDP model on the same
-global batches (`devices.ShardedBatchSampler`); rank 0 alone writes. The LR schedules are functions of
-the epoch, so resuming replays them instead of pickling.
-"""
+Under torchrun every rank trains one DDP model on the same global batches (`devices.ShardedBatchSampler`);
+rank 0 alone writes. The LR schedules are functions of the epoch, so resuming replays them."""
 from __future__ import annotations
 
 import dataclasses
@@ -198,7 +194,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
                 f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         update_averages(averages, "epoch", cfg, epoch, model)
         schedule.end_epoch(epoch)
-        score = select(chosen, model, evaluate, epoch, losses, lr)
+        score, metrics = evaluate(model)  # on the selection split; the best epoch's weights are kept
+        chosen.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                               "lr": lr, "select_score": score, **metrics})
+        if score > chosen.best_score:
+            chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
         shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
                                  chosen.best_epoch, time.perf_counter() - epoch_started)
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
@@ -261,17 +261,6 @@ def update_averages(averages: dict, every: str, cfg, epoch: int, model: torch.nn
     for name, acc in averages.items():
         if AVERAGES[name].every == every and epoch >= AVERAGES[name].first_epoch(cfg):
             acc.update(model.state_dict())
-
-
-def select(chosen: FitResult, model: torch.nn.Module, evaluate: Callable, epoch: int, losses: list,
-           lr: float) -> float:
-    """Evaluate on the selection split, log the epoch, keep its weights if best so far; returns its score."""
-    score, metrics = evaluate(model)
-    chosen.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                           "lr": lr, "select_score": score, **metrics})
-    if score > chosen.best_score:
-        chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
-    return score
 
 
 # ---------------------------------------------------------------------------------------------
