@@ -41,7 +41,7 @@ _PUBLIC = {
     "ZeroShotConfig": "config", "FinetuneConfig": "config", "from_namespace": "config", "METHODS": "config",
     "Run": "runs", "note_runs": "runs", "say_reused": "runs", "tidy": "runs",
     "load_dataset": "data", "dataset_spec": "data", "class_names": "data", "DATASETS": "data",
-    "failure_cases": "evaluate", "group_accuracy": "evaluate",
+    "failure_cases": "analysis.tables", "group_accuracy": "analysis.tables",
     "title_suffix": "inputs", "weights_note": "inputs",
     "make_soups": "soups",
 }

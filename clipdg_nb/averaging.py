@@ -1,10 +1,7 @@
 """Weight averaging as small pure functions over state dicts: SWA, EMA, WiSE-FT and model soups.
-
-`AVERAGES` is the table of averaged variants `train.fit` produces, checkpoints and resumes; a new
-variant is one entry. Float entries (buffers included, as `AveragedModel(use_buffers=True)`) are
-averaged in at least float32 and cast back; non-float ones are copied. Checked against
-`torch.optim.swa_utils` in the tests.
-"""
+`AVERAGES`: the averaged variants `train.fit` produces, checkpoints and resumes (a new one is one entry).
+Float entries (buffers included, as `AveragedModel(use_buffers=True)`) are averaged in at least float32
+and cast back; non-float ones are copied. Checked against `torch.optim.swa_utils` in the tests."""
 from __future__ import annotations
 
 import copy
@@ -163,9 +160,6 @@ class Averaging:
 
     def enabled(self, cfg) -> bool:
         return bool(getattr(cfg, self.enabled_by))
-
-    def takes(self, cfg, epoch: int) -> bool:
-        return epoch >= self.first_epoch(cfg)
 
 
 AVERAGES: dict[str, Averaging] = {

@@ -141,6 +141,8 @@ class MethodSpec:
             raise ValueError(f"MethodSpec {name!r}: variants={self.variants!r}; name some of {list(VARIANT_KINDS)}")
         if (self.loss is None) == (self.trains == "end_to_end"):
             raise ValueError(f"MethodSpec {name!r}: field 'loss' is required for (and only for) end_to_end methods")
+        if self.init == "probe_first" and self.encoder != "clip" or self.init == "vision_tower" and self.encoder != "vision":
+            raise ValueError(f"MethodSpec {name!r}: init={self.init!r} does not go with encoder={self.encoder!r}")
 
     @property
     def end_to_end(self) -> bool:

@@ -1,5 +1,5 @@
 """Evaluation: batched prediction, WILDS's own metrics (exactly `dataset.eval(...)`'s), prediction
-tables, accuracy per group, failure cases, calibration."""
+tables, calibration."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import GROUP_FIELDS, dataset_spec, group_labels, metadata_column
+from .data import dataset_spec, group_labels, metadata_column
 from .devices import autocast
 
 TOP_K = 5
@@ -56,10 +56,9 @@ def predict_logits(model: torch.nn.Module, images: Dataset, normalize, device: t
 
 
 def top_classes(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """The `k` best classes per row of scores [N, C], best first: the one rule by which a class is
-    predicted everywhere. Ties go to the lowest class index on any device (a stable sort; `topk` breaks
-    them arbitrarily), so of classes with identical prompts the lowest is always predicted. Rank the
-    logits, not their softmax: float32 can round two logits to one probability."""
+    """The `k` best classes per row of scores [N, C], best first: the one rule by which a class is predicted
+    everywhere. Ties go to the lowest class on any device (a stable sort; `topk` breaks them arbitrarily).
+    Rank the logits, not their softmax: float32 can round two logits to one probability."""
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
@@ -88,33 +87,6 @@ def evaluate_logits(dataset, indices, logits: torch.Tensor, split: str):
     """(WILDS metrics, prediction frame) for one split."""
     frame = prediction_frame(dataset, indices, logits, split)
     return wilds_metrics(dataset, indices, frame["y_pred"].to_numpy()), frame
-
-
-def failure_cases(predictions: pd.DataFrame, n: int = 24) -> pd.DataFrame:
-    """Wrong predictions ranked by the model's confidence in the wrong class (most confident first)."""
-    wrong = predictions[predictions["y_pred"] != predictions["y_true"]]
-    return wrong.sort_values(["p_top1", "idx"], ascending=[False, True]).head(n).reset_index(drop=True)
-
-
-def natural_key(values: pd.Series) -> pd.Series:
-    """Sort key that orders numbers as numbers (locations 2 before 10) and names alphabetically."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    return numeric if numeric.notna().all() else values.astype(str)
-
-
-def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
-    """Accuracy and count per split, group field present (FMoW region and year, iWildCam location) and
-    group: columns split, field, group, value, n; groups in natural order."""
-    fields = [f for f in (fields or GROUP_FIELDS) if f in predictions.columns]
-    frame = predictions if "split" in predictions.columns else predictions.assign(split="")
-    correct = frame["y_true"] == frame["y_pred"]
-    parts = []
-    for field in fields:
-        table = correct.groupby([frame["split"], frame[field]], sort=False).agg(value="mean", n="count").reset_index()
-        table = table.rename(columns={field: "group"}).assign(field=field)
-        parts.append(table.sort_values(["split", "group"], key=lambda s: natural_key(s) if s.name == "group" else s))
-    columns = ["split", "field", "group", "value", "n"]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +123,10 @@ def confidence_bins(conf: torch.Tensor, n_bins: int = CALIBRATION_BINS) -> torch
 
 
 def expected_calibration_error(probs_or_logits, y, n_bins: int = CALIBRATION_BINS, *, kind: str = "auto") -> float:
-    """ECE of the top-1 prediction (`top_classes`) (Guo et al. 2017): `sum_b |B_b| / N * |acc(B_b) -
-    conf(B_b)|` over `confidence_bins`. `kind`: 'logits' (softmax in float64, so confident logits do
-    not saturate to 1.0 early), 'probs', or 'auto' (rows non-negative with sum 1 are probabilities).
-    torchmetrics' `MulticlassCalibrationError(norm='l1')` agrees except for a confidence exactly on a
-    bin edge (its bins are [lo, hi), and 1.0 gets a bin of its own)."""
+    """ECE of the top-1 prediction (Guo et al. 2017) over `confidence_bins`. `kind`: 'logits' (softmax in
+    float64: confident logits do not saturate to 1.0 early), 'probs', or 'auto' (rows >= 0 summing to 1
+    are probabilities). torchmetrics' `MulticlassCalibrationError(norm='l1')` agrees except for a
+    confidence exactly on a bin edge (its bins are [lo, hi), and 1.0 gets a bin of its own)."""
     if kind not in ("auto", "probs", "logits"):
         raise ValueError(f"kind={kind!r} must be 'auto', 'probs' or 'logits'")
     x, y = _checked(probs_or_logits, y, "probs_or_logits")

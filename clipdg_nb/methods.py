@@ -51,19 +51,12 @@ class Context:
     def method(self):
         return METHODS[self.cfg.method]
 
-    @property
-    def classnames(self) -> list[str]:
-        return class_names(self.cfg.dataset, self.dataset)  # from the dataset's own files where it has them
-
-    @property
-    def prompts(self) -> list[Callable[[str], str]]:
-        return prompt_functions(self.spec.templates(self.cfg.templates))
-
     def zero_shot_classifier(self, bundle, text_mode: str) -> ClipClassifier:
         """The zero-shot classifier; classes whose prompts are identical (real iWildCam has four) are
         warned of with the remedy, and kept for the record."""
-        names = self.classnames
-        groups = identical_prompt_classes(bundle.tokenizer, names, self.prompts)
+        names = class_names(self.cfg.dataset, self.dataset)  # from the dataset's own files where it has them
+        prompts = prompt_functions(self.spec.templates(self.cfg.templates))
+        groups = identical_prompt_classes(bundle.tokenizer, names, prompts)
         if groups:
             self.identical_prompts = [[{"y": y, "name": names[y]} for y in g] for g in groups]
             warnings.warn(f"{self.cfg.dataset}: classes with identical prompts, so their logits tie on every image and "
@@ -71,7 +64,7 @@ class Context:
                               f"{y} {names[y]!r}" for y in g) for g in groups) + ". To tell them apart, name them "
                           f"differently in {Path(self.dataset.data_dir) / CLASS_NAMES_FILE} (rows y,name; part of "
                           "the data fingerprint, so runs are redone)", UserWarning, stacklevel=2)
-        return ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, names, self.prompts, text_mode=text_mode)
+        return ClipClassifier.zero_shot(bundle.model, bundle.tokenizer, names, prompts, text_mode=text_mode)
 
     def indices(self, split: str) -> np.ndarray:
         return split_indices(self.dataset, split)
@@ -130,18 +123,17 @@ class Outcome:
 
 
 def _clip(cfg):
+    """(CLIP bundle, its preprocessing: the key of its cached features)."""
     if cfg.pretrained is None:
         torch.manual_seed(cfg.seed)  # random init (tiny configs, tests) is seeded, hence reproducible
-    return load_clip(cfg.model, weights_location(cfg.pretrained), device="cpu")
-
-
-def _clip_preprocessing(cfg, bundle) -> dict:
-    return {"encoder": "clip", "model": cfg.model, "pretrained": cfg.pretrained,
-            "init_seed": cfg.seed if cfg.pretrained is None else None,
-            "image_size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+    bundle = load_clip(cfg.model, weights_location(cfg.pretrained), device="cpu")
+    return bundle, {"encoder": "clip", "model": cfg.model, "pretrained": cfg.pretrained,
+                    "init_seed": cfg.seed if cfg.pretrained is None else None,
+                    "image_size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
 
 
 def _vision_model(cfg):
+    """(vision-only model, its preprocessing: the key of its cached features)."""
     n = dataset_spec(cfg.dataset).n_classes
     if cfg.vision_arch == "clip-visual":
         # its own weights file, else the CLIP model's image tower as pretrained
@@ -150,24 +142,21 @@ def _vision_model(cfg):
         weights = weights_location(weights)
         if weights is None:
             torch.manual_seed(cfg.seed)
-        return vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu", weights_arg=what))
-    torch.manual_seed(cfg.seed)
-    size = vision_image_size(cfg)
-    return vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights), image_size=size)
-
-
-def _vision_preprocessing(cfg, model) -> dict:
-    return {"encoder": "vision", "arch": cfg.vision_arch, "weights": cfg.vision_weights, "model": cfg.model,
-            "pretrained": cfg.pretrained, "init_seed": cfg.seed, "image_size": model.image_size,
-            "mean": list(model.mean), "std": list(model.std)}
+        model = vision_only(n, arch="clip-visual", clip=load_clip(cfg.model, weights, device="cpu", weights_arg=what))
+    else:
+        torch.manual_seed(cfg.seed)
+        model = vision_only(n, arch=cfg.vision_arch, weights=weights_location(cfg.vision_weights),
+                            image_size=vision_image_size(cfg))
+    return model, {"encoder": "vision", "arch": cfg.vision_arch, "weights": cfg.vision_weights, "model": cfg.model,
+                   "pretrained": cfg.pretrained, "init_seed": cfg.seed, "image_size": model.image_size,
+                   "mean": list(model.mean), "std": list(model.std)}
 
 
 def zero_shot(ctx: Context) -> Outcome:
     """CLIP with open_clip's zero-shot head (prompts from the templates) on every split."""
     cfg = ctx.cfg
-    bundle = _clip(cfg)
+    bundle, pre = _clip(cfg)
     clf = ctx.zero_shot_classifier(bundle, "frozen")
-    pre = _clip_preprocessing(cfg, bundle)
     with torch.no_grad():
         logits = {s: clf.head(torch.nn.functional.normalize(ctx.features(bundle.model, pre, s), dim=-1)).float()
                   for s in cfg.eval_splits}
@@ -194,11 +183,10 @@ def linear_probe(ctx: Context) -> Outcome:
     """A linear probe on the frozen features of CLIP's or the vision-only image tower (spec.encoder)."""
     cfg = ctx.cfg
     if ctx.method.encoder == "clip":
-        bundle = _clip(cfg)
-        encoder, pre = bundle.model, _clip_preprocessing(cfg, bundle)
+        bundle, pre = _clip(cfg)
+        encoder = bundle.model
     else:
-        encoder = _vision_model(cfg)
-        pre = _vision_preprocessing(cfg, encoder)
+        encoder, pre = _vision_model(cfg)
     probe, train_idx = _probe(ctx, encoder, pre)
     logits = {s: probe.logits(ctx.features(encoder, pre, s)).detach() for s in cfg.eval_splits}
     selection = {"split": cfg.select_split, "metric": selection_metric(cfg), "C": probe.C,
@@ -269,12 +257,12 @@ def initial_model(ctx: Context, fit_probe: bool = True):
     probe-first method an untrained head of the right shape (`soups` load kept weights into it)."""
     cfg, method = ctx.cfg, ctx.method
     if method.init == "vision_tower":
-        model = _vision_model(cfg)
+        model, _ = _vision_model(cfg)
         return model, (model.mean, model.std, model.image_size)
-    bundle = _clip(cfg)
+    bundle, pre = _clip(cfg)
     if method.init == "probe_first":
         if fit_probe:
-            probe, _ = _probe(ctx, bundle.model, _clip_preprocessing(cfg, bundle))
+            probe, _ = _probe(ctx, bundle.model, pre)
             weight, bias = probe.W, probe.b
         else:
             n, dim = ctx.spec.n_classes, bundle.model.visual.output_dim
@@ -290,16 +278,14 @@ BUILDERS: dict[str, Callable] = {"nothing": zero_shot, "probe": linear_probe, "e
 
 
 def _check_specs() -> None:
-    """Every spec's loss and hook exist (at import: not after an hour of caching features)."""
+    """Every spec's loss, hook and `trainable` exist (at import: not after an hour of caching features);
+    here, not in config.py, which names them without importing torch."""
     for spec in METHODS.values():
         for field, where, table in (("loss", "losses.LOSSES", LOSSES), ("after_step", "losses.AFTER_STEP", AFTER_STEP),
                                     ("trainable", "models.partial.TRAINABLE", TRAINABLE)):
-            name = getattr(spec, field)
-            if name is not None and name not in table:
+            if (name := getattr(spec, field)) is not None and name not in table:
                 raise ValueError(f"MethodSpec {spec.name!r}: field {field!r} names {name!r}, not in {where} "
                                  f"({sorted(table)})")
-        if spec.init == "probe_first" and spec.encoder != "clip" or spec.init == "vision_tower" and spec.encoder != "vision":
-            raise ValueError(f"MethodSpec {spec.name!r}: init={spec.init!r} does not go with encoder={spec.encoder!r}")
 
 
 _check_specs()
@@ -308,8 +294,7 @@ _check_specs()
 def run(cfg, force: bool = False, progress: bool | str = True) -> dict | None:
     """Run one config; returns its record (None on torchrun ranks other than 0). A finished run of the
     same identity is returned as it is unless `force`, marked `reused: True`; a run is claimed with a
-    file lock, so a second process asking for it waits and reads the record. `progress`: see `train.fit`.
-    """
+    file lock, so a second process asking for it waits and reads the record."""
     from filelock import FileLock
 
     cfg = cfg.validate()

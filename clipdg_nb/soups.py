@@ -1,9 +1,7 @@
 """The soup stage: uniform and greedy model soups (Wortsman et al. 2022, `averaging.soup_variants`)
 of finished runs of one (dataset, method, fraction) that kept their weights, chosen on the selection
-split only. `make_soups` writes one run folder under `soups_dir` (the greedy soup the headline, the
-uniform one a variant), identified by its ingredients by content (run ids and the kept weights'
-sha256, checked before reading) and its rule.
-"""
+split only. `make_soups` writes one run folder under `soups_dir` (headline: the greedy soup), identified
+by its rule and its ingredients by content (run ids and kept weights' sha256, checked before reading)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +10,6 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
-
-import pandas as pd
 
 from .averaging import SOUP_VARIANTS, soup_variants
 from .config import METHODS
@@ -53,25 +49,6 @@ def check_kept_weights(configs, force: bool = False) -> None:
     for cfg in configs if not force else ():
         if (run := Run.of(cfg)).is_done():
             run.kept_weights_digest()
-
-
-def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
-    """One soup record beside its ingredients (their `last` weights): a row per model and split with the
-    headline metric, whether the greedy soup kept it, and its score on the selection split."""
-    from .data import headline_metric
-
-    rows, greedy = [], set(record["soups"]["greedy_soup"]["ingredients"])
-    scores = record["selection"]["ingredient_scores"]
-    models = [(r["run_id"], f"lr={r['lr']:g}", (r.get("variants") or {}).get("last") or r["metrics"],
-               r["run_id"] in greedy, scores.get(r["run_id"])) for r in ingredients]
-    models += [(record["run_id"], v, record["variants"][v], None, record["soups"][v]["score"])
-               for v in ("uniform_soup", "greedy_soup")]
-    for run_id, model, metrics, kept, score in models:
-        for split, values in metrics.items():
-            metric = headline_metric(record["dataset"], split)
-            rows.append({"model": model, "split": split, "metric": metric, "value": values.get(metric),
-                         "in_greedy_soup": kept, f"{record['selection']['split']}_score": score})
-    return pd.DataFrame(rows)
 
 
 def _common(records: list[dict], key: str):

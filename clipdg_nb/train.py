@@ -1,12 +1,9 @@
 """One fine-tuning loop for every end-to-end method, its resumable checkpoint, and the disk both take.
-
-`fit` reads top to bottom: optimizer, schedule and averages, resume, then per epoch train, average,
-choose on a *validation* split, checkpoint. Under torchrun every rank trains one DDP model on the same
-global batches (`devices.ShardedBatchSampler`); rank 0 alone writes. The LR schedules are functions of
-the epoch, so resuming replays them instead of pickling.
-"""
+Under torchrun every rank trains one DDP model on the same global batches (`devices.ShardedBatchSampler`);
+rank 0 alone writes. The LR schedules are functions of the epoch, so resuming replays them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -80,23 +77,16 @@ class EpochSchedule:
 
 @dataclass
 class FitResult:
-    best_state: dict
-    last_state: dict
-    variants: dict  # averaged weights by name (averaging.AVERAGES, those enabled and updated): swa, ema
-    best_epoch: int
-    best_score: float
-    history: list = field(default_factory=list)
-    train_seconds: float = 0.0
-    resumed_from_epoch: int | None = None
-
-
-@dataclass
-class Selection:
-    """What the epochs so far chose and logged: the history and the best epoch on validation."""
+    """What the epochs so far chose and logged (the history, the best epoch on validation); once `fit`
+    returns, with the last weights and the averaged ones by name (those enabled and updated: swa, ema)."""
     history: list = field(default_factory=list)
     best_state: dict | None = None
     best_score: float = -math.inf
     best_epoch: int = -1
+    last_state: dict | None = None
+    variants: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    resumed_from_epoch: int | None = None
 
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
@@ -130,13 +120,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         desc: str = "training", loss_fn: Callable = cross_entropy,
         after_step: Callable[[torch.nn.Module], None] | None = None, no_decay=()) -> FitResult:
     """Train `model` on `train_images` (items: uint8 image, label, idx); returns its weight variants.
-
     `evaluate(model) -> (score, metrics)` on the selection split after each epoch; the highest score
     is `best_state` (ties keep the earlier). With `checkpoint_dir` an interrupted call resumes and ends
     with the same weights; a checkpoint is written every `cfg.checkpoint_every` epochs at least
-    `cfg.checkpoint_minutes` apart, and after the last. `progress`: see `notebook_kernel.progress_mode`.
-    `loss_fn`, `after_step` and `no_decay` (parameters without weight decay) come from the method's spec.
-    """
+    `cfg.checkpoint_minutes` apart, and after the last. `loss_fn`, `after_step` and `no_decay`
+    (parameters without weight decay) come from the method's spec."""
     world = devices.info()
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
@@ -150,15 +138,15 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
     loader, shards = _loader(train_images, sampler, cfg, device, world)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = json.dumps(cfg.identity(), sort_keys=True)
-    chosen, start_epoch, resumed = Selection(), 0, None
-    if ckpt is not None and ckpt.exists():  # resume: every rank reads the same file
-        resumed = resume(ckpt, fingerprint, model, optimizer, schedule, averages, chosen, device)
-        start_epoch = resumed or 0
+    chosen = FitResult()
+    resumed = (resume(ckpt, fingerprint, model, optimizer, schedule, averages, chosen, device)  # every rank reads it
+               if ckpt is not None and ckpt.exists() else None)
+    start_epoch = resumed or 0
     step_model = step_module(model, cfg, device, world)
 
     def train_step(x, y, epoch: int, step: int) -> torch.Tensor:
-        """One optimizer step; returns the loss shown (the global-batch mean under DDP), on the device:
-        nothing here waits for it (a non-finite loss is caught at the epoch's end)."""
+        # returns the loss shown (the global-batch mean under DDP) on the device: nothing here waits
+        # for it (a non-finite loss is caught at the epoch's end)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, augmentation_generator(device, cfg.seed, epoch, step, world.rank))
@@ -206,7 +194,11 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
                 f"{kept}. Lower lr, set grad_clip, or use precision='fp32'.")
         update_averages(averages, "epoch", cfg, epoch, model)
         schedule.end_epoch(epoch)
-        score = select(chosen, model, evaluate, epoch, losses, lr)
+        score, metrics = evaluate(model)  # on the selection split; the best epoch's weights are kept
+        chosen.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                               "lr": lr, "select_score": score, **metrics})
+        if score > chosen.best_score:
+            chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
         shown_progress.end_epoch(epoch, chosen.history[-1]["train_loss"], score_name, score, chosen.best_score,
                                  chosen.best_epoch, time.perf_counter() - epoch_started)
         due = (epoch + 1) % cfg.checkpoint_every == 0 and time.perf_counter() - saved >= 60 * cfg.checkpoint_minutes
@@ -218,16 +210,14 @@ def fit(model: torch.nn.Module, train_images: Dataset, train_groups, cfg, *, nor
         world.barrier()  # no rank starts the next epoch before rank 0's checkpoint is written
     shown_progress.close()
 
-    return FitResult(
-        best_state=chosen.best_state if chosen.best_state is not None else cpu_state(model),
-        last_state=cpu_state(model),
-        variants={name: acc.state_dict() for name, acc in averages.items() if acc.n_averaged},
-        best_epoch=chosen.best_epoch, best_score=chosen.best_score, history=chosen.history,
+    return dataclasses.replace(
+        chosen, best_state=chosen.best_state if chosen.best_state is not None else cpu_state(model),
+        last_state=cpu_state(model), variants={name: acc.state_dict() for name, acc in averages.items() if acc.n_averaged},
         train_seconds=time.perf_counter() - started, resumed_from_epoch=resumed)
 
 
 def resume(ckpt: Path, fingerprint: str, model, optimizer, schedule: EpochSchedule, averages: dict,
-           chosen: Selection, device: torch.device) -> int | None:
+           chosen: FitResult, device: torch.device) -> int | None:
     """Restore weights, optimizer, schedule, averages, selection and RNG from a checkpoint of the same
     run (identity); returns the epoch to start from, None when it is another run's or its optimizer
     state has other shapes (written before only the used token rows trained)."""
@@ -269,20 +259,8 @@ def step_module(model: torch.nn.Module, cfg, device: torch.device, world: device
 def update_averages(averages: dict, every: str, cfg, epoch: int, model: torch.nn.Module) -> None:
     """Fold the current weights into each average updated `every` 'step' or 'epoch' from its first epoch on."""
     for name, acc in averages.items():
-        avg = AVERAGES[name]
-        if avg.every == every and avg.takes(cfg, epoch):
+        if AVERAGES[name].every == every and epoch >= AVERAGES[name].first_epoch(cfg):
             acc.update(model.state_dict())
-
-
-def select(chosen: Selection, model: torch.nn.Module, evaluate: Callable, epoch: int, losses: list,
-           lr: float) -> float:
-    """Evaluate on the selection split, log the epoch, keep its weights if best so far; returns its score."""
-    score, metrics = evaluate(model)
-    chosen.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                           "lr": lr, "select_score": score, **metrics})
-    if score > chosen.best_score:
-        chosen.best_score, chosen.best_epoch, chosen.best_state = score, epoch + 1, cpu_state(model)
-    return score
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,8 +321,7 @@ def restore_optimizer(optimizer, tensors: dict, groups: list) -> None:
 
 def meta_model(cfg) -> torch.nn.Module:
     """The model `methods.end_to_end` trains for `cfg`, shapes only, with what trains as its spec says:
-    the whole CLIP when the text tower trains (of its token table only the prompts' rows,
-    `models.text.UsedRowsEmbedding`), else the image tower and a linear head."""
+    the whole CLIP when the text tower trains, else the image tower and a linear head."""
     import logging
 
     import open_clip

@@ -9,7 +9,7 @@ import pytest
 
 from clipdg_nb import analysis, runs
 from clipdg_nb.analysis import stats, tables
-from clipdg_nb.evaluate import group_accuracy
+from clipdg_nb.analysis.tables import group_accuracy
 
 # identical fake differences across seeds make scipy warn about precision; the numbers are exact
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")

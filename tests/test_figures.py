@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from clipdg_nb.analysis import figures
-from clipdg_nb.evaluate import group_accuracy
+from clipdg_nb.analysis.tables import group_accuracy
 
 
 def fmow_predictions():

@@ -10,7 +10,8 @@ import sklearn.metrics
 import torch
 
 from clipdg_nb.data import split_indices
-from clipdg_nb.evaluate import group_accuracy, prediction_frame, wilds_metrics
+from clipdg_nb.analysis.tables import group_accuracy
+from clipdg_nb.evaluate import prediction_frame, wilds_metrics
 
 
 @pytest.fixture

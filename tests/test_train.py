@@ -241,7 +241,7 @@ def test_checkpoints_are_bounded_by_epochs_and_minutes_and_the_last_is_always_wr
     def resumes(params):
         opt = train.make_optimizer(cfg, params)
         return train.resume(tmp_path / "2" / train.CHECKPOINT, fingerprint, _tiny_setup(easy_root)[0], opt,
-                            train.EpochSchedule(cfg, opt), {}, train.Selection(), torch.device("cpu"))
+                            train.EpochSchedule(cfg, opt), {}, train.FitResult(), torch.device("cpu"))
     same = [torch.nn.Parameter(torch.zeros(p.shape)) for p in model.parameters()]
     assert resumes(same) == 4 and resumes([torch.nn.Parameter(torch.zeros(3))] + same[1:]) is None
 

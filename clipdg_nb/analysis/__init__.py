@@ -17,7 +17,7 @@ from .. import paths, runs
 from . import stats
 from .stats import logit, sigmoid
 from ..data import TEST_SPLITS, VALIDATION_SPLITS, dataset_spec, headline_metric
-from .tables import NO_LR, HEADLINE_COLUMNS, with_lr_key, headline_table
+from .tables import NO_LR, HEADLINE_COLUMNS, group_accuracy, with_lr_key, headline_table
 
 RUN_KEYS = ["dataset", "method", "fraction", "seed", "lr"]
 
@@ -246,7 +246,6 @@ def worst_groups(df: pd.DataFrame, split: str, field: str, k: int | None = 3,
     rows = df[(df["split"] == split) & df["headline"] & df["metric"].str.startswith(f"acc_{field}:")]
     parts = [rows.assign(group=rows["metric"].str.split(":", n=1).str[1])]
     if rows.empty and output_dir is not None:
-        from ..evaluate import group_accuracy
         parts = []
         for run in df[df["headline"]].drop_duplicates("run_id").itertuples(index=False):
             found = runs.Run(paths.experiment_dir(output_dir, run.experiment) / run.run_id)

@@ -119,7 +119,7 @@ def group_bars(table: pd.DataFrame, title: str = "Accuracy per group", yaxis_tit
     """Per-group accuracy: one panel (with its own x axis) per metadata field, groups in natural
     order, one colour per split in every panel, one legend.
 
-    `table`: long rows with split, field, group, value (and n): `evaluate.group_accuracy`.
+    `table`: long rows with split, field, group, value (and n): `tables.group_accuracy`.
     """
     require_columns(table, ["split", "field", "group", "value"], "group_bars")
     fields = list(dict.fromkeys(table["field"]))

@@ -124,7 +124,7 @@ def failure_gallery_html(failures: pd.DataFrame, class_names: Sequence[str], get
                          group_fields: Sequence[str] = GROUP_FIELDS) -> str:
     """A static HTML grid of failures: thumbnail, true and predicted label, confidence, groups.
 
-    `failures`: rows of a predictions frame (idx, y_true, y_pred, p_top1; e.g. `evaluate.failure_cases`);
+    `failures`: rows of a predictions frame (idx, y_true, y_pred, p_top1; e.g. `tables.failure_cases`);
     `get_image(idx)`: the image of a full-dataset index (e.g. `dataset.get_input`).
     """
     require_columns(failures, ["idx", "y_true", "y_pred", "p_top1"], "failure_gallery_html")

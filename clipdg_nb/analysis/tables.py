@@ -1,5 +1,6 @@
-"""Tables the notebooks and `clipdg table` show: one run's metrics, its weight variants, the
-plan of a sweep point, and an experiment's headline numbers per method (with intervals)."""
+"""Tables the notebooks and `clipdg table` show: one run's metrics, its weight variants, accuracy
+per group and failure cases of its saved predictions, a soup beside its ingredients, the plan of a
+sweep point, and an experiment's headline numbers per method (with intervals)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import METHODS
-from ..data import headline_metric
+from ..data import GROUP_FIELDS, headline_metric
 
 
 NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
@@ -72,6 +73,52 @@ def variant_table(record: dict, splits: Sequence[str] | None = None, metric: str
             rows.append({"variant": variant, "split": split, "metric": name,
                          "value": math.nan if value is None else float(value)})
     return pd.DataFrame(rows, columns=["variant", "split", "metric", "value"])
+
+
+def natural_key(value) -> tuple:
+    """Sort key: numbers by value (camera locations 2 before 10, years), then text alphabetically."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def group_accuracy(predictions: pd.DataFrame, fields=None) -> pd.DataFrame:
+    """Accuracy and count per split, group field present (FMoW region and year, iWildCam location) and
+    group: columns split, field, group, value, n; groups in natural order."""
+    fields = [f for f in (fields or GROUP_FIELDS) if f in predictions.columns]
+    frame = predictions if "split" in predictions.columns else predictions.assign(split="")
+    correct = frame["y_true"] == frame["y_pred"]
+    parts = []
+    for field in fields:
+        table = correct.groupby([frame["split"], frame[field]], sort=False).agg(value="mean", n="count").reset_index()
+        table = table.rename(columns={field: "group"}).assign(field=field)
+        parts.append(table.sort_values(["split", "group"], key=lambda s: s.map(natural_key) if s.name == "group" else s))
+    columns = ["split", "field", "group", "value", "n"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def failure_cases(predictions: pd.DataFrame, n: int = 24) -> pd.DataFrame:
+    """Wrong predictions ranked by the model's confidence in the wrong class (most confident first)."""
+    wrong = predictions[predictions["y_pred"] != predictions["y_true"]]
+    return wrong.sort_values(["p_top1", "idx"], ascending=[False, True]).head(n).reset_index(drop=True)
+
+
+def soup_table(record: Mapping, ingredients: list[Mapping]) -> pd.DataFrame:
+    """One soup record beside its ingredients (their `last` weights): a row per model and split with the
+    headline metric, whether the greedy soup kept it, and its score on the selection split."""
+    rows, greedy = [], set(record["soups"]["greedy_soup"]["ingredients"])
+    scores = record["selection"]["ingredient_scores"]
+    models = [(r["run_id"], f"lr={r['lr']:g}", (r.get("variants") or {}).get("last") or r["metrics"],
+               r["run_id"] in greedy, scores.get(r["run_id"])) for r in ingredients]
+    models += [(record["run_id"], v, record["variants"][v], None, record["soups"][v]["score"])
+               for v in ("uniform_soup", "greedy_soup")]
+    for run_id, model, metrics, kept, score in models:
+        for split, values in metrics.items():
+            metric = headline_metric(record["dataset"], split)
+            rows.append({"model": model, "split": split, "metric": metric, "value": values.get(metric),
+                         "in_greedy_soup": kept, f"{record['selection']['split']}_score": score})
+    return pd.DataFrame(rows)
 
 
 HEADLINE_KEYS = ["dataset", "method", "variant", "fraction", "lr"]

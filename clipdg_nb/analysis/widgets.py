@@ -20,20 +20,13 @@ import pandas as pd
 from .comparison import B_SUFFIX, CATEGORIES, check_predictions, comparison_title, compare_runs
 from .figures import split_title, variant_title
 from .plots import thumbnail_png
+from .tables import natural_key
 from ..data import GROUP_FIELDS
 
 _FILTERS = ("split", "groups", "true_class", "pred_class", "errors_only", "category")
 ALL = "(all)"
 SEARCH_FROM = 25  # class lists at least this long get a searchable box (iWildCam: 182 classes) instead of a dropdown
 NO_MATCH = "no example matches these filters"
-
-
-def natural_key(value) -> tuple:
-    """Sort key: numbers by value (camera locations 0, 1, 2, ..., 10, years), then text."""
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
 
 
 class FailureBrowser:
