@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .spec import DatasetSpec, metadata_csv_paths
 
 TRAIN_CENTRES = (0, 3, 4)
@@ -31,7 +30,6 @@ def class_names(folder: Path | None = None) -> list[str]:
 image_paths = metadata_csv_paths(
     lambda r: f"patches/patient_{r.patient}_node_{r.node}/patch_patient_{r.patient}_node_{r.node}_x_{r.x_coord}_y_{r.y_coord}.png",
     index_col=0, dtype={"patient": "str"})
-
 
 
 SPEC = DatasetSpec(

@@ -14,6 +14,7 @@ import numpy as np
 from .checks import DatasetFormatError, remedy
 from .spec import DatasetSpec
 
+
 def class_names(folder: Path | None = None) -> list[str]:
     """WILDS's own `categories` list (the release has no class file), with spaces for underscores."""
     from wilds.datasets.fmow_dataset import categories
@@ -45,7 +46,6 @@ def check_images(dataset, folder: Path) -> None:
             f"({'; '.join(problems)}). WILDS finds row i's image at images/rgb_img_{{i}}.png, so rows and images "
             f"must match one to one: with a row removed or added every later image would get another row's "
             f"label. {remedy(folder)}")
-
 
 
 SPEC = DatasetSpec(

@@ -55,7 +55,6 @@ def label_gaps(folder: Path, error: Exception) -> str:
     return f"; {'; '.join(found)}" if found else ""
 
 
-
 SPEC = DatasetSpec(
     name="iwildcam", version="2.0", loader="IWildCamDataset",
     splits=("train", "id_val", "id_test", "val", "test"),

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from .spec import ALL_SPLITS, ID_SPLITS
+from .spec import ALL_SPLITS
 
 # One split vocabulary for every dataset (WILDS's own names): ID = the training domains. A dataset
 # has some of them (its spec's `splits`; Camelyon17, e.g., has no id_test).
@@ -15,8 +15,6 @@ SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val
 VALIDATION_SPLITS = ("id_val", "val")
 TEST_SPLITS = ("id_test", "test")
 EVAL_SPLITS = tuple(s for s in SPLITS if s != "train")
-__all__ = ["SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
-           "split_indices", "fraction_indices", "metadata_column", "group_labels"]
 
 
 def split_indices(dataset, split: str) -> np.ndarray:
