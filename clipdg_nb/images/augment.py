@@ -163,14 +163,11 @@ class BatchAugment(torch.nn.Module):
         super().__init__()
         self.flip_p, self.jitter, self.degrees, self.out_dtype = flip_p, jitter, degrees, out_dtype
 
-    def sample(self, n: int, generator: torch.Generator, device=None) -> AugParams:
-        return sample_params(n, generator, device, self.flip_p, self.jitter, self.degrees)
-
     def forward(self, images: torch.Tensor, generator: torch.Generator,
                 out: torch.Tensor | None = None) -> torch.Tensor:
         if generator.device.type != images.device.type:
             raise ValueError(f"generator on {generator.device} but images on {images.device}")
-        params = self.sample(images.shape[0], generator, images.device)
+        params = sample_params(images.shape[0], generator, images.device, self.flip_p, self.jitter, self.degrees)
         return apply_params(images, params, self.out_dtype, out=out)
 
     def extra_repr(self) -> str:
