@@ -6,8 +6,7 @@ val (metadata.csv's `split` column: 0 or 1), hospital 1 is OOD val and hospital 
 (the loader sets their split from the `center` column, whatever the CSV says). There is no ID test
 split. WILDS evaluates `acc_avg` (and per slide, `acc_wg`); `acc_avg` is the headline for ID and OOD.
 Patches live at patches/patient_{p}_node_{n}/patch_patient_{p}_node_{n}_x_{x}_y_{y}.png, where
-metadata.csv's `patient` is a zero-padded string (read with dtype str).
-"""
+metadata.csv's `patient` is a zero-padded string (read with dtype str)."""
 from __future__ import annotations
 
 from pathlib import Path

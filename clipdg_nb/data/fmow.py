@@ -2,8 +2,7 @@
 
 Train < 2013, OOD val 2013-15, OOD test >= 2016 (the year comes from the timestamp), reported per
 region and year; `acc_avg` on ID splits, `acc_worst_region` on OOD ones. Images are addressed by
-row: row i of rgb_metadata.csv is images/rgb_img_{i}.png.
-"""
+row: row i of rgb_metadata.csv is images/rgb_img_{i}.png."""
 from __future__ import annotations
 
 import os

@@ -2,8 +2,7 @@
 
 Splits come from metadata.csv's `split` column (OOD val and test are camera locations training
 never saw); reported per location; `F1-macro_all` on every split. Each image is named in
-metadata.csv's `filename` column, under train/.
-"""
+metadata.csv's `filename` column, under train/."""
 from __future__ import annotations
 
 import csv

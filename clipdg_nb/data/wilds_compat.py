@@ -6,8 +6,7 @@
    `ScatterFreeAccuracy` does it with `index_add_`, swapped in by `ScatterFreeGroupEval` for the
    FMoW and Camelyon17 `eval`s. iWildCam's `eval` runs unmodified.
 
-Metric names and numbers stay exactly WILDS's; only its public methods are overridden or called.
-"""
+Metric names and numbers stay exactly WILDS's; only its public methods are overridden or called."""
 from __future__ import annotations
 
 import warnings
@@ -27,9 +26,10 @@ class ScatterFreeAccuracy(Accuracy):
 
     def compute_group_wise(self, y_pred, y_true, g, n_groups, return_dict=True):
         element_wise = self.compute_element_wise(y_pred, y_true, return_dict=False).float()
-        group_counts = torch.zeros(n_groups, device=g.device).index_add_(0, g, torch.ones_like(element_wise))
+        zeros = torch.zeros(n_groups, device=g.device)
+        group_counts = zeros.clone().index_add_(0, g, torch.ones_like(element_wise))
         # empty groups get mean 0, like torch_scatter.scatter(reduce='mean')
-        group_metrics = torch.zeros(n_groups, device=g.device).index_add_(0, g, element_wise) / group_counts.clamp(min=1)
+        group_metrics = zeros.index_add_(0, g, element_wise) / group_counts.clamp(min=1)
         worst = self.worst(group_metrics[group_counts > 0])
         if not return_dict:
             return group_metrics, group_counts, worst

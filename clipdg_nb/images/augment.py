@@ -7,8 +7,7 @@ path truncates after every op: 1-2 levels apart; nearest sampling near a half-pi
 the neighbour). Draws come from the caller's `torch.Generator` (seeded per (seed, epoch, step)) in a
 fixed order: flip, brightness/contrast/saturation, jitter order, angle; CPU and CUDA streams differ.
 On a CPU, chunking to the L2 cache and folding the flip into the rotation grid make it about 4x the
-per-sample loop (benchmarks/bench_augment.py).
-"""
+per-sample loop (benchmarks/bench_augment.py)."""
 from __future__ import annotations
 
 import math

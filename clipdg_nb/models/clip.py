@@ -55,10 +55,6 @@ class ClipBundle:
     pretrained: str | None
     quick_gelu: bool = False
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.visual.output_dim)
-
 
 def _check_model_name(name: str) -> str:
     """open_clip's spelling of a built-in name ('ViT-B/32' -> 'ViT-B-32'); ValueError if unknown."""
