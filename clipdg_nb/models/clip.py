@@ -171,8 +171,7 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, c
     config and weights from a folder; "hf-hub:org/repo" is passed through to open_clip.
     QuickGELU is forced for tags trained with it (incl. "openai") and when `quick_gelu=True`.
     A weights file that is unreadable or of another architecture raises `WeightsFileError` /
-    `WeightsMismatchError`, naming it as `weights_arg` (e.g. 'vision_weights').
-    """
+    `WeightsMismatchError`, naming it as `weights_arg` (e.g. 'vision_weights')."""
     register_tiny_configs()
     name, kind, tag_cfg = _resolve_source(model_name, pretrained, weights_arg)
     pretrained = None if pretrained is None else str(pretrained)
