@@ -14,7 +14,7 @@ def test_decoded_and_normalised_equals_open_clip_preprocess(fmow, tmp_path):
     preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
     idx = split_indices(fmow, "id_val")[:8]
     arr = decode_split(fmow, idx, size, cache_dir=tmp_path)
-    ours = Normalize(mean, std)(torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2))
+    ours = Normalize(mean, std)(torch.from_numpy(np.array(arr)))
     ref = torch.stack([preprocess(fmow.get_input(int(i))) for i in idx])
     assert ours.shape == ref.shape == (8, 3, size, size)
     assert torch.allclose(ours, ref, atol=1e-5)

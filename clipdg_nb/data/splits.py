@@ -27,6 +27,16 @@ def split_indices(dataset, split: str) -> np.ndarray:
     return np.flatnonzero(np.asarray(dataset.split_array) == dataset.split_dict[split])
 
 
+def subset_rows(pool: np.ndarray, indices, split: str = "the split") -> np.ndarray:
+    """Positions of `indices` (full-dataset ids) within a split's ascending index array `pool`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = np.searchsorted(pool, indices)
+    ok = (rows < len(pool)) & (pool[np.minimum(rows, len(pool) - 1)] == indices)
+    if not ok.all():
+        raise ValueError(f"indices {indices[~ok][:5].tolist()} are not in {split}")
+    return rows
+
+
 def fraction_indices(dataset, fraction: float, seed: int, stratify: bool = False, split: str = "train") -> np.ndarray:
     """A seeded subset holding `fraction` of `split` (full-dataset indices, ascending). Subsets of one seed
     are nested: prefixes of one permutation (per class with `stratify`, which keeps >= 1 example of every

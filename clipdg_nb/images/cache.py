@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ..data.splits import split_indices
+from ..data.splits import split_indices, subset_rows
 from ..fingerprint import CacheRebuiltWarning, content_fingerprint, identity_mismatch, image_digests
 from ..paths import atomic_path
 from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, image_names, load_uint8
@@ -139,12 +139,7 @@ class SplitCache:
 
     def rows_of(self, indices) -> np.ndarray:
         """Rows of these dataset indices (all must belong to this split)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        rows = np.searchsorted(self.indices, indices)
-        ok = (rows < len(self.indices)) & (self.indices[np.minimum(rows, len(self.indices) - 1)] == indices)
-        if not ok.all():
-            raise ValueError(f"indices {indices[~ok][:5].tolist()} are not in split {self.split!r}")
-        return rows
+        return subset_rows(self.indices, indices, f"split {self.split!r}")
 
     # -- state on disk ------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ def prepare_splits(dataset, splits: Sequence[str], image_size: int, cache_dir=DE
 
 
 class Normalize(torch.nn.Module):
-    """uint8 NCHW batch -> normalised float, done on whatever device the batch is on."""
+    """uint8 NCHW (or NHWC: evaluation's slices of the cache) batch -> normalised float, on the batch's device."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -103,6 +103,8 @@ class Normalize(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8 and x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
         return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
 
 
