@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     # (a) end to end: forward through the frozen tower at every step
     torch.manual_seed(0)
-    head = torch.nn.Linear(bundle.embed_dim, n_classes).to(device)
+    head = torch.nn.Linear(bundle.model.visual.output_dim, n_classes).to(device)
     clf = ClipClassifier.from_linear_probe(bundle.model, head.weight.detach(), head.bias.detach()).to(device)
     clf.visual.requires_grad_(False)
     opt = torch.optim.Adam(clf.head.parameters(), lr=args.lr) if args.optimizer == "adam" else \

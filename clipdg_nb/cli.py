@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def _cmd_synth(args) -> int:
-    from .data import format_summary, load_dataset
+    from .analysis.tables import format_summary
+    from .data import load_dataset
     from .demo.synthetic import SynthConfig, real_profile_config, write_synthetic
 
     if args.profile == "real":  # the real benchmarks' image sizes and formats, `--count` train images
@@ -25,8 +26,9 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from .data import format_summary, load_dataset
     from .analysis.summary import data_kind
+    from .analysis.tables import format_summary
+    from .data import load_dataset
 
     for name in args.datasets:
         print(format_summary(name, load_dataset(name, args.root)))

@@ -25,7 +25,8 @@ from .images import Normalize, SplitCache, image_split
 from .inputs import up_front_problem, vision_image_size, weights_location, weights_of
 from .models import (ClipClassifier, encode_images, fit_linear_probe, identical_prompt_classes, load_clip,
                      vision_only)
-from .models.features import cached_split_features, content_key, subset_rows
+from .data.splits import subset_rows
+from .models.features import cached_split_features, content_key
 from .models.partial import TRAINABLE
 from .devices import resolve_device, resolve_precision
 from .runs import Run

@@ -84,7 +84,7 @@ def test_prepare_decodes_every_split_an_experiment_needs_once(synth_root, tmp_pa
     n = sum(len(SplitCache(ds, s, 32, cache)) for s in ("train", "id_val", "test"))
     assert f"{n} image(s) decoded now" in first and "0 image(s) decoded now" in again
     for split in ("train", "id_val", "test"):
-        assert SplitCache(ds, split, 32, cache).filled().all()
+        assert SplitCache(ds, split, 32, cache).marks()[0].all()
 
 
 def test_an_os_error_is_one_line_naming_the_path_and_free_space_exit_1(tmp_path, capsys, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 import wilds
 
 from clipdg_nb import data
+from clipdg_nb.analysis.tables import split_summary
 from clipdg_nb.data import DatasetNotFoundError, fraction_indices, load_dataset, split_indices
 
 
@@ -342,7 +343,7 @@ def test_camelyon17_synthetic_is_the_wilds_format(camelyon17_root, camelyon17):
     hospital = data.metadata_column(camelyon17, "hospital")
     assert {s: sorted(set(hospital[split_indices(camelyon17, s)].tolist())) for s in ("train", "id_val", "val", "test")} \
         == {"train": [0, 3, 4], "id_val": [0, 3, 4], "val": [1], "test": [2]}
-    assert list(data.split_summary(camelyon17)["split"]) == ["train", "id_val", "val", "test"]
+    assert list(split_summary(camelyon17)["split"]) == ["train", "id_val", "val", "test"]
     assert data.class_names("camelyon17", camelyon17) == ["normal", "tumor"]
     assert data.prompt_templates("camelyon17") == ["a histopathology patch of {c} lymph node tissue"]
     assert len(data.prompt_templates("camelyon17", "ensemble")) == 5

@@ -39,7 +39,7 @@ def test_tiny_configs_register_idempotently_and_forward():
     assert len(_MODEL_CONFIG_PATHS) == n_paths
     for name, size in [("clipdg-tiny-vit", 32), ("clipdg-tiny-vit-64", 64)]:
         b = M.load_clip(name)
-        assert b.image_size == size and b.embed_dim == 64 and not b.model.training
+        assert b.image_size == size and b.model.visual.output_dim == 64 and not b.model.training
         assert b.tokenizer.context_length == 20 == open_clip.get_tokenizer(name).context_length
         tokens = b.tokenizer(["a photo of a cat"])
         assert tokens.shape == (1, 20)

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from clipdg_nb.models.text import can_trim, encode_text_trimmed, needed_length, trim_tokens
+from clipdg_nb.models.text import can_trim, encode_text_trimmed, trim_tokens
 
 DATA = Path(__file__).resolve().parents[1] / "clipdg_nb" / "data_files"
 FEATURE_ATOL = 1e-5  # the trimmed pass drops only exactly-masked keys; measured difference is 0.0
@@ -60,8 +60,8 @@ def test_trim_tokens_keeps_every_eot_and_drops_only_pads():
     assert trimmed.shape[1] < 77
     assert torch.equal(trimmed.argmax(dim=-1), eot)
     assert (tokens[:, trimmed.shape[1]:] == 0).all()
-    assert needed_length(tokens, "first") == 1
-    assert needed_length(tokens, "eos", eos_id=int(tokens.max())) == trimmed.shape[1]
+    assert trim_tokens(tokens, "first").shape[1] == 1
+    assert torch.equal(trim_tokens(tokens, "eos", eos_id=int(tokens.max())), trimmed)
 
 
 @pytest.mark.parametrize("name, kwargs", [

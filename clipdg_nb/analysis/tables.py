@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import METHODS
-from ..data import GROUP_FIELDS, headline_metric
+from ..data import GROUP_FIELDS, SPLIT_TITLES, dataset_spec, group_labels, headline_metric, metadata_column, split_indices
 
 
 NO_LR = -1.0  # stands for "no learning rate" (zero-shot, probes) where pandas would drop NaN keys
@@ -191,9 +191,28 @@ def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
     return frame
 
 
-def _split_title(split: str) -> str:
-    from ..data import SPLIT_TITLES
+def split_summary(dataset) -> pd.DataFrame:
+    """One row per split the dataset has: size, classes present, and the groups it holds."""
+    spec = dataset_spec(dataset.dataset_name)
+    y = np.asarray(dataset.y_array)
+    rows = []
+    for split in spec.splits:
+        idx = split_indices(dataset, split)
+        row = {"split": split, "title": SPLIT_TITLES[split], "n": len(idx), "classes": int(len(np.unique(y[idx])))}
+        for field in spec.eval_groups:
+            names = group_labels(dataset, field, np.unique(metadata_column(dataset, field)[idx]))
+            row[field] = ", ".join(names) if len(names) <= 6 else f"{len(names)} {field}s"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
+
+def format_summary(name: str, dataset) -> str:
+    """A loaded dataset in words: its folder, size and classes, then `split_summary`."""
+    table = split_summary(dataset)
+    return f"{name} ({dataset.data_dir}): {len(dataset)} images, {dataset.n_classes} classes\n" + table.to_string(index=False)
+
+
+def _split_title(split: str) -> str:
     return SPLIT_TITLES.get(split, split)
 
 

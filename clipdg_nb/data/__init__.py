@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from . import camelyon17, checks, fmow, iwildcam
 from .checks import DatasetFormatError
-from .prompts import TEMPLATE_SETS, prompt_functions, render_prompt
-from .samplers import SAMPLERS, EpochShuffleSampler, GroupUniformSampler
-from .spec import DatasetSpec
-from .splits import (EVAL_SPLITS, ID_SPLITS, SPLIT_TITLES, SPLITS, TEST_SPLITS, VALIDATION_SPLITS, fraction_indices,
+from .prompts import TEMPLATE_SETS, prompt_functions, render_prompt  # noqa: F401
+from .samplers import SAMPLERS, EpochShuffleSampler, GroupUniformSampler  # noqa: F401
+from .spec import ID_SPLITS, DatasetSpec  # noqa: F401
+from .splits import (EVAL_SPLITS, SPLIT_TITLES, SPLITS, TEST_SPLITS, VALIDATION_SPLITS, fraction_indices,  # noqa: F401
                      group_labels, metadata_column, split_indices)
 
 _MODULES = (fmow, iwildcam, camelyon17)
@@ -21,13 +19,6 @@ DATASETS: dict[str, DatasetSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
 DEMO_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.in_demo)  # the offline default's
 GROUP_FIELDS = tuple(dict.fromkeys(f for spec in DATASETS.values() for f in spec.eval_groups))
 
-__all__ = ["DATASETS", "DEMO_DATASETS", "GROUP_FIELDS", "DatasetSpec", "DatasetFormatError", "DatasetNotFoundError",
-           "dataset_spec", "headline_metric", "data_present", "load_dataset", "class_names", "CLASS_NAMES_FILE",
-           "dataset_splits", "check_select_split",
-           "TEMPLATE_SETS", "prompt_templates", "render_prompt", "prompt_functions",
-           "SAMPLERS", "GroupUniformSampler", "EpochShuffleSampler",
-           "SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
-           "split_indices", "fraction_indices", "metadata_column", "group_labels", "split_summary", "format_summary"]
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -100,28 +91,6 @@ def class_names(name: str, data=None) -> list[str]:
 def prompt_templates(name: str, kind: str = "paper") -> list[str]:
     """A registered dataset's templates (`kind`: one of TEMPLATE_SETS), with `{c}` for the class name."""
     return dataset_spec(name).templates(kind)
-
-
-def split_summary(dataset):
-    """One row per split the dataset has: size, classes present, and the groups it holds."""
-    import pandas as pd
-
-    spec = dataset_spec(dataset.dataset_name)
-    y = np.asarray(dataset.y_array)
-    rows = []
-    for split in spec.splits:
-        idx = split_indices(dataset, split)
-        row = {"split": split, "title": SPLIT_TITLES[split], "n": len(idx), "classes": int(len(np.unique(y[idx])))}
-        for field in spec.eval_groups:
-            names = group_labels(dataset, field, np.unique(metadata_column(dataset, field)[idx]))
-            row[field] = ", ".join(names) if len(names) <= 6 else f"{len(names)} {field}s"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def format_summary(name: str, dataset) -> str:
-    table = split_summary(dataset)
-    return f"{name} ({dataset.data_dir}): {len(dataset)} images, {dataset.n_classes} classes\n" + table.to_string(index=False)
 
 
 class DatasetNotFoundError(FileNotFoundError):

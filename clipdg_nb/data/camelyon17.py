@@ -6,32 +6,18 @@ val (metadata.csv's `split` column: 0 or 1), hospital 1 is OOD val and hospital 
 (the loader sets their split from the `center` column, whatever the CSV says). There is no ID test
 split. WILDS evaluates `acc_avg` (and per slide, `acc_wg`); `acc_avg` is the headline for ID and OOD.
 Patches live at patches/patient_{p}_node_{n}/patch_patient_{p}_node_{n}_x_{x}_y_{y}.png, where
-metadata.csv's `patient` is a zero-padded string (read with dtype str).
-"""
+metadata.csv's `patient` is a zero-padded string (read with dtype str)."""
 from __future__ import annotations
-
-from pathlib import Path
-
 
 from .spec import DatasetSpec, metadata_csv_paths
 
-TRAIN_CENTRES = (0, 3, 4)
-VAL_CENTRE, TEST_CENTRE = 1, 2  # wilds.datasets.camelyon17_dataset.VAL_CENTER / TEST_CENTER
 PATCH = 96  # px: the release's patch size and the step of its patch coordinates
 CLASS_NAMES = ("normal", "tumor")  # WILDS ships no class names; y = 1 is tumour tissue in the centre
-N_CENTRES = 5
-
-
-def class_names(folder: Path | None = None) -> list[str]:
-    """The two labels in words (WILDS has no class file for Camelyon17: this bundled pair it is)."""
-    return list(CLASS_NAMES)
-
 
 # Camelyon17Dataset.get_input: its file name made from the patient, node and patch coordinates
 image_paths = metadata_csv_paths(
     lambda r: f"patches/patient_{r.patient}_node_{r.node}/patch_patient_{r.patient}_node_{r.node}_x_{r.x_coord}_y_{r.y_coord}.png",
     index_col=0, dtype={"patient": "str"})
-
 
 
 SPEC = DatasetSpec(
@@ -41,7 +27,7 @@ SPEC = DatasetSpec(
         "metadata.csv": ("patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"),
     },
     metadata_file="metadata.csv",
-    image_paths=image_paths, class_names=class_names,
+    image_paths=image_paths, class_names=lambda folder=None: list(CLASS_NAMES),  # no class file to read
     sampler_field="hospital", eval_groups=("hospital", "slide"),
     id_metric="acc_avg", ood_metric="acc_avg",
     n_classes=2, download_gb=10.7,

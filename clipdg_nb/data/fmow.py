@@ -2,8 +2,7 @@
 
 Train < 2013, OOD val 2013-15, OOD test >= 2016 (the year comes from the timestamp), reported per
 region and year; `acc_avg` on ID splits, `acc_worst_region` on OOD ones. Images are addressed by
-row: row i of rgb_metadata.csv is images/rgb_img_{i}.png.
-"""
+row: row i of rgb_metadata.csv is images/rgb_img_{i}.png."""
 from __future__ import annotations
 
 import os
@@ -13,6 +12,7 @@ import numpy as np
 
 from .checks import DatasetFormatError, remedy
 from .spec import DatasetSpec
+
 
 def class_names(folder: Path | None = None) -> list[str]:
     """WILDS's own `categories` list (the release has no class file), with spaces for underscores."""
@@ -45,7 +45,6 @@ def check_images(dataset, folder: Path) -> None:
             f"({'; '.join(problems)}). WILDS finds row i's image at images/rgb_img_{{i}}.png, so rows and images "
             f"must match one to one: with a row removed or added every later image would get another row's "
             f"label. {remedy(folder)}")
-
 
 
 SPEC = DatasetSpec(

@@ -2,8 +2,7 @@
 
 Splits come from metadata.csv's `split` column (OOD val and test are camera locations training
 never saw); reported per location; `F1-macro_all` on every split. Each image is named in
-metadata.csv's `filename` column, under train/.
-"""
+metadata.csv's `filename` column, under train/."""
 from __future__ import annotations
 
 import csv
@@ -24,10 +23,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def class_names(folder: Path | None = None) -> list[str]:
-    """Readable names in label order. The label order (y -> category_id) is read from the folder's
-    own categories.csv when there is one (the real release and the synthetic copy both have it), else
-    from the bundled copy of it; each category is then named in English from the bundled table, or
-    by its scientific name from categories.csv where the table has no English name."""
+    """Readable names in label order (y -> category_id: the folder's own categories.csv, else the bundled
+    copy of it), each category's English name from the bundled table, else its scientific name."""
     english = {r["category_id"]: r["english"] for r in _read(ENGLISH_NAMES)}
     own = None if folder is None else Path(folder) / "categories.csv"
     rows = _read(own) if own is not None and own.is_file() else _read(ENGLISH_NAMES)
@@ -53,7 +50,6 @@ def label_gaps(folder: Path, error: Exception) -> str:
         if len(absent):
             found.append(f"{column} never takes the value(s) {absent[:5].tolist()}{' ...' if len(absent) > 5 else ''}")
     return f"; {'; '.join(found)}" if found else ""
-
 
 
 SPEC = DatasetSpec(

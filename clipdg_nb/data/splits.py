@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from .spec import ALL_SPLITS, ID_SPLITS
+from .spec import ALL_SPLITS
 
 # One split vocabulary for every dataset (WILDS's own names): ID = the training domains. A dataset
 # has some of them (its spec's `splits`; Camelyon17, e.g., has no id_test).
@@ -15,8 +15,6 @@ SPLIT_TITLES = {"train": "train", "id_val": "ID val", "id_test": "ID test", "val
 VALIDATION_SPLITS = ("id_val", "val")
 TEST_SPLITS = ("id_test", "test")
 EVAL_SPLITS = tuple(s for s in SPLITS if s != "train")
-__all__ = ["SPLITS", "SPLIT_TITLES", "VALIDATION_SPLITS", "TEST_SPLITS", "ID_SPLITS", "EVAL_SPLITS",
-           "split_indices", "fraction_indices", "metadata_column", "group_labels"]
 
 
 def split_indices(dataset, split: str) -> np.ndarray:
@@ -27,6 +25,16 @@ def split_indices(dataset, split: str) -> np.ndarray:
         raise ValueError(f"split={split!r}: WILDS's {dataset.dataset_name} has no such split; "
                          f"it has {list(dataset.split_dict)}")
     return np.flatnonzero(np.asarray(dataset.split_array) == dataset.split_dict[split])
+
+
+def subset_rows(pool: np.ndarray, indices, split: str = "the split") -> np.ndarray:
+    """Positions of `indices` (full-dataset ids) within a split's ascending index array `pool`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = np.searchsorted(pool, indices)
+    ok = (rows < len(pool)) & (pool[np.minimum(rows, len(pool) - 1)] == indices)
+    if not ok.all():
+        raise ValueError(f"indices {indices[~ok][:5].tolist()} are not in {split}")
+    return rows
 
 
 def fraction_indices(dataset, fraction: float, seed: int, stratify: bool = False, split: str = "train") -> np.ndarray:

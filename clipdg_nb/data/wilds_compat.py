@@ -6,8 +6,7 @@
    `ScatterFreeAccuracy` does it with `index_add_`, swapped in by `ScatterFreeGroupEval` for the
    FMoW and Camelyon17 `eval`s. iWildCam's `eval` runs unmodified.
 
-Metric names and numbers stay exactly WILDS's; only its public methods are overridden or called.
-"""
+Metric names and numbers stay exactly WILDS's; only its public methods are overridden or called."""
 from __future__ import annotations
 
 import warnings
@@ -21,21 +20,16 @@ from wilds.datasets.iwildcam_dataset import IWildCamDataset  # noqa: F401  (iWil
 from wilds.datasets.wilds_dataset import WILDSDataset
 
 
-def scatter_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int):
-    """Per-group mean and count; empty groups get mean 0 like `torch_scatter.scatter(reduce='mean')`."""
-    values = values.float()
-    counts = torch.zeros(n_groups, device=values.device).index_add_(0, groups, torch.ones_like(values))
-    sums = torch.zeros(n_groups, device=values.device).index_add_(0, groups, values)
-    return sums / counts.clamp(min=1), counts
-
-
 class ScatterFreeAccuracy(Accuracy):
     """WILDS's `Accuracy` (name 'acc'), with group-wise averaging that needs no torch_scatter
-    (`Metric.compute_group_wise` of wilds 2.0.0, the mean taken by `scatter_mean`)."""
+    (`Metric.compute_group_wise` of wilds 2.0.0, the per-group mean taken with `index_add_`)."""
 
     def compute_group_wise(self, y_pred, y_true, g, n_groups, return_dict=True):
-        element_wise = self.compute_element_wise(y_pred, y_true, return_dict=False)
-        group_metrics, group_counts = scatter_mean(element_wise, g, n_groups)
+        element_wise = self.compute_element_wise(y_pred, y_true, return_dict=False).float()
+        zeros = torch.zeros(n_groups, device=g.device)
+        group_counts = zeros.clone().index_add_(0, g, torch.ones_like(element_wise))
+        # empty groups get mean 0, like torch_scatter.scatter(reduce='mean')
+        group_metrics = zeros.index_add_(0, g, element_wise) / group_counts.clamp(min=1)
         worst = self.worst(group_metrics[group_counts > 0])
         if not return_dict:
             return group_metrics, group_counts, worst

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.camelyon17 import CLASS_NAMES, N_CENTRES, PATCH, TEST_CENTRE, TRAIN_CENTRES, VAL_CENTRE
+from ..data.camelyon17 import CLASS_NAMES, PATCH
 from ..data.camelyon17 import SPEC as CAMELYON17
 from ..data.fmow import SPEC as FMOW
 from ..data.fmow import class_names as fmow_class_names
@@ -18,6 +18,9 @@ from ..data.iwildcam import ENGLISH_NAMES
 from ..data.iwildcam import SPEC as IWILDCAM
 from .render import Grain, Scene, class_prototypes, image_rng, output_size, random_scene, render, save_image
 
+# Camelyon17's hospitals (the docstring of data/camelyon17.py says which split each feeds)
+N_CENTRES, TRAIN_CENTRES = 5, (0, 3, 4)
+VAL_CENTRE, TEST_CENTRE = 1, 2  # wilds.datasets.camelyon17_dataset.VAL_CENTER / TEST_CENTER
 # Region names exactly as WILDS's country_code_mapping.csv spells them, with a few real countries each.
 FMOW_COUNTRIES = {
     "Asia": ["CHN", "IND", "JPN", "IDN", "THA"],

@@ -7,8 +7,7 @@ path truncates after every op: 1-2 levels apart; nearest sampling near a half-pi
 the neighbour). Draws come from the caller's `torch.Generator` (seeded per (seed, epoch, step)) in a
 fixed order: flip, brightness/contrast/saturation, jitter order, angle; CPU and CUDA streams differ.
 On a CPU, chunking to the L2 cache and folding the flip into the rotation grid make it about 4x the
-per-sample loop (benchmarks/bench_augment.py).
-"""
+per-sample loop (benchmarks/bench_augment.py)."""
 from __future__ import annotations
 
 import math
@@ -163,14 +162,11 @@ class BatchAugment(torch.nn.Module):
         super().__init__()
         self.flip_p, self.jitter, self.degrees, self.out_dtype = flip_p, jitter, degrees, out_dtype
 
-    def sample(self, n: int, generator: torch.Generator, device=None) -> AugParams:
-        return sample_params(n, generator, device, self.flip_p, self.jitter, self.degrees)
-
     def forward(self, images: torch.Tensor, generator: torch.Generator,
                 out: torch.Tensor | None = None) -> torch.Tensor:
         if generator.device.type != images.device.type:
             raise ValueError(f"generator on {generator.device} but images on {images.device}")
-        params = self.sample(images.shape[0], generator, images.device)
+        params = sample_params(images.shape[0], generator, images.device, self.flip_p, self.jitter, self.degrees)
         return apply_params(images, params, self.out_dtype, out=out)
 
     def extra_repr(self) -> str:

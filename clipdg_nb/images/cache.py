@@ -12,8 +12,7 @@ The identity is checked on every open; a row's checksum (`row_sums`, near memory
 benchmarks/bench_cache_check.py) the first time a process asks for it. A copied entry or damaged row
 is decoded again with a `CacheRebuiltWarning` naming the file (accidents, not deliberate edits).
 Writers hold the lock, write and flush rows, and only then mark them (the meta file is replaced
-atomically): a crash leaves rows unmarked, never marked but unwritten. A reader of marked rows takes no lock.
-"""
+atomically): a crash leaves rows unmarked, never marked but unwritten. A reader of marked rows takes no lock."""
 from __future__ import annotations
 
 import errno
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ..data.splits import split_indices
+from ..data.splits import split_indices, subset_rows
 from ..fingerprint import CacheRebuiltWarning, content_fingerprint, identity_mismatch, image_digests
 from ..paths import atomic_path
 from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, DRAFT_FACTOR, PREPROCESS, ImageDecodeError, image_names, load_uint8
@@ -41,9 +40,7 @@ LOCK_POLL_S = 0.01
 CHECKSUM = "rowsum64-4k-blocks:v1"  # part of the key: entries of another checksum are other entries
 VERIFY_ROWS = 64  # rows hashed at a time (by one thread) while verifying
 
-# ---------------------------------------------------------------------------------------------
-# Checksums
-# ---------------------------------------------------------------------------------------------
+# -- checksums --------------------------------------------------------------------------------
 
 _BLOCK = 512  # 64-bit words in a block: 4 KiB, a page
 _WEIGHTS = 2 * np.arange(1 << 16, dtype=np.uint64) + np.uint64(1)  # odd, so no block's change can vanish
@@ -142,12 +139,7 @@ class SplitCache:
 
     def rows_of(self, indices) -> np.ndarray:
         """Rows of these dataset indices (all must belong to this split)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        rows = np.searchsorted(self.indices, indices)
-        ok = (rows < len(self.indices)) & (self.indices[np.minimum(rows, len(self.indices) - 1)] == indices)
-        if not ok.all():
-            raise ValueError(f"indices {indices[~ok][:5].tolist()} are not in split {self.split!r}")
-        return rows
+        return subset_rows(self.indices, indices, f"split {self.split!r}")
 
     # -- state on disk ------------------------------------------------------------------------
 
@@ -189,9 +181,6 @@ class SplitCache:
         if isinstance(meta, str):
             return np.zeros(len(self), dtype=bool), np.zeros(len(self), dtype=np.uint64)
         return meta["filled"], meta["sums"]
-
-    def filled(self) -> np.ndarray:
-        return self.marks()[0]
 
     def _write_meta(self, filled: np.ndarray, sums: np.ndarray) -> None:
         with atomic_path(self.meta_path) as tmp, open(tmp, "wb") as f:
@@ -241,11 +230,8 @@ class SplitCache:
 
     def ensure(self, rows=None, workers: int = 4, progress: bool = False) -> int:
         """Decode the rows (all by default) not yet in the cache; returns how many this call decoded.
-
-        Chunks, each under the lock: re-read the bitmap, decode the missing rows, write, flush, mark.
-        A process waiting on the lock then finds them marked. Chunks last about `HOLD_S`, with the lock
-        let go for `YIELD_S` between them, so a long fill does not starve a process needing other rows.
-        """
+        In chunks under the lock (re-read the bitmap, decode, write, flush, mark) of about `HOLD_S`, the
+        lock let go for `YIELD_S` between them: a long fill does not starve a process needing other rows."""
         rows = np.arange(len(self)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if not len(rows):
             return 0
@@ -354,5 +340,5 @@ class SplitCache:
         return len(bad)
 
     def open(self) -> np.memmap:
-        """The whole array, read-only (rows not marked in `filled()` hold zeros or stale bytes)."""
+        """The whole array, read-only (rows not marked in `marks()` hold zeros or stale bytes)."""
         return np.load(self.path, mmap_mode="r")

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from ..data import DATASETS
+from ..data import dataset_spec
 
 DEFAULT_CACHE = Path("outputs") / "cache" / "decoded"
 # JPEG drafting is off by default. Each image is decoded once per machine, so drafting only shortens a
@@ -39,10 +39,7 @@ def resize_crop(image_size: int) -> T.Compose:
 
 def image_names(dataset, indices) -> list[str]:
     """The files (relative to `dataset.data_dir`) WILDS's `get_input` opens: the dataset spec's rule."""
-    name = getattr(dataset, "dataset_name", type(dataset).__name__)
-    if name not in DATASETS:
-        raise ValueError(f"no image paths for dataset {name!r}: only {', '.join(DATASETS)} are known")
-    return DATASETS[name].image_paths(dataset, np.asarray(indices))
+    return dataset_spec(dataset.dataset_name).image_paths(dataset, np.asarray(indices))
 
 
 def image_path(dataset, idx: int) -> Path:

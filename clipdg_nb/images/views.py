@@ -1,4 +1,4 @@
-"""What a loader iterates: a subset is a view into the per-split decode caches (`CachedImages`, an
+"""What a loader iterates: a subset is a view into its split's decode cache (`CachedImages`, an
 index, never a copy), served as uint8 CHW batches (`ArrayImages`; `PILImages` reads from disk instead),
 normalised on the device (`Normalize`). `prepare_splits` fills whole splits with all cores (`clipdg prepare`)."""
 from __future__ import annotations
@@ -17,22 +17,16 @@ from .decode import DEFAULT_CACHE, DEFAULT_DRAFT, load_uint8
 
 
 class CachedImages:
-    """A read-only array-like `[len(indices), H, W, 3]` uint8 over one or more split caches.
+    """A read-only array-like `[len(rows), H, W, 3]` uint8: rows of one split cache, read from its
+    memory map on access. Integer indexing gives one image (a view into the map); slices and index
+    arrays a new ndarray; `np.asarray(x)` everything. Pickles by path (DataLoader workers re-open the map)."""
 
-    Item k is row `rows[k]` of split cache `part[k]`, read from the memory map on access. Integer
-    indexing gives one image (a view into the map); slices and index arrays a new ndarray;
-    `np.asarray(x)` everything. Pickles by path (DataLoader workers re-open the maps).
-    """
-
-    def __init__(self, paths: Sequence[os.PathLike], part: np.ndarray, rows: np.ndarray, image_size: int):
-        self.paths = [Path(p) for p in paths]
-        self.part = np.asarray(part, dtype=np.int32)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.image_size = int(image_size)
-        self.maps = [np.load(p, mmap_mode="r") for p in self.paths]
+    def __init__(self, path: os.PathLike, rows: np.ndarray, image_size: int):
+        self.path, self.rows, self.image_size = Path(path), np.asarray(rows, dtype=np.int64), int(image_size)
+        self.map = np.load(self.path, mmap_mode="r")
 
     def __reduce__(self):
-        return CachedImages, (self.paths, self.part, self.rows, self.image_size)
+        return CachedImages, (self.path, self.rows, self.image_size)
 
     @property
     def shape(self) -> tuple:
@@ -44,46 +38,31 @@ class CachedImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):  # numpy raises the IndexError of an index out of range
-            return self.maps[self.part[key]][self.rows[key]]
-        part, rows = self.part[key], self.rows[key]
-        if len(self.maps) == 1:
-            return self.maps[0][rows]
-        out = np.empty((len(rows), self.image_size, self.image_size, 3), dtype=np.uint8)
-        for p in np.unique(part):
-            sel = part == p
-            out[sel] = self.maps[p][rows[sel]]
-        return out
+    def __getitem__(self, key):  # numpy raises the IndexError of an index out of range
+        return self.map[self.rows[key]]
 
     def __array__(self, dtype=None, copy=None):
         if copy is False:
-            raise ValueError("CachedImages are rows of memory maps: making one array of them needs a copy")
-        arr = self[:] if len(self) else np.empty(self.shape, dtype=np.uint8)
-        return np.array(arr, dtype=dtype)  # always a fresh, writable array
+            raise ValueError("CachedImages are rows of a memory map: making one array of them needs a copy")
+        return np.array(self[:], dtype=dtype)  # always a fresh, writable array
 
     def __repr__(self) -> str:
-        return f"CachedImages({len(self)} images, {self.image_size} px, from {[p.name for p in self.paths]})"
+        return f"CachedImages({len(self)} images, {self.image_size} px, from {self.path.name})"
 
 
-def _by_split(dataset, indices: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(split, positions in the request) for each split the request spans."""
-    split_array = np.asarray(dataset.split_array)
-    if indices.size and (indices.min() < 0 or indices.max() >= len(split_array)):
-        raise IndexError(f"indices must lie in [0, {len(split_array)}) for {dataset.dataset_name}; "
-                         f"got {indices.min()}..{indices.max()}")
-    names, ids = {int(v): k for k, v in dataset.split_dict.items()}, split_array[indices]
-    for sid in np.unique(ids):
-        if int(sid) not in names:
-            raise ValueError(f"indices {indices[ids == sid][:5].tolist()} belong to no split of "
-                             f"{dataset.dataset_name} (split id {sid})")
-    return [(names[int(sid)], np.flatnonzero(ids == sid)) for sid in np.unique(ids)]
+def _split_of(dataset, indices: np.ndarray) -> str:
+    """The one split all `indices` belong to: a loader's subset, and a cache entry, lie in one split."""
+    names, ids = {int(v): k for k, v in dataset.split_dict.items()}, np.unique(np.asarray(dataset.split_array)[indices])
+    if len(ids) != 1 or int(ids[0]) not in names:
+        raise ValueError(f"indices must lie in one split of {dataset.dataset_name}; these lie in "
+                         f"{[names.get(int(i), f'no split (id {i})') for i in ids]}: ask for each split apart")
+    return names[int(ids[0])]
 
 
 def decode_split(dataset, indices: Sequence[int], image_size: int, cache_dir: str | os.PathLike | None = DEFAULT_CACHE,
                  workers: int = 4, *, draft: bool = DEFAULT_DRAFT, verify: bool = True):
-    """uint8 images [N, H, W, 3] of `indices` (any mix of splits). With a `cache_dir`: a `CachedImages`
-    view of the per-split caches, decoding only rows no process decoded before; rows this process has
+    """uint8 images [N, H, W, 3] of `indices` (of one split). With a `cache_dir`: a `CachedImages`
+    view of the split's cache, decoding only rows no process decoded before; rows this process has
     not read are checked against their checksums first (`SplitCache.verify`; `verify=False`: benchmarks
     only). `cache_dir=None`: an ndarray decoded into memory, the disk untouched."""
     indices = np.asarray(indices, dtype=np.int64)
@@ -93,17 +72,12 @@ def decode_split(dataset, indices: Sequence[int], image_size: int, cache_dir: st
             for k, arr in enumerate(pool.map(lambda i: load_uint8(dataset, i, image_size, draft), indices)):
                 out[k] = arr
         return out
-    part, rows = np.zeros(len(indices), dtype=np.int32), np.zeros(len(indices), dtype=np.int64)
-    caches = []
-    for k, (split, pos) in enumerate(_by_split(dataset, indices)):
-        cache = SplitCache(dataset, split, image_size, cache_dir, draft=draft)
-        part[pos], rows[pos] = k, cache.rows_of(indices[pos])
-        cache.ensure(rows[pos], workers=workers)
-        caches.append(cache)
-    view = CachedImages([c.path for c in caches], part, rows, image_size)
-    if verify:  # through the view's own maps: the pages checked are then mapped for the reads
-        for k, cache in enumerate(caches):
-            cache.verify(rows[part == k], workers=workers, array=view.maps[k])
+    cache = SplitCache(dataset, _split_of(dataset, indices), image_size, cache_dir, draft=draft)
+    rows = cache.rows_of(indices)
+    cache.ensure(rows, workers=workers)
+    view = CachedImages(cache.path, rows, image_size)
+    if verify:  # through the view's own map: the pages checked are then mapped for the reads
+        cache.verify(rows, workers=workers, array=view.map)
     return view
 
 
@@ -121,7 +95,7 @@ def prepare_splits(dataset, splits: Sequence[str], image_size: int, cache_dir=DE
 
 
 class Normalize(torch.nn.Module):
-    """uint8 NCHW (or NHWC) batch -> normalised float, done on whatever device the batch is on."""
+    """uint8 NCHW (or NHWC: evaluation's slices of the cache) batch -> normalised float, on the batch's device."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()

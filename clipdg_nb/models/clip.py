@@ -55,10 +55,6 @@ class ClipBundle:
     pretrained: str | None
     quick_gelu: bool = False
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.visual.output_dim)
-
 
 def _check_model_name(name: str) -> str:
     """open_clip's spelling of a built-in name ('ViT-B/32' -> 'ViT-B-32'); ValueError if unknown."""
@@ -175,8 +171,7 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = None, *, c
     config and weights from a folder; "hf-hub:org/repo" is passed through to open_clip.
     QuickGELU is forced for tags trained with it (incl. "openai") and when `quick_gelu=True`.
     A weights file that is unreadable or of another architecture raises `WeightsFileError` /
-    `WeightsMismatchError`, naming it as `weights_arg` (e.g. 'vision_weights').
-    """
+    `WeightsMismatchError`, naming it as `weights_arg` (e.g. 'vision_weights')."""
     register_tiny_configs()
     name, kind, tag_cfg = _resolve_source(model_name, pretrained, weights_arg)
     pretrained = None if pretrained is None else str(pretrained)

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
@@ -92,11 +91,3 @@ def cached_split_features(folder: Path, identity: dict, compute) -> torch.Tensor
         with atomic_path(path) as tmp:
             torch.save({"features": feats, "sha256": tensor_digest(feats), "identity": stated}, tmp)
         return feats
-
-
-def subset_rows(split_indices: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Positions of `indices` (full-dataset ids) within a split's ascending index array."""
-    pos = np.searchsorted(split_indices, indices)
-    if len(indices) and (pos.max() >= len(split_indices) or (split_indices[pos] != indices).any()):
-        raise ValueError("some indices are not in the split")
-    return pos

@@ -13,16 +13,14 @@ from ..evaluate import top_classes
 
 @dataclass
 class LinearProbe:
-    """Multinomial logistic regression on frozen features: logits = x @ W.T + b."""
+    """Multinomial logistic regression on L2-normalised frozen features: logits = x / |x| @ W.T + b."""
     W: torch.Tensor  # [C, D]
     b: torch.Tensor  # [C]
     C: float  # chosen inverse regularisation (sklearn's meaning): L2 coefficient 1 / (C * n_train) on the mean loss
     val_scores: dict[float, float] = field(default_factory=dict)  # C -> validation score
-    normalize: bool = True  # whether features are L2-normalised before the head
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().to(self.W.device)
-        return (F.normalize(x, dim=-1) if self.normalize else x) @ self.W.T + self.b
+        return F.normalize(x.float().to(self.W.device), dim=-1) @ self.W.T + self.b
 
 
 DEFAULT_CS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
@@ -45,8 +43,8 @@ def _fit_lbfgs(x, y, W, b, lam, absent, max_iter):
 
 
 def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                     n_classes: int, Cs: Sequence[float] = DEFAULT_CS, seed: int = 0, *, normalize: bool = True,
-                     max_iter: int = 300, score_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+                     n_classes: int, Cs: Sequence[float] = DEFAULT_CS, seed: int = 0, *, max_iter: int = 300,
+                     score_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
                      device: str | torch.device = "cpu") -> LinearProbe:
     """Logistic regression on frozen features, its C chosen on (val_x, val_y) by `score_fn(y_true,
     y_pred)` (the dataset's selection metric; accuracy when None), ties to the smaller C. Every C is
@@ -58,8 +56,7 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
         raise ValueError("the validation split is empty; the regularisation must be chosen on validation data")
     torch.manual_seed(seed)
     score_fn = score_fn or (lambda y_true, y_pred: (y_true == y_pred).float().mean().item())
-    prep = (lambda t: F.normalize(t.float(), dim=-1)) if normalize else (lambda t: t.float())
-    x, xv = prep(torch.as_tensor(train_x)).to(device), prep(torch.as_tensor(val_x)).to(device)
+    x, xv = (F.normalize(torch.as_tensor(t).float(), dim=-1).to(device) for t in (train_x, val_x))
     y = torch.as_tensor(train_y).long().to(device)
     yv = torch.as_tensor(val_y).long().cpu()
     if int(y.max()) >= n_classes or int(yv.max()) >= n_classes:
@@ -74,5 +71,5 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.
             pred = top_classes(xv @ W.T + b)[:, 0].cpu()
         scores[C] = float(score_fn(yv, pred))
         if best is None or scores[C] > scores[best.C]:  # `scores` shared: the probe gets every C's
-            best = LinearProbe(W=W.detach().clone(), b=b.detach().clone(), C=C, val_scores=scores, normalize=normalize)
+            best = LinearProbe(W=W.detach().clone(), b=b.detach().clone(), C=C, val_scores=scores)
     return best

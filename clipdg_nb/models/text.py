@@ -18,11 +18,12 @@ _TRIM_POOLS = ("argmax", "eos", "first")
 _causal_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def needed_length(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> int:
-    """Smallest L such that tokens[:, :L] pools the same positions (argmax: at the EOT token, the
-    highest id). On a GPU this is a sync: trim fixed prompts once on the CPU (`trim_tokens`)."""
+def trim_tokens(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> torch.Tensor:
+    """tokens[:, :L], the smallest L that pools the same positions (argmax: at the EOT token, the
+    highest id): the pads after the last EOT dropped. On a GPU this is a sync: trim fixed prompts once
+    on the CPU."""
     if pool_type == "first":
-        return 1
+        return tokens[:, :1]
     if pool_type == "argmax":
         last = tokens.argmax(dim=-1)
     elif pool_type == "eos":
@@ -31,12 +32,7 @@ def needed_length(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int |
         last = (tokens == eos_id).int().argmax(dim=-1)  # as open_clip's text_global_pool
     else:
         raise ValueError(f"pool_type {pool_type!r} cannot be trimmed")
-    return int(last.max()) + 1 if tokens.shape[0] else tokens.shape[1]
-
-
-def trim_tokens(tokens: torch.Tensor, pool_type: str = "argmax", eos_id: int | None = None) -> torch.Tensor:
-    """tokens[:, :L] with L = `needed_length(tokens)`: the pads after the last EOT dropped."""
-    return tokens[:, :needed_length(tokens, pool_type, eos_id)]
+    return tokens[:, :int(last.max()) + 1] if tokens.shape[0] else tokens
 
 
 def _mask_is_causal(model: torch.nn.Module) -> bool:

@@ -74,7 +74,7 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
     backbone.heads = nn.Identity()  # features() = the class token; the head is ours
     model = VisionClassifier(backbone, _fresh_head(backbone.hidden_dim, num_classes),
                              mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
-    if sd is not None and (error := _mismatch(shapes_of(sd), model, weights, arch)):
+    if sd is not None and (error := vision_weights_mismatch(shapes_of(sd), weights, arch, num_classes, image_size)):
         raise error
     if sd is not None and any(k.startswith("backbone.") for k in sd):
         model.load_state_dict(sd, strict=True)  # a saved VisionClassifier
@@ -88,17 +88,12 @@ def vision_only(num_classes: int, arch: str = "vit_b_32", weights: str | os.Path
 
 
 def vision_weights_mismatch(found: dict, weights, arch: str, num_classes: int, image_size: int) -> Exception | None:
-    """The error `vision_only` would raise for a weights file of these tensor shapes (`weight_shapes`),
-    judged on a model built on the meta device; None when it fits. For `arch` 'tiny' / 'vit_b_32'
-    (a 'clip-visual' file is a CLIP's: `clip_weights_mismatch`)."""
+    """The error `vision_only` raises for a weights file of these tensor shapes (`weight_shapes`), or None:
+    judged on a model built on the meta device, for `arch` 'tiny' / 'vit_b_32' (a 'clip-visual' file is a
+    CLIP's: `clip_weights_mismatch`). A saved VisionClassifier's must fit exactly; a torchvision ViT's
+    head is ignored, and its position embeddings may be of another image size (torchvision resizes them)."""
     with torch.device("meta"):
-        return _mismatch(found, vision_only(num_classes, arch=arch, weights=None, image_size=image_size), weights, arch)
-
-
-def _mismatch(found: dict, model: VisionClassifier, weights, arch: str) -> Exception | None:
-    """One clear error when a state dict's {name: shape} is not `arch`'s: a saved VisionClassifier's,
-    or a torchvision ViT's (its head ignored; torchvision resizes position embeddings to another
-    image size on purpose). None when it fits."""
+        model = vision_only(num_classes, arch=arch, weights=None, image_size=image_size)
     saved_classifier = any(k.startswith("backbone.") for k in found)
     if not saved_classifier:
         found = {k: v for k, v in found.items() if not k.startswith("heads.")}

@@ -15,7 +15,8 @@ PHASES = ("synthetic data", "pretraining", "sweep", "reports")
 
 def run_demo(root: str = "outputs/data", jobs: int = 2, progress: bool = True) -> int:
     from .. import analysis
-    from ..data import DEMO_DATASETS, format_summary, load_dataset
+    from ..analysis.tables import format_summary
+    from ..data import DEMO_DATASETS, load_dataset
     from ..demo.pretrain import pretrain_tiny
     from ..demo.synthetic import SynthConfig, write_synthetic
     from .experiment import load_experiment
