@@ -100,7 +100,7 @@ class DatasetNotFoundError(FileNotFoundError):
 def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool = False):
     """Load a registered dataset through the real WILDS loader, the folder checked at the door (`checks`):
     a missing file or column, or rows that no longer match their images, raise `DatasetFormatError`."""
-    from . import wilds_compat
+    import importlib
 
     spec = dataset_spec(name)
     root = Path(root_dir).expanduser()
@@ -115,7 +115,9 @@ def load_dataset(name: str, root_dir: str | os.PathLike = "data", download: bool
     if present:  # a folder WILDS will not download into: checked at the door (checks.py)
         checks.check_files(spec, folder)
     try:
-        dataset = getattr(wilds_compat, spec.loader)(version=spec.version, root_dir=str(root), download=download)
+        module, _, loader = spec.loader.rpartition(".")  # a dotted path, or a class of our shims
+        loader = getattr(importlib.import_module(module or "clipdg_nb.data.wilds_compat"), loader)
+        dataset = loader(version=spec.version, root_dir=str(root), download=download)
     except (KeyError, ValueError, AssertionError, TypeError, IndexError) as e:  # WILDS's own, on bad values
         raise checks.loader_failure(spec, folder, e) from e
     checks.check_loaded(spec, dataset, folder)

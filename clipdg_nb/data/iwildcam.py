@@ -53,7 +53,7 @@ def label_gaps(folder: Path, error: Exception) -> str:
 
 
 SPEC = DatasetSpec(
-    name="iwildcam", version="2.0", loader="IWildCamDataset",
+    name="iwildcam", version="2.0", loader="wilds.datasets.iwildcam_dataset.IWildCamDataset",
     splits=("train", "id_val", "id_test", "val", "test"),
     required_columns={
         "metadata.csv": ("split", "filename", "y", "location_remapped", "sequence_remapped", "datetime"),

@@ -24,7 +24,7 @@ class DatasetSpec:
     """Everything the package needs to know about one WILDS dataset (paths relative to its folder)."""
     name: str = _MISSING  # WILDS's `dataset_name`; the folder is `<name>_v<version>`
     version: str = _MISSING
-    loader: str = _MISSING  # class name in `clipdg_nb.data.wilds_compat` (imported only when loading)
+    loader: str = _MISSING  # a class of `data.wilds_compat`, or a dotted path to one (imported only when loading)
     splits: tuple = _MISSING  # the WILDS splits it has under its official scheme, in order
     required_columns: Mapping[str, tuple] = _MISSING  # {file: columns} the loader reads, checked before it reads
     metadata_file: str = _MISSING  # the CSV whose rows are the images (named in errors)

@@ -16,7 +16,6 @@ import torch
 from wilds.common.metrics.all_metrics import Accuracy
 from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
 from wilds.datasets.fmow_dataset import FMoWDataset
-from wilds.datasets.iwildcam_dataset import IWildCamDataset  # noqa: F401  (iWildCam's spec loads it as is)
 from wilds.datasets.wilds_dataset import WILDSDataset
 
 
