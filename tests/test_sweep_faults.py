@@ -436,3 +436,14 @@ def test_a_pool_broken_by_a_dead_worker_is_replaced_for_the_next_point():
         assert workers.submit(operator.add, 2, 3).result(timeout=120) == 5
     finally:
         workers.close()
+
+
+def test_a_point_that_raises_in_process_becomes_its_failure_not_the_sweeps():
+    """jobs=1 runs a point in the runner's process: an exception it raises is the point's (recorded,
+    as a dead worker's is), while an interrupt still ends the sweep."""
+    from clipdg_nb.pipeline.runner import _InProcess
+
+    future = _InProcess().submit(lambda: 1 / 0)
+    assert isinstance(future.exception(), ZeroDivisionError)
+    with pytest.raises(KeyboardInterrupt):
+        _InProcess().submit(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))

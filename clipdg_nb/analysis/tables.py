@@ -161,7 +161,7 @@ def ci_text(mean, low, high, digits: int, signed: bool) -> str:
     return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
 
 
-def _lr_text(lr) -> str:
+def lr_text(lr) -> str:
     return "" if lr is None or (isinstance(lr, float) and math.isnan(lr)) else f"{lr:g}"
 
 
@@ -175,11 +175,11 @@ def _wide(part: pd.DataFrame, digits: int) -> pd.DataFrame:
     splits = list(dict.fromkeys(part["split"]))
     out = {}
     for row in part.itertuples(index=False):
-        key = tuple(getattr(row, k) if k != "lr" else _lr_text(row.lr) for k in keys)
+        key = tuple(getattr(row, k) if k != "lr" else lr_text(row.lr) for k in keys)
         cells = out.setdefault(key, {})
         prefix = f"{row.column} " if len(names) > 1 else ""
         if not by_lr and not row.paired:
-            cells[f"{prefix}lr"] = _lr_text(row.lr)
+            cells[f"{prefix}lr"] = lr_text(row.lr)
         cells[f"{prefix}{_split_title(row.split)}"] = ci_text(row.mean, row.low, row.high, digits, row.paired)
         cells[f"{prefix}{'pairs' if row.paired else 'seeds'}"] = str(int(row.n))
     order = [f"{p}{c}" for name in names for p in [f"{name} " if len(names) > 1 else ""]

@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from ..analysis.summary import (CLIP_METHOD, ID_SPLIT, LEVEL, OOD_SPLIT, SELECT_SPLIT, SOUP_STAGE, VISION_METHOD, distinct,
                                 findings_frame, provenance)
-from ..analysis.tables import ci_text
+from ..analysis.tables import ci_text, lr_text
 from ..data import SPLIT_TITLES, headline_metric
 from ..paths import experiment_dir, project_root, read_json, write_bytes
 from ..runs import Run, is_run_record, load_records, tidy
@@ -228,10 +228,6 @@ def _point_row(e: dict, local: bool = False) -> dict:
             "info": info, "datasets": ", ".join(datasets), "path": f"{e['experiment']}/{e['stage']}/{e['name']}"}
 
 
-def _lr_label(lr) -> str:
-    return f"{lr:g}" if isinstance(lr, (int, float)) and lr == lr and lr >= 0 else ""
-
-
 def stage_groups(group: list[dict]) -> list[dict]:
     """A stage's runs by dataset, method and fraction (and weight variant, lr): each dataset's ID and
     OOD headline metric, mean [interval] over seeds, and links to the points that ran them."""
@@ -243,7 +239,7 @@ def stage_groups(group: list[dict]) -> list[dict]:
     pages = {}
     for e in (e for e in group if e["page"]):
         for r in filter(is_run_record, e["info"]["records"]):
-            key = (r.get("dataset"), r.get("method"), _fmt(r.get("fraction")), _lr_label(r.get("lr")))
+            key = (r.get("dataset"), r.get("method"), _fmt(r.get("fraction")), lr_text(r.get("lr")))
             pages.setdefault(key, {})[f"s{r.get('seed')}"] = e["page"].rsplit("/", 1)[-1]
     rows = tidy(records)
     table = headline_table(rows[rows["split"].isin([ID_SPLIT, OOD_SPLIT])], ID_SPLIT, OOD_SPLIT, LEVEL)
@@ -252,7 +248,7 @@ def stage_groups(group: list[dict]) -> list[dict]:
     for dataset, part in table.groupby("dataset", sort=True):
         cells = {}
         for r in part.itertuples(index=False):
-            key = (r.method, _fmt(r.fraction), r.variant, _lr_label(r.lr))
+            key = (r.method, _fmt(r.fraction), r.variant, lr_text(r.lr))
             row = cells.setdefault(key, {"method": r.method, "fraction": key[1], "lr": key[3], "n": 0, "id": "—", "ood": "—",
                                          "variant": r.variant + (" (reported)" if (r.method, r.variant) in heads else ""),
                                          "points": sorted(pages.get((dataset, *key[:2], key[3]), {}).items())})

@@ -256,7 +256,10 @@ class _InProcess:
 
     def submit(self, fn, *args, **kwargs) -> Future:
         future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # recorded as the point's failure, as a worker's would be
+            future.set_exception(err)
         return future
 
     def close(self) -> None:
