@@ -6,6 +6,9 @@ Every `result.json` (runs and soups) and every saved prediction file (`*.parquet
 path under the tree. Records must be equal in every field except those that say when, where and how
 fast a run was made (VOLATILE); each tree's own folder is replaced by `<root>` first, so two clones
 compare. Predictions must be equal frames. Prints what differs; exits 1 when anything does.
+
+Run ids hold the data's fingerprint, which holds the image files' mtimes: a second `clipdg synth`
+writes the same bytes at other times, so run both sides on one data folder (`cp -a` keeps mtimes).
 """
 from __future__ import annotations
 
