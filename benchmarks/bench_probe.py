@@ -55,11 +55,10 @@ def main(argv=None) -> int:
     cfg = FinetuneConfig(root_dir=str(args.root), model=args.model, pretrained=args.pretrained, method="linear_probe",
                          probe_cs=tuple(args.cs), cache_dir=str(cache_dir), device=args.device,
                          eval_batch_size=256).validate()
-    bundle = methods._clip(cfg)
+    bundle, pre = methods._clip(cfg)
     size = bundle.image_size
     ds = synthetic_fmow(args.root, size, args.images, shift=0.3)
     ctx = methods.Context(cfg, load_dataset("fmow", args.root), resolve_device(cfg.device))
-    pre = methods._clip_preprocessing(cfg, bundle)
     device = ctx.device
     y = torch.as_tensor(np.asarray(ds.y_array))
     train_idx, val_idx, test_idx = (split_indices(ds, s) for s in ("train", "id_val", "id_test"))
